@@ -1,0 +1,1 @@
+"""Readers, the paired zarr store and the synthetic generator."""

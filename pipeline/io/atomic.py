@@ -1,0 +1,52 @@
+"""Write outputs to a temporary sibling path and rename into place only when complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+
+def check_writable(path: Path, *, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` is set."""
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass --overwrite to replace it")
+    if not path.parent.exists():
+        raise InputError(f"{path.parent}: output directory does not exist")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it to ``path``, on error delete it.
+
+    An existing ``path`` (only allowed with ``overwrite``) is kept until the new output is complete.
+    """
+    path = Path(path)
+    check_writable(path, overwrite=overwrite)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"internal error: {tmp} was not written")
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise

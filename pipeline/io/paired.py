@@ -1,0 +1,72 @@
+"""In-memory paired RNA + protein data: the one shape every reader produces and every stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass
+class PairedData:
+    """Raw paired counts for the same cells.
+
+    Attributes
+    ----------
+    rna
+        cells x genes raw counts, CSR float32.
+    prot
+        cells x proteins raw counts, dense float32.
+    obs
+        Per-cell metadata; the index holds the barcodes (unique).
+    genes, proteins
+        Per-feature metadata; the index holds feature names (unique within a modality).
+    uns
+        Free-form metadata (provenance, QC summary).
+    """
+
+    rna: sp.csr_matrix
+    prot: np.ndarray
+    obs: pd.DataFrame
+    genes: pd.DataFrame
+    proteins: pd.DataFrame
+    uns: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.rna.shape[0])
+
+    @property
+    def gene_names(self) -> list[str]:
+        return [str(g) for g in self.genes.index]
+
+    @property
+    def protein_names(self) -> list[str]:
+        return [str(p) for p in self.proteins.index]
+
+    @property
+    def barcodes(self) -> list[str]:
+        return [str(b) for b in self.obs.index]
+
+    def subset(self, idx: np.ndarray | slice) -> PairedData:
+        """Cells ``idx`` (positions or boolean mask), features unchanged."""
+        obs = self.obs.iloc[idx] if not isinstance(idx, slice) else self.obs.iloc[idx]
+        return PairedData(
+            rna=self.rna[idx],
+            prot=self.prot[idx],
+            obs=obs.copy(),
+            genes=self.genes,
+            proteins=self.proteins,
+            uns=self.uns,
+        )
+
+    def to_anndata(self):
+        """AnnData in the shared-data layout: X = RNA counts, obsm["protein"] = protein DataFrame."""
+        import anndata as ad
+
+        a = ad.AnnData(X=self.rna, obs=self.obs.copy(), var=self.genes.copy())
+        a.obsm["protein"] = pd.DataFrame(self.prot, index=self.obs.index, columns=self.proteins.index)
+        return a
