@@ -17,9 +17,9 @@ class PairedData:
     Attributes
     ----------
     rna
-        cells x genes raw counts, CSR float32.
+        cells x genes raw counts, CSR float32; ``None`` when the input has no RNA (query inputs only).
     prot
-        cells x proteins raw counts, dense float32.
+        cells x proteins raw counts, dense float32; ``None`` when the input has no protein.
     obs
         Per-cell metadata; the index holds the barcodes (unique).
     genes, proteins
@@ -28,8 +28,8 @@ class PairedData:
         Free-form metadata (provenance, QC summary).
     """
 
-    rna: sp.csr_matrix
-    prot: np.ndarray
+    rna: sp.csr_matrix | None
+    prot: np.ndarray | None
     obs: pd.DataFrame
     genes: pd.DataFrame
     proteins: pd.DataFrame
@@ -37,7 +37,15 @@ class PairedData:
 
     @property
     def n_cells(self) -> int:
-        return int(self.rna.shape[0])
+        return len(self.obs)
+
+    @property
+    def has_rna(self) -> bool:
+        return self.rna is not None
+
+    @property
+    def has_prot(self) -> bool:
+        return self.prot is not None
 
     @property
     def gene_names(self) -> list[str]:
@@ -53,10 +61,10 @@ class PairedData:
 
     def subset(self, idx: np.ndarray | slice) -> PairedData:
         """Cells ``idx`` (positions or boolean mask), features unchanged."""
-        obs = self.obs.iloc[idx] if not isinstance(idx, slice) else self.obs.iloc[idx]
+        obs = self.obs.iloc[idx]
         return PairedData(
-            rna=self.rna[idx],
-            prot=self.prot[idx],
+            rna=None if self.rna is None else self.rna[idx],
+            prot=None if self.prot is None else self.prot[idx],
             obs=obs.copy(),
             genes=self.genes,
             proteins=self.proteins,
