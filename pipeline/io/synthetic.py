@@ -181,7 +181,7 @@ def _check(n_cells: int, n_genes: int, n_proteins: int, n_types: int, n_batches:
 
 
 def iter_synthetic(n_cells: int, n_genes: int = 1000, n_proteins: int = 20, n_types: int = 6, n_batches: int = 1,
-                   n_isotypes: int = 0, seed: int = 0, rna_depth: float = 4000.0, prot_depth: float = 3000.0):
+                   n_isotypes: int = 0, seed: int = 0, rna_depth: float = 2500.0, prot_depth: float = 3000.0):
     """Return ``(params, blocks)``: global parameters and an iterator of ``(rna CSR, protein, obs)`` blocks.
 
     Blocks hold at most 2,048 cells each, so memory stays bounded for any ``n_cells``.
@@ -197,7 +197,7 @@ def iter_synthetic(n_cells: int, n_genes: int = 1000, n_proteins: int = 20, n_ty
 
 
 def make_synthetic(n_cells: int = 2000, n_genes: int = 1000, n_proteins: int = 20, n_types: int = 6,
-                   n_batches: int = 1, n_isotypes: int = 0, seed: int = 0, *, rna_depth: float = 4000.0,
+                   n_batches: int = 1, n_isotypes: int = 0, seed: int = 0, *, rna_depth: float = 2500.0,
                    prot_depth: float = 3000.0) -> PairedData:
     """Synthetic paired counts in memory.
 
