@@ -1,9 +1,110 @@
-"""CLI commands (placeholder module: its commands are registered by register())."""
+"""Training commands: ``train`` (store -> model folder) and ``embed`` (store + model -> embeddings)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (overrides train.device).")
+]
+
+
+@guarded
+def train(
+    store: Annotated[Path, typer.Argument(help="Paired store (STORE.zarr) from `omicsclip ingest`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to create (MODEL_DIR).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run (MODEL_DIR.partial) from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing model / discard an unfinished run.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Train the RNA/protein dual encoder (contrastive, InfoNCE) and write MODEL_DIR.
+
+    MODEL_DIR holds model.safetensors, model.json (config, preprocessing, fingerprints), split.tsv
+    (train/val/test cells), train_log.jsonl and checkpoints/. Ctrl-C or SIGTERM writes a checkpoint first;
+    --resume then continues exactly where the run stopped. Multi-GPU: launch with torchrun.
+
+    Examples:
+
+        omicsclip train pbmc10k.zarr --out models/pbmc10k
+
+        omicsclip train pbmc10k.zarr --out models/t005 --set train.temperature=0.05 --set train.epochs=50
+
+        omicsclip train pbmc10k.zarr --out models/pbmc10k --resume
+
+        torchrun --nproc_per_node 4 $(which omicsclip) train big.zarr --out models/big --set train.batch_size=65536
+    """
+    from pipeline.train import train_model
+
+    cfg = load_cfg(config, (set_ or []) + ([f"train.device={device}"] if device else []))
+    typer.echo(str(train_model(store, out, cfg, resume=resume, overwrite=overwrite)))
+
+
+@guarded
+def embed(
+    store: Annotated[Path, typer.Argument(help="Paired store (STORE.zarr) to embed.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (MODEL_DIR).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings to create (EMB.zarr, AnnData).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Cells per forward pass.")] = 4096,
+) -> None:
+    """Write RNA, protein and joint embeddings of every cell (obsm X_omicsclip_rna/_prot/_joint).
+
+    obs is the store's obs plus `split` (the model's train/val/test assignment). Open it with
+    anndata.read_zarr; scanpy works on it directly, e.g. sc.pp.neighbors(adata, use_rep="X_omicsclip_joint").
+
+    Examples:
+
+        omicsclip embed pbmc10k.zarr --model models/pbmc10k --out pbmc10k_emb.zarr
+
+        omicsclip embed other.zarr --model models/pbmc10k --out other_emb.zarr --device cuda --overwrite
+    """
+    from pipeline.embed import embed_store
+
+    typer.echo(str(embed_store(store, model, out, overwrite=overwrite, device=device, batch_size=batch_size)))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``train`` and ``embed`` to ``app``."""
+    app.command("train")(train)
+    app.command("embed")(embed)
+    # evaluate command: added by metrics module
+    @app.command("evaluate")
+    @guarded
+    def evaluate(
+        store: Annotated[Path, typer.Argument(help="Paired store the model was trained on (STORE.zarr).")],
+        model: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (MODEL_DIR).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="metrics.json to write.", dir_okay=False)],
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    ) -> None:
+        """Score omicsclip and the PCA, CCA and ridge baselines on the model's held-out test cells.
+
+        metrics.json holds, per method: FOSCTTM, recall@1/10/50, NeurIPS-2021 match score, cell-type agreement
+        of the top match, few-label accuracy, protein imputation (Pearson, RMSE); and omicsclip's retrieval
+        metrics on the validation cells (model selection never looks at test cells).
+
+        Examples:
+
+            omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out metrics.json
+
+            omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out m.json --set evaluate.fewlabel_fraction=0.05
+        """
+        from pipeline.evaluate import run_evaluate
+
+        cfg = load_cfg(config, set_)
+        res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], impute_k=cfg["query"]["impute_k"],
+                           overwrite=overwrite)
+        om = res["methods"]["omicsclip"]
+        typer.echo(f"{out}: {res['n_test_cells']} test cells; omicsclip FOSCTTM {om['foscttm']:.4f}, "
+                   f"recall@10 {om['recall_at_10']:.3f}")

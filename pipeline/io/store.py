@@ -98,15 +98,30 @@ class StoreWriter:
         self._started = True
         self._obs.append(obs)
 
-    def close(self, uns: dict[str, Any] | None = None) -> Path:
-        """Write obs/var/maps/uns, then rename the temporary store to its final path."""
+    def close(self, uns: dict[str, Any] | None = None, *, genes: pd.DataFrame | None = None,
+              proteins: pd.DataFrame | None = None) -> Path:
+        """Write obs/var/maps/uns, then rename the temporary store to its final path.
+
+        ``genes``/``proteins`` replace the feature metadata given at construction (same names and order),
+        e.g. to add per-feature QC columns computed while appending.
+        """
         from anndata.io import write_elem
 
+        for new, old in ((genes, self.genes), (proteins, self.proteins)):
+            if new is not None and not new.index.astype(str).equals(old.index):
+                raise ValueError("replacement feature metadata must keep the same names and order")
+        self.genes = self.genes if genes is None else _clean_frame(genes)
+        self.proteins = self.proteins if proteins is None else _clean_frame(proteins)
         if not self._started:
             raise InputError(f"{self.path}: no cells to write (empty input after filtering)")
         obs = _clean_frame(pd.concat(self._obs)) if len(self._obs) > 1 else _clean_frame(self._obs[0])
         n = len(obs)
-        root = self._root
+        # The small metadata elements are written into memory and dumped as files in one go: through zarr's
+        # local store every one of the hundreds of tiny arrays costs a few thread hand-offs (seconds in total).
+        mem: dict[str, Any] = {}
+        root = _memory_group(mem)
+        for mod in (RNA, PROT):
+            root.require_group(f"mod/{mod}")
         empty_idx = pd.DataFrame(index=obs.index)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -139,10 +154,26 @@ class StoreWriter:
             write_elem(root, "uns", _jsonable_uns(uns or {}))
         root.attrs.update({"axis": 0, "encoding-type": "MuData", "encoding-version": "0.1.0",
                            "encoder": "omicsclip", "encoder-version": _version()})
+        _dump(mem, self._tmp)
         self._closed = True
         self._stack.close()  # renames tmp -> path
         log.info("wrote %s: %d cells, %d genes, %d proteins", self.path, n, g_, p_)
         return self.path
+
+
+def _memory_group(mem: dict[str, Any]):
+    import zarr
+    from zarr.storage import MemoryStore
+
+    return zarr.open_group(MemoryStore(mem), mode="w", zarr_format=2)
+
+
+def _dump(mem: dict[str, Any], folder: Path) -> None:
+    """Write the keys of an in-memory zarr v2 store as files under ``folder`` (same on-disk layout)."""
+    for key, buf in mem.items():
+        target = folder.joinpath(*key.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buf.to_bytes())
 
 
 def _version() -> str:

@@ -1,0 +1,587 @@
+"""Few-label classification heads on the shared embedding: one module per fusion strategy (torch + numpy only).
+
+Every head takes the per-modality embeddings ``z_rna`` (n x d_rna) and ``z_prot`` (n x d_prot) and an explicit
+presence ``mask`` (n x 2 float, columns rna, prot; 1 = present). A missing modality is never silently zero-filled:
+rows whose mask is 0 are ignored whatever they hold (NaN included), and each head uses the mask explicitly —
+learned "missing" tokens plus mask features (early), masked averages (late), a masked softmax gate (gated), masked
+inverse-variance weights (uncertainty), the LMF appended-1 unimodal terms (tensor).
+
+``forward`` returns a dict of tensors:
+
+``log_probs``  (n, K) log class probabilities of the fused prediction;
+``weights``    (n, 2) per-modality weights in the fused prediction (NaN where a head has none: early, tensor);
+``expert_log_probs`` (n, 2, K) per-modality predictions, for heads that have per-modality experts;
+``modality_var`` (n, 2) per-modality total predictive variance (uncertainty head only).
+
+``loss(out, y, mask, corrupted)`` is the training objective given a forward output; ``corrupted`` (n, 2 bool)
+marks modalities replaced by noise during augmentation (their experts are not trained to predict the label).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODALITIES = ("rna", "prot")
+FUSIONS = ("early", "late", "gated", "uncertainty", "tensor", "rna", "prot")
+MULTIMODAL_FUSIONS = ("early", "late", "gated", "uncertainty", "tensor")
+HEAD_KINDS = ("linear", "mlp")
+_NEG = -1e9
+
+
+def make_classifier(in_dim: int, n_classes: int, kind: str, hidden: int, dropout: float) -> nn.Sequential:
+    """A linear (dropout → linear) or one-hidden-layer MLP classifier; dropout is what MC dropout samples."""
+    if kind == "linear":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_classes))
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
+        )
+    raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r}")
+
+
+def _fill(z: torch.Tensor, present: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows with ``present`` = 0 replaced by ``fill`` (a learned token) or zeros; NaNs there never propagate."""
+    keep = present[:, None] > 0
+    other = torch.zeros_like(z) if fill is None else fill.expand_as(z)
+    return torch.where(keep, z, other)
+
+
+def _mix(expert_log_probs: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """log sum_m w_m p_m(k) from per-modality log-probabilities (n, 2, K) and log-weights (n, 2)."""
+    return torch.logsumexp(expert_log_probs + log_weights[:, :, None], dim=1)
+
+
+def _masked_log_weights(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(scores.masked_fill(mask <= 0, _NEG), dim=1)
+
+
+def _nan_weights(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((n, 2), float("nan"), dtype=like.dtype, device=like.device)
+
+
+class FusionHead(nn.Module):
+    """Base class: input scaling, shared training loss for per-modality experts, eval-mode prediction.
+
+    Embeddings are L2-normalised, so coordinates are ~1/sqrt(d); inputs are multiplied by sqrt(d) for the
+    classifiers to see unit-scale features.
+    """
+
+    fusion = ""
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int) -> None:
+        super().__init__()
+        self.d_rna, self.d_prot, self.n_classes = int(d_rna), int(d_prot), int(n_classes)
+        self.scale = (math.sqrt(d_rna), math.sqrt(d_prot))
+
+    def _inputs(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor):
+        return _fill(z_rna, mask[:, 0]) * self.scale[0], _fill(z_prot, mask[:, 1]) * self.scale[1]
+
+    def _expert_loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each modality's expert on the cells where that modality is present and clean."""
+        elp = out["expert_log_probs"]
+        total = elp.new_zeros(())
+        for m in range(2):
+            use = (mask[:, m] > 0) & ~corrupted[:, m]
+            if use.any():
+                total = total + F.nll_loss(elp[use, m], y[use])
+        return total
+
+    def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Training objective; ``cells`` maps each row to its labelled cell (rows repeat cells)."""
+        return F.nll_loss(out["log_probs"], y)
+
+    def bootstrap(self, n_cells: int, generator: torch.Generator) -> None:
+        """Draw per-member bootstrap weights of the ``n_cells`` labelled cells (heads with ensembles)."""
+
+    def decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters under the L2 penalty: the classifiers' weight matrices (not biases, gates, variances)."""
+        return [p for p in self.parameters() if p.ndim >= 2]
+
+    uses_unlabelled = False
+
+    def unlabelled_loss(self, clean: tuple[torch.Tensor, torch.Tensor], augmented: tuple[torch.Tensor, torch.Tensor],
+                        mask: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+        """Label-free loss on augmented unlabelled cells (only heads with ``uses_unlabelled``).
+
+        ``clean`` are the (z_rna, z_prot) before augmentation, ``augmented`` after; ``mask`` and ``corrupted``
+        describe the augmented cells.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor, mc_samples: int = 1) -> dict:
+        """Deterministic (eval-mode) prediction; the uncertainty head overrides this with MC dropout."""
+        was = self.training
+        self.eval()
+        try:
+            return self.forward(z_rna, z_prot, mask)
+        finally:
+            self.train(was)
+
+
+class SingleModalityHead(FusionHead):
+    """Classifier on one modality; cells without it get a uniform prediction (callers refuse them)."""
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, modality: str, kind: str = "linear",
+                 hidden: int = 64, dropout: float = 0.1) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        self.fusion = modality
+        self.m = MODALITIES.index(modality)
+        self.clf = make_classifier((d_rna, d_prot)[self.m], n_classes, kind, hidden, dropout)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        x = self._inputs(z_rna, z_prot, mask)[self.m]
+        lp = torch.log_softmax(self.clf(x), dim=1)
+        present = mask[:, self.m] > 0
+        lp = torch.where(present[:, None], lp, torch.full_like(lp, -math.log(self.n_classes)))
+        w = torch.zeros(len(x), 2, dtype=lp.dtype, device=lp.device)
+        w[:, self.m] = present.to(lp.dtype)
+        return {"log_probs": lp, "weights": w}
+
+    def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
+        use = mask[:, self.m] > 0
+        if not use.any():
+            return out["log_probs"].sum() * 0.0
+        return F.nll_loss(out["log_probs"][use], y[use])
+
+
+class EarlyFusionHead(FusionHead):
+    """One classifier on [RNA, protein, mask]; a missing modality is replaced by a learned token."""
+
+    fusion = "early"
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+                 dropout: float = 0.1) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        self.missing_rna = nn.Parameter(torch.zeros(d_rna))
+        self.missing_prot = nn.Parameter(torch.zeros(d_prot))
+        self.clf = make_classifier(d_rna + d_prot + 2, n_classes, kind, hidden, dropout)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        xr = _fill(z_rna * self.scale[0], mask[:, 0], self.missing_rna)
+        xp = _fill(z_prot * self.scale[1], mask[:, 1], self.missing_prot)
+        logits = self.clf(torch.cat([xr, xp, mask], dim=1))
+        return {"log_probs": torch.log_softmax(logits, dim=1), "weights": _nan_weights(len(xr), logits)}
+
+
+class _ExpertsMixin:
+    """Per-modality expert classifiers shared by the late, gated and uncertainty heads."""
+
+    def _make_experts(self, n_classes: int, kind: str, hidden: int, dropout: float) -> None:
+        self.experts = nn.ModuleList(
+            [make_classifier(d, n_classes, kind, hidden, dropout) for d in (self.d_rna, self.d_prot)]
+        )
+
+    def _expert_log_probs(self, xr: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.log_softmax(self.experts[i](x), dim=1) for i, x in enumerate((xr, xp))], dim=1)
+
+
+class LateFusionHead(_ExpertsMixin, FusionHead):
+    """One classifier per modality trained on its own; class probabilities averaged over present modalities."""
+
+    fusion = "late"
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+                 dropout: float = 0.1) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        self._make_experts(n_classes, kind, hidden, dropout)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        xr, xp = self._inputs(z_rna, z_prot, mask)
+        elp = self._expert_log_probs(xr, xp)
+        logw = _masked_log_weights(torch.zeros_like(mask), mask)
+        return {"log_probs": _mix(elp, logw), "weights": logw.exp(), "expert_log_probs": elp}
+
+    def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
+        return self._expert_loss(out, y, mask, corrupted)
+
+
+class EnsembleClassifier(nn.Module):
+    """``members`` independently initialised classifiers (as :func:`make_classifier`) in one batched pass.
+
+    ``forward(x)`` maps (n, d) to member logits (members, n, K); dropout masks are independent per member.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, kind: str, hidden: int, dropout: float, members: int,
+                 zero_last: bool = False) -> None:
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {kind!r}")
+        self.members, self.kind = int(members), kind
+        self.dropout = nn.Dropout(dropout)
+        dims = [in_dim, n_classes] if kind == "linear" else [in_dim, hidden, n_classes]
+        self.w = nn.ParameterList()
+        self.b = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            bound = 1.0 / math.sqrt(a)  # nn.Linear's default initialisation
+            self.w.append(nn.Parameter(torch.empty(self.members, a, b).uniform_(-bound, bound)))
+            self.b.append(nn.Parameter(torch.empty(self.members, 1, b).uniform_(-bound, bound)))
+        if zero_last:  # members then differ only through their data (bootstrap), not their initialisation
+            nn.init.zeros_(self.w[-1])
+            nn.init.zeros_(self.b[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(0).expand(self.members, -1, -1)
+        if self.kind == "linear":
+            h = self.dropout(h)
+        for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(self.w) - 1:
+                h = self.dropout(torch.relu(h))
+        return h
+
+    def decay_parameters(self) -> list[nn.Parameter]:
+        return list(self.w)
+
+
+class _BootstrapMixin:
+    """Per-member bootstrap of the labelled cells: Poisson(1) in-bag counts; count 0 = out-of-bag (OOB).
+
+    Members fit their in-bag cells; the out-of-bag cells give honest (not memorised) predictions, which train the
+    parts that judge a modality's reliability (the gate, the variance branch).
+    """
+
+    members = 1
+    _boot: torch.Tensor | None = None
+
+    def bootstrap(self, n_cells: int, generator: torch.Generator) -> None:
+        counts = torch.poisson(torch.ones(self.members, n_cells), generator=generator)
+        empty = counts.sum(1) == 0
+        if empty.any():  # a member with no cell at all gets one
+            counts[empty, torch.randint(0, n_cells, (int(empty.sum()),), generator=generator)] = 1.0
+        self._boot = counts
+
+    def _bag(self, cells: torch.Tensor | None, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """In-bag weights and out-of-bag indicators (members, rows) of the rows' cells."""
+        if self._boot is None or cells is None:
+            return torch.ones(self.members, n_rows), torch.zeros(self.members, n_rows)
+        w = self._boot[:, cells]
+        return w, (w == 0).float()
+
+
+def _member_nll(member_lp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(members, n) negative log-likelihood of ``y`` from member log-probabilities (members, n, K)."""
+    return -member_lp.gather(2, y[None, :, None].expand(member_lp.shape[0], -1, 1))[..., 0]
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    total = weights.sum()
+    return (values * weights).sum() / total if total > 0 else values.sum() * 0.0
+
+
+def _oob_probs(member_lp: torch.Tensor, oob: torch.Tensor) -> torch.Tensor:
+    """Per-row class probabilities averaged over the members for which the row is out-of-bag (all members
+    for a row that is in every bag), detached; member_lp (members, n, K), oob (members, n)."""
+    p = member_lp.detach().exp()
+    cnt = oob.sum(0)
+    w = torch.where(cnt[None] > 0, oob, torch.ones_like(oob))
+    return (p * w[..., None]).sum(0) / w.sum(0)[:, None]
+
+
+class GatedFusionHead(_BootstrapMixin, FusionHead):
+    """Per-modality experts (small bootstrap ensembles) mixed by per-cell weights from a small gate network.
+
+    The gate sees both (masked) embeddings, their cosine similarity (paired modalities agree in the contrastive
+    space; a corrupted or conflicting one does not) and the mask. It is trained on (i) the fused cross-entropy of
+    the experts' OUT-OF-BAG predictions (so it learns which modality generalises, not which one memorised the few
+    labels), (ii) augmented cells with one modality replaced by noise — labelled ones and, label-free, unlabelled
+    training cells — with all weight on the clean modality as target, (iii) a pull towards equal weights on
+    clean labelled cells. Each expert is trained on its own in-bag cells.
+    """
+
+    fusion = "gated"
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+                 dropout: float = 0.1, members: int = 5, gate_hidden: int = 32, balance: float = 0.1, pool_balance: float = 0.3) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        self.members = int(members)
+        self.balance, self.pool_balance = float(balance), float(pool_balance)
+        self.experts = nn.ModuleList(
+            [EnsembleClassifier(d, n_classes, kind, hidden, dropout, members) for d in (d_rna, d_prot)]
+        )
+        self.gate = nn.Sequential(nn.Linear(d_rna + d_prot + 3, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, 2))
+
+    def gate_features(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        zr, zp = _fill(z_rna, mask[:, 0]), _fill(z_prot, mask[:, 1])
+        both = mask[:, 0] * mask[:, 1]
+        cos = F.cosine_similarity(zr, zp, dim=1, eps=1e-8) * both if self.d_rna == self.d_prot else both * 0
+        return torch.cat([zr * self.scale[0], zp * self.scale[1], cos[:, None] * 4.0, mask], dim=1)
+
+    def _gate_log_weights(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return _masked_log_weights(self.gate(self.gate_features(z_rna, z_prot, mask)), mask)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        xr, xp = self._inputs(z_rna, z_prot, mask)
+        member_lp = torch.stack([torch.log_softmax(self.experts[i](x), -1) for i, x in enumerate((xr, xp))], 2)
+        elp = torch.logsumexp(member_lp, 0) - math.log(self.members)  # (n, 2, K) ensemble means
+        logw = self._gate_log_weights(z_rna, z_prot, mask)
+        return {"log_probs": _mix(elp, logw), "weights": logw.exp(), "expert_log_probs": elp,
+                "member_log_probs": member_lp}
+
+    def _gate_loss(self, logw: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+                   balance: float) -> torch.Tensor:
+        """All weight on the clean modality when the other is noise; equal weights on clean two-modality cells."""
+        both = (mask > 0).all(1)
+        total = logw.new_zeros(())
+        one = corrupted.any(1) & both
+        if one.any():
+            clean = (~corrupted[one]).to(torch.long).argmax(1)
+            total = total - logw[one].gather(1, clean[:, None]).clamp_min(-30.0).mean()
+        ok = both & ~corrupted.any(1)
+        if ok.any() and balance > 0:  # KL(uniform || w)
+            total = total + balance * (-0.5 * logw[ok].clamp_min(-30.0).sum(1) - math.log(2.0)).mean()
+        return total
+
+    def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
+        member_lp = out["member_log_probs"]  # (E, n, 2, K)
+        inbag, oob = self._bag(cells, len(y))
+        total = member_lp.new_zeros(())
+        oob_p = []
+        for m in range(2):
+            use = ((mask[:, m] > 0) & ~corrupted[:, m]).float()
+            total = total + _weighted_mean(_member_nll(member_lp[:, :, m], y), inbag * use[None])
+            oob_p.append(_oob_probs(member_lp[:, :, m], oob))
+        logw = out["weights"].clamp_min(1e-30).log()
+        fused = torch.log((out["weights"][:, :, None] * torch.stack(oob_p, 1)).sum(1).clamp_min(1e-12))
+        return total + F.nll_loss(fused, y) + self._gate_loss(logw, mask, corrupted, self.balance)
+
+    uses_unlabelled = True
+
+    def unlabelled_loss(self, clean, augmented, mask, corrupted):
+        logw = self._gate_log_weights(augmented[0], augmented[1], mask)
+        return self._gate_loss(logw, mask, corrupted, self.pool_balance)
+
+    def decay_parameters(self) -> list[nn.Parameter]:
+        gate = [m.weight for m in self.gate if isinstance(m, nn.Linear)]  # few labels: a gate can overfit too
+        return [p for e in self.experts for p in e.decay_parameters()] + gate
+
+
+class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
+    """Heteroscedastic per-modality heads, fused by inverse total (aleatoric + epistemic) variance.
+
+    Each modality has a mean branch (a small bootstrap ensemble of classifiers with dropout) and a variance branch
+    (a per-cell log-variance of Gaussian logit noise; Kendall & Gal 2017). The loss, per modality, is the negative
+    log of the softmax averaged over sampled noisy logits. Ensemble members learn their means on their in-bag
+    cells (variance held fixed); the variance branch learns on the members' OUT-OF-BAG cells and on augmented
+    cells whose modality is noise (means held fixed) — labelled ones, and unlabelled training cells labelled by the
+    head's own clean-input prediction — so it grows where the modality does not generalise. Prediction runs
+    ``mc_samples`` dropout passes of every member: aleatoric = noise variance, epistemic = variance of the logits
+    across members and passes (mean over classes), both in logit units; modality weights are the normalised
+    inverse total variances.
+    """
+
+    fusion = "uncertainty"
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+                 dropout: float = 0.1, members: int = 5, noise_samples: int = 5) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        self.members = int(members)
+        self.noise_samples = int(noise_samples)
+        self.mean_branch = nn.ModuleList(
+            [EnsembleClassifier(d, n_classes, kind, hidden, dropout, members, zero_last=True) for d in (d_rna, d_prot)]
+        )
+        self.var_branch = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1)) for d in (d_rna, d_prot)]
+        )
+
+    def _branches(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor):
+        """Member logits (E, n, 2, K) and log-variances (n, 2)."""
+        xs = self._inputs(z_rna, z_prot, mask)
+        mu = torch.stack([self.mean_branch[i](x) for i, x in enumerate(xs)], dim=2)
+        logvar = torch.stack([self.var_branch[i](x)[:, 0] for i, x in enumerate(xs)], dim=1).clamp(-8.0, 8.0)
+        return mu, logvar
+
+    def _noisy_log_probs(self, mu: torch.Tensor, logvar: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """log of the softmax averaged over ``n_samples`` Gaussian logit-noise draws; mu (..., n, 2, K),
+        logvar (n, 2) -> (..., n, 2, K)."""
+        sd = (0.5 * logvar).exp()[..., None]
+        eps = torch.randn(n_samples, *mu.shape, device=mu.device, dtype=mu.dtype)
+        lp = torch.log_softmax(mu + sd * eps, dim=-1)
+        return torch.logsumexp(lp, dim=0) - math.log(n_samples)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        """One stochastic pass (no MC over dropout); see :meth:`predict` for the fused prediction."""
+        mu, logvar = self._branches(z_rna, z_prot, mask)
+        # training mode: the loss samples the noise itself; skip it here (cheap, noise-free probabilities)
+        member_lp = torch.log_softmax(mu, -1) if self.training else self._noisy_log_probs(mu, logvar,
+                                                                                          self.noise_samples)
+        elp = torch.logsumexp(member_lp, 0) - math.log(self.members)
+        total = logvar.exp() + mu.var(0, unbiased=False).mean(-1)
+        fused, logw = self._fuse(mu.mean(0), total, mask)
+        return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp,
+                "modality_var": total, "mu": mu, "logvar": logvar}
+
+    def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
+             cells: torch.Tensor | None = None) -> torch.Tensor:
+        mu, logvar = out["mu"], out["logvar"]
+        inbag, oob = self._bag(cells, len(y))
+        lp_mean = self._noisy_log_probs(mu, logvar.detach(), self.noise_samples)  # trains the means
+        lp_var = self._noisy_log_probs(mu.detach(), logvar, self.noise_samples)  # trains the variance
+        total = mu.new_zeros(())
+        for m in range(2):
+            present = (mask[:, m] > 0).float()
+            bad = corrupted[:, m].float()
+            total = total + _weighted_mean(_member_nll(lp_mean[:, :, m], y), inbag * (present * (1 - bad))[None])
+            var_rows = torch.maximum(oob * (1 - bad)[None], bad[None].expand_as(oob)) * present[None]
+            total = total + _weighted_mean(_member_nll(lp_var[:, :, m], y), var_rows)
+        return total
+
+    def decay_parameters(self) -> list[nn.Parameter]:
+        return [p for e in self.mean_branch for p in e.decay_parameters()]
+
+    uses_unlabelled = True
+
+    def unlabelled_loss(self, clean, augmented, mask, corrupted):
+        """Variance branch only (means held fixed), with the head's fused prediction on the clean cell as label:
+        small where a modality reproduces it (the data manifold), large where it does not (noise)."""
+        with torch.no_grad():
+            ref = self.forward(clean[0], clean[1], mask)
+            pseudo = ref["log_probs"].argmax(-1)
+        mu, logvar = self._branches(augmented[0], augmented[1], mask)
+        # A noise input carries no label information: its variance is trained against a confident prediction
+        # that has nothing to do with the cell (another cell's clean logits), which only a large variance fits.
+        mu = torch.where(corrupted[None, :, :, None], ref["mu"].roll(1, dims=1), mu).detach()
+        lp = self._noisy_log_probs(mu, logvar, self.noise_samples)
+        total = mu.new_zeros(())
+        for m in range(2):
+            sel = mask[:, m] > 0
+            if sel.any():
+                total = total + _member_nll(lp[:, sel, m], pseudo[sel]).mean()
+        return total
+
+    @torch.no_grad()
+    def predict(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor, mc_samples: int = 20) -> dict:
+        was = self.training
+        self.train(mc_samples > 1)  # dropout on: MC-dropout passes (the heads have no batch-norm)
+        try:
+            mus, lps = [], []
+            logvar = None
+            for _ in range(max(1, int(mc_samples))):
+                mu, logvar = self._branches(z_rna, z_prot, mask)
+                mus.append(mu)
+                lps.append(self._noisy_log_probs(mu, logvar, self.noise_samples))
+        finally:
+            self.train(was)
+        mu = torch.stack(mus)  # (T, E, n, 2, K) logits of every member in every MC-dropout pass
+        aleatoric = logvar.exp()  # (n, 2); the variance branch has no dropout
+        # MC-dropout variance of the logits within each member (mean over members and classes)
+        epistemic = mu.var(0, unbiased=False).mean((0, -1)) if len(mu) > 1 else torch.zeros_like(aleatoric)
+        total = aleatoric + epistemic
+        lp = torch.cat(lps)
+        elp = torch.logsumexp(lp, dim=0) - math.log(len(lp))
+        fused, logw = self._fuse(mu.mean((0, 1)), total, mask)
+        return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp, "modality_var": total,
+                "aleatoric_var": aleatoric, "epistemic_var": epistemic}
+
+    def _fuse(self, mu: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse-variance (precision-weighted) fusion of the modalities' logit estimates.
+
+        Each modality gives centred logits ``mu`` (n, 2, K) with variance ``var`` (n, 2); the fused logits are
+        their precision-weighted mean, with variance 1 / sum(1/var) (the product of the Gaussian beliefs), turned
+        into probabilities by averaging the softmax over logit-noise draws. A flat (uninformative) modality adds
+        the same amount to every class and so cannot move the prediction. Returns (log_probs, log_weights).
+        """
+        logw = _masked_log_weights(-var.clamp_min(1e-8).log(), mask)
+        w = logw.exp()
+        centred = mu - mu.mean(-1, keepdim=True)
+        fused_mu = (w[:, :, None] * centred).sum(1)  # (n, K)
+        precision = (mask / var.clamp_min(1e-8)).sum(1)
+        fused_logvar = (-precision.clamp_min(1e-8).log())[:, None]  # (n, 1): one "modality"
+        lp = self._noisy_log_probs(fused_mu[:, None, :], fused_logvar, max(self.noise_samples, 20))[:, 0]
+        return lp, logw
+
+
+class TensorFusionHead(FusionHead):
+    """Low-rank multimodal fusion (Liu et al. 2018, LMF): rank-r factorised outer product of [z_rna, 1], [z_prot, 1].
+
+    h = sum_i w_i (z_rna' W_rna^(i)) * (z_prot' W_prot^(i)) + b, then a classifier on h. The appended 1s keep the
+    unimodal terms, so a missing modality (mask 0, its vector set to 0 by design) leaves the other modality's
+    unimodal term; training with modality dropout teaches that term to predict alone.
+    """
+
+    fusion = "tensor"
+
+    def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+                 dropout: float = 0.1, rank: int = 8) -> None:
+        super().__init__(d_rna, d_prot, n_classes)
+        self.rank = int(rank)
+        self.factor_rna = nn.Parameter(torch.empty(rank, d_rna + 1, hidden))
+        self.factor_prot = nn.Parameter(torch.empty(rank, d_prot + 1, hidden))
+        self.rank_weights = nn.Parameter(torch.empty(1, rank))
+        self.fusion_bias = nn.Parameter(torch.zeros(hidden))
+        for p in (self.factor_rna, self.factor_prot, self.rank_weights):
+            nn.init.xavier_normal_(p)
+        self.clf = make_classifier(hidden, n_classes, kind, hidden, dropout)
+
+    def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
+        xr, xp = self._inputs(z_rna, z_prot, mask)
+        ones = xr.new_ones(len(xr), 1)
+        fr = torch.einsum("nd,rdh->rnh", torch.cat([xr, ones], 1), self.factor_rna)
+        fp = torch.einsum("nd,rdh->rnh", torch.cat([xp, ones], 1), self.factor_prot)
+        h = torch.einsum("r,rnh->nh", self.rank_weights[0], fr * fp) + self.fusion_bias
+        logits = self.clf(h)
+        return {"log_probs": torch.log_softmax(logits, dim=1), "weights": _nan_weights(len(xr), logits)}
+
+
+def build_head(fusion: str, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
+               dropout: float = 0.1, tensor_rank: int = 8, members: int = 5) -> FusionHead:
+    """Construct the head for ``fusion`` (one of :data:`FUSIONS`).
+
+    Parameters
+    ----------
+    fusion
+        early | late | gated | uncertainty | tensor (multimodal) or rna | prot (single-modality baselines).
+    d_rna, d_prot
+        Embedding dimensions.
+    n_classes
+        Number of classes.
+    kind
+        ``linear`` or ``mlp`` classifiers.
+    hidden, dropout, tensor_rank
+        MLP width (also the LMF fused width), dropout rate, LMF rank.
+    members
+        Bootstrap ensemble size of the gated and uncertainty heads' per-modality classifiers.
+    """
+    common = {"kind": kind, "hidden": hidden, "dropout": dropout}
+    if fusion in MODALITIES:
+        return SingleModalityHead(d_rna, d_prot, n_classes, modality=fusion, **common)
+    if fusion == "early":
+        return EarlyFusionHead(d_rna, d_prot, n_classes, **common)
+    if fusion == "late":
+        return LateFusionHead(d_rna, d_prot, n_classes, **common)
+    if fusion == "gated":
+        return GatedFusionHead(d_rna, d_prot, n_classes, members=members, **common)
+    if fusion == "uncertainty":
+        return UncertaintyFusionHead(d_rna, d_prot, n_classes, members=members, **common)
+    if fusion == "tensor":
+        return TensorFusionHead(d_rna, d_prot, n_classes, rank=tensor_rank, **common)
+    raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+
+def random_unit_vectors(n: int, d: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` vectors uniform on the unit sphere in R^d (the noise that replaces a corrupted modality)."""
+    x = torch.randn(n, d, generator=generator)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def normalised_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy divided by log(K): 0 = certain, 1 = uniform."""
+    k = log_probs.shape[-1]
+    ent = -(log_probs.exp() * log_probs.clamp_min(-1e4)).sum(-1)
+    return ent / math.log(k) if k > 1 else ent
+
+
+def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float32 torch view of an array."""
+    return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, np.float32))

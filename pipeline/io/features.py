@@ -1,0 +1,78 @@
+"""Feature names: uniqueness, isotype-control and hashtag (HTO) recognition by name pattern."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import InputError
+
+DEFAULT_ISOTYPE_PATTERNS = ["(?i)isotype", "(?i)^igg", "(?i)^mouse[_-]?igg", "(?i)^rat[_-]?igg", "(?i)ctrl"]
+DEFAULT_HTO_PATTERNS = ["(?i)^hto[_-]?\\d", "(?i)hashtag"]
+
+
+def _compile(patterns: Sequence[str], *, key: str) -> list[re.Pattern[str]]:
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as exc:
+            raise InputError(f"ingest.{key}: invalid regular expression {p!r} ({exc})") from None
+    return out
+
+
+def match_names(names: Sequence[str], patterns: Sequence[str], *, key: str = "isotype_patterns") -> np.ndarray:
+    """Boolean mask: which ``names`` match any of ``patterns`` (``re.search``)."""
+    regs = _compile(patterns, key=key)
+    return np.array([any(r.search(str(n)) for r in regs) for n in names], dtype=bool)
+
+
+def make_unique(names: Sequence[str]) -> list[str]:
+    """Suffix repeated names the way anndata does: the second ``X`` becomes ``X-1``, the third ``X-2``."""
+    seen: dict[str, int] = {}
+    taken = set(map(str, names))
+    out = []
+    for n in map(str, names):
+        if n not in seen:
+            seen[n] = 0
+            out.append(n)
+            continue
+        k = seen[n]
+        while True:
+            k += 1
+            cand = f"{n}-{k}"
+            if cand not in taken:
+                break
+        seen[n] = k
+        taken.add(cand)
+        out.append(cand)
+    return out
+
+
+def examples(values: Sequence[str], k: int = 3) -> str:
+    """A few values for one-line error messages: ``'a', 'b', 'c', ...``."""
+    shown = ", ".join(repr(str(v)) for v in list(values)[:k])
+    return shown + (", ..." if len(values) > k else "")
+
+
+def check_unique_features(names: pd.Index, *, path: Path | str, what: str, unique: bool) -> pd.Index:
+    """Return ``names``; duplicates are an error unless ``unique`` (then they are suffixed -1, -2, ...)."""
+    names = pd.Index([str(n) for n in names])
+    dup = names[names.duplicated()].unique()
+    if len(dup) == 0:
+        return names
+    if unique:
+        return pd.Index(make_unique(names))
+    raise InputError(f"{path}: {len(dup)} duplicate {what} names (e.g. {examples(dup)}); "
+                     "pass --make-unique to suffix them (-1, -2, ...) or fix the input")
+
+
+def check_unique_barcodes(barcodes: pd.Index, *, path: Path | str) -> None:
+    """Duplicate cell barcodes are always an error (cells could not be paired)."""
+    if barcodes.has_duplicates:
+        dup = barcodes[barcodes.duplicated()].unique()
+        raise InputError(f"{path}: {len(dup)} duplicate cell barcodes (e.g. {examples(dup)})")

@@ -1,0 +1,161 @@
+"""Symmetric InfoNCE (CLIP loss) with chunked logits and all-gather across ranks (torch only).
+
+For RNA embeddings ``a`` and protein embeddings ``b`` of the same ``N`` cells (row ``i`` of each is a pair) and a
+logit scale ``s = 1/T``::
+
+    L = 1/(2N) * sum_i [ logsumexp_j(s a_i.b_j) - s a_i.b_i ]  +  1/(2N) * sum_j [ logsumexp_i(s a_i.b_j) - s a_j.b_j ]
+
+Both halves are "row cross-entropies" of queries against keys (RNA->protein and protein->RNA), which is what
+:func:`row_cross_entropy` computes. With several ranks each rank holds a shard of the rows: it gathers all keys
+(with gradient, so every rank sees the global batch as negatives) and computes the row terms of its own queries;
+the rank terms sum to ``L``. The chunked version never materialises the ``N x N`` logits: a custom autograd
+function keeps only each row's logsumexp and recomputes one ``chunk x N`` block at a time in the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks (rank order) with gradient flowing back to every rank's shard.
+
+    The backward pass of ``torch.distributed.nn.functional.all_gather`` sums the gradients that all ranks
+    computed for each shard, so the shard's gradient is that of the sum of all ranks' losses.
+    """
+    if world_size <= 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast) -> float32; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _targets(n: int, offset: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(offset, offset + n, device=device)
+
+
+def row_cross_entropy_plain(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Reference: ``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]`` with the full logits matrix."""
+    logits = scale * (q @ k.t())
+    return F.cross_entropy(logits, _targets(q.shape[0], offset, q.device), reduction="sum")
+
+
+class _ChunkedRowCE(torch.autograd.Function):
+    """Same value and gradients as :func:`row_cross_entropy_plain`, in ``chunk x N`` blocks."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int, chunk: int):
+        n = q.shape[0]
+        lse = torch.empty(n, dtype=q.dtype, device=q.device)
+        total = torch.zeros((), dtype=q.dtype, device=q.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            qc = q[start:stop]
+            logits = scale * (qc @ k.t())
+            lse[start:stop] = torch.logsumexp(logits, dim=1)
+            pos = scale * (qc * k[offset + start : offset + stop]).sum(dim=1)
+            total = total + (lse[start:stop] - pos).sum()
+        ctx.save_for_backward(q, k, scale, lse)
+        ctx.offset, ctx.chunk = offset, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, scale, lse = ctx.saved_tensors
+        offset, chunk = ctx.offset, ctx.chunk
+        n = q.shape[0]
+        need_q, need_k, need_s = ctx.needs_input_grad[:3]
+        grad_q = torch.empty_like(q) if need_q else None
+        grad_k = torch.zeros_like(k) if need_k else None
+        grad_s = torch.zeros((), dtype=q.dtype, device=q.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            qc = q[start:stop]
+            raw = qc @ k.t()
+            # d/dlogits of [lse - logit_pos] = softmax - onehot
+            g = torch.exp(scale * raw - lse[start:stop, None])
+            rows = torch.arange(stop - start, device=q.device)
+            g[rows, offset + start + rows] -= 1.0
+            if need_s:
+                grad_s = grad_s + (g * raw).sum()
+            g = g * (grad_out * scale)
+            if need_q:
+                grad_q[start:stop] = g @ k
+            if need_k:
+                grad_k += g.t() @ qc
+        return grad_q, grad_k, (grad_s * grad_out).reshape(scale.shape) if need_s else None, None, None
+
+
+def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0,
+                      chunk_size: int = 0) -> torch.Tensor:
+    """``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]``; chunked when ``0 < chunk_size < len(q)``.
+
+    Parameters
+    ----------
+    q
+        Queries (n x d); query ``i``'s positive key is ``k[offset + i]``.
+    k
+        Keys (N x d).
+    scale
+        Scalar tensor multiplying the dot products (``1 / temperature``).
+    offset
+        Position of the first query's positive among the keys (the shard offset of this rank).
+    chunk_size
+        Rows of logits computed at a time; ``0`` computes them all at once.
+    """
+    if chunk_size and chunk_size < q.shape[0]:
+        return _ChunkedRowCE.apply(q, k, scale, offset, int(chunk_size))
+    return row_cross_entropy_plain(q, k, scale, offset)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE over the (global) batch.
+
+    Parameters
+    ----------
+    chunk_size
+        Rows of logits computed at a time (0 = all); chunked and plain give the same loss and gradients.
+    world_size, rank
+        Data-parallel layout: this rank's features are rows ``rank*n .. (rank+1)*n`` of the global batch.
+
+    Notes
+    -----
+    With ``world_size > 1`` the returned value is this rank's share ``L_r`` of the global loss
+    (``sum_r L_r = L``) and the gradient of every shard is that of ``L``. Under DDP, which averages parameter
+    gradients over ranks, back-propagate ``world_size * L_r`` to obtain the gradient of ``L``.
+    """
+
+    def __init__(self, chunk_size: int = 0, world_size: int = 1, rank: int = 0) -> None:
+        super().__init__()
+        self.chunk_size = int(chunk_size)
+        self.world_size = int(world_size)
+        self.rank = int(rank)
+
+    def get_logits(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
+                   logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full RNA->protein and protein->RNA logits of this rank's rows (for inspection; B x B memory)."""
+        a_all = gather_features(rna_features, self.world_size)
+        b_all = gather_features(prot_features, self.world_size)
+        s = logit_scale.exp()
+        return s * rna_features @ b_all.t(), s * prot_features @ a_all.t()
+
+    def forward(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the symmetric InfoNCE loss (the whole loss on one process)."""
+        a, b = _full_precision(rna_features), _full_precision(prot_features)
+        n_local = a.shape[0]
+        a_all = gather_features(a, self.world_size)
+        b_all = gather_features(b, self.world_size)
+        n = a_all.shape[0]
+        offset = self.rank * n_local
+        s = _full_precision(logit_scale).exp()
+        total = (row_cross_entropy(a, b_all, s, offset, self.chunk_size)
+                 + row_cross_entropy(b, a_all, s, offset, self.chunk_size))
+        return total / (2 * n)

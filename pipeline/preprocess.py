@@ -1,0 +1,367 @@
+"""Preprocessing fitted on training cells only, saved with the model, and applied identically to new cells.
+
+RNA: library-size normalisation (total counts over *all* genes of the input) to ``target_sum``, ``log1p``, the
+highly variable genes chosen by scanpy on the training cells, per-gene centring/scaling clipped at
+``max_value``. Protein: centred log-ratio per cell (``log1p(x) - mean_p log1p(x_p)``), optional per-protein
+centring/scaling.
+
+New cells are matched to the model by feature name. Missing genes/proteins are filled with zeros *in the model's
+input space* (= the training mean after scaling) and reported; too many missing genes is an error.
+
+The numeric transform is written once, in torch (:class:`TorchPreprocessor`), and shared by training batches,
+validation and embedding, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessState:
+    """Everything needed to transform raw counts exactly as during training (JSON-serialisable).
+
+    Attributes
+    ----------
+    genes
+        Model input genes (the highly variable genes), in model order.
+    all_genes
+        All genes of the training store, in store order (lets inputs without gene names be recognised).
+    proteins
+        Model input proteins, in model order.
+    rna_mean, rna_std
+        Per model gene, of the log-normalised training values; ``None`` when RNA is not scaled.
+    prot_mean, prot_std
+        Per protein, of the CLR-transformed training values; ``None`` when proteins are not scaled.
+    """
+
+    genes: list[str]
+    all_genes: list[str]
+    proteins: list[str]
+    target_sum: float = 1e4
+    max_value: float = 10.0
+    rna_mean: np.ndarray | None = None
+    rna_std: np.ndarray | None = None
+    prot_mean: np.ndarray | None = None
+    prot_std: np.ndarray | None = None
+    max_missing_gene_fraction: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (arrays as lists)."""
+
+        def arr(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(x) for x in a]
+
+        return {
+            "genes": list(self.genes), "all_genes": list(self.all_genes), "proteins": list(self.proteins),
+            "target_sum": float(self.target_sum), "max_value": float(self.max_value),
+            "rna_mean": arr(self.rna_mean), "rna_std": arr(self.rna_std),
+            "prot_mean": arr(self.prot_mean), "prot_std": arr(self.prot_std),
+            "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessState:
+        """Inverse of :meth:`to_dict`."""
+
+        def arr(a: list[float] | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a, dtype=np.float32)
+
+        try:
+            return cls(
+                genes=[str(g) for g in d["genes"]], all_genes=[str(g) for g in d["all_genes"]],
+                proteins=[str(p) for p in d["proteins"]], target_sum=float(d["target_sum"]),
+                max_value=float(d["max_value"]), rna_mean=arr(d["rna_mean"]), rna_std=arr(d["rna_std"]),
+                prot_mean=arr(d["prot_mean"]), prot_std=arr(d["prot_std"]),
+                max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
+
+
+@dataclass
+class FeatureReport:
+    """How a new input's features matched the model's."""
+
+    modality: str
+    n_model: int
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def n_missing(self) -> int:
+        return len(self.missing)
+
+    @property
+    def missing_fraction(self) -> float:
+        return self.n_missing / max(self.n_model, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modality": self.modality, "n_model": self.n_model, "n_missing": self.n_missing,
+                "missing_fraction": self.missing_fraction, "missing": list(self.missing)}
+
+
+# ---------------------------------------------------------------------------------------------------- fitting
+
+
+def library_size(rna: sp.spmatrix | np.ndarray) -> np.ndarray:
+    """Total counts per cell (float64)."""
+    return np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
+
+
+def log_normalize(rna: sp.csr_matrix, target_sum: float, lib: np.ndarray | None = None) -> sp.csr_matrix:
+    """``log1p(counts / lib * target_sum)`` as a new CSR float32 matrix."""
+    lib = library_size(rna) if lib is None else lib
+    scale = target_sum / np.where(lib > 0, lib, 1.0)
+    out = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(rna, dtype=np.float64))
+    out.data = np.log1p(out.data)
+    return out.astype(np.float32)
+
+
+def clr(prot: np.ndarray) -> np.ndarray:
+    """Per-cell centred log-ratio: ``log1p(x) - mean over proteins of log1p(x)`` (numpy reference)."""
+    lp = np.log1p(np.asarray(prot, dtype=np.float64))
+    return (lp - lp.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
+    """Positions of the ``n_hvg`` most variable genes (scanpy, flavor "seurat"), in input order.
+
+    ``n_hvg == 0`` or ``n_hvg >=`` the number of expressed genes keeps every expressed gene.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    expressed = np.flatnonzero(np.asarray((lognorm > 0).sum(axis=0)).ravel() > 0)
+    if expressed.size == 0:
+        raise InputError("preprocess: no gene has any counts in the training cells")
+    if n_hvg == 0 or n_hvg >= expressed.size:
+        return expressed
+    adata = ad.AnnData(X=lognorm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor="seurat", subset=False)
+    return np.flatnonzero(adata.var["highly_variable"].to_numpy())
+
+
+def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    if sp.issparse(x):
+        mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+        sq = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel()
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        mean, sq = x.mean(axis=0), (x * x).mean(axis=0)
+    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    std[std < 1e-8] = 1.0  # constant features: centre only
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def fit_preprocessing(
+    rna: sp.spmatrix,
+    prot: np.ndarray,
+    genes: Sequence[str],
+    proteins: Sequence[str],
+    *,
+    n_hvg: int = 2000,
+    target_sum: float = 1e4,
+    scale_rna: bool = True,
+    max_value: float = 10.0,
+    scale_prot: bool = True,
+    max_missing_gene_fraction: float = 0.2,
+) -> PreprocessState:
+    """Fit the preprocessing on the *training* cells' raw counts.
+
+    Parameters
+    ----------
+    rna
+        Training cells x all genes, raw counts.
+    prot
+        Training cells x proteins, raw counts.
+    genes, proteins
+        Feature names (columns of ``rna`` / ``prot``).
+    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction
+        The ``preprocess`` config section.
+    """
+    rna = sp.csr_matrix(rna, dtype=np.float32)
+    prot = np.asarray(prot, dtype=np.float32)
+    if rna.shape[0] == 0:
+        raise InputError("preprocess: no training cells")
+    if rna.shape[1] != len(genes) or prot.shape[1] != len(proteins):
+        raise InputError("preprocess: feature names do not match the count matrices' columns")
+    lognorm = log_normalize(rna, target_sum)
+    hvg = select_hvg(lognorm, n_hvg)
+    log.info("preprocess: %d of %d genes selected (n_hvg=%d)", hvg.size, len(genes), n_hvg)
+    rna_mean = rna_std = prot_mean = prot_std = None
+    if scale_rna:
+        rna_mean, rna_std = _mean_std(lognorm[:, hvg])
+    if scale_prot:
+        prot_mean, prot_std = _mean_std(clr(prot))
+    all_genes = [str(g) for g in genes]
+    return PreprocessState(
+        genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
+        target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
+        prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- matching
+
+
+def _check_names(names: Sequence[str], what: str) -> list[str]:
+    names = [str(n) for n in names]
+    dup = pd.Index(names)[pd.Index(names).duplicated()]
+    if len(dup):
+        raise InputError(f"{what} names are not unique (e.g. {', '.join(map(str, dup[:3]))})")
+    return names
+
+
+def align_rna(
+    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
+) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
+    """Match new cells' genes to the model's by name.
+
+    Parameters
+    ----------
+    rna
+        Cells x genes raw counts (CSR or dense).
+    genes
+        Column names of ``rna``; ``None`` means the training store's gene order (or the model's genes when the
+        width equals the number of model genes).
+    state
+        The model's preprocessing state.
+
+    Returns
+    -------
+    counts, lib, report
+        Raw counts in model gene order (CSR, missing genes empty), the library size of every cell over *all*
+        its input genes, and the matching report.
+    """
+    rna = sp.csr_matrix(rna, dtype=np.float32)
+    if genes is None:
+        if rna.shape[1] == len(state.all_genes):
+            genes = state.all_genes
+        elif rna.shape[1] == len(state.genes):
+            log.warning("RNA input without gene names has the model's %d genes: library sizes use only these",
+                        len(state.genes))
+            genes = state.genes
+        else:
+            raise InputError(
+                f"RNA input has {rna.shape[1]} columns and no gene names; the model expects "
+                f"{len(state.all_genes)} (training genes) or {len(state.genes)} (model genes)"
+            )
+    genes = _check_names(genes, "gene")
+    if len(genes) != rna.shape[1]:
+        raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
+    pos = pd.Index(genes).get_indexer(state.genes)
+    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
+    report = FeatureReport("rna", len(state.genes), missing)
+    if report.missing_fraction > state.max_missing_gene_fraction:
+        raise InputError(
+            f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
+            f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
+            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}"
+        )
+    if missing:
+        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
+                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
+    present = np.flatnonzero(pos >= 0)
+    sel = sp.csr_matrix(
+        (np.ones(present.size, np.float32), (pos[present], present)), shape=(rna.shape[1], len(state.genes))
+    )
+    counts = sp.csr_matrix(rna @ sel)
+    counts.sort_indices()
+    return counts, library_size(rna), report
+
+
+def align_proteins(
+    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState
+) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
+    """Match new cells' proteins to the model's by name.
+
+    Returns
+    -------
+    counts, present, report
+        Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
+        in the input, and the matching report.
+    """
+    if isinstance(prot, pd.DataFrame):
+        proteins = list(prot.columns) if proteins is None else proteins
+        prot = prot.to_numpy()
+    prot = np.asarray(prot.toarray() if sp.issparse(prot) else prot, dtype=np.float32)
+    if proteins is None:
+        if prot.shape[1] != len(state.proteins):
+            raise InputError(f"protein input has {prot.shape[1]} columns and no names; the model expects "
+                             f"{len(state.proteins)}")
+        proteins = state.proteins
+    proteins = _check_names(proteins, "protein")
+    if len(proteins) != prot.shape[1]:
+        raise InputError(f"protein input has {prot.shape[1]} columns but {len(proteins)} protein names")
+    pos = pd.Index(proteins).get_indexer(state.proteins)
+    present = pos >= 0
+    if not present.any():
+        raise InputError(
+            f"protein input shares no protein with the model (model: {', '.join(state.proteins[:5])}...; "
+            f"input: {', '.join(proteins[:5])}...)"
+        )
+    missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
+    if missing:
+        log.warning("protein input lacks %d of the model's %d proteins; filled with zeros (%s)",
+                    len(missing), len(state.proteins), ", ".join(missing[:5]))
+    out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
+    out[:, present] = prot[:, pos[present]]
+    return out, present, FeatureReport("prot", len(state.proteins), missing)
+
+
+# ---------------------------------------------------------------------------------------------------- transform
+
+
+class TorchPreprocessor:
+    """The fitted transform as torch operations on one device (raw counts in, model inputs out)."""
+
+    def __init__(self, state: PreprocessState, device: torch.device | str = "cpu") -> None:
+        self.state = state
+        self.device = torch.device(device)
+
+        def t(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.as_tensor(np.asarray(a, np.float32), device=self.device)
+
+        self.rna_mean, self.rna_std = t(state.rna_mean), t(state.rna_std)
+        self.prot_mean, self.prot_std = t(state.prot_mean), t(state.prot_std)
+        self.target_sum = float(state.target_sum)
+        self.max_value = float(state.max_value)
+
+    def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32)."""
+        x = counts.float() * (self.target_sum / lib.float().clamp_min(1.0)).unsqueeze(1)
+        x = torch.log1p(x)
+        if self.rna_mean is not None:
+            x = ((x - self.rna_mean) / self.rna_std).clamp_(-self.max_value, self.max_value)
+        if present is not None:
+            x = x * present.to(x.dtype)
+        return x
+
+    def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
+        lp = torch.log1p(counts.float())
+        if present is None:
+            x = lp - lp.mean(dim=1, keepdim=True)
+        else:
+            m = present.to(lp.dtype)
+            x = lp - (lp * m).sum(dim=1, keepdim=True) / m.sum().clamp_min(1.0)
+        if self.prot_mean is not None:
+            x = (x - self.prot_mean) / self.prot_std
+        if present is not None:
+            x = x * present.to(x.dtype)
+        return x

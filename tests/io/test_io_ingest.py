@@ -1,0 +1,100 @@
+"""Ingest writes the paired store: counts unchanged, provenance and QC in uns, readable by mudata."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from cite_files import PROTEINS, assert_store_matches, make_cite, stray_files, write_10x_h5, write_h5ad
+
+from pipeline.ingest import ingest
+from pipeline.inspect import format_summary, inspect_store
+from pipeline.io.readers import open_input
+from pipeline.io.store import read_store, store_info
+
+
+@pytest.fixture(scope="module")
+def cite():
+    return make_cite()
+
+
+@pytest.fixture(scope="module")
+def store(cite, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("store")
+    src = write_10x_h5(cite, tmp / "sample.h5")
+    return src, ingest([src], tmp / "s.zarr", chunk_cells=16)
+
+
+def test_round_trip_in_chunks(store, cite):
+    src, out = store
+    assert_store_matches(out, cite)
+    assert stray_files(out.parent) == []
+
+
+def test_store_is_mudata_readable_and_chunked_by_cells(store, cite):
+    import mudata as md
+    import zarr
+
+    _, out = store
+    m = md.read_zarr(out)
+    assert set(m.mod) == {"rna", "prot"} and m.n_obs == len(cite.barcodes)
+    assert (m["rna"].X != cite.rna).nnz == 0
+    np.testing.assert_array_equal(m["prot"].X.toarray(), cite.prot_kept)
+    g = zarr.open_group(str(out / "mod" / "rna" / "X"), mode="r")
+    assert g.attrs["encoding-type"] == "csr_matrix"
+
+
+def test_provenance(store):
+    src, out = store
+    prov = store_info(out)["uns"]["provenance"]
+    inp = prov["inputs"]["input_0"]
+    assert inp["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert inp["path"] == str(src.resolve()) and int(inp["bytes"]) == src.stat().st_size
+    assert prov["format"] == "10x-h5" and prov["version"] and prov["created"]
+    assert list(prov["isotypes_removed"]) == ["IgG1_control", "Mouse_IgG2a_isotype"]
+    assert prov["options"]["pairing"] == "strict" and int(prov["options"]["chunk_cells"]) == 16
+
+
+def test_qc_summary_and_feature_totals(store, cite):
+    _, out = store
+    info = store_info(out)
+    qc = info["uns"]["qc"]
+    assert int(qc["n_cells"]) == 60 and int(qc["n_genes"]) == 40 and int(qc["n_proteins"]) == len(PROTEINS)
+    assert int(qc["n_genes_zero_counts"]) == 1  # GENE3 is all zero
+    assert float(qc["median_counts_rna"]) == float(np.median(np.asarray(cite.rna.sum(axis=1)).ravel()))
+    assert int(qc["nnz_rna"]) == cite.rna.nnz
+    np.testing.assert_allclose(info["genes"]["total_counts"], np.asarray(cite.rna.sum(axis=0)).ravel())
+    np.testing.assert_allclose(info["obs"]["total_counts_prot"], cite.prot_kept.sum(axis=1))
+
+
+def test_inspect_summary(store):
+    _, out = store
+    d = inspect_store(out)
+    assert (d["n_cells"], d["n_genes"], d["n_proteins"]) == (60, 40, 5)
+    assert 0 < d["sparsity_rna"] < 1 and d["qc"]["n_cells"] == 60
+    text = format_summary(d)
+    assert "cells      60" in text and "sha256" in text and "CD19" in text
+
+
+def test_open_input_on_store(store, cite):
+    _, out = store
+    with open_input([out]) as s:
+        assert s.fmt == "zarr" and s.proteins == PROTEINS and s.genes == cite.genes
+        d = s.read()
+    assert (d.rna != cite.rna).nnz == 0 and d.barcodes == cite.barcodes
+
+
+def test_min_counts_thresholds_and_overwrite(cite, tmp_path):
+    src = write_h5ad(cite, tmp_path / "c.h5ad")
+    tot = np.asarray(cite.rna.sum(axis=1)).ravel()
+    thr = float(np.sort(tot)[10])
+    out = ingest([src], tmp_path / "s.zarr")
+    out = ingest([src], out, min_counts_rna=thr, overwrite=True)
+    d = read_store(out)
+    keep = tot >= thr
+    assert d.n_cells == int(keep.sum()) < 60
+    assert d.barcodes == [b for b, k in zip(cite.barcodes, keep, strict=True) if k]
+    qc = d.uns["qc"]
+    assert int(qc["n_cells_below_min_counts_rna"]) == int((~keep).sum())
+    assert stray_files(tmp_path) == []

@@ -1,0 +1,280 @@
+"""Training heads on synthetic embeddings where the answer is known; missing modalities; save/load; files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.errors import InputError
+from pipeline.fewlabel import corrupt
+from pipeline.finetune import (
+    HeadParams,
+    check_fingerprint,
+    finetune_embedding,
+    fit_head,
+    label_array,
+    load_head,
+    predict_head,
+    read_embedding,
+    sample_per_class,
+    save_head,
+)
+
+D = 16
+FAST = {"epochs": 80}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _cone(k: int, rng: np.random.Generator) -> np.ndarray:
+    """Class centroids inside a cone, like contrastive embeddings (which do not fill the sphere)."""
+    mean = _unit(rng.normal(size=(1, D)))
+    return _unit(mean + 0.5 * _unit(rng.normal(size=(k, D))))
+
+
+_G = np.random.default_rng(0)
+RNA_C, PROT_C = _cone(4, _G), _cone(4, _G)
+
+
+def factors(n: int, seed: int, noise: float = 0.15):
+    """RNA shows factor a (2 levels), protein factor b: labels of (a, b) need both modalities."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    return (_unit(RNA_C[a] + noise * rng.normal(size=(n, D))), _unit(PROT_C[b] + noise * rng.normal(size=(n, D))),
+            a, b)
+
+
+def typed(n: int, seed: int, *, prot_noise: bool = False, noise: float = 0.12):
+    """4 cell types seen by both modalities; ``prot_noise``: protein is pure noise (random unit vectors)."""
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 4, n)
+    zr = _unit(RNA_C[t] + noise * rng.normal(size=(n, D)))
+    zp = _unit(rng.normal(size=(n, D))) if prot_noise else _unit(PROT_C[t] + noise * rng.normal(size=(n, D)))
+    return zr, zp, t
+
+
+def _acc(head, zr, zp, y, mask=None) -> float:
+    return float((predict_head(head, zr, zp, mask=mask, mc_samples=5)["probs"].argmax(1) == y).mean())
+
+
+# ------------------------------------------------------------------------------- fusions on known answers
+
+
+@pytest.fixture(scope="module")
+def joint():
+    tr, te, pool = factors(120, 1), factors(600, 2), factors(400, 3)
+    y_tr, y_te = 2 * tr[2] + tr[3], 2 * te[2] + te[3]
+    single = {m: _acc(fit_head(tr[0], tr[1], y_tr, 4, HeadParams(fusion=m, **FAST)), te[0], te[1], y_te)
+              for m in ("rna", "prot")}
+    return tr, te, pool, y_tr, y_te, single
+
+
+def test_single_modality_cannot_solve_joint_labels(joint):
+    *_, single = joint
+    assert max(single.values()) < 0.62  # each modality sees one factor: at most ~50% of the 4 classes
+
+
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "uncertainty", "tensor"])
+def test_every_fusion_combines_the_modalities(joint, fusion):
+    tr, te, pool, y_tr, y_te, single = joint
+    head = fit_head(tr[0], tr[1], y_tr, 4, HeadParams(fusion=fusion, **FAST), unlabelled=pool[:2])
+    assert _acc(head, te[0], te[1], y_te) >= max(single.values()) + 0.15
+
+
+@pytest.mark.parametrize(("fusion", "kind"), [("tensor", "linear"), ("early", "mlp")])
+def test_interaction_heads_solve_xor(fusion, kind):
+    """XOR of a factor per modality: only multiplicative (LMF) or non-linear early fusion can represent it."""
+    tr, te = factors(120, 4), factors(600, 5)
+    head = fit_head(tr[0], tr[1], tr[2] ^ tr[3], 2, HeadParams(fusion=fusion, head=kind, epochs=100))
+    assert _acc(head, te[0], te[1], te[2] ^ te[3]) >= 0.9
+    if fusion == "early":  # contrast: a linear early-fusion head cannot
+        lin = fit_head(tr[0], tr[1], tr[2] ^ tr[3], 2, HeadParams(fusion="early", epochs=100))
+        assert _acc(lin, te[0], te[1], te[2] ^ te[3]) < 0.7
+
+
+@pytest.fixture(scope="module")
+def noisy_protein():
+    tr, te, pool = typed(80, 11, prot_noise=True), typed(600, 12, prot_noise=True), typed(400, 13, prot_noise=True)
+    rna_only = _acc(fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion="rna", **FAST)), te[0], te[1], te[2])
+    return tr, te, pool, rna_only
+
+
+@pytest.mark.parametrize("fusion", ["gated", "uncertainty"])
+def test_pure_noise_modality_is_ignored(noisy_protein, fusion):
+    """Protein is pure noise: gated and uncertainty heads match the RNA-only head (no negative transfer)."""
+    tr, te, pool, rna_only = noisy_protein
+    head = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion=fusion, **FAST), unlabelled=pool[:2])
+    pred = predict_head(head, te[0], te[1], mc_samples=5)
+    assert (pred["probs"].argmax(1) == te[2]).mean() >= rna_only - 0.02
+    assert pred["weights"][:, 0].mean() > 0.8  # most weight on RNA
+
+
+def test_corrupted_modality_is_down_weighted():
+    """Half of the test cells get one modality replaced by a random unit vector after clean training."""
+    tr, te, pool = typed(80, 21), typed(600, 22), typed(400, 23)
+    zr, zp, hit = corrupt(te[0], te[1], "noise", np.random.default_rng(0))
+    drops = {}
+    for fusion in ("gated", "uncertainty", "early"):
+        head = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion=fusion, **FAST), unlabelled=pool[:2])
+        clean = _acc(head, te[0], te[1], te[2])
+        pred = predict_head(head, zr, zp, mc_samples=5)
+        drops[fusion] = clean - float((pred["probs"].argmax(1) == te[2]).mean())
+        if fusion != "early":
+            w_bad = np.concatenate([pred["weights"][hit[:, 0], 0], pred["weights"][hit[:, 1], 1]])
+            assert w_bad.mean() < 0.2, fusion
+    assert drops["gated"] <= 0.03 and drops["uncertainty"] <= 0.03, drops
+    assert drops["early"] > max(drops["gated"], drops["uncertainty"]), drops
+
+
+# ------------------------------------------------------------------------------- missing modality
+
+
+@pytest.mark.parametrize("fusion", ["early", "late", "gated", "uncertainty", "tensor"])
+def test_predicts_from_either_modality_alone(fusion):
+    tr, te = typed(80, 31), typed(400, 32)
+    head = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion=fusion, **FAST))
+    n = len(te[2])
+    rna_only = np.tile(np.array([[1, 0]], np.float32), (n, 1))
+    prot_only = rna_only[:, ::-1].copy()
+    zp_missing = np.full_like(te[1], np.nan)  # a missing modality may hold NaN: it is masked, never read
+    for mask, zr, zp in ((rna_only, te[0], zp_missing), (prot_only, np.full_like(te[0], np.nan), te[1])):
+        pred = predict_head(head, zr, zp, mask=mask, mc_samples=5)
+        assert np.isfinite(pred["probs"]).all()
+        assert (pred["probs"].argmax(1) == te[2]).mean() >= 0.9
+        if fusion in ("late", "gated", "uncertainty"):
+            present = mask.argmax(1)[0]
+            assert np.allclose(pred["weights"][:, present], 1.0)
+            assert np.isnan(pred["modality_uncertainty"][:, 1 - present]).all()
+    # absent arrays (modality missing for every cell) are the same as masked rows
+    a = predict_head(head, te[0], None, mc_samples=5)
+    b = predict_head(head, te[0], zp_missing, mask=rna_only, mc_samples=5)
+    assert np.allclose(a["probs"], b["probs"], atol=1e-6)
+
+
+def test_single_modality_head_needs_its_modality():
+    tr = typed(40, 41)
+    with pytest.raises(InputError, match="none of the labelled cells"):
+        fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion="prot", epochs=5), mask=np.tile([[1.0, 0.0]], (40, 1)))
+
+
+# ------------------------------------------------------------------------------- save / load / fingerprint
+
+
+@pytest.mark.parametrize("fusion", ["early", "gated", "uncertainty", "tensor", "rna"])
+def test_save_load_round_trip(tmp_path, fusion):
+    tr, te = typed(40, 51), typed(50, 52)
+    params = HeadParams(fusion=fusion, head="mlp", hidden=8, epochs=10, ensemble=3)
+    head = fit_head(tr[0], tr[1], tr[2], 4, params)
+    meta = {"params": params.__dict__, "classes": list("abcd"), "model_fingerprint": "fp1"}
+    save_head(tmp_path / "h", head, meta)
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["head.json", "head.safetensors"]
+    loaded, meta2, extra = load_head(tmp_path / "h")
+    assert meta2["classes"] == list("abcd") and meta2["architecture"]["fusion"] == fusion and extra == {}
+    a = predict_head(head, te[0], te[1], mc_samples=4, seed=3)
+    b = predict_head(loaded, te[0], te[1], mc_samples=4, seed=3)
+    for k in ("probs", "weights", "uncertainty"):
+        assert np.allclose(a[k], b[k], equal_nan=True, atol=1e-6), k
+    with pytest.raises(InputError, match="already exists"):
+        save_head(tmp_path / "h", head, meta)
+
+
+def test_load_head_refuses_bad_folders(tmp_path):
+    with pytest.raises(InputError, match="not a head folder"):
+        load_head(tmp_path)
+    (tmp_path / "head.json").write_text(json.dumps({"format": "something-else"}))
+    (tmp_path / "head.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="not an omicsclip head"):
+        load_head(tmp_path)
+
+
+def test_fingerprint_must_match():
+    check_fingerprint({"model_fingerprint": "abc"}, "abc", head_dir="h")
+    with pytest.raises(InputError, match="trained on embeddings of model abc"):
+        check_fingerprint({"model_fingerprint": "abc"}, "xyz", head_dir="h")
+    with pytest.raises(InputError, match="no model_fingerprint"):
+        check_fingerprint({}, "xyz", head_dir="h")
+
+
+# ------------------------------------------------------------------------------- labels and embedding files
+
+
+def test_labels_unlabelled_and_ignored():
+    obs = pd.DataFrame({"ct": ["T", None, "", "unknown", "B", np.nan, " NK "]})
+    assert list(label_array(obs, "ct")) == ["T", None, None, "unknown", "B", None, "NK"]
+    assert list(label_array(obs, "ct", ["unknown"])) == ["T", None, None, None, "B", None, "NK"]
+    with pytest.raises(InputError, match="no label column 'cell'"):
+        label_array(obs, "cell", source="emb.zarr")
+
+
+def test_sample_per_class_draws_training_cells_only():
+    labels = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 2 + [None] * 3, dtype=object)
+    train = np.ones(len(labels), bool)
+    train[:5] = False
+    idx = sample_per_class(labels, train, 3, np.random.default_rng(0))
+    assert train[idx].all()
+    assert sorted(pd.Series(labels[idx]).value_counts().items()) == [("a", 3), ("b", 3), ("c", 2)]  # c capped
+    again = sample_per_class(labels, train, 3, np.random.default_rng(0))
+    assert np.array_equal(idx, again)
+
+
+def write_embedding(path, n: int = 300, seed: int = 0, fingerprint: str | None = "fp-test"):
+    """A small `omicsclip embed`-like AnnData zarr: 4 types, obs split/cell_type (with unlabelled cells)."""
+    import anndata as ad
+
+    zr, zp, t = typed(n, seed)
+    rng = np.random.default_rng(seed)
+    labels = np.array(["T", "B", "NK", "Mono"], dtype=object)[t]
+    labels[rng.random(n) < 0.1] = "unknown"
+    labels[rng.random(n) < 0.05] = ""
+    split = rng.choice(["train", "val", "test"], size=n, p=[0.6, 0.1, 0.3])
+    a = ad.AnnData(obs=pd.DataFrame({"cell_type": labels, "split": split},
+                                    index=[f"c{i}" for i in range(n)]))
+    a.obsm["X_omicsclip_rna"], a.obsm["X_omicsclip_prot"] = zr, zp
+    a.obsm["X_omicsclip_joint"] = _unit(zr + zp)
+    if fingerprint:
+        a.uns["omicsclip"] = {"model_fingerprint": fingerprint}
+    a.write_zarr(path)
+    return path
+
+
+def test_finetune_embedding_end_to_end(tmp_path):
+    emb = write_embedding(tmp_path / "emb.zarr")
+    section = {"fusion": "late", "epochs": 40}
+    meta = finetune_embedding(emb, tmp_path / "head", label_key="cell_type", section=section,
+                              ignore_labels=["unknown"], labels_per_class=5)
+    assert meta["classes"] == ["B", "Mono", "NK", "T"]  # "unknown" and "" are unlabelled
+    assert meta["n_train_cells"] == 20 and set(meta["class_counts"].values()) == {5}
+    assert meta["model_fingerprint"] == "fp-test"
+    assert meta["metrics"]["split"] == "test" and meta["metrics"]["accuracy"] > 0.9
+    assert 0 <= meta["metrics"]["ece"] <= 1
+    e = read_embedding(emb)
+    train_barcodes = set(e.obs.index[e.obs["split"] == "train"])
+    assert meta["n_train_cells"] <= len(train_barcodes)
+    with_unknown = finetune_embedding(emb, tmp_path / "head2", label_key="cell_type", section=section)
+    assert "unknown" in with_unknown["classes"]  # only ignored when asked
+    with pytest.raises(InputError, match="already exists"):
+        finetune_embedding(emb, tmp_path / "head", label_key="cell_type", section=section)
+
+
+def test_finetune_refuses_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        finetune_embedding(tmp_path / "nope.zarr", tmp_path / "h", label_key="cell_type")
+    emb = write_embedding(tmp_path / "emb.zarr", n=60)
+    with pytest.raises(InputError, match="no label column"):
+        finetune_embedding(emb, tmp_path / "h", label_key="celltype")
+    with pytest.raises(InputError, match="finetune.fusion"):
+        finetune_embedding(emb, tmp_path / "h", label_key="cell_type", section={"fusion": "sum"})
+
+
+def test_heads_are_seeded():
+    tr, te = typed(40, 61), typed(50, 62)
+    a = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion="gated", epochs=15, seed=1))
+    b = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion="gated", epochs=15, seed=1))
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)

@@ -1,0 +1,204 @@
+# Helper Python for the omicsclip workflow: config merging and validation, dataset inputs, run names,
+# per-stage `--set` options and resource estimates. Rules live in the other .smk files.
+
+import json
+import math
+import os
+import shlex
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from pipeline.config import deep_merge, default_config, validate_config
+from pipeline.errors import InputError
+
+REPO = Path(workflow.basedir)
+CONFIG_SOURCE = "config " + (", ".join(map(str, workflow.configfiles)) or "(--config)")
+
+
+def merged_config(user_config):
+    """configs/default.yaml <- the workflow config, validated with one-line messages."""
+    if not user_config.get("datasets"):
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: datasets: missing; list at least one dataset, e.g. "
+            "datasets: {demo: {synthetic: {cells: 3000}}} (see docs/workflow.md)"
+        )
+    for name, entry in user_config["datasets"].items():
+        if isinstance(entry, dict) and ("input" in entry) == ("synthetic" in entry):
+            raise WorkflowError(
+                f"{CONFIG_SOURCE}: datasets.{name}: give exactly one of 'input' (files) or 'synthetic' (generated data)"
+            )
+    cfg = deep_merge(default_config(), dict(user_config))
+    try:
+        validate_config(cfg, source=CONFIG_SOURCE)
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+    return cfg
+
+
+def resolve_input(path):
+    """Relative dataset inputs are taken from the repository root (where the Snakefile is)."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else Path(os.path.normpath(REPO / p))
+
+
+def check_inputs(cfg):
+    """Refuse a config whose dataset input files are missing, naming the key and the resolved path."""
+    for name, entry in cfg["datasets"].items():
+        if "input" not in entry:
+            continue
+        paths = entry["input"] if isinstance(entry["input"], list) else [entry["input"]]
+        for raw in paths:
+            if not resolve_input(raw).exists():
+                raise WorkflowError(
+                    f"{CONFIG_SOURCE}: datasets.{name}.input: {raw} does not exist "
+                    f"(resolved to {resolve_input(raw)}; relative paths are taken from {REPO})"
+                )
+
+
+def dataset_inputs(dataset):
+    """The raw input file(s) of ``dataset``: the generated .h5ad for synthetic ones."""
+    entry = CFG["datasets"][dataset]
+    if "synthetic" in entry:
+        return [f"{CFG['results_dir']}/{dataset}/synthetic.h5ad"]
+    raw = entry["input"] if isinstance(entry["input"], list) else [entry["input"]]
+    return [str(resolve_input(p)) for p in raw]
+
+
+def dataset_format(dataset):
+    entry = CFG["datasets"][dataset]
+    return "h5ad" if "synthetic" in entry else entry.get("format", "auto")
+
+
+def label_key(dataset):
+    """The dataset's label column ('' = unlabelled); falls back to evaluate.label_key."""
+    return CFG["datasets"][dataset].get("label_key", CFG["evaluate"]["label_key"])
+
+
+def labelled(dataset):
+    return bool(label_key(dataset))
+
+
+def temperature_label(t):
+    """Directory-safe label of a temperature: 0.05 -> '0.05'."""
+    return format(float(t), "g")
+
+
+def run_names(cfg):
+    """One training run per temperature, or a single 'learn' run with a learnable temperature."""
+    if cfg["train"]["learnable_temperature"]:
+        return ["learn"]
+    names = []
+    for t in cfg["train"]["temperatures"]:
+        if temperature_label(t) not in names:
+            names.append(temperature_label(t))
+    return names
+
+
+def yaml_value(value):
+    """Serialise a config value as flow YAML that PyYAML reads back identically (floats keep a dot)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            raise WorkflowError(f"config value {value} cannot be passed to the CLI")
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    raise WorkflowError(f"config value of type {type(value).__name__} cannot be passed to the CLI")
+
+
+def set_opts(*sections, **overrides):
+    """`--set section={...}` for whole config sections, then `--set dotted.key=value` overrides.
+
+    Used as rule params, so a change in any of these values reruns the rule (--rerun-triggers params)
+    and, through its newer outputs, everything downstream of it and nothing else.
+    """
+    items = [f"{s}={yaml_value(CFG[s])}" for s in sections]
+    items += [f"{k.replace('__', '.')}={yaml_value(v)}" for k, v in overrides.items()]
+    return " ".join(f"--set {shlex.quote(item)}" for item in items)
+
+
+def train_opts(temp):
+    """`--set` options of one training run. `train.temperatures` (the sweep) is left out so that adding a
+    temperature trains only the new run; a sweep run fixes its own temperature."""
+    section = {k: v for k, v in CFG["train"].items() if k != "temperatures"}
+    if temp != "learn":
+        section.update(temperature=float(temp), learnable_temperature=False)
+    items = [f"{s}={yaml_value(CFG[s])}" for s in ("split", "preprocess", "model")]
+    items.append(f"train={yaml_value(section)}")
+    return " ".join(f"--set {shlex.quote(item)}" for item in items)
+
+
+def synth_opts(dataset):
+    spec = CFG["datasets"][dataset]["synthetic"]
+    flags = {"cells": "--cells", "genes": "--genes", "proteins": "--proteins", "types": "--types",
+             "batches": "--batches", "seed": "--seed"}
+    return " ".join(f"{flags[k]} {int(v)}" for k, v in spec.items())
+
+
+def input_mb(paths):
+    """Total size in MB of files/folders (0 while they do not exist yet, e.g. in a dry run)."""
+    total = 0
+    for p in map(Path, paths):
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total / 1e6
+
+
+def mem_mb(base, per_input_mb):
+    """Memory request: base + a multiple of the input size, doubled on each retry."""
+    def _mem(wildcards, input, attempt):
+        return int((base + per_input_mb * input_mb(input)) * 2 ** (attempt - 1))
+    return _mem
+
+
+def train_gpus(cfg):
+    """GPUs per training job: 1 when train.device asks for CUDA (profiles may set more via set-resources)."""
+    return 1 if cfg["train"]["device"].startswith("cuda") else 0
+
+
+def report_config_opts(dataset):
+    """The run's full config for the report's provenance section, restricted to this dataset."""
+    sections = [k for k in CFG if k not in ("datasets", "results_dir")]
+    return set_opts(*sections) + " " + " ".join(
+        f"--set {shlex.quote(item)}"
+        for item in (f"results_dir={yaml_value(CFG['results_dir'])}",
+                     f"datasets={yaml_value({dataset: CFG['datasets'][dataset]})}")
+    )
+
+
+def report_inputs(wildcards):
+    """Inputs of the report rule: fewlabel curves and the head only for labelled datasets."""
+    d = f"{CFG['results_dir']}/{wildcards.dataset}"
+    inputs = {
+        "store": f"{d}/store.zarr",
+        "inspect": f"{d}/inspect.json",
+        "selection": f"{d}/best/selection.json",
+        "emb": f"{d}/best/embeddings.zarr",
+        "query": f"{d}/best/query",
+        "metrics": [f"{d}/t{t}/metrics.json" for t in RUNS],
+        "models": [f"{d}/t{t}/model" for t in RUNS],
+    }
+    if labelled(wildcards.dataset):
+        inputs["fewlabel"] = f"{d}/best/fewlabel.json"
+        inputs["head"] = f"{d}/best/head"
+    return inputs
+
+
+CFG = merged_config(config)
+check_inputs(CFG)
+DATASETS = list(CFG["datasets"])
+RUNS = run_names(CFG)

@@ -1,0 +1,74 @@
+# Training rules: one model per temperature (or one with a learnable temperature), evaluation of each,
+# and selection of the best run on VALIDATION retrieval (metrics.json["validation"], never the test cells).
+
+
+rule train:
+    input:
+        store="<results>/{dataset}/store.zarr",
+    output:
+        directory("<results>/{dataset}/t{temp}/model"),
+    params:
+        sets=lambda wildcards: train_opts(wildcards.temp),
+    log:
+        "<results>/{dataset}/logs/train_t{temp}.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/train_t{temp}.tsv"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(3000, 6),
+        runtime=lambda wildcards, attempt: 120 * attempt,
+        gpu=train_gpus(CFG),
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "omicsclip train {input.store} --out {output} --resume {params.sets} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        store="<results>/{dataset}/store.zarr",
+        model="<results>/{dataset}/t{temp}/model",
+    output:
+        "<results>/{dataset}/t{temp}/metrics.json",
+    params:
+        sets=lambda wildcards: set_opts(
+            "evaluate",
+            evaluate__label_key=label_key(wildcards.dataset),
+            query__impute_k=CFG["query"]["impute_k"],
+        ),
+    log:
+        "<results>/{dataset}/logs/evaluate_t{temp}.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/evaluate_t{temp}.tsv"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(3000, 6),
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "omicsclip evaluate {input.store} --model {input.model} --out {output} {params.sets} > {log} 2>&1"
+
+
+rule select:
+    input:
+        metrics=expand("<results>/{{dataset}}/t{temp}/metrics.json", temp=RUNS),
+        models=expand("<results>/{{dataset}}/t{temp}/model", temp=RUNS),
+    output:
+        selection="<results>/{dataset}/best/selection.json",
+        model=directory("<results>/{dataset}/best/model"),
+    params:
+        models=lambda wildcards, input: " ".join(f"--model {m}" for m in input.models),
+    log:
+        "<results>/{dataset}/logs/select.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/select.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "omicsclip select {input.metrics} {params.models} --out {output.selection} "
+        "--copy-model-to {output.model} > {log} 2>&1"
