@@ -15,6 +15,7 @@ from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 from pipeline.errors import InputError, OmicsclipError
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_SINGLE_THREADED = ("ingest", "train", "evaluate", "embed", "index", "query")
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
 
@@ -28,6 +29,8 @@ def snakemake_command(*, snakefile: Path, configfiles: list[Path], workdir: Path
     exe = _venv_bin() / "snakemake"
     cmd = [str(exe if exe.exists() else (shutil.which("snakemake") or "snakemake")),
            "--snakefile", str(snakefile), "--directory", str(workdir), "--cores", str(cores),
+           # small data: one thread per job and jobs side by side beat multi-threaded small matrix products
+           "--set-threads", *[f"{rule}=1" for rule in DEMO_SINGLE_THREADED],
            "--configfile", *map(str, configfiles)]
     if dry_run:
         cmd.append("--dry-run")

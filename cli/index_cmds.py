@@ -39,7 +39,7 @@ def index(
 
         omicsclip index atlas_emb.zarr --out atlas_index --kind hnsw --set index.ef_search=256
 
-        omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=[train]'
+        omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=\\[train]'
     """
     from pipeline.index import set_threads
     from pipeline.refindex import index_embeddings
@@ -61,6 +61,8 @@ def query(
     = "auto",
     modality: Annotated[str | None, typer.Option(
         "--modality", help="What a single-matrix input holds: rna | prot (default: detect).")] = None,
+    make_unique: Annotated[bool, typer.Option(
+        "--make-unique", help="Suffix duplicate feature names (-1, -2) instead of refusing them.")] = False,
     no_tsv: Annotated[bool, typer.Option("--no-tsv", help="Skip neighbours.tsv (parquet only).")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -84,7 +86,7 @@ def query(
     """
     from pipeline.query import run_query
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(config, (set_ or []) + (["ingest.make_unique=true"] if make_unique else []))
     s = run_query(inputs, model, index, out, k=k, section=cfg["query"], fmt=fmt, modality=modality,
                   ingest=cfg["ingest"], device=cfg["query"]["device"], use_gpu=cfg["index"]["use_gpu"],
                   tsv=not no_tsv, overwrite=overwrite)

@@ -1,95 +1,31 @@
 """Training batches: device-resident cells (batches are index gathers) or chunks streamed from the store.
 
-Raw counts stay raw until the batch is built, so augmentation happens on counts, on the device:
+Raw counts stay raw until the batch is built, so augmentation happens on counts, on the device
+(:func:`pipeline.batchops.model_inputs`): binomial count thinning with a per-cell keep probability
+``q ~ U(thinning, 1)`` (``thinning = 1`` disables it) and feature dropout.
 
-* binomial count thinning: every count ``c`` of a cell becomes ``Binomial(c, q)`` with a per-cell keep
-  probability ``q ~ U(thinning, 1)`` (``thinning = 1`` disables it). The counts of genes outside the model are
-  kept only as a per-cell total, thinned as one binomial draw (the sum of independently thinned counts is
-  exactly that), so library sizes stay consistent with the thinned counts;
-* feature dropout: a random fraction of model inputs is set to 0 after preprocessing (= the training mean, i.e.
-  what a missing gene looks like at inference).
-
-RNA counts are kept as CSR (values, column indices, row pointers) on the device; a batch gathers its cells'
-non-zeros, thins them, and scatters them into a dense ``batch x genes`` matrix.
+RNA counts are kept as CSR (values, column indices, row pointers) on the device, together with each cell's count
+total over the genes outside the model; a batch gathers its cells' non-zeros, thins them, and scatters them into
+a dense ``batch x genes`` matrix.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from pipeline.preprocess import PreprocessState, TorchPreprocessor, align_proteins, align_rna
+from pipeline.batchops import Augmentation, RawBatch, gather_rows, model_inputs, thin_counts
+from pipeline.preprocess import PreprocessState, align_proteins, align_rna
+
+__all__ = ["Augmentation", "DeviceBatches", "DeviceCells", "RawBatch", "StoreBatches", "epoch_permutation",
+           "load_cells", "model_inputs", "thin_counts"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RawBatch:
-    """Raw counts of ``n`` cells on the device, RNA in COO form (row, col, val) over the model genes."""
-
-    n: int
-    row: torch.Tensor
-    col: torch.Tensor
-    val: torch.Tensor
-    other: torch.Tensor  # per-cell counts of genes outside the model
-    prot: torch.Tensor  # n x proteins, dense
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Count thinning (keep probability ``U(thinning, 1)`` per cell and modality) and feature dropout."""
-
-    thinning: float = 1.0
-    feature_dropout: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.thinning < 1.0 or self.feature_dropout > 0.0
-
-
-def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return low + (1.0 - low) * torch.rand(n, generator=gen, device=device)
-
-
-def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``)."""
-    counts = counts.float()
-    return torch.binomial(counts, keep.expand_as(counts).contiguous(), generator=gen)
-
-
-def model_inputs(batch: RawBatch, pre: TorchPreprocessor, aug: Augmentation | None = None,
-                 gen: torch.Generator | None = None, n_genes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment (training) and preprocess a raw batch into the encoders' inputs (float32, on the batch's device).
-
-    Draws from ``gen`` in a fixed order (RNA keep, RNA counts, other counts, protein keep, protein counts,
-    RNA dropout mask, protein dropout mask), which makes runs and resumed runs repeatable.
-    """
-    device = batch.val.device
-    n_genes = len(pre.state.genes) if n_genes is None else n_genes
-    val, other, prot = batch.val.float(), batch.other.float(), batch.prot.float()
-    if aug is not None and aug.thinning < 1.0:
-        assert gen is not None
-        q = _keep_prob(batch.n, aug.thinning, gen, device)
-        val = thin_counts(val, q[batch.row], gen)
-        other = thin_counts(other, q, gen)
-        qp = _keep_prob(batch.n, aug.thinning, gen, device)
-        prot = thin_counts(prot, qp[:, None], gen)
-    lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
-    dense = torch.zeros(batch.n, n_genes, device=device)
-    dense[batch.row, batch.col] = val
-    x_rna = pre.rna(dense, lib)
-    x_prot = pre.prot(prot)
-    if aug is not None and aug.feature_dropout > 0.0:
-        assert gen is not None
-        x_rna = x_rna * (torch.rand(x_rna.shape, generator=gen, device=device) >= aug.feature_dropout)
-        x_prot = x_prot * (torch.rand(x_prot.shape, generator=gen, device=device) >= aug.feature_dropout)
-    return x_rna, x_prot
 
 
 class DeviceCells:
@@ -127,15 +63,7 @@ class DeviceCells:
 
     def gather(self, idx: torch.Tensor) -> RawBatch:
         """The cells ``idx`` (a tensor of positions on this device) as a raw batch."""
-        idx = idx.to(self.device)
-        starts = self.indptr[idx]
-        lens = self.indptr[idx + 1] - starts
-        n = idx.numel()
-        rows = torch.repeat_interleave(torch.arange(n, device=self.device), lens)
-        first = torch.cumsum(lens, 0) - lens
-        pos = starts[rows] + (torch.arange(rows.numel(), device=self.device) - first[rows])
-        return RawBatch(n=n, row=rows, col=self.indices[pos].long(), val=self.values[pos],
-                        other=self.other[idx], prot=self.prot[idx])
+        return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))
 
 
 def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,

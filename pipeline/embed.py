@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,8 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
             "model_fingerprint": model.fingerprint, "model_dir": str(Path(model_dir).resolve()),
             "store": str(Path(store).resolve()), "embed_dim": d, "feature_report_json": json.dumps(report),
         }
-        with ad.settings.override(zarr_write_format=2):
+        with ad.settings.override(zarr_write_format=2), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Writing zarr v2", category=UserWarning)
             adata.write_zarr(tmp)
     log.info("wrote %s: %d cells x %d dims (model %s...)", out, len(obs), d, model.fingerprint[:12])
     return out

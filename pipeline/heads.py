@@ -103,6 +103,10 @@ class FusionHead(nn.Module):
         """Parameters under the L2 penalty: the classifiers' weight matrices (not biases, gates, variances)."""
         return [p for p in self.parameters() if p.ndim >= 2]
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups (a head may train some parts faster)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     uses_unlabelled = False
 
     def unlabelled_loss(self, clean: tuple[torch.Tensor, torch.Tensor], augmented: tuple[torch.Tensor, torch.Tensor],
@@ -370,15 +374,20 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
 class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
     """Heteroscedastic per-modality heads, fused by inverse total (aleatoric + epistemic) variance.
 
-    Each modality has a mean branch (a small bootstrap ensemble of classifiers with dropout) and a variance branch
-    (a per-cell log-variance of Gaussian logit noise; Kendall & Gal 2017). The loss, per modality, is the negative
-    log of the softmax averaged over sampled noisy logits. Ensemble members learn their means on their in-bag
-    cells (variance held fixed); the variance branch learns on the members' OUT-OF-BAG cells and on augmented
-    cells whose modality is noise (means held fixed) — labelled ones, and unlabelled training cells labelled by the
-    head's own clean-input prediction — so it grows where the modality does not generalise. Prediction runs
-    ``mc_samples`` dropout passes of every member: aleatoric = noise variance, epistemic = variance of the logits
-    across members and passes (mean over classes), both in logit units; modality weights are the normalised
-    inverse total variances.
+    Each modality has a mean branch (a small bootstrap ensemble of classifiers with dropout) giving logits, and a
+    variance branch giving a per-cell variance of Gaussian logit noise (aleatoric; Kendall & Gal 2017: the loss is
+    the negative log of the softmax averaged over noisy-logit draws). Ensemble members learn their means on their
+    in-bag labelled cells (variance held fixed). The variance branch learns (means held fixed) on the members'
+    OUT-OF-BAG cells — so it grows where a modality does not generalise, e.g. a modality that is pure noise — and
+    on augmented cells whose modality was replaced by noise: labelled ones, and unlabelled training cells whose
+    label is the head's own clean-cell prediction, scored against another cell's logits (noise carries no
+    information about the cell, which only a large variance fits).
+
+    Prediction runs ``mc_samples`` MC-dropout passes of every member. Per modality: aleatoric = the noise
+    variance, epistemic = the MC-dropout variance of the logits (mean over members and classes), total = their
+    sum (logit units). The modalities' (centred, member-averaged) logits are fused by inverse-variance weighting —
+    weights = normalised 1/total, the product of the two Gaussian logit beliefs — and the fused variance
+    1/sum(1/total) is propagated as logit noise into the class probabilities.
     """
 
     fusion = "uncertainty"
@@ -394,12 +403,16 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         self.var_branch = nn.ModuleList(
             [nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1)) for d in (d_rna, d_prot)]
         )
+        for branch in self.var_branch:  # start at unit variance
+            nn.init.zeros_(branch[-1].weight)
+            nn.init.zeros_(branch[-1].bias)
 
     def _branches(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor):
         """Member logits (E, n, 2, K) and log-variances (n, 2)."""
         xs = self._inputs(z_rna, z_prot, mask)
         mu = torch.stack([self.mean_branch[i](x) for i, x in enumerate(xs)], dim=2)
-        logvar = torch.stack([self.var_branch[i](x)[:, 0] for i, x in enumerate(xs)], dim=1).clamp(-8.0, 8.0)
+        raw = torch.stack([self.var_branch[i](x)[:, 0] for i, x in enumerate(xs)], dim=1)
+        logvar = 8.0 * torch.tanh(raw / 8.0)  # soft bounds: a hard clamp would stop the gradient for good
         return mu, logvar
 
     def _noisy_log_probs(self, mu: torch.Tensor, logvar: torch.Tensor, n_samples: int) -> torch.Tensor:
@@ -417,7 +430,7 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         member_lp = torch.log_softmax(mu, -1) if self.training else self._noisy_log_probs(mu, logvar,
                                                                                           self.noise_samples)
         elp = torch.logsumexp(member_lp, 0) - math.log(self.members)
-        total = logvar.exp() + mu.var(0, unbiased=False).mean(-1)
+        total = logvar.exp()  # a single pass has no MC-dropout (epistemic) estimate
         fused, logw = self._fuse(mu.mean(0), total, mask)
         return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp,
                 "modality_var": total, "mu": mu, "logvar": logvar}
@@ -455,7 +468,7 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         lp = self._noisy_log_probs(mu, logvar, self.noise_samples)
         total = mu.new_zeros(())
         for m in range(2):
-            sel = mask[:, m] > 0
+            sel = (mask[:, m] > 0) & corrupted[:, m]
             if sel.any():
                 total = total + _member_nll(lp[:, sel, m], pseudo[sel]).mean()
         return total

@@ -60,7 +60,7 @@ class IndexParams:
     nlist: int = 0
     nprobe: int = 32
     pq_m: int = 16
-    pq_refine: int = 4
+    pq_refine: int = 16
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
@@ -101,7 +101,7 @@ def resolve_params(n: int, dim: int, section: Mapping[str, Any]) -> IndexParams:
         nlist=int(section.get("nlist", 0)),
         nprobe=int(section.get("nprobe", 32)),
         pq_m=int(section.get("pq_m", 16)),
-        pq_refine=int(section.get("pq_refine", 4)),
+        pq_refine=int(section.get("pq_refine", 16)),
         hnsw_m=int(section.get("hnsw_m", 32)),
         ef_construction=int(section.get("ef_construction", 80)),
         ef_search=int(section.get("ef_search", 128)),

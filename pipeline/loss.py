@@ -48,49 +48,46 @@ def row_cross_entropy_plain(q: torch.Tensor, k: torch.Tensor, scale: torch.Tenso
 
 
 class _ChunkedRowCE(torch.autograd.Function):
-    """Same value and gradients as :func:`row_cross_entropy_plain`, in ``chunk x N`` blocks."""
+    """Same value and gradients as :func:`row_cross_entropy_plain`, in ``chunk x N`` blocks.
+
+    With ``u = s * q`` the logits are ``u @ k.T``; the backward pass recomputes one block, turns it into
+    ``softmax - onehot`` in place, and gets ``dL/ds = sum_i <dL/du_i, q_i>`` from ``dL/du`` without another pass
+    over the block.
+    """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int, chunk: int):
         n = q.shape[0]
+        u = q * scale
         lse = torch.empty(n, dtype=q.dtype, device=q.device)
-        total = torch.zeros((), dtype=q.dtype, device=q.device)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            qc = q[start:stop]
-            logits = scale * (qc @ k.t())
-            lse[start:stop] = torch.logsumexp(logits, dim=1)
-            pos = scale * (qc * k[offset + start : offset + stop]).sum(dim=1)
-            total = total + (lse[start:stop] - pos).sum()
+            lse[start:stop] = torch.logsumexp(u[start:stop] @ k.t(), dim=1)
+        pos = (u * k[offset : offset + n]).sum(dim=1)
         ctx.save_for_backward(q, k, scale, lse)
         ctx.offset, ctx.chunk = offset, chunk
-        return total
+        return (lse - pos).sum()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         q, k, scale, lse = ctx.saved_tensors
         offset, chunk = ctx.offset, ctx.chunk
         n = q.shape[0]
-        need_q, need_k, need_s = ctx.needs_input_grad[:3]
-        grad_q = torch.empty_like(q) if need_q else None
-        grad_k = torch.zeros_like(k) if need_k else None
-        grad_s = torch.zeros((), dtype=q.dtype, device=q.device)
+        u = q * scale
+        grad_u = torch.empty_like(q)
+        grad_k = torch.zeros_like(k)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            qc = q[start:stop]
-            raw = qc @ k.t()
-            # d/dlogits of [lse - logit_pos] = softmax - onehot
-            g = torch.exp(scale * raw - lse[start:stop, None])
+            g = (u[start:stop] @ k.t()).sub_(lse[start:stop, None]).exp_()  # softmax over keys
             rows = torch.arange(stop - start, device=q.device)
             g[rows, offset + start + rows] -= 1.0
-            if need_s:
-                grad_s = grad_s + (g * raw).sum()
-            g = g * (grad_out * scale)
-            if need_q:
-                grad_q[start:stop] = g @ k
-            if need_k:
-                grad_k += g.t() @ qc
-        return grad_q, grad_k, (grad_s * grad_out).reshape(scale.shape) if need_s else None, None, None
+            grad_u[start:stop] = g @ k
+            grad_k += g.t() @ u[start:stop]
+        grad_u *= grad_out
+        grad_k *= grad_out
+        grad_s = (grad_u * q).sum().reshape(scale.shape) if ctx.needs_input_grad[2] else None
+        grad_q = grad_u * scale if ctx.needs_input_grad[0] else None
+        return grad_q, grad_k if ctx.needs_input_grad[1] else None, grad_s, None, None
 
 
 def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0,

@@ -74,7 +74,7 @@ def write_model_files(out_dir: Path, model: DualEncoder, state: PreprocessState,
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
         "model_fingerprint": fingerprint, "config": config, "preprocessing": state.to_dict(),
-        "architecture": {"n_genes": len(state.genes), "n_proteins": len(state.proteins)}, **extra,
+        "architecture": {"n_rna_inputs": model.rna.n_in, "n_prot_inputs": model.prot.n_in}, **extra,
     }
     (out_dir / META).write_text(json.dumps(meta, indent=1))
     return fingerprint
@@ -247,7 +247,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         raise InputError(f"{weights}: weights do not match the fingerprint in {META} (corrupt or replaced)")
     cfg = meta["config"]
     arch = meta["architecture"]
-    model = build_model(int(arch["n_genes"]), int(arch["n_proteins"]), cfg["model"], cfg["train"])
+    model = build_model(int(arch["n_rna_inputs"]), int(arch["n_prot_inputs"]), cfg["model"], cfg["train"])
     try:
         model.load_state_dict(load_file(str(weights)))
     except (RuntimeError, KeyError) as exc:

@@ -30,6 +30,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, n_in: int, hidden: Sequence[int], embed_dim: int, *, dropout: float = 0.0,
                  input_dropout: float = 0.0) -> None:
         super().__init__()
+        self.n_in = int(n_in)
         layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
         width = n_in
         for h in hidden:

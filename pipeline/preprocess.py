@@ -8,8 +8,9 @@ centring/scaling.
 New cells are matched to the model by feature name. Missing genes/proteins are filled with zeros *in the model's
 input space* (= the training mean after scaling) and reported; too many missing genes is an error.
 
-The numeric transform is written once, in torch (:class:`TorchPreprocessor`), and shared by training batches,
-validation and embedding, so training and inference cannot drift apart.
+The numeric transform is written once, in torch (:class:`pipeline.batchops.CountTransform`, fitted here as
+:class:`TorchPreprocessor`), and shared by training batches, validation and embedding, so training and inference
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from pipeline.batchops import CountTransform
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class PreprocessState:
         Model input proteins, in model order.
     rna_mean, rna_std
         Per model gene, of the log-normalised training values; ``None`` when RNA is not scaled.
+    rna_pcs
+        Principal axes (components x model genes) of the scaled training values that the RNA input is projected
+        on; ``None``: the encoder sees the genes.
     prot_mean, prot_std
         Per protein, of the CLR-transformed training values; ``None`` when proteins are not scaled.
     """
@@ -58,6 +63,7 @@ class PreprocessState:
     prot_mean: np.ndarray | None = None
     prot_std: np.ndarray | None = None
     max_missing_gene_fraction: float = 0.2
+    rna_pcs: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (arrays as lists)."""
@@ -71,6 +77,7 @@ class PreprocessState:
             "rna_mean": arr(self.rna_mean), "rna_std": arr(self.rna_std),
             "prot_mean": arr(self.prot_mean), "prot_std": arr(self.prot_std),
             "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
+            "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
         }
 
     @classmethod
@@ -87,6 +94,7 @@ class PreprocessState:
                 max_value=float(d["max_value"]), rna_mean=arr(d["rna_mean"]), rna_std=arr(d["rna_std"]),
                 prot_mean=arr(d["prot_mean"]), prot_std=arr(d["prot_std"]),
                 max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
+                rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -141,14 +149,14 @@ def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
 
     ``n_hvg == 0`` or ``n_hvg >=`` the number of expressed genes keeps every expressed gene.
     """
-    import anndata as ad
-    import scanpy as sc
-
     expressed = np.flatnonzero(np.asarray((lognorm > 0).sum(axis=0)).ravel() > 0)
     if expressed.size == 0:
         raise InputError("preprocess: no gene has any counts in the training cells")
     if n_hvg == 0 or n_hvg >= expressed.size:
         return expressed
+    import anndata as ad  # scanpy is slow to import: only when genes are actually selected
+    import scanpy as sc
+
     adata = ad.AnnData(X=lognorm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -168,6 +176,17 @@ def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def principal_axes(x: np.ndarray, n: int) -> np.ndarray:
+    """Top ``n`` principal axes (rows, unit norm, sign-fixed) of the cells x features matrix ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    cov = x.T @ x / max(x.shape[0] - 1, 1)
+    vals, vecs = np.linalg.eigh(cov)
+    top = vecs[:, np.argsort(vals)[::-1][: min(n, x.shape[1])]].T
+    top *= np.sign(top[np.arange(top.shape[0]), np.abs(top).argmax(axis=1)])[:, None]
+    return top.astype(np.float32)
+
+
 def fit_preprocessing(
     rna: sp.spmatrix,
     prot: np.ndarray,
@@ -180,6 +199,7 @@ def fit_preprocessing(
     max_value: float = 10.0,
     scale_prot: bool = True,
     max_missing_gene_fraction: float = 0.2,
+    n_pcs: int = 0,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -191,8 +211,9 @@ def fit_preprocessing(
         Training cells x proteins, raw counts.
     genes, proteins
         Feature names (columns of ``rna`` / ``prot``).
-    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction
-        The ``preprocess`` config section.
+    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs
+        The ``preprocess`` config section (``n_pcs > 0``: the RNA input is projected on this many principal
+        axes of the scaled training values).
     """
     rna = sp.csr_matrix(rna, dtype=np.float32)
     prot = np.asarray(prot, dtype=np.float32)
@@ -208,11 +229,18 @@ def fit_preprocessing(
         rna_mean, rna_std = _mean_std(lognorm[:, hvg])
     if scale_prot:
         prot_mean, prot_std = _mean_std(clr(prot))
+    rna_pcs = None
+    if n_pcs:
+        x = lognorm[:, hvg].toarray()
+        if scale_rna:
+            x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
+        rna_pcs = principal_axes(x, n_pcs)
     all_genes = [str(g) for g in genes]
     return PreprocessState(
         genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
         target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
         prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
+        rna_pcs=rna_pcs,
     )
 
 
@@ -327,8 +355,8 @@ def align_proteins(
 # ---------------------------------------------------------------------------------------------------- transform
 
 
-class TorchPreprocessor:
-    """The fitted transform as torch operations on one device (raw counts in, model inputs out)."""
+class TorchPreprocessor(CountTransform):
+    """The fitted transform of a :class:`PreprocessState` as torch operations on one device."""
 
     def __init__(self, state: PreprocessState, device: torch.device | str = "cpu") -> None:
         self.state = state
@@ -337,31 +365,6 @@ class TorchPreprocessor:
         def t(a: np.ndarray | None) -> torch.Tensor | None:
             return None if a is None else torch.as_tensor(np.asarray(a, np.float32), device=self.device)
 
-        self.rna_mean, self.rna_std = t(state.rna_mean), t(state.rna_std)
-        self.prot_mean, self.prot_std = t(state.prot_mean), t(state.prot_std)
-        self.target_sum = float(state.target_sum)
-        self.max_value = float(state.max_value)
-
-    def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32)."""
-        x = counts.float() * (self.target_sum / lib.float().clamp_min(1.0)).unsqueeze(1)
-        x = torch.log1p(x)
-        if self.rna_mean is not None:
-            x = ((x - self.rna_mean) / self.rna_std).clamp_(-self.max_value, self.max_value)
-        if present is not None:
-            x = x * present.to(x.dtype)
-        return x
-
-    def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
-        lp = torch.log1p(counts.float())
-        if present is None:
-            x = lp - lp.mean(dim=1, keepdim=True)
-        else:
-            m = present.to(lp.dtype)
-            x = lp - (lp * m).sum(dim=1, keepdim=True) / m.sum().clamp_min(1.0)
-        if self.prot_mean is not None:
-            x = (x - self.prot_mean) / self.prot_std
-        if present is not None:
-            x = x * present.to(x.dtype)
-        return x
+        super().__init__(n_genes=len(state.genes), target_sum=state.target_sum, max_value=state.max_value,
+                         rna_mean=t(state.rna_mean), rna_std=t(state.rna_std), prot_mean=t(state.prot_mean),
+                         prot_std=t(state.prot_std), rna_proj=t(state.rna_pcs))

@@ -14,6 +14,7 @@ atomically.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import resource
@@ -155,18 +156,19 @@ def check_features(genes: Sequence[str] | None, proteins: Sequence[str] | None, 
                 f"({rep['missing_fraction']:.0%} > max_missing_gene_fraction={limit:g}); "
                 f"e.g. {', '.join(rep['missing_examples'][:3])}"
             )
-        if rep["n_missing"] or rep["n_extra"] or rep["reordered"]:
-            log.warning("%s genes vs model: %d missing (zero-filled), %d extra (ignored), order %s", source,
-                        rep["n_missing"], rep["n_extra"], "differs (matched by name)" if rep["reordered"] else "same")
+        level = logging.WARNING if rep["n_missing"] else logging.INFO
+        log.log(level, "%s genes vs model: %d of %d missing (zero-filled), %d extra (ignored), order %s", source,
+                rep["n_missing"], rep["n_model"], rep["n_extra"],
+                "differs (matched by name)" if rep["reordered"] else "same")
         out["rna"] = rep
     if proteins is not None:
         rep = match_report(proteins, model.proteins)
         if rep["n_shared"] == 0:
             raise InputError(f"{source}: shares no protein with the model (model: "
                              f"{', '.join(model.proteins[:5])}...; input: {', '.join(map(str, proteins[:5]))}...)")
-        if rep["n_missing"] or rep["n_extra"] or rep["reordered"]:
-            log.warning("%s proteins vs model: %d missing (zero-filled), %d extra (ignored)", source,
-                        rep["n_missing"], rep["n_extra"])
+        level = logging.WARNING if rep["n_missing"] else logging.INFO
+        log.log(level, "%s proteins vs model: %d of %d missing (zero-filled), %d extra (ignored)", source,
+                rep["n_missing"], rep["n_model"], rep["n_extra"])
         out["prot"] = rep
     return out
 
@@ -324,9 +326,10 @@ def open_query_input(inputs: Any, *, fmt: str = "auto", modality: str | None = N
     from pipeline.io.readers import open_input
 
     paths = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    ing = dict(ingest or {})
-    kw = {k: ing[k] for k in ("rna_modality", "prot_modality", "isotype_patterns", "keep_isotypes", "pairing")
-          if k in ing}
+    accepted = set(inspect.signature(open_input).parameters) - {"inputs", "fmt", "require", "modality"}
+    kw = {k: v for k, v in dict(ingest or {}).items() if k in accepted}
+    for key in ("protein_key", "layer"):  # "" in the config means "not set"
+        kw[key] = kw.get(key) or None
     return open_input(paths, fmt, require="any", modality=modality, **kw)
 
 

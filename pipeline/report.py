@@ -215,7 +215,7 @@ def umap_coords(x: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.5, 
     a, b = find_ab_params(1.0, min_dist)
     emb, _ = simplicial_set_embedding(
         data=x, graph=graph, n_components=2, initial_alpha=1.0, a=a, b=b, gamma=1.0, negative_sample_rate=5,
-        n_epochs=0, init="spectral", random_state=rs, metric="euclidean", metric_kwds={}, densmap=False,
+        n_epochs=None, init="spectral", random_state=rs, metric="euclidean", metric_kwds={}, densmap=False,
         densmap_kwds={}, output_dens=False,
     )
     return np.asarray(emb)
@@ -602,7 +602,8 @@ def _section_imputation(inputs: ReportInputs, figs: Figures, max_cells: int, see
     out.append(f"<p class='cap'>{len(imputed):,} {who} queried with their RNA only against the index of "
                f"training cells; protein imputed from the neighbours' protein ({esc(space)} scale) and compared "
                "with the protein measured in those cells, which the query did not see. "
-               + ("Panels show the best- and worst-imputed proteins. " if len(proteins) > 12 else "")
+               + (f"Panels: the 6 best- and 6 worst-imputed of {len(proteins)} proteins. " if len(proteins) > 12
+                  else "")
                + "Dashed line: y = x.</p>")
     flat = {k: v for k, v in summ.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
     if flat:
@@ -660,7 +661,7 @@ def _section_provenance(inputs: ReportInputs, info: dict[str, Any] | None, runs:
             rows.append([f"input {name}", f"{inp.get('path', '')} · sha256 {inp.get('sha256', '')}"])
     for k, v in prov.items():
         if k not in ("inputs", "options") and not isinstance(v, dict | list):
-            rows.append([f"store {k}", v])
+            rows.append([f"store {k}", str(v)])
     for r in runs:
         for key in ("data_fingerprint", "model_fingerprint", "fingerprint"):
             if r.model_meta.get(key):

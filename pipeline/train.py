@@ -129,7 +129,7 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
-        max_missing_gene_fraction=section["max_missing_gene_fraction"],
+        max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section.get("n_pcs", 0),
     )
 
 
@@ -250,7 +250,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     _seed_everything(train["seed"])
     precision = train["precision"]
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    model = build_model(len(state.genes), len(state.proteins), cfg["model"], train).to(device)
+    model = build_model(pre.rna_dim, len(state.proteins), cfg["model"], train).to(device)
     source = _training_source(store, rows["train"], state, info, train, device, dist)
     val = _validation_inputs(store, rows["val"], state, pre, device, train["seed"])
     trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,

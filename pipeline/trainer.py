@@ -3,6 +3,7 @@ checkpoints every N steps and on SIGTERM/SIGINT, exact resumes, optional DDP (``
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ class TrainSettings:
     bf16: bool = False
     seed: int = 0
     monitor: str = "foscttm"
+    ema_decay: float = 0.0
 
     @classmethod
     def from_config(cls, train: dict[str, Any], *, bf16: bool) -> TrainSettings:
@@ -234,6 +236,8 @@ class Trainer:
 
             ids = [device.index] if device.type == "cuda" else None
             self.ddp = DDP(model, device_ids=ids)
+        if device.type == "cuda" and settings.bf16:
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls of the loss in TF32, like the bf16 model
         self.opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
@@ -242,6 +246,11 @@ class Trainer:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)
         self.stopper = EarlyStopping(settings.patience, settings.monitor)
+        # exponential moving average of the weights: validated, kept and saved instead of the raw weights
+        self.ema: DualEncoder | None = None
+        if settings.ema_decay > 0:
+            self.ema = copy.deepcopy(model).eval()
+            self.ema.requires_grad_(False)
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
@@ -256,6 +265,7 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "early_stopping": self.stopper.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
             "loss_sum": self.loss_sum.detach().cpu(), "log": list(self.log_lines), "rng": rng,
         }
 
@@ -278,6 +288,8 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.stopper.load_state_dict(ck["early_stopping"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ck["ema"])
         self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
         self.loss_sum = ck["loss_sum"].to(self.device)
         self.log_lines = list(ck["log"])
@@ -302,14 +314,29 @@ class Trainer:
         (loss * self.dist.world_size).backward()  # DDP averages gradients; this makes them those of the global loss
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self._update_ema()
         self.loss_sum += loss.detach()
         self.step_in_epoch += 1
         self.global_step += 1
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.s.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            pe.lerp_(p.detach(), 1.0 - decay)
+        for be, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            be.copy_(b)
+
+    @property
+    def eval_model(self) -> DualEncoder:
+        """The weights that are validated and kept: the moving average when enabled."""
+        return self.model if self.ema is None else self.ema
+
     def _validate(self) -> tuple[float, float]:
         if self.val_inputs is None:
             return float("nan"), float("nan")
-        a, b = embed_inputs(self.model, *self.val_inputs, bf16=self.s.bf16)
+        a, b = embed_inputs(self.eval_model, *self.val_inputs, bf16=self.s.bf16)
         return retrieval_scores(a, b, k=10)
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
@@ -323,7 +350,7 @@ class Trainer:
         if self.val_inputs is not None and ((self.epoch + 1) % self.s.eval_every == 0 or last):
             recall, fos = self._validate()
             record["val_recall_at_10"], record["val_foscttm"] = recall, fos
-            record["best"] = self.stopper.update(recall, fos, self.epoch + 1, self.model)
+            record["best"] = self.stopper.update(recall, fos, self.epoch + 1, self.eval_model)
         self.log_lines.append(json.dumps(record))
         if self.dist.is_main:
             with open(self.log_path, "a") as fh:
@@ -369,5 +396,7 @@ class Trainer:
             bar.close()
         if self.stopper.best_state is not None:
             self.model.load_state_dict(self.stopper.best_state)
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.state_dict())
         return {"epochs": self.epoch, "steps": self.global_step, "best_epoch": self.stopper.best_epoch,
                 "stopped_early": self.stopper.should_stop and self.epoch < self.s.epochs}

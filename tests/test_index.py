@@ -91,7 +91,7 @@ def test_approximate_recall_at_default_parameters(clustered_50k, kind):
     assert recall >= 0.95, f"{kind} recall@10 {recall:.3f}"
 
 
-def test_gpu_code_path_with_mocked_faiss(monkeypatch):
+def test_gpu_code_path_with_mocked_faiss(monkeypatch, tmp_path):
     """No GPU here: fake faiss' GPU entry points and check the index goes there and back, same results."""
     calls = []
 
@@ -119,6 +119,12 @@ def test_gpu_code_path_with_mocked_faiss(monkeypatch):
     calls.clear()
     build_index(x, resolve_params(len(x), 16, {"kind": "hnsw"}), use_gpu="auto")
     assert calls == []  # HNSW has no GPU implementation: stays on the CPU
+    write_index_dir(tmp_path / "idx", embeddings={"rna": x}, cell_ids=[str(i) for i in range(len(x))],
+                    model_fingerprint="m", section=_section(kind="flat"))
+    calls.clear()
+    loaded = ReferenceIndex.load(tmp_path / "idx")  # searching happens on the (fake) GPU copy
+    assert [c[0] for c in calls] == ["to_gpu"]
+    np.testing.assert_array_equal(loaded.search("rna", q, 5)[1], brute_force(x, q, 5)[1])
 
 
 def test_gpu_required_but_absent(monkeypatch):

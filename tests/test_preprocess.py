@@ -179,3 +179,22 @@ def test_no_scaling_options():
     c, lib, _ = align_rna(rna, genes, state)
     x = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib))
     assert torch.all(x >= 0)
+
+
+def test_principal_axes_projection(fitted):
+    from sklearn.decomposition import PCA
+
+    rna, prot, genes, prots, _ = fitted
+    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5)
+    assert state.rna_pcs.shape == (5, 40)
+    x = np.clip((log_normalize(rna, 1e4)[:, [genes.index(g) for g in state.genes]].toarray() - state.rna_mean)
+                / state.rna_std, -10, 10)
+    ref = PCA(5).fit(x).components_
+    np.testing.assert_allclose(np.abs(state.rna_pcs @ ref.T), np.eye(5), atol=1e-3)  # same axes up to sign
+    pre = TorchPreprocessor(state)
+    c, lib, _ = align_rna(rna, genes, state)
+    z = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib))
+    assert pre.rna_dim == 5 and z.shape == (rna.shape[0], 5)
+    np.testing.assert_allclose(z.numpy(), x @ state.rna_pcs.T, rtol=1e-3, atol=1e-3)
+    back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
+    np.testing.assert_allclose(back.rna_pcs, state.rna_pcs)

@@ -210,3 +210,21 @@ def test_select_and_report_cli(fake_outputs: dict) -> None:
     proc = subprocess.run([_omicsclip(), "report", "--run", str(f["runs"][0]), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+@pytest.mark.slow
+def test_umap_separates_clusters_in_two_dimensions() -> None:
+    """UMAP of three blobs: finite 2-D coordinates, clusters separated, each cluster a 2-D cloud."""
+    from sklearn.metrics import silhouette_score
+
+    from pipeline.report import umap_coords
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    y = np.repeat(np.arange(3), 100)
+    xy = umap_coords(centres[y] + rng.normal(size=(300, 16)), seed=0)
+    assert xy.shape == (300, 2) and np.isfinite(xy).all()
+    assert silhouette_score(xy, y) > 0.5
+    for k in range(3):
+        s = np.linalg.svd(xy[y == k] - xy[y == k].mean(0), compute_uv=False)
+        assert s[1] / s[0] > 0.25

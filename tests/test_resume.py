@@ -120,7 +120,7 @@ def _omicsclip() -> str:
 
 @pytest.mark.slow
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(store, tmp_path):
-    cfg = RESUME + ["train.epochs=15"]
+    cfg = RESUME + ["train.epochs=15", "preprocess.n_hvg=0"]  # n_hvg=0: no scanpy import in the subprocesses
     ref = train_model(store, tmp_path / "ref", load_config(None, cfg))  # uninterrupted, in this process
     sets = [a for s in cfg for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

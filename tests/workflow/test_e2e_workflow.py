@@ -114,3 +114,13 @@ def test_demo_command_dry_run(tmp_path: Path) -> None:
     assert job_counts(proc.stdout + proc.stderr)["train"] == 3
     assert yaml.safe_load((tmp_path / "d" / "demo_overrides.yaml").read_text()) == {"train": {"epochs": 2}}
     assert not (tmp_path / "d" / "results").exists()  # a dry run writes nothing
+
+
+def test_figures_are_registered_for_snakemake_report(tiny_run: dict) -> None:
+    import zipfile
+
+    out = tiny_run["work"] / "smk_report.zip"
+    res = smk(["--configfile", str(tiny_run["cfg"]), "--report", str(out)], tiny_run["work"])
+    assert res.returncode == 0, res.stderr
+    names = {Path(n).name for n in zipfile.ZipFile(out).namelist()}
+    assert {"umap.png", "training_curves.png", "imputation.png", "fewlabel.png"} <= names

@@ -163,7 +163,8 @@ def test_config_validation_messages(cfg: dict, message: str) -> None:
 
 
 def test_valid_config_helpers() -> None:
-    ns = load_common({"datasets": {"a": {"synthetic": {"cells": 300, "seed": 2}}},
+    ns = load_common({"datasets": {"a": {"synthetic": {"cells": 300, "seed": 2}},
+                                   "b": {"synthetic": {"cells": 300}, "label_key": "celltype_l1"}},
                       "train": {"temperatures": [0.1, 0.1, 0.05]}})
     assert ns["RUNS"] == ["0.1", "0.05"]  # duplicates dropped, order kept
     assert ns["CFG"]["train"]["epochs"] == yaml.safe_load((REPO / "configs" / "default.yaml").read_text())[
@@ -173,8 +174,10 @@ def test_valid_config_helpers() -> None:
     for value in (1e-05, 0.1, 3, True, None, "auto", "(?i)^igg", "1e-5", "yes", "", [512, 256],
                   {"a": [1.5e-07, "x y"]}):
         assert yaml.safe_load(yv(value)) == value
-    opts = ns["train_opts"]("0.05")
+    opts = ns["train_opts"]("a", "0.05")
     assert '"temperature": 0.05' in opts and "temperatures" not in opts and '"learnable_temperature": false' in opts
+    assert '"stratify": "cell_type"' in opts and '"stratify": "celltype_l1"' in ns["train_opts"]("b", "learn")
+    assert ns["labelled"]("a") and ns["labelled"]("b")
 
 
 def test_unknown_key_is_refused_by_snakemake(tmp_path: Path) -> None:

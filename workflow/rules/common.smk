@@ -18,12 +18,13 @@ CONFIG_SOURCE = "config " + (", ".join(map(str, workflow.configfiles)) or "(--co
 
 def merged_config(user_config):
     """configs/default.yaml <- the workflow config, validated with one-line messages."""
-    if not user_config.get("datasets"):
+    datasets = user_config.get("datasets")
+    if not datasets:
         raise WorkflowError(
             f"{CONFIG_SOURCE}: datasets: missing; list at least one dataset, e.g. "
             "datasets: {demo: {synthetic: {cells: 3000}}} (see docs/workflow.md)"
         )
-    for name, entry in user_config["datasets"].items():
+    for name, entry in datasets.items() if isinstance(datasets, dict) else ():
         if isinstance(entry, dict) and ("input" in entry) == ("synthetic" in entry):
             raise WorkflowError(
                 f"{CONFIG_SOURCE}: datasets.{name}: give exactly one of 'input' (files) or 'synthetic' (generated data)"
@@ -129,13 +130,17 @@ def set_opts(*sections, **overrides):
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
 
 
-def train_opts(temp):
+def train_opts(dataset, temp):
     """`--set` options of one training run. `train.temperatures` (the sweep) is left out so that adding a
-    temperature trains only the new run; a sweep run fixes its own temperature."""
+    temperature trains only the new run; a sweep run fixes its own temperature. The split is stratified on the
+    dataset's label column unless the config sets split.stratify itself."""
     section = {k: v for k, v in CFG["train"].items() if k != "temperatures"}
     if temp != "learn":
         section.update(temperature=float(temp), learnable_temperature=False)
-    items = [f"{s}={yaml_value(CFG[s])}" for s in ("split", "preprocess", "model")]
+    split = dict(CFG["split"])
+    if "stratify" not in (config.get("split") or {}):
+        split["stratify"] = label_key(dataset)
+    items = [f"split={yaml_value(split)}"] + [f"{s}={yaml_value(CFG[s])}" for s in ("preprocess", "model")]
     items.append(f"train={yaml_value(section)}")
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
 

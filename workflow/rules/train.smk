@@ -8,7 +8,7 @@ rule train:
     output:
         directory("<results>/{dataset}/t{temp}/model"),
     params:
-        sets=lambda wildcards: train_opts(wildcards.temp),
+        sets=lambda wildcards: train_opts(wildcards.dataset, wildcards.temp),
     log:
         "<results>/{dataset}/logs/train_t{temp}.log",
     benchmark:

@@ -1,0 +1,149 @@
+"""Batch operations on the device, torch only: CSR row gathers, count thinning, the count transform.
+
+These are the pieces of the training data pipeline that run per batch; they import nothing but torch so that
+``bench/gpu_train.py`` measures exactly the code that training runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RawBatch:
+    """Raw counts of ``n`` cells on the device, RNA in COO form (row, col, val) over the model genes."""
+
+    n: int
+    row: torch.Tensor
+    col: torch.Tensor
+    val: torch.Tensor
+    other: torch.Tensor  # per-cell counts of genes outside the model
+    prot: torch.Tensor  # n x proteins, dense
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Count thinning (keep probability ``U(thinning, 1)`` per cell and modality) and feature dropout."""
+
+    thinning: float = 1.0
+    feature_dropout: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.thinning < 1.0 or self.feature_dropout > 0.0
+
+
+def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, other: torch.Tensor,
+                prot: torch.Tensor, idx: torch.Tensor) -> RawBatch:
+    """Rows ``idx`` of a CSR matrix (plus the per-cell ``other`` counts and dense ``prot``) as a raw batch.
+
+    Index operations only (no host round trip besides the size of the output).
+    """
+    starts = indptr[idx]
+    lens = indptr[idx + 1] - starts
+    n = idx.numel()
+    rows = torch.repeat_interleave(torch.arange(n, device=idx.device), lens)
+    first = torch.cumsum(lens, 0) - lens
+    pos = starts[rows] + (torch.arange(rows.numel(), device=idx.device) - first[rows])
+    return RawBatch(n=n, row=rows, col=indices[pos].long(), val=values[pos], other=other[idx], prot=prot[idx])
+
+
+def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return low + (1.0 - low) * torch.rand(n, generator=gen, device=device)
+
+
+def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``)."""
+    counts = counts.float()
+    return torch.binomial(counts, keep.float().expand_as(counts).contiguous(), generator=gen)
+
+
+class CountTransform:
+    """Raw counts -> model inputs, on one device.
+
+    RNA: ``log1p(counts / lib * target_sum)``, optional ``(x - mean) / std`` clipped to ``+-max_value``, optional
+    projection on fitted principal axes (``rna_proj``, components x genes). Protein: per-cell CLR over the present
+    proteins, optional ``(x - mean) / std``. Features marked absent are 0 (before any projection).
+    """
+
+    def __init__(self, *, n_genes: int, target_sum: float, max_value: float, rna_mean: torch.Tensor | None = None,
+                 rna_std: torch.Tensor | None = None, prot_mean: torch.Tensor | None = None,
+                 prot_std: torch.Tensor | None = None, rna_proj: torch.Tensor | None = None) -> None:
+        self.n_genes = int(n_genes)
+        self.target_sum = float(target_sum)
+        self.max_value = float(max_value)
+        self.rna_mean, self.rna_std = rna_mean, rna_std
+        self.prot_mean, self.prot_std = prot_mean, prot_std
+        self.rna_proj = rna_proj
+
+    @property
+    def rna_dim(self) -> int:
+        """Width of the RNA model input."""
+        return self.n_genes if self.rna_proj is None else int(self.rna_proj.shape[0])
+
+    def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32).
+
+        ``present`` (genes, or cells x genes) zeroes absent genes / dropped-out features before the projection.
+        """
+        x = counts.float() * (self.target_sum / lib.float().clamp_min(1.0)).unsqueeze(1)
+        x = torch.log1p(x)
+        if self.rna_mean is not None:
+            x = ((x - self.rna_mean) / self.rna_std).clamp_(-self.max_value, self.max_value)
+        if present is not None:
+            x = x * present.to(x.dtype)
+        if self.rna_proj is not None:
+            x = x @ self.rna_proj.t()
+        return x
+
+    def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
+        lp = torch.log1p(counts.float())
+        if present is None:
+            x = lp - lp.mean(dim=1, keepdim=True)
+        else:
+            m = present.to(lp.dtype)
+            x = lp - (lp * m).sum(dim=1, keepdim=True) / m.sum().clamp_min(1.0)
+        if self.prot_mean is not None:
+            x = (x - self.prot_mean) / self.prot_std
+        if present is not None:
+            x = x * present.to(x.dtype)
+        return x
+
+
+def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation | None = None,
+                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment (training) and transform a raw batch into the encoders' inputs (float32, on the batch's device).
+
+    Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
+    draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
+    consistent. Feature dropout sets a random fraction of the *transformed* inputs to 0 (= the training mean,
+    i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order, so runs and resumed
+    runs are repeatable.
+    """
+    device = batch.val.device
+    val, other, prot = batch.val.float(), batch.other.float(), batch.prot.float()
+    if aug is not None and aug.thinning < 1.0:
+        if gen is None:
+            raise ValueError("augmentation needs a generator")
+        q = _keep_prob(batch.n, aug.thinning, gen, device)
+        val = thin_counts(val, q[batch.row], gen)
+        other = thin_counts(other, q, gen)
+        qp = _keep_prob(batch.n, aug.thinning, gen, device)
+        prot = thin_counts(prot, qp[:, None], gen)
+    lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
+    dense = torch.zeros(batch.n, transform.n_genes, device=device)
+    dense[batch.row, batch.col] = val
+    keep_rna = keep_prot = None
+    if aug is not None and aug.feature_dropout > 0.0:
+        if gen is None:
+            raise ValueError("augmentation needs a generator")
+        keep_rna = torch.rand(dense.shape, generator=gen, device=device) >= aug.feature_dropout
+        keep_prot = torch.rand(prot.shape, generator=gen, device=device) >= aug.feature_dropout
+    x_rna = transform.rna(dense, lib, keep_rna)
+    x_prot = transform.prot(prot)
+    if keep_prot is not None:
+        x_prot = x_prot * keep_prot
+    return x_rna, x_prot

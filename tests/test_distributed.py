@@ -1,0 +1,104 @@
+"""Data parallel on CPU (gloo): 2 processes give the loss and gradients of one process on the whole batch."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from pipeline.loss import ClipLoss
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+N, D, WORLD = 24, 8, 2
+
+
+def _global_inputs():
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(N, D, generator=g, dtype=torch.float64), dim=1)
+    b = F.normalize(torch.randn(N, D, generator=g, dtype=torch.float64), dim=1)
+    return a, b, torch.tensor(math.log(1 / 0.07), dtype=torch.float64)
+
+
+CHUNKS = (0, 5)  # plain, and chunked with an uneven last chunk (12 local rows)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        for chunk in CHUNKS:
+            a, b, ls = _global_inputs()
+            n = N // WORLD
+            a_l = a[rank * n : (rank + 1) * n].clone().requires_grad_()
+            b_l = b[rank * n : (rank + 1) * n].clone().requires_grad_()
+            ls = ls.clone().requires_grad_()
+            loss = ClipLoss(chunk_size=chunk, world_size=WORLD, rank=rank)(a_l, b_l, ls)
+            loss.backward()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            gls = ls.grad.clone()
+            dist.all_reduce(gls)
+            torch.save({"loss": total, "ga": a_l.grad, "gb": b_l.grad, "gls": gls},
+                       f"{out_dir}/rank{rank}_chunk{chunk}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_matches_single_process(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    a, b, ls = _global_inputs()
+    a.requires_grad_()
+    b.requires_grad_()
+    ls.requires_grad_()
+    loss = ClipLoss()(a, b, ls)
+    ga, gb, gls = torch.autograd.grad(loss, (a, b, ls))
+    n = N // WORLD
+    for chunk in CHUNKS:
+        for rank in range(WORLD):
+            r = torch.load(tmp_path / f"rank{rank}_chunk{chunk}.pt", weights_only=True)
+            assert torch.allclose(r["loss"], loss.detach(), atol=1e-12)  # sum of rank shares = global loss
+            assert torch.allclose(r["ga"], ga[rank * n : (rank + 1) * n], atol=1e-12)
+            assert torch.allclose(r["gb"], gb[rank * n : (rank + 1) * n], atol=1e-12)
+            assert torch.allclose(r["gls"], gls, atol=1e-12)
+
+
+def _omicsclip() -> str:
+    return shutil.which("omicsclip") or str(Path(sys.executable).parent / "omicsclip")
+
+
+def test_torchrun_ddp_training_matches_single_process(tmp_path):
+    """DDP with 2 ranks (each half of every batch) trains the same weights as one process on whole batches."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from safetensors.torch import load_file
+    from test_train import TINY, tiny_store
+
+    from pipeline.config import load_config
+    from pipeline.train import train_model
+
+    store = tiny_store(tmp_path / "cells.zarr")
+    cfg = TINY + ["train.epochs=2", "train.eval_every=2", "train.thinning=1.0", "train.feature_dropout=0.0",
+                  "model.dropout=0.0", "model.input_dropout=0.0", "preprocess.n_hvg=0"]
+    single = train_model(store, tmp_path / "single", load_config(None, cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", _omicsclip(),
+           "train", str(store), "--out", str(tmp_path / "ddp"), *[x for s in cfg for x in ("--set", s)]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    w1, w2 = load_file(str(single / "model.safetensors")), load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=2e-5, rtol=1e-4)
+    import json
+
+    meta = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    assert meta["training"]["world_size"] == 2
