@@ -1,8 +1,15 @@
 """Train few-label heads on frozen embeddings, predict with them, save/load them (safetensors + JSON, no pickle).
 
-Array-level API (no files): :func:`fit_head`, :func:`predict_head`. Files: :func:`read_embedding` (the ``embed``
-stage's AnnData zarr), :func:`save_head` / :func:`load_head`, and :func:`finetune_embedding` (the ``finetune``
-command). Prediction on new cells from raw counts lives in :mod:`pipeline.predict`.
+Array-level API (no files): :func:`fit_head`, :func:`fit_head_with_encoders` (light fine-tuning of the encoders'
+last layers), :func:`predict_head`. Files: :func:`read_embedding` (the ``embed`` stage's AnnData zarr),
+:func:`save_head` / :func:`load_head`, :func:`finetune_embedding` (the ``finetune`` command) and
+:func:`predict_cells` (the ``predict`` command: raw counts of new cells in any ingest format -> TSV).
+
+Training: full-batch Adam on the labelled cells (repeated to >= 256 rows per step, each copy freshly augmented:
+modality dropout for the multimodal heads, a modality replaced by a random unit vector for the gated and
+uncertainty heads), with an L2 penalty on the classifiers' weights as in logistic regression (C = 1/weight_decay).
+The gated and uncertainty heads also see unlabelled TRAINING cells (never their labels, never test cells) with
+the same augmentations, to learn what a corrupted modality looks like.
 """
 
 from __future__ import annotations
@@ -196,7 +203,7 @@ def _train(
         groups.append({"params": list(tuner.parameters()), "lr": params.encoder_lr})
     opt = torch.optim.Adam(groups)
     idx = torch.arange(len(y)).repeat(max(1, math.ceil(_MIN_ROWS / len(y))))
-    head.bootstrap(len(y), gen)
+    head.bootstrap(y, gen)
     head.train()
     loss = torch.zeros(())
     for _ in range(params.epochs):
@@ -689,8 +696,12 @@ def finetune_embedding(
     emb = read_embedding(emb_path)
     labels = label_array(emb.obs, label_key, ignore_labels, source=str(emb_path))
     split = emb.split
+    if split is not None and not (split == "train").any():  # e.g. cells of another store ("unseen")
+        log.warning("%s: no 'train' cells in obs['split']; fitting on all labelled cells, no held-out metrics",
+                    emb_path)
+        split = None
     fit_cells = (split == "train") if split is not None else np.ones(len(labels), bool)
-    if split is None:
+    if split is None and emb.split is None:
         log.warning("%s: no 'split' column; fitting on all labelled cells, no held-out metrics", emb_path)
     has_label = np.array([lab is not None for lab in labels])
     if labels_per_class is not None:

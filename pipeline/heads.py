@@ -6,6 +6,11 @@ rows whose mask is 0 are ignored whatever they hold (NaN included), and each hea
 learned "missing" tokens plus mask features (early), masked averages (late), a masked softmax gate (gated), masked
 inverse-variance weights (uncertainty), the LMF appended-1 unimodal terms (tensor).
 
+Strategies: ``early`` (one classifier on [z_rna, z_prot, mask]); ``late`` (one classifier per modality,
+probabilities averaged); ``gated`` (per-modality bootstrap-ensemble experts mixed by a per-cell gate network);
+``uncertainty`` (heteroscedastic per-modality heads, inverse-variance fusion of their logits); ``tensor``
+(low-rank multimodal fusion, Liu et al. 2018); ``rna`` / ``prot`` (single-modality baselines).
+
 ``forward`` returns a dict of tensors:
 
 ``log_probs``  (n, K) log class probabilities of the fused prediction;
@@ -13,8 +18,11 @@ inverse-variance weights (uncertainty), the LMF appended-1 unimodal terms (tenso
 ``expert_log_probs`` (n, 2, K) per-modality predictions, for heads that have per-modality experts;
 ``modality_var`` (n, 2) per-modality total predictive variance (uncertainty head only).
 
-``loss(out, y, mask, corrupted)`` is the training objective given a forward output; ``corrupted`` (n, 2 bool)
-marks modalities replaced by noise during augmentation (their experts are not trained to predict the label).
+``loss(out, y, mask, corrupted, cells)`` is the training objective given a forward output; ``corrupted`` (n, 2
+bool) marks modalities replaced by noise during augmentation, ``cells`` the labelled cell of each row (rows repeat
+cells; ensemble heads use it for their bootstrap). Heads with ``uses_unlabelled`` also have a label-free
+``unlabelled_loss`` on augmented unlabelled cells. ``predict`` is the inference entry point (MC dropout for the
+uncertainty head).
 """
 
 from __future__ import annotations
@@ -96,8 +104,8 @@ class FusionHead(nn.Module):
         """Training objective; ``cells`` maps each row to its labelled cell (rows repeat cells)."""
         return F.nll_loss(out["log_probs"], y)
 
-    def bootstrap(self, n_cells: int, generator: torch.Generator) -> None:
-        """Draw per-member bootstrap weights of the ``n_cells`` labelled cells (heads with ensembles)."""
+    def bootstrap(self, y: torch.Tensor, generator: torch.Generator) -> None:
+        """Draw per-member bootstrap weights of the labelled cells (classes ``y``; heads with ensembles)."""
 
     def decay_parameters(self) -> list[nn.Parameter]:
         """Parameters under the L2 penalty: the classifiers' weight matrices (not biases, gates, variances)."""
@@ -258,11 +266,14 @@ class _BootstrapMixin:
     members = 1
     _boot: torch.Tensor | None = None
 
-    def bootstrap(self, n_cells: int, generator: torch.Generator) -> None:
-        counts = torch.poisson(torch.ones(self.members, n_cells), generator=generator)
-        empty = counts.sum(1) == 0
-        if empty.any():  # a member with no cell at all gets one
-            counts[empty, torch.randint(0, n_cells, (int(empty.sum()),), generator=generator)] = 1.0
+    def bootstrap(self, y: torch.Tensor, generator: torch.Generator) -> None:
+        counts = torch.poisson(torch.ones(self.members, len(y)), generator=generator)
+        for c in torch.unique(y):  # stratified: every member keeps at least one cell of every class
+            rows = torch.nonzero(y == c)[:, 0]
+            empty = counts[:, rows].sum(1) == 0
+            if empty.any():
+                pick = rows[torch.randint(0, len(rows), (int(empty.sum()),), generator=generator)]
+                counts[torch.nonzero(empty)[:, 0], pick] = 1.0
         self._boot = counts
 
     def _bag(self, cells: torch.Tensor | None, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,8 +337,11 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
 
     def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
         xr, xp = self._inputs(z_rna, z_prot, mask)
-        member_lp = torch.stack([torch.log_softmax(self.experts[i](x), -1) for i, x in enumerate((xr, xp))], 2)
-        elp = torch.logsumexp(member_lp, 0) - math.log(self.members)  # (n, 2, K) ensemble means
+        logits = torch.stack([self.experts[i](x) for i, x in enumerate((xr, xp))], 2)  # (E, n, 2, K)
+        member_lp = torch.log_softmax(logits, -1)
+        # expert = softmax of the members' mean logits (averaging probabilities instead left the mixture
+        # under-confident: ECE ~0.1 at 98% accuracy on pbmc10k)
+        elp = torch.log_softmax(logits.mean(0), -1)
         logw = self._gate_log_weights(z_rna, z_prot, mask)
         return {"log_probs": _mix(elp, logw), "weights": logw.exp(), "expert_log_probs": elp,
                 "member_log_probs": member_lp}

@@ -176,14 +176,26 @@ def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def principal_axes(x: np.ndarray, n: int) -> np.ndarray:
-    """Top ``n`` principal axes (rows, unit norm, sign-fixed) of the cells x features matrix ``x``."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    cov = x.T @ x / max(x.shape[0] - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    top = vecs[:, np.argsort(vals)[::-1][: min(n, x.shape[1])]].T
-    top *= np.sign(top[np.arange(top.shape[0]), np.abs(top).argmax(axis=1)])[:, None]
+def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
+    """Top ``n`` principal axes (rows, unit norm, sign-fixed) of the cells x features matrix ``x``.
+
+    Exact (float64 SVD) when the smaller side is at most 4,000, randomized SVD (fixed seed) otherwise; at most
+    ``max_cells`` cells (a seeded subset) are used.
+    """
+    x = np.asarray(x)
+    if x.shape[0] > max_cells:
+        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_cells, replace=False))]
+    x = x.astype(np.float64)
+    x -= x.mean(axis=0)
+    k = min(n, *x.shape)
+    if min(x.shape) <= 4000:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        top = vt[:k]
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, _, top = randomized_svd(x, k, random_state=seed)
+    top = top * np.sign(top[np.arange(k), np.abs(top).argmax(axis=1)])[:, None]
     return top.astype(np.float32)
 
 

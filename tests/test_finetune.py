@@ -408,3 +408,20 @@ def test_light_encoder_finetuning(tiny_model, tmp_path):
     head, meta2, _ = load_head(tmp_path / "head")
     pred = predict_head(head, emb["rna"], emb["prot"], mc_samples=meta2["params"]["mc_samples"], seed=0)
     assert np.allclose(df["probability"], pred["probs"].max(1), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fewlabel_baseline_pcs_from_store_and_model(tiny_model, tmp_path):
+    from pipeline.fewlabel import BASELINE, rna_pcs_from_store, run_fewlabel
+
+    root, _, data = tiny_model
+    e = read_embedding(root / "emb.zarr")
+    pcs = rna_pcs_from_store(root / "store.zarr", root / "model", list(e.obs.index), 10, e.split)
+    assert pcs.shape == (data.n_cells, 10)
+    train = e.split == "train"
+    assert np.allclose(pcs[train].mean(0), 0, atol=1e-3)  # PCA centred on the training cells
+    doc = run_fewlabel(root / "emb.zarr", tmp_path / "f.json", labels_per_class=(3,), n_draws=1, n_pcs=10,
+                       section={"epochs": 10, "ensemble": 2, "mc_samples": 2}, store=root / "store.zarr",
+                       model=root / "model")
+    assert BASELINE in doc["methods"] and "computed from" in doc["baseline_pcs"]
+    assert doc["curves"][BASELINE]["3"]["accuracy"]["mean"] > 0.5

@@ -122,6 +122,9 @@ def test_lmf_matches_full_outer_product_tensor():
 def test_uncertainty_weights_are_inverse_total_variance():
     torch.manual_seed(0)
     head: UncertaintyFusionHead = build_head("uncertainty", D_RNA, D_PROT, K, dropout=0.2).eval()
+    with torch.no_grad():  # untrained heads start with zero logits and unit variance: give them some
+        for p in head.parameters():
+            p.normal_(0, 0.5)
     zr, zp = _inputs()
     torch.manual_seed(1)
     out = head.predict(zr, zp, torch.ones(len(zr), 2), mc_samples=8)
@@ -131,6 +134,23 @@ def test_uncertainty_weights_are_inverse_total_variance():
     assert torch.allclose(out["weights"], inv / inv.sum(1, keepdim=True), atol=1e-5)
     assert (out["epistemic_var"] > 0).all()  # dropout active in the MC passes
     assert not head.training  # MC passes switch dropout on only temporarily
+
+
+def test_uncertainty_fusion_is_precision_weighted_logit_average():
+    """With no logit noise left (tiny fused variance) the fused class probabilities are the softmax of the
+    inverse-variance weighted mean of the centred logits."""
+    head = UncertaintyFusionHead(D_RNA, D_PROT, K)
+    mu = torch.randn(5, 2, K) * 3
+    var = torch.tensor([[1e-6, 4e-6]] * 5)
+    lp, logw = head._fuse(mu, var, torch.ones(5, 2))
+    w = torch.tensor([0.8, 0.2])
+    assert torch.allclose(logw.exp(), w.expand(5, 2), atol=1e-5)
+    centred = mu - mu.mean(-1, keepdim=True)
+    assert torch.allclose(lp, torch.log_softmax((w[None, :, None] * centred).sum(1), -1), atol=1e-3)
+    flat = mu.clone()
+    flat[:, 1] = 7.0  # a flat (uninformative) modality cannot move the prediction, whatever its weight
+    lp_flat, _ = head._fuse(flat, torch.full((5, 2), 1e-6), torch.ones(5, 2))
+    assert torch.equal(lp_flat.argmax(1), mu[:, 0].argmax(1))
 
 
 def test_kendall_gal_noise_free_limit_is_softmax():

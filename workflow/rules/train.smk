@@ -20,6 +20,7 @@ rule train:
         gpu=train_gpus(CFG),
     conda:
         "../envs/omicsclip.yaml"
+    # --resume: a retried or interrupted job continues from its last checkpoint in model.partial/
     shell:
         "omicsclip train {input.store} --out {output} --resume {params.sets} > {log} 2>&1"
 
