@@ -135,7 +135,7 @@ def run_batch(data: dict[str, torch.Tensor], n: int, genes: int, proteins: int, 
     print(f"batch {batch:>6}: {res['cells_per_s']:>12,.0f} cells/s  step {res['step_ms']:.1f} ms  "
           f"pipeline {res['pipeline_cells_per_s']:,.0f} cells/s  model {res['model_cells_per_s']:,.0f} cells/s  "
           f"peak {res['peak_memory_gib'] if peak is not None else float('nan'):.2f} GiB", flush=True)
-    del model, opt
+    model = opt = None  # release device memory before the next batch size
     return res
 
 

@@ -6,6 +6,7 @@ These are the pieces of the training data pipeline that run per batch; they impo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +26,16 @@ class RawBatch:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Count thinning (keep probability ``U(thinning, 1)`` per cell and modality) and feature dropout."""
+    """Count thinning (keep probability ``U(thinning, 1)`` per cell and modality) and feature dropout (RNA genes;
+    proteins separately, as a panel of a few antibodies loses much more with each dropped feature)."""
 
     thinning: float = 1.0
     feature_dropout: float = 0.0
+    prot_feature_dropout: float = 0.0
 
     @property
     def active(self) -> bool:
-        return self.thinning < 1.0 or self.feature_dropout > 0.0
+        return self.thinning < 1.0 or self.feature_dropout > 0.0 or self.prot_feature_dropout > 0.0
 
 
 def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, other: torch.Tensor,
@@ -98,6 +101,40 @@ class CountTransform:
             x = x @ self.rna_proj.t()
         return x
 
+    def rna_sparse(self, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, lib: torch.Tensor, n: int,
+                   keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`rna` with a projection, from the non-zeros only (``row`` sorted, cells ``0..n-1``).
+
+        ``keep`` is a (genes,) present mask or a (cells, genes) feature-dropout mask.
+
+        Zero counts all map to the same scaled value ``c_g``, so ``x @ P.T = (c * keep) @ P.T + S @ P.T`` where
+        ``S`` holds ``x - c`` at the non-zeros: no dense cells x genes work unless ``keep`` (feature dropout) is
+        given.
+        """
+        proj = self.rna_proj
+        assert proj is not None
+        z = torch.log1p(val.float() * (self.target_sum / lib.float().clamp_min(1.0))[row])
+        if self.rna_mean is not None:
+            c = (-self.rna_mean / self.rna_std).clamp(-self.max_value, self.max_value)
+            z = ((z - self.rna_mean[col]) / self.rna_std[col]).clamp_(-self.max_value, self.max_value)
+            delta = z - c[col]
+        else:
+            c, delta = None, z
+        if keep is not None:  # (genes,) present mask or (cells, genes) dropout mask
+            delta = delta * (keep[col] if keep.dim() == 1 else keep[row, col]).to(delta.dtype)
+            base = (keep.to(proj.dtype) * c) @ proj.t() if c is not None else None
+            if base is not None and base.dim() == 1:
+                base = base.expand(n, -1)
+        else:
+            base = (c @ proj.t()).expand(n, -1) if c is not None else None
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=val.device)
+        crow[1:] = torch.cumsum(torch.bincount(row, minlength=n), 0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            s = torch.sparse_csr_tensor(crow, col, delta, size=(n, self.n_genes), check_invariants=False)
+            out = torch.sparse.mm(s, proj.t().contiguous())
+        return out if base is None else out + base
+
     def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
         lp = torch.log1p(counts.float())
@@ -119,8 +156,8 @@ def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation |
 
     Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
     draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
-    consistent. Feature dropout sets a random fraction of the *transformed* inputs to 0 (= the training mean,
-    i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order, so runs and resumed
+    consistent. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
+    (= the training mean, i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order, so runs and resumed
     runs are repeatable.
     """
     device = batch.val.device
@@ -134,15 +171,20 @@ def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation |
         qp = _keep_prob(batch.n, aug.thinning, gen, device)
         prot = thin_counts(prot, qp[:, None], gen)
     lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
-    dense = torch.zeros(batch.n, transform.n_genes, device=device)
-    dense[batch.row, batch.col] = val
     keep_rna = keep_prot = None
-    if aug is not None and aug.feature_dropout > 0.0:
+    if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0):
         if gen is None:
             raise ValueError("augmentation needs a generator")
-        keep_rna = torch.rand(dense.shape, generator=gen, device=device) >= aug.feature_dropout
-        keep_prot = torch.rand(prot.shape, generator=gen, device=device) >= float(__import__("os").environ.get("PFD", aug.feature_dropout))  # TEMPHACK
-    x_rna = transform.rna(dense, lib, keep_rna)
+        if aug.feature_dropout > 0.0:
+            keep_rna = torch.rand(batch.n, transform.n_genes, generator=gen, device=device) >= aug.feature_dropout
+        if aug.prot_feature_dropout > 0.0:
+            keep_prot = torch.rand(prot.shape, generator=gen, device=device) >= aug.prot_feature_dropout
+    if transform.rna_proj is not None:
+        x_rna = transform.rna_sparse(batch.row, batch.col, val, lib, batch.n, keep_rna)
+    else:
+        dense = torch.zeros(batch.n, transform.n_genes, device=device)
+        dense[batch.row, batch.col] = val
+        x_rna = transform.rna(dense, lib, keep_rna)
     x_prot = transform.prot(prot)
     if keep_prot is not None:
         x_prot = x_prot * keep_prot

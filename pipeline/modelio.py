@@ -146,10 +146,18 @@ class TrainedModel:
         if report.missing:
             present[torch.as_tensor(pd.Index(self.state.genes).get_indexer(report.missing))] = 0
         out = np.empty((counts.shape[0], self.embed_dim), np.float32)
+        keep = present if report.missing else None
         for start in range(0, counts.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            dense = torch.as_tensor(counts[sl].toarray(), device=self.device)
-            x = self.pre.rna(dense, torch.as_tensor(lib[sl], device=self.device), present)
+            chunk = counts[sl]
+            libt = torch.as_tensor(lib[sl], device=self.device)
+            if self.pre.rna_proj is not None:  # the training path: from the non-zeros
+                row = torch.as_tensor(np.repeat(np.arange(chunk.shape[0]), np.diff(chunk.indptr)), device=self.device)
+                col = torch.as_tensor(chunk.indices.astype(np.int64), device=self.device)
+                val = torch.as_tensor(chunk.data, device=self.device)
+                x = self.pre.rna_sparse(row, col, val, libt, chunk.shape[0], keep)
+            else:
+                x = self.pre.rna(torch.as_tensor(chunk.toarray(), device=self.device), libt, keep)
             out[sl] = self.model.encode_rna(x).cpu().numpy()
         return out
 

@@ -49,6 +49,7 @@ class TrainSettings:
     warmup_steps: int = 100
     thinning: float = 1.0
     feature_dropout: float = 0.0
+    prot_feature_dropout: float = 0.0
     patience: int = 15
     eval_every: int = 1
     checkpoint_every: int = 200
@@ -242,7 +243,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
         self.loss_fn = ClipLoss(settings.logit_chunk_size, dist.world_size, dist.rank)
-        self.aug = Augmentation(settings.thinning, settings.feature_dropout)
+        self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)
         self.stopper = EarlyStopping(settings.patience, settings.monitor)

@@ -117,3 +117,18 @@ def test_load_model_refuses_bad_folders(setup, tmp_path):
     (bad / "model.json").unlink()
     with pytest.raises(InputError, match="not a complete"):
         load_model(bad)
+
+
+def test_projection_model_embeds_like_validation(tmp_path):
+    """With n_pcs the encoder input is computed from non-zeros; missing genes still zero-filled and reported."""
+    store = tiny_store(tmp_path / "s.zarr", n_cells=200)
+    model_dir = train_model(store, tmp_path / "m", load_config(None, TINY + ["train.epochs=1", "preprocess.n_pcs=6"]))
+    m = load_model(model_dir)
+    assert m.model.rna.n_in == 6
+    d = read_store(store)
+    full = m.embed(rna=d.rna, genes=d.gene_names)["rna"]
+    drop = m.genes[0]
+    keep = [i for i, g in enumerate(d.gene_names) if g != drop]
+    part = m.embed(rna=d.rna[:, keep], genes=[d.gene_names[i] for i in keep])["rna"]
+    assert m.last_report["rna"]["missing"] == [drop]
+    assert np.isfinite(part).all() and not np.allclose(part, full)

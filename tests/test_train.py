@@ -266,3 +266,20 @@ def test_bad_config_is_an_input_error(store, tmp_path):
         train_model(store, tmp_path / "m2", load_config(None, TINY + ["train.batch_size=100000"]))
     with pytest.raises(InputError, match="not found"):
         train_model(tmp_path / "nope.zarr", tmp_path / "m3", load_config(None, TINY))
+
+
+def test_sparse_projection_path_equals_dense():
+    from pipeline.batchops import gather_rows  # noqa: F401  (the path model_inputs takes with a projection)
+
+    rna, lib, prot = _cells(n=30, g=12)
+    state = fit_preprocessing(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0, n_pcs=4)
+    pre = TorchPreprocessor(state)
+    batch = DeviceCells(rna, lib, prot, "cpu").gather(torch.arange(30))
+    x, _ = model_inputs(batch, pre)  # sparse path
+    dense = pre.rna(torch.as_tensor(rna.toarray()), torch.as_tensor(lib, dtype=torch.float32))
+    torch.testing.assert_close(x, dense, atol=1e-4, rtol=1e-4)
+    keep = torch.rand(30, 12, generator=torch.Generator().manual_seed(0)) > 0.3
+    v = batch.val.float()
+    lib_t = torch.zeros(30).index_add_(0, batch.row, v) + batch.other.float()
+    got = pre.rna_sparse(batch.row, batch.col, v, lib_t, 30, keep)
+    torch.testing.assert_close(got, pre.rna(torch.as_tensor(rna.toarray()), lib_t, keep), atol=1e-4, rtol=1e-4)
