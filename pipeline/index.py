@@ -58,7 +58,7 @@ class IndexParams:
 
     kind: str
     nlist: int = 0
-    nprobe: int = 32
+    nprobe: int = 16
     pq_m: int = 16
     pq_refine: int = 16
     hnsw_m: int = 32
@@ -99,7 +99,7 @@ def resolve_params(n: int, dim: int, section: Mapping[str, Any]) -> IndexParams:
     p = IndexParams(
         kind=kind,
         nlist=int(section.get("nlist", 0)),
-        nprobe=int(section.get("nprobe", 32)),
+        nprobe=int(section.get("nprobe", 16)),
         pq_m=int(section.get("pq_m", 16)),
         pq_refine=int(section.get("pq_refine", 16)),
         hnsw_m=int(section.get("hnsw_m", 32)),
