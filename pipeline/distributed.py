@@ -50,10 +50,19 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def shutdown(info: DistInfo) -> None:
-    """Leave the process group if this module joined one."""
+def shutdown(info: DistInfo, *, clean: bool = True) -> None:
+    """Leave the process group if this module joined one.
+
+    After a clean run all ranks meet at a barrier first: a rank that tears its gloo/NCCL group down while a peer
+    is still inside a collective makes that peer abort (SIGABRT) instead of exiting cleanly. After an error
+    (``clean=False``) the peers may never arrive, so the group is torn down at once.
+    """
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

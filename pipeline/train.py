@@ -130,6 +130,7 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
         max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section.get("n_pcs", 0),
+        depth_features=section.get("depth_features", False),
     )
 
 
@@ -207,11 +208,14 @@ def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any]
     torch.set_num_threads(threads)
     device = resolve_device(train["device"])
     dist = init_distributed(device)
+    clean = False
     try:
         _check_train_cfg(train, dist.world_size)
-        return _train(store, out_dir, cfg, device, dist, threads, resume=resume, overwrite=overwrite)
+        out = _train(store, out_dir, cfg, device, dist, threads, resume=resume, overwrite=overwrite)
+        clean = True
+        return out
     finally:
-        shutdown(dist)
+        shutdown(dist, clean=clean)
 
 
 def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device, dist: DistInfo, threads: int,
@@ -250,7 +254,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     _seed_everything(train["seed"])
     precision = train["precision"]
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    model = build_model(pre.rna_dim, len(state.proteins), cfg["model"], train).to(device)
+    model = build_model(pre.rna_dim, pre.prot_dim, cfg["model"], train).to(device)
     source = _training_source(store, rows["train"], state, info, train, device, dist)
     val = _validation_inputs(store, rows["val"], state, pre, device, train["seed"])
     trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,

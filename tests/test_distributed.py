@@ -50,6 +50,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.all_reduce(gls)
             torch.save({"loss": total, "ga": a_l.grad, "gb": b_l.grad, "gls": gls},
                        f"{out_dir}/rank{rank}_chunk{chunk}.pt")
+        dist.barrier()  # every rank is done with its collectives before any rank tears the group down
     finally:
         dist.destroy_process_group()
 
