@@ -73,8 +73,11 @@ class CountTransform:
 
     def __init__(self, *, n_genes: int, target_sum: float, max_value: float, rna_mean: torch.Tensor | None = None,
                  rna_std: torch.Tensor | None = None, prot_mean: torch.Tensor | None = None,
-                 prot_std: torch.Tensor | None = None, rna_proj: torch.Tensor | None = None) -> None:
+                 prot_std: torch.Tensor | None = None, rna_proj: torch.Tensor | None = None,
+                 n_proteins: int | None = None, depth: tuple[float, float, float, float] | None = None) -> None:
         self.n_genes = int(n_genes)
+        self.n_proteins = n_proteins
+        self.depth = depth
         self.target_sum = float(target_sum)
         self.max_value = float(max_value)
         self.rna_mean, self.rna_std = rna_mean, rna_std
@@ -84,7 +87,19 @@ class CountTransform:
     @property
     def rna_dim(self) -> int:
         """Width of the RNA model input."""
-        return self.n_genes if self.rna_proj is None else int(self.rna_proj.shape[0])
+        return (self.n_genes if self.rna_proj is None else int(self.rna_proj.shape[0])) + (self.depth is not None)
+
+    @property
+    def prot_dim(self) -> int:
+        """Width of the protein model input."""
+        if self.n_proteins is None:
+            raise ValueError("CountTransform: n_proteins unknown")
+        return self.n_proteins + (self.depth is not None)
+
+    def _with_depth(self, x: torch.Tensor, total: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+        """Append the standardised log1p of the cell's total counts (sequencing depth / cell size)."""
+        d = (torch.log1p(total.float()) - mean) / std
+        return torch.cat([x, d.unsqueeze(1)], dim=1)
 
     def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32).
@@ -99,6 +114,8 @@ class CountTransform:
             x = x * present.to(x.dtype)
         if self.rna_proj is not None:
             x = x @ self.rna_proj.t()
+        if self.depth is not None:
+            x = self._with_depth(x, lib, self.depth[0], self.depth[1])
         return x
 
     def rna_sparse(self, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, lib: torch.Tensor, n: int,
@@ -133,7 +150,10 @@ class CountTransform:
             warnings.simplefilter("ignore", UserWarning)
             s = torch.sparse_csr_tensor(crow, col, delta, size=(n, self.n_genes), check_invariants=False)
             out = torch.sparse.mm(s, proj.t().contiguous())
-        return out if base is None else out + base
+        out = out if base is None else out + base
+        if self.depth is not None:
+            out = self._with_depth(out, lib, self.depth[0], self.depth[1])
+        return out
 
     def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
@@ -147,6 +167,9 @@ class CountTransform:
             x = (x - self.prot_mean) / self.prot_std
         if present is not None:
             x = x * present.to(x.dtype)
+        if self.depth is not None:
+            total = (counts.float() if present is None else counts.float() * present.to(lp.dtype)).sum(dim=1)
+            x = self._with_depth(x, total, self.depth[2], self.depth[3])
         return x
 
 

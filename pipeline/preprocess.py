@@ -49,6 +49,9 @@ class PreprocessState:
     rna_pcs
         Principal axes (components x model genes) of the scaled training values that the RNA input is projected
         on; ``None``: the encoder sees the genes.
+    depth
+        ``[rna mean, rna std, protein mean, protein std]`` of ``log1p`` total counts per training cell: each
+        encoder also sees its cell's standardised log total (depth / cell size); ``None``: not used.
     prot_mean, prot_std
         Per protein, of the CLR-transformed training values; ``None`` when proteins are not scaled.
     """
@@ -64,6 +67,7 @@ class PreprocessState:
     prot_std: np.ndarray | None = None
     max_missing_gene_fraction: float = 0.2
     rna_pcs: np.ndarray | None = None
+    depth: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (arrays as lists)."""
@@ -78,6 +82,7 @@ class PreprocessState:
             "prot_mean": arr(self.prot_mean), "prot_std": arr(self.prot_std),
             "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
             "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
+            "depth": None if self.depth is None else [float(x) for x in self.depth],
         }
 
     @classmethod
@@ -95,6 +100,7 @@ class PreprocessState:
                 prot_mean=arr(d["prot_mean"]), prot_std=arr(d["prot_std"]),
                 max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
                 rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
+                depth=None if d.get("depth") is None else [float(x) for x in d["depth"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -179,22 +185,22 @@ def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
 def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
     """Top ``n`` principal axes (rows, unit norm, sign-fixed) of the cells x features matrix ``x``.
 
-    Exact (float64 SVD) when the smaller side is at most 4,000, randomized SVD (fixed seed) otherwise; at most
-    ``max_cells`` cells (a seeded subset) are used.
+    Randomized SVD with a fixed seed (exact SVD for tiny matrices); at most ``max_cells`` cells (a seeded subset)
+    are used.
     """
     x = np.asarray(x)
     if x.shape[0] > max_cells:
         x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_cells, replace=False))]
-    x = x.astype(np.float64)
-    x -= x.mean(axis=0)
+    x = x.astype(np.float32)
+    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
     k = min(n, *x.shape)
-    if min(x.shape) <= 4000:
+    if min(x.shape) <= 500:
         _, _, vt = np.linalg.svd(x, full_matrices=False)
         top = vt[:k]
     else:
         from sklearn.utils.extmath import randomized_svd
 
-        _, _, top = randomized_svd(x, k, random_state=seed)
+        _, _, top = randomized_svd(x, k, n_iter=5, random_state=seed)
     top = top * np.sign(top[np.arange(k), np.abs(top).argmax(axis=1)])[:, None]
     return top.astype(np.float32)
 
@@ -212,6 +218,7 @@ def fit_preprocessing(
     scale_prot: bool = True,
     max_missing_gene_fraction: float = 0.2,
     n_pcs: int = 0,
+    depth_features: bool = False,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -225,7 +232,8 @@ def fit_preprocessing(
         Feature names (columns of ``rna`` / ``prot``).
     n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs
         The ``preprocess`` config section (``n_pcs > 0``: the RNA input is projected on this many principal
-        axes of the scaled training values).
+        axes of the scaled training values; ``depth_features``: each encoder also sees its cell's standardised
+        log total counts).
     """
     rna = sp.csr_matrix(rna, dtype=np.float32)
     prot = np.asarray(prot, dtype=np.float32)
@@ -247,12 +255,16 @@ def fit_preprocessing(
         if scale_rna:
             x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
         rna_pcs = principal_axes(x, n_pcs)
+    depth = None
+    if depth_features:
+        lr, lp = np.log1p(library_size(rna)), np.log1p(prot.sum(axis=1, dtype=np.float64))
+        depth = [float(lr.mean()), float(max(lr.std(), 1e-6)), float(lp.mean()), float(max(lp.std(), 1e-6))]
     all_genes = [str(g) for g in genes]
     return PreprocessState(
         genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
         target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
         prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
-        rna_pcs=rna_pcs,
+        rna_pcs=rna_pcs, depth=depth,
     )
 
 
@@ -379,4 +391,5 @@ class TorchPreprocessor(CountTransform):
 
         super().__init__(n_genes=len(state.genes), target_sum=state.target_sum, max_value=state.max_value,
                          rna_mean=t(state.rna_mean), rna_std=t(state.rna_std), prot_mean=t(state.prot_mean),
-                         prot_std=t(state.prot_std), rna_proj=t(state.rna_pcs))
+                         prot_std=t(state.prot_std), rna_proj=t(state.rna_pcs), n_proteins=len(state.proteins),
+                         depth=None if state.depth is None else tuple(state.depth))

@@ -65,6 +65,13 @@ class TrainSettings:
         return cls(bf16=bf16, **{k: train[k] for k in keys if k in train})
 
 
+def logit_chunk(chunk_size: int, batch_size: int) -> int:
+    """``train.logit_chunk_size``; 0 = auto: the whole batch up to 16,384 rows, chunks of 8,192 above."""
+    if chunk_size:
+        return int(chunk_size)
+    return 0 if batch_size <= 16_384 else 8_192
+
+
 class WarmupCosine:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` steps.
 
@@ -242,7 +249,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
-        self.loss_fn = ClipLoss(settings.logit_chunk_size, dist.world_size, dist.rank)
+        self.loss_fn = ClipLoss(logit_chunk(settings.logit_chunk_size, settings.batch_size), dist.world_size,
+                                dist.rank)
         self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)

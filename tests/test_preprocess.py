@@ -198,3 +198,20 @@ def test_principal_axes_projection(fitted):
     np.testing.assert_allclose(z.numpy(), x @ state.rna_pcs.T, rtol=1e-3, atol=1e-3)
     back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
     np.testing.assert_allclose(back.rna_pcs, state.rna_pcs)
+
+
+def test_depth_features_append_standardised_log_totals(fitted):
+    rna, prot, genes, prots, _ = fitted
+    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5, depth_features=True)
+    lr = np.log1p(np.asarray(rna.sum(1)).ravel())
+    lp = np.log1p(prot.sum(1))
+    np.testing.assert_allclose(state.depth, [lr.mean(), lr.std(), lp.mean(), lp.std()], rtol=1e-5)
+    pre = TorchPreprocessor(state)
+    assert (pre.rna_dim, pre.prot_dim) == (6, len(prots) + 1)
+    c, lib, _ = align_rna(rna, genes, state)
+    x = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib))
+    np.testing.assert_allclose(x[:, -1].numpy(), (lr - lr.mean()) / lr.std(), rtol=1e-4, atol=1e-4)
+    y = pre.prot(torch.as_tensor(prot))
+    np.testing.assert_allclose(y[:, -1].numpy(), (lp - lp.mean()) / lp.std(), rtol=1e-4, atol=1e-4)
+    back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert back.depth == pytest.approx(state.depth)

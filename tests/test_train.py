@@ -251,7 +251,7 @@ def test_streamed_chunked_bf16_variants_run(store, tmp_path):
 
 
 def test_chunked_logits_train_like_plain(store, tmp_path):
-    base = TINY + ["train.epochs=1", "train.thinning=1.0", "train.feature_dropout=0.0"]
+    base = TINY + ["train.epochs=1", "train.thinning=1.0", "train.feature_dropout=0.0", "preprocess.n_pcs=0"]
     a = train_model(store, tmp_path / "a", load_config(None, base))
     b = train_model(store, tmp_path / "b", load_config(None, base + ["train.logit_chunk_size=7"]))
     la = json.loads((a / "train_log.jsonl").read_text())
@@ -283,3 +283,20 @@ def test_sparse_projection_path_equals_dense():
     lib_t = torch.zeros(30).index_add_(0, batch.row, v) + batch.other.float()
     got = pre.rna_sparse(batch.row, batch.col, v, lib_t, 30, keep)
     torch.testing.assert_close(got, pre.rna(torch.as_tensor(rna.toarray()), lib_t, keep), atol=1e-4, rtol=1e-4)
+
+
+def test_ema_weights_are_the_ones_kept(store, tmp_path):
+    from safetensors.torch import load_file
+
+    base = TINY + ["train.epochs=2", "train.eval_every=2"]
+    plain = train_model(store, tmp_path / "plain", load_config(None, base))
+    ema = train_model(store, tmp_path / "ema", load_config(None, base + ["train.ema_decay=0.9"]))
+    w0, w1 = load_file(str(plain / "model.safetensors")), load_file(str(ema / "model.safetensors"))
+    assert w0.keys() == w1.keys() and not all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all(torch.isfinite(v).all() for v in w1.values())
+
+
+def test_logit_chunk_auto():
+    from pipeline.trainer import logit_chunk
+
+    assert logit_chunk(0, 512) == 0 and logit_chunk(0, 65_536) == 8_192 and logit_chunk(100, 512) == 100
