@@ -80,7 +80,7 @@ def markdown(results: dict[str, dict], seed: int) -> str:
         for metric in ("accuracy", "macro_f1", "ece"):
             lines += [markdown_table(r, metric), ""]
         lines += ["Robustness at 10 labels/class: accuracy with one modality replaced by noise for half of the "
-                  "test cells (drop vs clean in brackets).", "", robustness_table(r), ""]
+                  "test cells (change vs clean in brackets).", "", robustness_table(r), ""]
         bars = r["bars"]
         lines += ["| bar (10 labels/class) | value | required | holds |", "|---|---|---|---|"]
         if "fusion_vs_logreg" in bars:

@@ -293,7 +293,8 @@ def markdown_table(result: dict[str, Any], metric: str = "accuracy") -> str:
 
 
 def robustness_table(result: dict[str, Any], level: int = BAR_LEVEL) -> str:
-    """Clean vs corrupted accuracy per head at ``level`` labels per class, one column per scenario."""
+    """Clean vs corrupted accuracy per head at ``level`` labels per class, one column per scenario (change vs
+    clean in brackets)."""
     key = str(level)
     scs = result.get("scenarios", [])
     lines = ["| head | clean | " + " | ".join(scs) + " |", "|---|---|" + "---|" * len(scs)]
@@ -301,7 +302,7 @@ def robustness_table(result: dict[str, Any], level: int = BAR_LEVEL) -> str:
         if key not in per:
             continue
         clean = result["curves"][m][key]["accuracy"]["mean"]
-        cells = [f"{per[key][sc]['accuracy']['mean']:.3f} (−{per[key][sc]['accuracy_drop']['mean']:.3f})"
+        cells = [f"{per[key][sc]['accuracy']['mean']:.3f} ({-per[key][sc]['accuracy_drop']['mean']:+.3f})"
                  for sc in scs]
         lines.append(f"| {m} | {clean:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

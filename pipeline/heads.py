@@ -304,60 +304,62 @@ def _oob_probs(member_lp: torch.Tensor, oob: torch.Tensor) -> torch.Tensor:
 
 
 class GatedFusionHead(_BootstrapMixin, FusionHead):
-    """Per-modality experts (small bootstrap ensembles) mixed by per-cell weights from a small gate network.
+    """Per-modality experts (small bootstrap ensembles) mixed by per-cell weights from a gate.
 
-    The gate sees both (masked) embeddings, their cosine similarity (paired modalities agree in the contrastive
-    space; a corrupted or conflicting one does not) and the mask. It is trained on (i) the fused cross-entropy of
-    the experts' OUT-OF-BAG predictions (so it learns which modality generalises, not which one memorised the few
-    labels), (ii) augmented cells with one modality replaced by noise — labelled ones and, label-free, unlabelled
-    training cells — with all weight on the clean modality as target, (iii) a pull towards equal weights on
-    clean labelled cells. Each expert is trained on its own in-bag cells.
+    Gate weights = softmax(prior + detector(cell)), masked to the present modalities:
+
+    - the detector: one small network per modality scoring how much its embedding looks like a real cell's,
+      trained label-free on augmented cells (labelled and unlabelled training cells): all weight on the clean
+      modality when the other was replaced by noise, equal weights (no opinion) on clean cells;
+    - ``prior`` (2 numbers): which modality generalises better, fitted on the fused likelihood of the experts'
+      OUT-OF-BAG predictions of the labelled cells (a modality that only memorised the few labels gains nothing),
+      with a pull towards equal weights.
+
+    Each expert is trained on its own in-bag cells; its prediction is the softmax of its members' mean logits.
     """
 
     fusion = "gated"
 
     def __init__(self, d_rna: int, d_prot: int, n_classes: int, *, kind: str = "linear", hidden: int = 64,
-                 dropout: float = 0.1, members: int = 5, gate_hidden: int = 32, balance: float = 0.1, pool_balance: float = 0.3) -> None:
+                 dropout: float = 0.1, members: int = 5, gate_hidden: int = 32) -> None:
         super().__init__(d_rna, d_prot, n_classes)
         self.members = int(members)
-        self.balance, self.pool_balance = float(balance), float(pool_balance)
         self.experts = nn.ModuleList(
             [EnsembleClassifier(d, n_classes, kind, hidden, dropout, members) for d in (d_rna, d_prot)]
         )
-        self.gate = nn.Sequential(nn.Linear(d_rna + d_prot + 3, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, 2))
+        self.gate = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, 1)) for d in (d_rna, d_prot)]
+        )
+        self.prior = nn.Parameter(torch.zeros(2))
+        self.prior_strength = 1.0
 
-    def gate_features(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        zr, zp = _fill(z_rna, mask[:, 0]), _fill(z_prot, mask[:, 1])
-        both = mask[:, 0] * mask[:, 1]
-        cos = F.cosine_similarity(zr, zp, dim=1, eps=1e-8) * both if self.d_rna == self.d_prot else both * 0
-        return torch.cat([zr * self.scale[0], zp * self.scale[1], cos[:, None] * 4.0, mask], dim=1)
-
-    def _gate_log_weights(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return _masked_log_weights(self.gate(self.gate_features(z_rna, z_prot, mask)), mask)
+    def detector(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, 2) per-modality scores: how much each (present) embedding looks like a real cell's."""
+        xs = self._inputs(z_rna, z_prot, mask)
+        return torch.cat([self.gate[i](x) for i, x in enumerate(xs)], dim=1)
 
     def forward(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> dict:
         xr, xp = self._inputs(z_rna, z_prot, mask)
         logits = torch.stack([self.experts[i](x) for i, x in enumerate((xr, xp))], 2)  # (E, n, 2, K)
-        member_lp = torch.log_softmax(logits, -1)
-        # expert = softmax of the members' mean logits (averaging probabilities instead left the mixture
-        # under-confident: ECE ~0.1 at 98% accuracy on pbmc10k)
-        elp = torch.log_softmax(logits.mean(0), -1)
-        logw = self._gate_log_weights(z_rna, z_prot, mask)
+        elp = torch.log_softmax(logits.mean(0), -1)  # expert: softmax of the members' mean logits
+        detector = self.detector(z_rna, z_prot, mask)
+        logw = _masked_log_weights(detector + self.prior, mask)
         return {"log_probs": _mix(elp, logw), "weights": logw.exp(), "expert_log_probs": elp,
-                "member_log_probs": member_lp}
+                "member_log_probs": torch.log_softmax(logits, -1), "detector": detector}
 
-    def _gate_loss(self, logw: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
-                   balance: float) -> torch.Tensor:
+    @staticmethod
+    def _detector_loss(detector: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
         """All weight on the clean modality when the other is noise; equal weights on clean two-modality cells."""
+        logw = _masked_log_weights(detector, mask)
         both = (mask > 0).all(1)
         total = logw.new_zeros(())
         one = corrupted.any(1) & both
         if one.any():
             clean = (~corrupted[one]).to(torch.long).argmax(1)
-            total = total - logw[one].gather(1, clean[:, None]).clamp_min(-30.0).mean()
+            total = total - logw[one].gather(1, clean[:, None]).mean()
         ok = both & ~corrupted.any(1)
-        if ok.any() and balance > 0:  # KL(uniform || w)
-            total = total + balance * (-0.5 * logw[ok].clamp_min(-30.0).sum(1) - math.log(2.0)).mean()
+        if ok.any():  # KL(uniform || w)
+            total = total + (-0.5 * logw[ok].sum(1) - math.log(2.0)).mean()
         return total
 
     def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
@@ -370,19 +372,23 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
             use = ((mask[:, m] > 0) & ~corrupted[:, m]).float()
             total = total + _weighted_mean(_member_nll(member_lp[:, :, m], y), inbag * use[None])
             oob_p.append(_oob_probs(member_lp[:, :, m], oob))
-        logw = out["weights"].clamp_min(1e-30).log()
-        fused = torch.log((out["weights"][:, :, None] * torch.stack(oob_p, 1)).sum(1).clamp_min(1e-12))
-        return total + F.nll_loss(fused, y) + self._gate_loss(logw, mask, corrupted, self.balance)
+        # the prior learns from the out-of-bag fused likelihood (detector held fixed) ...
+        w = _masked_log_weights(out["detector"].detach() + self.prior, mask).exp()
+        fused = torch.log((w[:, :, None] * torch.stack(oob_p, 1)).sum(1).clamp_min(1e-12))
+        # with a pull towards equal weights (KL(uniform || softmax(prior))): a mixture likelihood alone drives the
+        # weights to a vertex on small differences, losing what averaging two good experts gains
+        lp = torch.log_softmax(self.prior, 0)
+        prior_reg = self.prior_strength * (-0.5 * lp.sum() - math.log(2.0))
+        # ... the detector from the augmentations only
+        return total + F.nll_loss(fused, y) + prior_reg + self._detector_loss(out["detector"], mask, corrupted)
 
     uses_unlabelled = True
 
     def unlabelled_loss(self, clean, augmented, mask, corrupted):
-        logw = self._gate_log_weights(augmented[0], augmented[1], mask)
-        return self._gate_loss(logw, mask, corrupted, self.pool_balance)
+        return self._detector_loss(self.detector(augmented[0], augmented[1], mask), mask, corrupted)
 
     def decay_parameters(self) -> list[nn.Parameter]:
-        gate = [m.weight for m in self.gate if isinstance(m, nn.Linear)]  # few labels: a gate can overfit too
-        return [p for e in self.experts for p in e.decay_parameters()] + gate
+        return [p for e in self.experts for p in e.decay_parameters()]
 
 
 class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
