@@ -11,6 +11,11 @@ Targets (checked, never tuned here):
 - pbmc10k few-label accuracy (RNA embedding, 1 % of training cells labelled) above logistic regression on 50
   RNA PCs.
 
+The defaults were chosen by a hyper-parameter search on the two target datasets (validation *and* test cells
+were looked at), so their numbers are optimistic. The held-out datasets (``HELD_OUT``: never used while
+tuning) are run with the same defaults and reported next to the baselines without targets: they are the
+honest estimate of how the defaults carry over to new data.
+
 Run::
 
     .venv/bin/python bench/quality.py [--datasets pbmc10k_protein_v3 bremsc_inhouse_pbmc] [--seed 0]
@@ -34,15 +39,19 @@ RESULTS = REPO / "bench" / "results"
 
 FOSCTTM_MARGIN = {"pbmc10k_protein_v3": 0.30, "bremsc_inhouse_pbmc": 0.25}
 FEWLABEL_TARGET = {"pbmc10k_protein_v3"}
+HELD_OUT = ("pbmc_5prime_totalseqc_10x",)  # never used to choose the defaults
 SHOWN = ("foscttm", "recall_at_10", "fewlabel_accuracy")
 
 
 def targets(name: str, methods: dict[str, dict]) -> dict[str, dict]:
-    """Check the quality targets of one dataset from its ``metrics.json`` methods."""
+    """Check the quality targets of one dataset from its ``metrics.json`` methods.
+
+    A held-out dataset has no margin target: its FOSCTTM row only asks for omicsclip below the better baseline.
+    """
     om, cca, ridge, pca = (methods[m] for m in ("omicsclip", "cca", "ridge", "pca"))
     out: dict[str, dict] = {}
     best_fos = min(cca["foscttm"], ridge["foscttm"])
-    margin = FOSCTTM_MARGIN.get(name, 0.25)
+    margin = FOSCTTM_MARGIN.get(name, 0.0)
     out["foscttm"] = {
         "target": f"omicsclip <= {1 - margin:.2f} x min(CCA, ridge)",
         "omicsclip": om["foscttm"], "threshold": (1 - margin) * best_fos,
@@ -63,6 +72,7 @@ def targets(name: str, methods: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_dataset(name: str, seed: int, threads: int, tmp: Path, overrides: list[str]) -> dict:
+    """Ingest, train (defaults + ``overrides``), evaluate one shared dataset; metrics, targets and timings."""
     import torch
 
     from pipeline.config import load_config
@@ -89,7 +99,7 @@ def run_dataset(name: str, seed: int, threads: int, tmp: Path, overrides: list[s
     metrics["store"] = name
     return {"metrics": metrics, "targets": targets(name, metrics["methods"]),
             "train_seconds": train_s, "epochs_trained": epochs, "evaluate_seconds": eval_s,
-            "config_overrides": overrides}
+            "config_overrides": overrides, "held_out_from_tuning": name in HELD_OUT}
 
 
 def _fmt(v) -> str:
@@ -100,7 +110,8 @@ def markdown(results: dict[str, dict], seed: int) -> str:
     lines = [f"# omicsclip quality bar (default config, seed {seed}, held-out test cells)", ""]
     for name, r in results.items():
         m = r["metrics"]["methods"]
-        lines += [f"## {name} ({r['metrics']['n_test_cells']} test cells, {r['epochs_trained']} epochs, "
+        kind = "held out from tuning, no targets" if r["held_out_from_tuning"] else "defaults tuned on it"
+        lines += [f"## {name} ({kind}; {r['metrics']['n_test_cells']} test cells, {r['epochs_trained']} epochs, "
                   f"{r['train_seconds']:.0f} s training)", "",
                   "| method | FOSCTTM ↓ | recall@10 ↑ | few-label acc. ↑ | match score ↑ | protein Pearson ↑ |",
                   "|---|---|---|---|---|---|"]
@@ -110,6 +121,9 @@ def markdown(results: dict[str, dict], seed: int) -> str:
                          f"{_fmt(row['fewlabel_accuracy'])} | {_fmt(row['match_score'])} | "
                          f"{_fmt(row['protein_pearson'])} |")
         lines += ["", "| target | omicsclip | threshold | holds |", "|---|---|---|---|"]
+        if r["held_out_from_tuning"]:
+            lines[-2:] = ["", "| comparison (not a target) | omicsclip | best baseline | omicsclip better |",
+                          "|---|---|---|---|"]
         for t in r["targets"].values():
             lines.append(f"| {t['target']} | {_fmt(t['omicsclip'])} | {_fmt(t['threshold'])} | "
                          f"{'yes' if t['holds'] else '**no**'} |")
@@ -119,7 +133,7 @@ def markdown(results: dict[str, dict], seed: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=list(FOSCTTM_MARGIN))
+    ap.add_argument("--datasets", nargs="+", default=[*FOSCTTM_MARGIN, *HELD_OUT])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[],
@@ -139,7 +153,8 @@ def main() -> None:
     from pipeline.io.atomic import atomic_path
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    all_hold = all(t["holds"] for r in results.values() for t in r["targets"].values())
+    all_hold = all(t["holds"] for r in results.values() if not r["held_out_from_tuning"]
+                   for t in r["targets"].values())
     payload = {"seed": args.seed, "threads": args.threads, "all_targets_hold": all_hold, "datasets": results}
     with atomic_path(args.out, overwrite=True) as tmp:
         tmp.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
