@@ -280,6 +280,8 @@ def fit_head(
                           hidden=params.hidden, dropout=params.dropout, tensor_rank=params.tensor_rank, members=params.ensemble)
         last = _train(head, params, torch.as_tensor(y, dtype=torch.long), as_tensor(mask), lambda: (zr, zp),
                       pool, pool_mask, torch.Generator().manual_seed(params.seed))
+        if hasattr(head, "calibrate"):  # post-hoc, on out-of-bag predictions of the labelled cells
+            head.calibrate(zr, zp, torch.as_tensor(y, dtype=torch.long), as_tensor(mask))
     log.debug("fitted %s head on %d cells in %.2fs (final loss %.4f)", params.fusion, len(y),
               time.perf_counter() - t0, last)
     return head
@@ -321,6 +323,7 @@ def fit_head_with_encoders(
         last = _train(head, params, torch.as_tensor(y, dtype=torch.long), as_tensor(mask),
                       lambda: tuner(hr, hp), pool, pool_mask, torch.Generator().manual_seed(params.seed), tuner)
         tuner.eval()
+    # no post-hoc calibration here: the tuned encoder layers saw every labelled cell, so no prediction is out-of-bag
     log.debug("fitted %s head + last encoder layers on %d cells (final loss %.4f)", params.fusion, len(y), last)
     return head
 

@@ -276,6 +276,26 @@ class _BootstrapMixin:
                 counts[torch.nonzero(empty)[:, 0], pick] = 1.0
         self._boot = counts
 
+    @torch.no_grad()
+    def calibrate(self, z_rna: torch.Tensor, z_prot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fit the inverse temperature ``beta`` of the fused prediction on the labelled cells (same order as in
+        training), from their out-of-bag predictions (members that did not see the cell). Fewer than 2 cells
+        with an out-of-bag prediction (e.g. one label per class: every bag keeps it): ``beta = 1``."""
+        self.beta.fill_(1.0)
+        if self._boot is None:
+            return
+        oob = (self._boot == 0).float()  # (members, n)
+        has = oob.sum(0) > 0
+        if int(has.sum()) < 2:
+            return
+        was = self.training
+        self.eval()
+        try:
+            fused = self._oob_fused_log_probs(z_rna, z_prot, mask, oob)
+        finally:
+            self.train(was)
+        self.beta.fill_(fit_inverse_temperature(fused[has], y[has]))
+
     def _bag(self, cells: torch.Tensor | None, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """In-bag weights and out-of-bag indicators (members, rows) of the rows' cells."""
         if self._boot is None or cells is None:
@@ -292,6 +312,27 @@ def _member_nll(member_lp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     total = weights.sum()
     return (values * weights).sum() / total if total > 0 else values.sum() * 0.0
+
+
+BETA_RANGE = (0.25, 4.0)  # bounds of a fitted inverse temperature (few cells: never extrapolate far)
+
+
+def fit_inverse_temperature(logits: torch.Tensor, y: torch.Tensor, lo: float = BETA_RANGE[0],
+                            hi: float = BETA_RANGE[1]) -> float:
+    """The ``beta`` in ``[lo, hi]`` that minimises the NLL of ``softmax(beta * logits)`` for classes ``y``.
+
+    The NLL is convex in ``beta``, so a log-spaced grid followed by a finer grid around its minimum finds it.
+    """
+    logits, y = logits.detach().double(), y.long()
+
+    def nll(betas: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(betas[:, None, None] * logits[None], -1)
+        return -lp.gather(2, y[None, :, None].expand(len(betas), -1, 1))[..., 0].mean(1)
+
+    grid = torch.logspace(math.log10(lo), math.log10(hi), 61, dtype=torch.float64)
+    i = int(nll(grid).argmin())
+    fine = torch.linspace(float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)]), 41, dtype=torch.float64)
+    return float(fine[int(nll(fine).argmin())])
 
 
 def _oob_probs(member_lp: torch.Tensor, oob: torch.Tensor) -> torch.Tensor:
@@ -316,6 +357,10 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
       with a pull towards equal weights.
 
     Each expert is trained on its own in-bag cells; its prediction is the softmax of its members' mean logits.
+    The fused prediction is ``softmax(beta * log(mixture))``: ``beta`` (1 while training) is fitted by
+    :meth:`calibrate` after training on the mixture of the members' OUT-OF-BAG predictions of the labelled cells.
+    A mixture of two experts that are each right on different cells is more often right than it is confident
+    (ECE ~0.1 at 99% accuracy on pbmc10k without it); ``beta`` sharpens it to match cells it did not see.
     """
 
     fusion = "gated"
@@ -332,6 +377,7 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
         )
         self.prior = nn.Parameter(torch.zeros(2))
         self.prior_strength = 1.0
+        self.register_buffer("beta", torch.ones(()))
 
     def detector(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(n, 2) per-modality scores: how much each (present) embedding looks like a real cell's."""
@@ -344,7 +390,8 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
         elp = torch.log_softmax(logits.mean(0), -1)  # expert: softmax of the members' mean logits
         detector = self.detector(z_rna, z_prot, mask)
         logw = _masked_log_weights(detector + self.prior, mask)
-        return {"log_probs": _mix(elp, logw), "weights": logw.exp(), "expert_log_probs": elp,
+        fused = torch.log_softmax(self.beta * _mix(elp, logw), -1)  # calibrated (beta = 1 while training)
+        return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp,
                 "member_log_probs": torch.log_softmax(logits, -1), "detector": detector}
 
     @staticmethod
@@ -382,6 +429,13 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
         # ... the detector from the augmentations only
         return total + F.nll_loss(fused, y) + prior_reg + self._detector_loss(out["detector"], mask, corrupted)
 
+    def _oob_fused_log_probs(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor,
+                             oob: torch.Tensor) -> torch.Tensor:
+        """Each expert's probabilities averaged over the members that did not see the cell, mixed by the gate."""
+        out = self.forward(z_rna, z_prot, mask)
+        oob_p = torch.stack([_oob_probs(out["member_log_probs"][:, :, m], oob) for m in range(2)], 1)  # (n, 2, K)
+        return torch.log((out["weights"][:, :, None] * oob_p).sum(1).clamp_min(1e-12))
+
     uses_unlabelled = True
 
     def unlabelled_loss(self, clean, augmented, mask, corrupted):
@@ -407,7 +461,9 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
     variance, epistemic = the MC-dropout variance of the logits (mean over members and classes), total = their
     sum (logit units). The modalities' (centred, member-averaged) logits are fused by inverse-variance weighting —
     weights = normalised 1/total, the product of the two Gaussian logit beliefs — and the fused variance
-    1/sum(1/total) is propagated as logit noise into the class probabilities.
+    1/sum(1/total) is propagated as logit noise into the class probabilities. Finally the fused log-probabilities
+    are sharpened by ``beta`` (1 while training), which :meth:`calibrate` fits on the out-of-bag fused
+    predictions of the labelled cells, as in the gated head.
     """
 
     fusion = "uncertainty"
@@ -426,6 +482,7 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         for branch in self.var_branch:  # start at unit variance
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
+        self.register_buffer("beta", torch.ones(()))
 
     def _branches(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor):
         """Member logits (E, n, 2, K) and log-variances (n, 2)."""
@@ -452,7 +509,7 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         elp = torch.logsumexp(member_lp, 0) - math.log(self.members)
         total = logvar.exp()  # a single pass has no MC-dropout (epistemic) estimate
         fused, logw = self._fuse(mu.mean(0), total, mask)
-        return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp,
+        return {"log_probs": torch.log_softmax(self.beta * fused, -1), "weights": logw.exp(), "expert_log_probs": elp,
                 "modality_var": total, "mu": mu, "logvar": logvar}
 
     def loss(self, out: dict, y: torch.Tensor, mask: torch.Tensor, corrupted: torch.Tensor,
@@ -514,8 +571,17 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         lp = torch.cat(lps)
         elp = torch.logsumexp(lp, dim=0) - math.log(len(lp))
         fused, logw = self._fuse(mu.mean((0, 1)), total, mask)
-        return {"log_probs": fused, "weights": logw.exp(), "expert_log_probs": elp, "modality_var": total,
-                "aleatoric_var": aleatoric, "epistemic_var": epistemic}
+        return {"log_probs": torch.log_softmax(self.beta * fused, -1), "weights": logw.exp(),
+                "expert_log_probs": elp, "modality_var": total, "aleatoric_var": aleatoric,
+                "epistemic_var": epistemic}
+
+    def _oob_fused_log_probs(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor,
+                             oob: torch.Tensor) -> torch.Tensor:
+        """Each modality's logits averaged over the members that did not see the cell, fused with the aleatoric
+        variances (one deterministic pass)."""
+        mu, logvar = self._branches(z_rna, z_prot, mask)
+        mu_oob = (mu * oob[:, :, None, None]).sum(0) / oob.sum(0).clamp_min(1.0)[:, None, None]
+        return self._fuse(mu_oob, logvar.exp(), mask)[0]
 
     def _fuse(self, mu: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse-variance (precision-weighted) fusion of the modalities' logit estimates.

@@ -425,3 +425,23 @@ def test_fewlabel_baseline_pcs_from_store_and_model(tiny_model, tmp_path):
                        model=root / "model")
     assert BASELINE in doc["methods"] and "computed from" in doc["baseline_pcs"]
     assert doc["curves"][BASELINE]["3"]["accuracy"]["mean"] > 0.5
+
+
+def test_gated_head_calibration_on_out_of_bag_cells():
+    """The gated experts' inverse temperature is fitted on out-of-bag cells and lowers the test ECE."""
+    from pipeline.calibration import expected_calibration_error
+
+    tr, te = typed(60, 31, noise=0.3), typed(1500, 32, noise=0.3)
+    head = fit_head(tr[0], tr[1], tr[2], 4, HeadParams(fusion="gated", epochs=150))
+    assert float(head.beta) != 1.0
+    calibrated = expected_calibration_error(predict_head(head, te[0], te[1])["probs"], te[2])
+    head.beta.fill_(1.0)
+    raw = expected_calibration_error(predict_head(head, te[0], te[1])["probs"], te[2])
+    assert calibrated < raw, (calibrated, raw)
+
+
+def test_gated_head_without_out_of_bag_cells_keeps_unit_temperature():
+    tr = typed(4, 33)  # one cell per class at most: every bootstrap keeps it, nothing is out-of-bag
+    y = np.arange(4)
+    head = fit_head(tr[0], tr[1], y, 4, HeadParams(fusion="gated", epochs=20))
+    assert float(head.beta) == 1.0

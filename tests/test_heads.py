@@ -174,3 +174,13 @@ def test_unknown_fusion_rejected():
         build_head("concat", D_RNA, D_PROT, K)
     with pytest.raises(ValueError, match="kind"):
         build_head("late", D_RNA, D_PROT, K, kind="transformer")
+
+
+def test_inverse_temperature_fit_recovers_the_sharpness_of_the_labels():
+    from pipeline.heads import fit_inverse_temperature
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, K, generator=g)
+    y = torch.multinomial(torch.softmax(2.0 * z, 1), 1, generator=g)[:, 0]  # labels drawn at beta = 2
+    assert fit_inverse_temperature(z, y) == pytest.approx(2.0, rel=0.1)
+    assert fit_inverse_temperature(z, y, hi=1.5) == pytest.approx(1.5)  # bounded
