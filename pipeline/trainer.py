@@ -4,6 +4,7 @@ checkpoints every N steps and on SIGTERM/SIGINT, exact resumes, optional DDP (``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ class TrainSettings:
     """The parts of the ``train`` config section the loop needs."""
 
     epochs: int = 200
+    min_steps: int = 0
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -237,6 +239,13 @@ class Trainer:
         self.steps_per_epoch = source.steps_per_epoch
         if self.steps_per_epoch < 1:
             raise InputError(f"train.batch_size={settings.batch_size} is larger than the training set")
+        # small datasets get few optimiser steps per epoch: extend the run to at least ``min_steps`` steps
+        epochs = max(settings.epochs, math.ceil(settings.min_steps / self.steps_per_epoch))
+        if epochs != settings.epochs:
+            log.info("train: %d epochs of %d steps for train.min_steps=%d (train.epochs=%d)", epochs,
+                     self.steps_per_epoch, settings.min_steps, settings.epochs)
+            settings = dataclasses.replace(settings, epochs=epochs)
+            self.s = settings
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.ddp: nn.Module = model
         if dist.enabled:

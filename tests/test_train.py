@@ -300,3 +300,12 @@ def test_logit_chunk_auto():
     from pipeline.trainer import logit_chunk
 
     assert logit_chunk(0, 512) == 0 and logit_chunk(0, 65_536) == 8_192 and logit_chunk(100, 512) == 100
+
+
+def test_min_steps_extends_training_of_small_data(store, tmp_path):
+    """300 cells, 70% training, batch 64: 3 steps per epoch, so 10 steps need 4 epochs where 1 was asked."""
+    out = train_model(store, tmp_path / "m", load_config(None, TINY + ["train.epochs=1", "train.min_steps=10",
+                                                                       "train.patience=100"]))
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    steps_per_epoch = log[0]["step"]
+    assert len(log) == math.ceil(10 / steps_per_epoch) and log[-1]["step"] >= 10
