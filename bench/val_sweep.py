@@ -1,0 +1,72 @@
+"""Compare training configs on VALIDATION cells only (never the test cells): best validation FOSCTTM per run.
+
+For each named config (a list of ``section.key=value`` overrides on top of the defaults) and each seed, train on
+the store (``split.seed`` = ``train.seed`` = seed, so every seed is also a different split) and read the best
+validation FOSCTTM from ``train_log.jsonl``, the number early stopping selects on. Prints a line per config (values
+per seed and their mean) and appends one JSON line per run to ``--out``. Use it to choose defaults without looking
+at the test cells that ``bench/quality.py`` reports.
+
+    .venv/bin/python bench/val_sweep.py STORE.zarr --seeds 1,2,3,4 \\
+        --config base= --config steps1500=train.min_steps=1500 --config lr3e3=train.lr=0.003,train.batch_size=128
+
+(``--config NAME=`` with nothing after ``=`` is the defaults; several overrides are separated by commas.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def parse_config(text: str) -> tuple[str, list[str]]:
+    """``NAME=a.b=1,c.d=2`` -> ("NAME", ["a.b=1", "c.d=2"])."""
+    name, _, rest = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"--config {text!r}: expected NAME=overrides")
+    return name, [x for x in rest.split(",") if x]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--seeds", default="1,2,3,4")
+    ap.add_argument("--config", dest="configs", action="append", type=parse_config, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("val_sweep.jsonl"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.train import train_model
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with args.out.open("a") as out:
+        for name, overrides in args.configs:
+            vals = []
+            for seed in seeds:
+                cfg = load_config(None, [f"train.seed={seed}", f"split.seed={seed}", "train.device=cpu", *overrides])
+                with tempfile.TemporaryDirectory(prefix="omicsclip-val-sweep-") as d:
+                    t0 = time.perf_counter()
+                    model = train_model(args.store, Path(d) / "model", cfg)
+                    log = [json.loads(x) for x in (model / "train_log.jsonl").read_text().splitlines() if x.strip()]
+                best = min(r["val_foscttm"] for r in log)
+                vals.append(best)
+                out.write(json.dumps({"config": name, "overrides": overrides, "seed": seed, "val_foscttm": best,
+                                      "epochs": len(log), "seconds": time.perf_counter() - t0}) + "\n")
+                out.flush()
+            print(f"{name}: val FOSCTTM {[round(v, 4) for v in vals]} mean {statistics.mean(vals):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
