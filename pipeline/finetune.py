@@ -45,6 +45,7 @@ from pipeline.heads import (
     random_unit_vectors,
 )
 from pipeline.io.atomic import atomic_path
+from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -503,16 +504,17 @@ def load_head(head_dir: str | Path) -> tuple[FusionHead, dict[str, Any], dict[st
     for p in (meta_path, w_path):
         if not p.exists():
             raise InputError(f"{head_dir}: not a head folder ({p.name} missing)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: not valid JSON ({exc.msg})") from None
+    meta = read_json(meta_path)
+    meta = meta if isinstance(meta, dict) else {}
     if meta.get("format") != HEAD_FORMAT:
         raise InputError(f"{meta_path}: not an omicsclip head (format {meta.get('format')!r})")
-    arch, hp = meta["architecture"], meta["params"]
-    head = build_head(arch["fusion"], arch["d_rna"], arch["d_prot"], arch["n_classes"], kind=hp["head"],
-                      hidden=hp["hidden"], dropout=hp["dropout"], tensor_rank=hp["tensor_rank"],
-                      members=hp.get("ensemble", 5))
+    try:
+        arch, hp = meta["architecture"], meta["params"]
+        head = build_head(arch["fusion"], arch["d_rna"], arch["d_prot"], arch["n_classes"], kind=hp["head"],
+                          hidden=hp["hidden"], dropout=hp["dropout"], tensor_rank=hp["tensor_rank"],
+                          members=hp.get("ensemble", 5))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{meta_path}: invalid head description ({type(exc).__name__}: {exc})") from None
     try:
         tensors = load_file(str(w_path))
     except SafetensorError as exc:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.errors import InputError
+from pipeline.io.jsonfile import read_json
 from pipeline.models import DualEncoder, build_model
 from pipeline.preprocess import PreprocessState, TorchPreprocessor, align_proteins, align_rna
 from pipeline.split import read_split
@@ -224,10 +225,8 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{model_dir}: model folder not found")
     if not path.exists():
         raise InputError(f"{model_dir}: not a complete omicsclip model (no {META})")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    meta = read_json(path)
+    meta = meta if isinstance(meta, dict) else {}
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: not an omicsclip model (format {meta.get('format')!r} "
                          f"v{meta.get('format_version')})")

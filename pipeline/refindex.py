@@ -36,6 +36,7 @@ from pipeline.index import (
     to_gpu,
 )
 from pipeline.io.atomic import atomic_path
+from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +286,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     f = path / META
     if not f.exists():
         raise InputError(f"{f}: not found; {path} is not an omicsclip index folder")
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{f}: cannot parse ({type(exc).__name__})") from None
+    meta = read_json(f)
+    meta = meta if isinstance(meta, dict) else {}
     need = ("format_version", "metric", "dim", "n", "kind", "params", "modalities", "model_fingerprint")
     missing = [k for k in need if k not in meta]
     if missing:

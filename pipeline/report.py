@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
+from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,6 @@ class ReportInputs:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; :class:`InputError` naming the file when it is missing or malformed."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def read_train_log(path: str | Path) -> list[dict[str, Any]]:

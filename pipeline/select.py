@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
+from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,7 @@ def validation_metrics(metrics_path: str | Path) -> dict[str, float]:
     dropped. Raises :class:`InputError` when the file or the block is missing.
     """
     path = Path(metrics_path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path)
     block = data.get("validation") if isinstance(data, dict) else None
     if not isinstance(block, dict) or not block:
         raise InputError(f"{path}: no 'validation' metrics; selection needs validation retrieval, not test cells")

@@ -206,7 +206,7 @@ def test_missing_or_bad_meta_is_refused(tmp_path):
         ReferenceIndex.load(tmp_path / "empty")
     out = write_index_dir(tmp_path / "idx", model_fingerprint="m", section=_section(), **_reference())
     (out / "meta.json").write_text("{not json")
-    with pytest.raises(InputError, match="cannot parse"):
+    with pytest.raises(InputError, match="not valid JSON"):
         ReferenceIndex.load(out)
 
 
