@@ -94,7 +94,9 @@ def run_dataset(name: str, seed: int, threads: int, tmp: Path, overrides: list[s
     t0 = time.perf_counter()
     ev = cfg["evaluate"]
     metrics = evaluate(store, model_dir, fewlabel_fraction=ev["fewlabel_fraction"], n_pcs=ev["n_pcs"],
-                       label_key=ev["label_key"], impute_k=cfg["query"]["impute_k"], seed=seed)
+                       label_key=ev["label_key"], impute_k=cfg["query"]["impute_k"],
+                       impute_temperature=cfg["query"]["temperature"], impute_from=cfg["query"]["transfer_from"],
+                       seed=seed)
     eval_s = time.perf_counter() - t0
     metrics["store"] = name
     return {"metrics": metrics, "targets": targets(name, metrics["methods"]),

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.evaluate import run_evaluate
 
         cfg = load_cfg(config, set_)
-        res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], impute_k=cfg["query"]["impute_k"],
+        res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], query_cfg=cfg["query"],
                            overwrite=overwrite)
         om = res["methods"]["omicsclip"]
         typer.echo(f"{out}: {res['n_test_cells']} test cells; omicsclip FOSCTTM {om['foscttm']:.4f}, "

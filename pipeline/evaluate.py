@@ -21,6 +21,7 @@ import pandas as pd
 from pipeline import metrics as M
 from pipeline.baselines import CCABaseline, RidgeBaseline, fit_pca
 from pipeline.errors import InputError
+from pipeline.impute import knn_impute
 from pipeline.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def evaluate_arrays(
     fewlabel_fraction: float = 0.01,
     n_pcs: int = 50,
     impute_k: int = 20,
+    impute_temperature: float = 0.05,
+    impute_from: str = "same",
     seed: int = 0,
 ) -> dict[str, Any]:
     """All metrics for omicsclip and the baselines from in-memory arrays (rows = cells, aligned).
@@ -112,8 +115,10 @@ def evaluate_arrays(
         Fraction of the training cells that get a label in the few-label classifier.
     n_pcs
         RNA principal components of the baselines.
-    impute_k
-        Neighbours of omicsclip's kNN protein imputation.
+    impute_k, impute_temperature, impute_from
+        omicsclip's protein imputation from RNA, as ``omicsclip query`` does it (``query.impute_k``,
+        ``query.temperature``, ``query.transfer_from``: neighbours among the training cells' RNA (``same``) or
+        protein (``cross``) embeddings).
     seed
         Seed of PCA and the few-label draws.
 
@@ -145,7 +150,9 @@ def evaluate_arrays(
     row.update(_retrieval(emb_rna[te], emb_prot[te], y_te, t))
     row["fewlabel_accuracy"] = _fewlabel(emb_rna[tr], y_tr, emb_rna[te], y_te, fraction=fewlabel_fraction,
                                          seed=seed)
-    imputed = M.knn_impute(emb_rna[te], emb_prot[tr], prot_clr[tr], k=impute_k)
+    # as `omicsclip query` imputes from an index of the training cells (same direction, k and weights)
+    ref_emb = emb_rna if impute_from == "same" else emb_prot
+    imputed = knn_impute(emb_rna[te], ref_emb[tr], prot_clr[tr], k=impute_k, temperature=impute_temperature)
     flat, per_protein["omicsclip"] = _imputation(imputed, prot_clr[te], proteins)
     row.update(flat)
     validation: dict[str, Any] = {"n_val_cells": int(len(va))}
@@ -186,7 +193,8 @@ def evaluate_arrays(
         "protein_pearson_per_protein": per_protein,
         "match_temperature": temps,
         "settings": {"fewlabel_fraction": float(fewlabel_fraction), "n_pcs": int(pca.n_components_),
-                     "impute_k": int(impute_k), "ridge_alpha": float(ridge.ridge_.alpha_),
+                     "impute_k": int(impute_k), "impute_temperature": float(impute_temperature),
+                     "impute_from": impute_from, "ridge_alpha": float(ridge.ridge_.alpha_),
                      "cca_components": int(cca.cca_.n_components), "labelled": y is not None},
     }
 
@@ -249,6 +257,8 @@ def evaluate(
     n_pcs: int = 50,
     label_key: str = "cell_type",
     impute_k: int = 20,
+    impute_temperature: float = 0.05,
+    impute_from: str = "same",
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model and the baselines on the held-out cells of ``store``.
@@ -263,8 +273,8 @@ def evaluate(
         The ``evaluate`` config section: labelled fraction of training cells, RNA PCs of the baselines.
     label_key
         obs column with cell types (label metrics are null without it).
-    impute_k
-        Neighbours of the kNN protein imputation (``query.impute_k``).
+    impute_k, impute_temperature, impute_from
+        Protein imputation settings (``query.impute_k``, ``query.temperature``, ``query.transfer_from``).
     seed
         Seed of PCA and few-label draws (default: the model's ``train.seed``).
 
@@ -290,7 +300,7 @@ def evaluate(
         emb_rna=emb["rna"], emb_prot=emb["prot"], rna_input=_rna_rows(model, data),
         prot_clr=_prot_clr(model, data), split=split, labels=_labels(data.obs, label_key),
         proteins=model.state.proteins, fewlabel_fraction=fewlabel_fraction, n_pcs=n_pcs,
-        impute_k=impute_k, seed=seed,
+        impute_k=impute_k, impute_temperature=impute_temperature, impute_from=impute_from, seed=seed,
     )
     result["model_fingerprint"] = str(model.fingerprint)
     result["store"] = str(store)
@@ -325,7 +335,7 @@ def run_evaluate(
     out: str | Path,
     *,
     evaluate_cfg: dict[str, Any] | None = None,
-    impute_k: int = 20,
+    query_cfg: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (the CLI's one call).
@@ -334,16 +344,17 @@ def run_evaluate(
     ----------
     evaluate_cfg
         The ``evaluate`` config section (``fewlabel_fraction``, ``n_pcs``, ``label_key``).
-    impute_k
-        ``query.impute_k``.
+    query_cfg
+        The ``query`` config section (``impute_k``, ``temperature``, ``transfer_from``): protein imputation.
     """
-    cfg = evaluate_cfg or {}
+    cfg, q = evaluate_cfg or {}, query_cfg or {}
     from pipeline.io.atomic import check_writable
 
     check_writable(Path(out), overwrite=overwrite)  # fail before the expensive part
     result = evaluate(store, model_dir, fewlabel_fraction=float(cfg.get("fewlabel_fraction", 0.01)),
                       n_pcs=int(cfg.get("n_pcs", 50)), label_key=str(cfg.get("label_key", "cell_type")),
-                      impute_k=impute_k)
+                      impute_k=int(q.get("impute_k", 20)), impute_temperature=float(q.get("temperature", 0.05)),
+                      impute_from=str(q.get("transfer_from", "same")))
     write_metrics(result, out, overwrite=overwrite)
     return result
 

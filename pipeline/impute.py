@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.index import brute_force
+
+_BLOCK_ELEMENTS = 1 << 24  # query rows x reference rows of one similarity block (128 MB in float64)
+
 
 def neighbour_weights(sims: np.ndarray, temperature: float, valid: np.ndarray | None = None) -> np.ndarray:
     """Per-row softmax of ``sims / temperature`` (n x k, rows sum to 1); equal weights when ``temperature <= 0``.
@@ -88,3 +92,26 @@ def vote(codes: np.ndarray, n_classes: int, pos: np.ndarray, weights: np.ndarray
     np.add.at(out, (rows, np.where(c >= 0, c, 0).ravel()), w.ravel())
     total = out.sum(axis=1, keepdims=True)
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0).astype(np.float32)
+
+
+def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, k: int,
+               temperature: float) -> np.ndarray:
+    """What ``omicsclip query`` imputes, with an exact search: each query's ``k`` most similar reference rows
+    (inner product of unit vectors, :func:`pipeline.index.brute_force`), weighted by :func:`neighbour_weights`,
+    averaged by :func:`impute`; the query rows are processed in blocks so memory stays bounded.
+
+    Parameters
+    ----------
+    query, reference
+        Unit-norm embeddings (n x d, N x d).
+    values
+        Reference profiles to average (N x P), e.g. CLR protein.
+    k, temperature
+        ``query.impute_k`` and ``query.temperature``.
+    """
+    rows = max(1, _BLOCK_ELEMENTS // max(len(reference), 1))
+    out = np.empty((len(query), values.shape[1]), np.float32)
+    for start in range(0, len(query), rows):
+        sims, pos = brute_force(reference, query[start:start + rows], k)
+        out[start:start + len(pos)] = impute(values, pos, neighbour_weights(sims, temperature))
+    return out
