@@ -46,7 +46,7 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
     from pipeline.train import resolve_device
 
     out = Path(out)
-    with atomic_path(out, overwrite=overwrite) as tmp:
+    with atomic_path(out, overwrite=overwrite, inputs=(store, model_dir)) as tmp:
         model = load_model(model_dir, resolve_device(device))
         info = store_info(store)
         genes = [str(g) for g in info["genes"].index]

@@ -118,10 +118,7 @@ def ingest(inputs: Sequence[str | Path], out: str | Path, *, fmt: str = "auto", 
         ``out``; nothing is left behind on error.
     """
     out = Path(out)
-    check_writable(out, overwrite=overwrite)
-    for p in inputs:
-        if Path(p).resolve() == out.resolve():
-            raise InputError(f"{out}: the output would replace an input")
+    check_writable(out, overwrite=overwrite, inputs=inputs)
     options = {"fmt": fmt, "rna_modality": rna_modality, "prot_modality": prot_modality,
                "isotype_patterns": list(isotype_patterns), "keep_isotypes": bool(keep_isotypes),
                "hto_patterns": list(hto_patterns), "pairing": pairing, "allow_normalized": bool(allow_normalized),

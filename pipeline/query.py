@@ -489,7 +489,9 @@ def run_query(inputs: Any, model: Any, index: Any, out_dir: str | Path, *, k: in
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     settings = QuerySettings.from_section(section, k=k)
-    with atomic_path(out_dir, overwrite=overwrite) as tmp:
+    given = [x for x in (*(inputs if isinstance(inputs, list | tuple) else [inputs]), model, index)
+             if isinstance(x, str | Path)]
+    with atomic_path(out_dir, overwrite=overwrite, inputs=given) as tmp:
         model, ref = _load(model, index, device=device, use_gpu=use_gpu)
         src = open_query_input(inputs, fmt=fmt, modality=modality, ingest=ingest)
         try:

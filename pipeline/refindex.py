@@ -35,7 +35,7 @@ from pipeline.index import (
     set_search_params,
     to_gpu,
 )
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import atomic_path, check_writable
 from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
@@ -370,6 +370,8 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         Replace an existing folder.
     """
     from anndata.io import read_elem
+
+    check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))  # before the work
 
     emb_path = Path(emb_path)
     obs, uns, root = _read_embeddings(emb_path)

@@ -5,19 +5,30 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import InputError
 
 
-def check_writable(path: Path, *, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless ``overwrite`` is set."""
+def check_writable(path: Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` is set, and never replace a folder that is or
+    holds one of the ``inputs`` or the working directory (replacing ``path`` deletes everything under it)."""
+    path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --overwrite to replace it")
-    if not path.parent.exists():
+    out = path.resolve()
+    if out.parent == out:
+        raise InputError(f"{path}: not a valid output path")
+    if not out.parent.exists():
         raise InputError(f"{path.parent}: output directory does not exist")
+    if path.exists():
+        for p in (Path.cwd(), *(Path(x) for x in inputs if x is not None)):
+            r = p.resolve()
+            if r == out or out in r.parents:
+                what = "the working directory" if p == Path.cwd() else f"the input {p}"
+                raise InputError(f"{path}: replacing it would delete {what}; choose another output")
 
 
 def _remove(p: Path) -> None:
@@ -28,13 +39,15 @@ def _remove(p: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, overwrite: bool = False,
+                inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it to ``path``, on error delete it.
 
-    An existing ``path`` (only allowed with ``overwrite``) is kept until the new output is complete.
+    An existing ``path`` (only allowed with ``overwrite``) is kept until the new output is complete; it is never
+    one that holds an input (see :func:`check_writable`).
     """
-    path = Path(path)
-    check_writable(path, overwrite=overwrite)
+    path = Path(path).resolve()
+    check_writable(path, overwrite=overwrite, inputs=inputs)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
