@@ -7,6 +7,7 @@ sparse matrix and transposed in memory (memory ~ non-zeros, not the dense table)
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 from collections.abc import Iterator
@@ -48,18 +49,21 @@ def _wrap(path: Path, exc: Exception) -> InputError:
 
 
 def _reader(path: Path, sep: str, names: list[str], **kw) -> Iterator[pd.DataFrame]:
-    dtype = {n: np.float32 for n in names[1:]}
-    dtype[names[0]] = str
-    return pd.read_csv(path, sep=sep, header=0, names=names, dtype=dtype, chunksize=_BLOCK, engine="c",
+    # positional column names: the real ones may repeat (validation reports duplicates; pandas would rename them)
+    pos = ["__rowname__", *(f"_{i}" for i in range(1, len(names)))]
+    dtype = {n: np.float32 for n in pos[1:]}
+    dtype[pos[0]] = str
+    return pd.read_csv(path, sep=sep, header=0, names=pos, dtype=dtype, chunksize=_BLOCK, engine="c",
                        na_values=["", "NA", "NaN", "nan"], keep_default_na=False, **kw)
 
 
-def _columns(path: Path, sep: str) -> list[str]:
+def _columns(path: Path, sep: str, line: str) -> list[str]:
+    """Column names from the header ``line`` as written (duplicates kept, unlike pandas' header parsing)."""
+    if not line.strip():
+        raise InputError(f"{path}: empty table")
     try:
-        cols = list(pd.read_csv(path, sep=sep, nrows=0).columns)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: empty table") from None
-    except (OSError, EOFError, ValueError, pd.errors.ParserError) as exc:
+        cols = next(csv.reader([line.rstrip("\r\n")], delimiter=sep))
+    except csv.Error as exc:
         raise _wrap(path, exc) from None
     if len(cols) < 2:
         raise InputError(f"{path}: table has no count columns (is the separator right?)")
@@ -129,7 +133,7 @@ def open_table(path: Path, *, genes_in_rows: bool) -> CountTable:
     require_text(path, "csv")
     line = _first_line(path)
     sep = _sep(path, line)
-    names = _columns(path, sep)
+    names = _columns(path, sep, line)
     if genes_in_rows:
         features, m = _load_rows(path, sep, names)
         barcodes = pd.Index(names[1:])

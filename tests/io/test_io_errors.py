@@ -212,3 +212,38 @@ def test_corrupt_10x_indices(cite, tmp_path):
     with h5py.File(src, "r+") as f:
         f["matrix/indices"][3] = 10_000
     _fails(tmp_path, [src], "feature indices outside")
+
+
+def test_duplicate_names_in_table_headers_are_reported_not_renamed(tmp_path, cite):
+    c = dataclasses.replace(cite, genes=[cite.genes[0], *cite.genes[1:-1], cite.genes[0]])
+    rna, prot = write_tables(c, tmp_path / "rna.csv", tmp_path / "prot.csv")
+    _fails(tmp_path, [rna, prot], "duplicate gene names")
+    rna, prot = write_tables(dataclasses.replace(cite, barcodes=[cite.barcodes[1], *cite.barcodes[1:]]),
+                             tmp_path / "rg.csv", tmp_path / "pg.csv", genes_in_rows=True)
+    _fails(tmp_path, [rna, prot], "duplicate cell barcodes", genes_in_rows=True)
+
+
+def test_overwrite_never_deletes_an_input_or_the_working_directory(tmp_path, cite, monkeypatch):
+    src = tmp_path / "data" / "sub"
+    src.mkdir(parents=True)
+    rna, prot = write_tables(cite, src / "rna.csv", src / "prot.csv")
+    (tmp_path / "data" / "keep.txt").write_text("user file")
+    with pytest.raises(InputError, match="would delete the input"):
+        ingest([rna, prot], tmp_path / "data", overwrite=True)
+    monkeypatch.chdir(src)
+    with pytest.raises(InputError, match="would delete the working directory"):
+        ingest([rna, prot], tmp_path / "data", overwrite=True)
+    assert (tmp_path / "data" / "keep.txt").exists() and rna.exists()
+
+
+def test_damaged_store_is_a_one_line_error(tmp_path, cite):
+    import shutil
+
+    from pipeline.io.store import read_store, store_info
+
+    rna, prot = write_tables(cite, tmp_path / "rna.csv", tmp_path / "prot.csv")
+    store = ingest([rna, prot], tmp_path / "s.zarr")
+    shutil.rmtree(store / "mod" / "prot" / "var")
+    for fn in (store_info, read_store):
+        with pytest.raises(InputError, match="corrupt store"):
+            fn(store)
