@@ -91,6 +91,7 @@ def register(app: typer.Typer) -> None:
         snakefile, configfile = REPO / "Snakefile", REPO / "configs" / "demo.yaml"
         if not snakefile.exists():
             raise InputError(f"{snakefile}: not found; the demo needs a source checkout (pip install -e .)")
+        load_cfg(configfile, set_)  # a bad --set is a one-line error here, not a Snakemake traceback
         out.mkdir(parents=True, exist_ok=True)
         extra = write_overrides(set_, out / "demo_overrides.yaml")
         run_workflow(snakemake_command(snakefile=snakefile, configfiles=[configfile, extra], workdir=out,

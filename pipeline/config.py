@@ -20,6 +20,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise InputError(f"config {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config {path}: not a text (YAML) file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

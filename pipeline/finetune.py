@@ -513,6 +513,9 @@ def load_head(head_dir: str | Path) -> tuple[FusionHead, dict[str, Any], dict[st
         head = build_head(arch["fusion"], arch["d_rna"], arch["d_prot"], arch["n_classes"], kind=hp["head"],
                           hidden=hp["hidden"], dropout=hp["dropout"], tensor_rank=hp["tensor_rank"],
                           members=hp.get("ensemble", 5))
+        if not isinstance(meta["classes"], list) or len(meta["classes"]) != int(arch["n_classes"]):
+            raise ValueError(f"'classes' must list the {arch['n_classes']} class names")
+        int(hp.get("mc_samples", 20)), int(hp.get("seed", 0))  # used by predict
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{meta_path}: invalid head description ({type(exc).__name__}: {exc})") from None
     try:
@@ -890,9 +893,10 @@ def predict_cells(
                 n += m
                 for lab, c in df["label"].value_counts().items():
                     counts[str(lab)] = counts.get(str(lab), 0) + int(c)
-                for pat in zip(df["has_rna"], df["has_prot"], strict=True):
-                    key = {(1, 1): "both", (1, 0): "rna_only", (0, 1): "prot_only"}.get(pat, "none")
-                    counts[f"cells_{key}"] = counts.get(f"cells_{key}", 0) + 1
+                code = np.bincount(2 * df["has_rna"].to_numpy(int) + df["has_prot"].to_numpy(int), minlength=4)
+                for key, c in zip(("none", "prot_only", "rna_only", "both"), code.tolist(), strict=True):
+                    if c:
+                        counts[f"cells_{key}"] = counts.get(f"cells_{key}", 0) + c
             if n == 0:
                 raise InputError(f"{inputs[0]}: no cells to predict")
     n_none = counts.get("cells_none", 0)

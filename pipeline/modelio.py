@@ -252,12 +252,15 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         raise InputError(f"{model_dir}: {WEIGHTS} is missing")
     if sha256_file(weights) != meta["model_fingerprint"]:
         raise InputError(f"{weights}: weights do not match the fingerprint in {META} (corrupt or replaced)")
-    cfg = meta["config"]
-    arch = meta["architecture"]
-    model = build_model(int(arch["n_rna_inputs"]), int(arch["n_prot_inputs"]), cfg["model"], cfg["train"])
+    try:
+        cfg = meta["config"]
+        arch = meta["architecture"]
+        model = build_model(int(arch["n_rna_inputs"]), int(arch["n_prot_inputs"]), cfg["model"], cfg["train"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{model_dir / META}: incomplete model description ({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, KeyError) as exc:
+    except Exception as exc:  # safetensors raises its own error type for a malformed file
         raise InputError(f"{weights}: weights do not fit the architecture in {META} ({exc})") from None
     device = torch.device(device)
     split_path = model_dir / SPLIT

@@ -27,7 +27,7 @@ import pandas as pd
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
-from pipeline.io.jsonfile import read_json
+from pipeline.io.jsonfile import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,11 @@ def load_run(run_dir: str | Path) -> RunData:
     label = run_label(run_dir)
     log_path = run_dir / "model" / "train_log.jsonl"
     records = read_train_log(log_path) if log_path.exists() else []
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-    meta = read_json(run_dir / "model" / "model.json") if (run_dir / "model" / "model.json").exists() else {}
+    metrics = read_json_object(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    methods = metrics.get("methods", {})
+    if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
+        raise InputError(f"{run_dir / 'metrics.json'}: 'methods' must map each method to its metrics")
+    meta = read_json_object(run_dir / "model" / "model.json") if (run_dir / "model" / "model.json").exists() else {}
     try:
         temperature: float | None = float(label)
     except ValueError:
@@ -136,7 +139,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def _validation(metrics: Mapping[str, Any]) -> dict[str, float]:
-    block = metrics.get("validation") or {}
+    block = metrics.get("validation")
+    block = block if isinstance(block, dict) else {}
     out = {}
     for k, v in block.items():
         k = k[4:] if k.startswith("val_") else k
@@ -587,7 +591,7 @@ def _section_imputation(inputs: ReportInputs, figs: Figures, max_cells: int, see
     out = [figs.img(plots.imputation_scatter(imputed[idx], measured[idx], proteins, space=space), "imputation",
                     "imputed vs measured protein")]
     summary_path = Path(inputs.query) / "summary.json"
-    summ = read_json(summary_path) if summary_path.exists() else {}
+    summ = read_json_object(summary_path) if summary_path.exists() else {}
     who = "held-out test cells" if test_cells is not None else "query cells"
     out.append(f"<p class='cap'>{len(imputed):,} {who} queried with their RNA only against the index of "
                f"training cells; protein imputed from the neighbours' protein ({esc(space)} scale) and compared "
@@ -620,7 +624,7 @@ def _section_fewlabel(path: Path | None, figs: Figures) -> str:
 
     if path is None:
         return note("No few-label results (unlabelled dataset or step not run).")
-    curves = fewlabel_curves(read_json(path))
+    curves = fewlabel_curves(read_json_object(path))
     methods = {m for per in curves.values() for m in per}
     baselines = sorted(m for m in methods if m.startswith("logreg") or m in ("pca", "baseline"))
     out = [figs.img(plots.learning_curves(curves, baselines=baselines), "fewlabel", "few-label learning curves")]
@@ -682,12 +686,12 @@ def render_report(inputs: ReportInputs, *, figures_dir: Path | None = None, max_
     if not inputs.runs:
         raise InputError("report: at least one run folder (--run) is needed")
     runs = [load_run(r) for r in inputs.runs]
-    selection = read_json(inputs.selection) if inputs.selection else None
+    selection = read_json_object(inputs.selection) if inputs.selection else None
     selected = (selection or {}).get("selected")
     if selected is None and len(runs) == 1:
         selected = runs[0].label
     best = next((r for r in runs if r.label == selected), None)
-    info = read_json(inputs.inspect) if inputs.inspect else None
+    info = read_json_object(inputs.inspect) if inputs.inspect else None
     figs = Figures(figures_dir)
 
     sections = [

@@ -19,3 +19,11 @@ def read_json(path: str | Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
         raise InputError(f"{path}: not valid JSON ({msg})") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold a JSON object (a mapping)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -10,7 +10,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +231,25 @@ def store_info(path: str | Path) -> dict[str, Any]:
     from anndata.io import read_elem
 
     root = _open(path)
-    with warnings.catch_warnings():
+    with _corrupt_store(path), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         obs = read_elem(root["obs"])
         genes = read_elem(root["mod/rna/var"])
         proteins = read_elem(root["mod/prot/var"])
         uns = read_elem(root["uns"]) if "uns" in root else {}
-    return {"obs": obs, "genes": genes, "proteins": proteins, "uns": uns,
-            "nnz_rna": int(root["mod/rna/X/data"].shape[0]), "nnz_prot": int(root["mod/prot/X/data"].shape[0])}
+        return {"obs": obs, "genes": genes, "proteins": proteins, "uns": uns,
+                "nnz_rna": int(root["mod/rna/X/data"].shape[0]), "nnz_prot": int(root["mod/prot/X/data"].shape[0])}
+
+
+@contextmanager
+def _corrupt_store(path: str | Path) -> Iterator[None]:
+    """Any failure reading a store that opened (missing or damaged elements) -> one-line :class:`InputError`."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt store ({type(exc).__name__}: {exc})") from None
 
 
 def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray, slice]]:
@@ -246,12 +257,15 @@ def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp
     from anndata.io import sparse_dataset
 
     root = _open(path)
-    rna = sparse_dataset(root["mod/rna/X"])
-    prot = sparse_dataset(root["mod/prot/X"])
+    with _corrupt_store(path):
+        rna = sparse_dataset(root["mod/rna/X"])
+        prot = sparse_dataset(root["mod/prot/X"])
     n = rna.shape[0]
     for start in range(0, n, chunk_cells):
         sl = slice(start, min(start + chunk_cells, n))
-        yield sp.csr_matrix(rna[sl]), np.asarray(prot[sl].toarray(), dtype=np.float32), sl
+        with _corrupt_store(path):
+            chunk = sp.csr_matrix(rna[sl]), np.asarray(prot[sl].toarray(), dtype=np.float32), sl
+        yield chunk
 
 
 def read_store(path: str | Path) -> PairedData:
@@ -260,12 +274,9 @@ def read_store(path: str | Path) -> PairedData:
 
     root = _open(path)
     info = store_info(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            rna = sp.csr_matrix(read_elem(root["mod/rna/X"]), dtype=np.float32)
-            prot = np.asarray(sp.csr_matrix(read_elem(root["mod/prot/X"])).toarray(), dtype=np.float32)
-    except Exception as exc:
-        raise InputError(f"{path}: corrupt store ({type(exc).__name__}: {exc})") from None
+    with _corrupt_store(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rna = sp.csr_matrix(read_elem(root["mod/rna/X"]), dtype=np.float32)
+        prot = np.asarray(sp.csr_matrix(read_elem(root["mod/prot/X"])).toarray(), dtype=np.float32)
     return PairedData(rna=rna, prot=prot, obs=info["obs"], genes=info["genes"],
                       proteins=info["proteins"], uns=info["uns"])
