@@ -26,7 +26,8 @@ from pipeline.checkpoint import LAST, load_checkpoint
 from pipeline.data import DeviceBatches, DeviceCells, StoreBatches, load_cells, model_inputs
 from pipeline.distributed import DistInfo, barrier, init_distributed, shutdown
 from pipeline.errors import InputError
-from pipeline.io.atomic import check_writable
+from pipeline.io.atomic import atomic_path, check_writable
+from pipeline.io.jsonfile import read_json
 from pipeline.modelio import SPLIT, store_fingerprint, write_model_files
 from pipeline.models import build_model
 from pipeline.preprocess import PreprocessState, TorchPreprocessor, fit_preprocessing
@@ -84,8 +85,9 @@ def _prepare_dirs(out_dir: Path, *, resume: bool, overwrite: bool) -> tuple[Path
         if not (resume or overwrite):
             raise InputError(f"{work}: an unfinished run is there; pass --resume to continue it or "
                              f"--overwrite to start over")
-        if not resume:
-            shutil.rmtree(work)
+        if resume:  # no checkpoint: its split/preprocessing may be from other settings, so start over
+            log.warning("no checkpoint in %s; starting a new run", work)
+        shutil.rmtree(work)
     elif resume:
         log.warning("nothing to resume in %s; starting a new run", work)
     (work / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -242,12 +244,16 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     if not split.index.equals(pd.Index(info["obs"].index.astype(str))):
         raise InputError(f"{work / SPLIT}: barcodes differ from the store's; use --overwrite to start over")
     rows = {s: np.flatnonzero(split.to_numpy() == s) for s in ("train", "val", "test")}
+    if len(rows["train"]) < train["batch_size"]:
+        raise InputError(f"train.batch_size={train['batch_size']} is larger than the {len(rows['train'])} "
+                         f"training cells; lower it")
 
     if dist.is_main and not (work / PREPROCESS_STATE).exists():
         state = _fit_state(store, rows["train"], info, cfg["preprocess"], train["seed"])
-        (work / PREPROCESS_STATE).write_text(json.dumps(state.to_dict()))
+        with atomic_path(work / PREPROCESS_STATE, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(state.to_dict()))
     barrier(dist)
-    state = PreprocessState.from_dict(json.loads((work / PREPROCESS_STATE).read_text()))
+    state = PreprocessState.from_dict(read_json(work / PREPROCESS_STATE))
     pre = TorchPreprocessor(state, device)
     torch.set_num_threads(threads)
 
