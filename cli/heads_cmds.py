@@ -13,7 +13,8 @@ from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 FUSION_HELP = "early | late | gated | uncertainty | tensor | rna | prot (overrides finetune.fusion)."
 IgnoreOpt = Annotated[
     list[str] | None,
-    typer.Option("--ignore-label", help="Label value treated as unlabelled, e.g. unknown (repeatable)."),
+    typer.Option("--ignore-label", help="Label value treated as unlabelled, e.g. unknown (repeatable; default: "
+                 "evaluate.ignore_labels)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Paired store the embedding was made from.")]
@@ -56,9 +57,10 @@ def finetune(
     from pipeline.finetune import finetune_embedding
 
     cfg = load_cfg(config, (set_ or []) + ([f"finetune.fusion={fusion}"] if fusion else []))
-    meta = finetune_embedding(emb, out, label_key=labels or cfg["evaluate"]["label_key"], section=cfg["finetune"],
-                              labels_per_class=labels_per_class, ignore_labels=ignore_label or [], seed=seed,
-                              store=store, model=model, overwrite=overwrite)
+    ev = cfg["evaluate"]
+    meta = finetune_embedding(emb, out, label_key=labels or ev["label_key"], section=cfg["finetune"],
+                              labels_per_class=labels_per_class, ignore_labels=ignore_label or ev["ignore_labels"],
+                              seed=seed, store=store, model=model, overwrite=overwrite)
     typer.echo(json.dumps({"head": str(out), "classes": meta["classes"], "metrics": meta["metrics"]}, indent=2))
 
 
