@@ -146,17 +146,23 @@ def direction_stats(
         n_closer[true_idx] = (sims > true_sim).sum(1)
         n_ties[true_idx] = (sims == true_sim).sum(1) - 1
         top1[true_idx] = sims.argmax(1)
-        if k < n:
-            cand = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        else:
-            cand = np.broadcast_to(np.arange(n), sims.shape)
-        top = np.take_along_axis(sims, cand, axis=1).astype(np.float64) / temperature
-        top -= top.max(1, keepdims=True)
-        w = np.exp(top)
-        w /= w.sum(1, keepdims=True)
-        hit = cand == true_idx[:, None]
-        match_prob[true_idx] = (w * hit).sum(1)
+        match_prob[true_idx] = _true_match_prob(*_top_candidates(sims, true_idx, k), temperature)
     return DirectionStats(n_closer=n_closer, n_ties=n_ties, top1=top1, match_prob=match_prob)
+
+
+def _top_candidates(sims: np.ndarray, true_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest similarities (float64) and which of them is the true partner."""
+    n = sims.shape[1]
+    cand = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), sims.shape)
+    return np.take_along_axis(sims, cand, axis=1).astype(np.float64), cand == true_idx[:, None]
+
+
+def _true_match_prob(top: np.ndarray, hit: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax(top / temperature) probability given to the true partner, per row."""
+    z = top / temperature
+    z -= z.max(1, keepdims=True)
+    w = np.exp(z)
+    return (w * hit).sum(1) / w.sum(1)
 
 
 def _both(a: np.ndarray, b: np.ndarray, **kw) -> tuple[DirectionStats, DirectionStats]:
@@ -237,8 +243,15 @@ def best_match_temperature(
     if len(a) > max_cells:
         keep = np.sort(np.random.default_rng(seed).choice(len(a), size=max_cells, replace=False))
         a, b = a[keep], b[keep]
-    scores = {t: match_score(a, b, temperature=t, top_k=top_k, metric=metric) for t in grid}
-    return max(scores, key=lambda t: scores[t])
+    # the similarities and each row's top-k candidates are computed once per direction; every temperature of the
+    # grid is scored on them (the same numbers as match_score at each temperature, one pass instead of one each)
+    k = int(min(max(top_k, 1), len(a)))
+    total = np.zeros(len(grid))
+    for x, y in ((a, b), (b, a)):
+        for start, sims in _similarity_chunks(x, y, metric, None):
+            top, hit = _top_candidates(sims, start + np.arange(sims.shape[0]), k)
+            total += [_true_match_prob(top, hit, t).sum() for t in grid]
+    return list(grid)[int(np.argmax(total))]
 
 
 def celltype_match(

@@ -199,3 +199,11 @@ def test_celltype_match_ignores_unlabelled_cells():
 def test_best_match_temperature_subsamples_large_inputs():
     a, b = _pair(n=400, noise=0.05, seed=8)
     assert M.best_match_temperature(a, b, max_cells=100) <= 0.05
+
+
+def test_best_match_temperature_is_the_argmax_of_match_score():
+    """One pass over the similarities for the whole grid picks what scoring each temperature separately picks."""
+    for seed in range(3):
+        a, b = _pair(n=150, seed=seed)
+        scores = [M.match_score(a, b, temperature=t, top_k=40) for t in M.TEMPERATURE_GRID]
+        assert M.best_match_temperature(a, b, top_k=40) == M.TEMPERATURE_GRID[int(np.argmax(scores))]
