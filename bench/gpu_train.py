@@ -85,10 +85,10 @@ def run_batch(data: dict[str, torch.Tensor], n: int, genes: int, proteins: int, 
     """Measure one batch size: full step, data pipeline alone, model step alone."""
     torch.manual_seed(0)
     model = DualEncoder(genes, proteins, rna_hidden=args.rna_hidden, prot_hidden=args.prot_hidden,
-                        embed_dim=args.embed_dim, dropout=0.2, input_dropout=0.1).to(device)
+                        embed_dim=args.embed_dim, dropout=0.2, input_dropout=0.1, members=args.members).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     chunk = args.chunk if batch > args.chunk else 0
-    loss_fn = ClipLoss(chunk_size=chunk)
+    loss_fn = ClipLoss(chunk_size=chunk, members=args.members)
     transform = CountTransform(n_genes=genes, target_sum=1e4, max_value=10.0,
                                rna_mean=torch.full((genes,), 0.5, device=device),
                                rna_std=torch.ones(genes, device=device),
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rna-hidden", type=int, nargs="+", default=[512, 256])
     p.add_argument("--prot-hidden", type=int, nargs="+", default=[128, 128])
     p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--members", type=int, default=1,
+                   help="ensemble members per encoder (configs/default.yaml trains 5; each adds one member's compute)")
     p.add_argument("--thinning", type=float, default=0.5, help="count thinning (1.0 = off)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
     p.add_argument("--device", default="auto")
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "gpu_train", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
         platform.processor() or "cpu", "torch": torch.__version__, "cells": args.cells, "genes": args.genes,
         "proteins": args.proteins, "density": nnz / args.cells / args.genes, "small": args.small,
-        "model": {"rna_hidden": args.rna_hidden, "prot_hidden": args.prot_hidden, "embed_dim": args.embed_dim},
+        "model": {"rna_hidden": args.rna_hidden, "prot_hidden": args.prot_hidden, "embed_dim": args.embed_dim,
+                  "members": args.members},
         "thinning": args.thinning, "target_cells_per_s": 1_000_000, "results": results,
     }
     out = args.out

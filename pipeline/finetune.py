@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.calibration import classification_metrics
@@ -46,6 +45,7 @@ from pipeline.heads import (
 )
 from pipeline.io.atomic import atomic_path
 from pipeline.io.jsonfile import read_json
+from pipeline.models import normalize_members
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,17 @@ class LastLayerTuner(nn.Module):
     through the trainable projections and L2-normalises, exactly as :class:`pipeline.models.DualEncoder` does.
     """
 
-    def __init__(self, rna_proj: nn.Linear, prot_proj: nn.Linear) -> None:
+    def __init__(self, rna_proj: nn.Module, prot_proj: nn.Module, members: int = 1) -> None:
         super().__init__()
+        self.members = int(members)
         self.rna = copy.deepcopy(rna_proj)
         self.prot = copy.deepcopy(prot_proj)
         for p in self.parameters():
             p.requires_grad_(True)
 
     def forward(self, h_rna: torch.Tensor, h_prot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.normalize(self.rna(h_rna), dim=-1), F.normalize(self.prot(h_prot), dim=-1)
+        return (normalize_members(self.rna(h_rna), self.members),
+                normalize_members(self.prot(h_prot), self.members))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tuned layers as ``encoder.<modality>.proj.<param>`` tensors (saved next to the head weights)."""
@@ -640,7 +642,7 @@ def _fit_with_encoders(store: str | Path | None, model_dir: str | Path | None, e
         k = np.array([where[i] for i in r], dtype=np.int64)
         return hr[k], hp[k]
 
-    tuner = LastLayerTuner(model.model.rna.proj, model.model.prot.proj)
+    tuner = LastLayerTuner(model.model.rna.proj, model.model.prot.proj, model.model.members)
     head = fit_head_with_encoders(*take(idx), y, n_classes, params, tuner,
                                   unlabelled=take(pool_rows) if len(pool_rows) else None)
     with torch.no_grad():

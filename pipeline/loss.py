@@ -8,7 +8,9 @@ logit scale ``s = 1/T``::
 Both halves are "row cross-entropies" of queries against keys (RNA->protein and protein->RNA), which is what
 :func:`row_cross_entropy` computes. With several ranks each rank holds a shard of the rows: it gathers all keys
 (with gradient, so every rank sees the global batch as negatives) and computes the row terms of its own queries;
-the rank terms sum to ``L``. The chunked version never materialises the ``N x N`` logits: a custom autograd
+the rank terms sum to ``L``. For an ensemble of ``K`` members (features = K unit-norm blocks side by side, scaled
+by ``1/sqrt(K)``, see :mod:`pipeline.models`) the loss is the mean of the members' losses, each member on its own
+block. The chunked version never materialises the ``N x N`` logits: a custom autograd
 function keeps only each row's logsumexp and recomputes one ``chunk x N`` block at a time in the backward pass.
 """
 
@@ -35,6 +37,13 @@ def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
 def _full_precision(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 (autocast) -> float32; float32/float64 unchanged."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _member_blocks(x: torch.Tensor, members: int) -> tuple[torch.Tensor, ...]:
+    """The ``members`` blocks of ``x`` (side by side in the feature dimension), each rescaled to unit norm."""
+    if members == 1:
+        return (x,)
+    return tuple(c * members**0.5 for c in x.chunk(members, dim=-1))
 
 
 def _targets(n: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -121,6 +130,9 @@ class ClipLoss(nn.Module):
         Rows of logits computed at a time (0 = all); chunked and plain give the same loss and gradients.
     world_size, rank
         Data-parallel layout: this rank's features are rows ``rank*n .. (rank+1)*n`` of the global batch.
+    members
+        Ensemble members: the features are ``members`` blocks side by side; the loss is the mean of the blocks'
+        losses (each block rescaled to unit norm).
 
     Notes
     -----
@@ -129,19 +141,14 @@ class ClipLoss(nn.Module):
     gradients over ranks, back-propagate ``world_size * L_r`` to obtain the gradient of ``L``.
     """
 
-    def __init__(self, chunk_size: int = 0, world_size: int = 1, rank: int = 0) -> None:
+    def __init__(self, chunk_size: int = 0, world_size: int = 1, rank: int = 0, members: int = 1) -> None:
         super().__init__()
+        if members < 1:
+            raise ValueError("members must be >= 1")
+        self.members = int(members)
         self.chunk_size = int(chunk_size)
         self.world_size = int(world_size)
         self.rank = int(rank)
-
-    def get_logits(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
-                   logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full RNA->protein and protein->RNA logits of this rank's rows (for inspection; B x B memory)."""
-        a_all = gather_features(rna_features, self.world_size)
-        b_all = gather_features(prot_features, self.world_size)
-        s = logit_scale.exp()
-        return s * rna_features @ b_all.t(), s * prot_features @ a_all.t()
 
     def forward(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
                 logit_scale: torch.Tensor) -> torch.Tensor:
@@ -153,6 +160,9 @@ class ClipLoss(nn.Module):
         n = a_all.shape[0]
         offset = self.rank * n_local
         s = _full_precision(logit_scale).exp()
-        total = (row_cross_entropy(a, b_all, s, offset, self.chunk_size)
-                 + row_cross_entropy(b, a_all, s, offset, self.chunk_size))
-        return total / (2 * n)
+        total = a.new_zeros(())
+        for blocks in zip(*(_member_blocks(x, self.members) for x in (a, b, a_all, b_all)), strict=True):
+            qa, qb, ka, kb = blocks
+            total = total + (row_cross_entropy(qa, kb, s, offset, self.chunk_size)
+                             + row_cross_entropy(qb, ka, s, offset, self.chunk_size))
+        return total / (2 * n * self.members)

@@ -170,11 +170,17 @@ class _StopFlag:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only (not on biases, LayerNorm gains or the temperature)."""
+    """Weight decay on weight matrices only (not on biases, LayerNorm gains or the temperature).
+
+    Ensemble layers (:class:`pipeline.models.MemberLinear`, ``MemberLayerNorm``) carry a leading member
+    dimension (``member_dims``), which does not count.
+    """
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    for module in model.modules():
+        extra = getattr(module, "member_dims", 0)
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (decay if p.ndim - extra >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -259,7 +265,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
         self.loss_fn = ClipLoss(logit_chunk(settings.logit_chunk_size, settings.batch_size), dist.world_size,
-                                dist.rank)
+                                dist.rank, members=model.members)
         self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)

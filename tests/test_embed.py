@@ -34,10 +34,12 @@ def test_embed_contract(setup):
     m = load_model(model_dir)
     assert len(m.fingerprint) == 64 and m.genes and len(m.proteins) == 6
     assert m.config["model"]["embed_dim"] == 8
+    width = 8 * m.config["model"]["members"]  # an ensemble's members sit side by side
+    assert m.embed_dim == width
     e = m.embed(d.rna, d.prot, genes=d.gene_names, proteins=d.protein_names)
     assert set(e) == {"rna", "prot"}
     for x in e.values():
-        assert x.dtype == np.float32 and x.shape == (d.n_cells, 8)
+        assert x.dtype == np.float32 and x.shape == (d.n_cells, width)
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     assert m.last_report["rna"]["n_missing"] == 0
     dense = m.embed(rna=d.rna.toarray(), genes=d.gene_names, batch_size=7)  # dense input, small batches

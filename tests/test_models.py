@@ -67,3 +67,71 @@ def test_build_model_from_config_and_eval_is_deterministic():
 def test_rejects_temperature_outside_clamp():
     with pytest.raises(ValueError):
         DualEncoder(4, 3, temperature=2.0, temperature_max=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- ensembles
+def _single_from_member(ens: DualEncoder, k: int, hidden: list[int], prot_hidden: list[int]) -> DualEncoder:
+    """A members=1 DualEncoder holding member ``k``'s weights of ``ens``."""
+    single = DualEncoder(ens.rna.n_in, ens.prot.n_in, rna_hidden=hidden, prot_hidden=prot_hidden,
+                         embed_dim=ens.rna.proj.n_out, temperature=ens.temperature)
+    with torch.no_grad():
+        for s_enc, e_enc in ((single.rna, ens.rna), (single.prot, ens.prot)):
+            s_layers = [m for m in [*s_enc.body, s_enc.proj] if isinstance(m, torch.nn.Linear | torch.nn.LayerNorm)]
+            e_layers = [m for m in [*e_enc.body, e_enc.proj] if hasattr(m, "members")]
+            assert len(s_layers) == len(e_layers)
+            for s, e in zip(s_layers, e_layers, strict=True):
+                if isinstance(s, torch.nn.Linear):
+                    s.weight.copy_(e.weight[k].t())
+                else:
+                    s.weight.copy_(e.weight[k])
+                s.bias.copy_(e.bias[k])
+    return single
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], []])
+def test_ensemble_members_are_independent_models(hidden):
+    """members=K is exactly K separate encoders: outputs are their normalised blocks / sqrt(K), the loss is the
+    mean of their losses, and member k's gradient is that of its own loss."""
+    torch.manual_seed(0)
+    K = 3
+    ens = DualEncoder(12, 5, rna_hidden=hidden, prot_hidden=[6], embed_dim=4, members=K, temperature=0.1).eval()
+    x, y = torch.randn(9, 12), torch.randn(9, 5)
+    out = ens(x, y)
+    assert out["rna_features"].shape == (9, K * 4)
+    assert torch.allclose(out["rna_features"].norm(dim=1), torch.ones(9), atol=1e-5)
+    singles = [_single_from_member(ens, k, hidden, [6]).eval() for k in range(K)]
+    outs = [s(x, y) for s in singles]
+    want = torch.cat([o["rna_features"] for o in outs], dim=1) / math.sqrt(K)
+    assert torch.allclose(out["rna_features"], want, atol=1e-5)
+    loss = ClipLoss(members=K)(**out)
+    losses = [ClipLoss()(**o) for o in outs]
+    assert loss.item() == pytest.approx(sum(x.item() for x in losses) / K, rel=1e-5)
+    loss.backward()
+    losses[1].backward()
+    assert torch.allclose(ens.prot.proj.weight.grad[1].t(), singles[1].prot.proj.weight.grad / K, atol=1e-6)
+
+
+def test_ensemble_chunked_loss_equals_plain():
+    torch.manual_seed(1)
+    ens = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=4, members=2)
+    out = ens(torch.randn(11, 10), torch.randn(11, 4))
+    plain, chunked = ClipLoss(members=2)(**out), ClipLoss(chunk_size=4, members=2)(**out)
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_ensemble_weight_decay_groups_skip_member_biases_and_norms():
+    from pipeline.trainer import _param_groups
+
+    ens = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=4, members=3)
+    decay, no_decay = _param_groups(ens, 0.1)
+    assert all(p.ndim == 3 for p in decay["params"])  # the member weight stacks only
+    assert len(decay["params"]) == 4 and all(p.ndim <= 2 for p in no_decay["params"])
+    single = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=4)
+    assert len(_param_groups(single, 0.1)[0]["params"]) == 4
+
+
+def test_members_from_config_and_rejects_zero():
+    m = build_model(12, 4, {"rna_hidden": [8], "prot_hidden": [8], "embed_dim": 5, "members": 4}, {"temperature": 0.1})
+    assert m.members == 4 and m.rna.proj.out_features == 20
+    with pytest.raises(ValueError):
+        MLPEncoder(10, [4], 3, members=0)

@@ -72,7 +72,9 @@ def test_installed_entry_point(store, tmp_path):
     r = subprocess.run([_omicsclip(), "embed", str(store), "--model", str(model), "--out",
                         str(tmp_path / "emb.zarr")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert ad.read_zarr(tmp_path / "emb.zarr").obsm["X_omicsclip_rna"].shape == (300, 8)
+    arch = json.loads((model / "model.json").read_text())["config"]["model"]
+    width = arch["embed_dim"] * arch["members"]  # an ensemble's members sit side by side
+    assert ad.read_zarr(tmp_path / "emb.zarr").obsm["X_omicsclip_rna"].shape == (300, width)
     r = subprocess.run([_omicsclip(), "embed", str(store), "--model", str(model), "--out",
                         str(tmp_path / "emb.zarr")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("omicsclip: error:") and "Traceback" not in r.stderr
