@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rna-hidden", type=int, nargs="+", default=[512, 256])
     p.add_argument("--prot-hidden", type=int, nargs="+", default=[128, 128])
     p.add_argument("--embed-dim", type=int, default=64)
-    p.add_argument("--members", type=int, default=1,
-                   help="ensemble members per encoder (configs/default.yaml trains 5; each adds one member's compute)")
+    p.add_argument("--members", type=int, default=5,
+                   help="ensemble members per encoder (5 = configs/default.yaml; 1 = a single encoder pair)")
     p.add_argument("--thinning", type=float, default=0.5, help="count thinning (1.0 = off)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
     p.add_argument("--device", default="auto")

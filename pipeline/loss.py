@@ -43,6 +43,8 @@ def _member_blocks(x: torch.Tensor, members: int) -> tuple[torch.Tensor, ...]:
     """The ``members`` blocks of ``x`` (side by side in the feature dimension), each rescaled to unit norm."""
     if members == 1:
         return (x,)
+    if x.shape[-1] % members:
+        raise ValueError(f"features of width {x.shape[-1]} cannot hold {members} equal member blocks")
     return tuple(c * members**0.5 for c in x.chunk(members, dim=-1))
 
 

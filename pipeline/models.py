@@ -23,8 +23,8 @@ def normalize_members(x: torch.Tensor, members: int) -> torch.Tensor:
     """
     if members == 1:
         return F.normalize(x, dim=-1)
-    n = x.shape[0]
-    return (F.normalize(x.reshape(n, members, -1), dim=-1) / math.sqrt(members)).reshape(n, -1)
+    n, width = x.shape
+    return (F.normalize(x.reshape(n, members, width // members), dim=-1) / math.sqrt(members)).reshape(n, width)
 
 
 class MemberLinear(nn.Module):
@@ -32,6 +32,7 @@ class MemberLinear(nn.Module):
 
     Input: cells x ``n_in`` shared by all members (``shared_input``, the first layer) or cells x ``members*n_in``
     (member blocks side by side); output: cells x ``members*n_out``. Initialised like :class:`torch.nn.Linear`.
+    Takes 2-D input only (cells x features).
     """
 
     member_dims = 1  # leading parameter dimension that indexes members (weight decay: see trainer._param_groups)
@@ -58,7 +59,7 @@ class MemberLinear(nn.Module):
             return torch.addmm(self.bias.reshape(-1), x, w)
         xk = x.reshape(n, self.members, self.n_in).transpose(0, 1)  # members x cells x n_in
         y = torch.baddbmm(self.bias[:, None, :], xk, self.weight)
-        return y.transpose(0, 1).reshape(n, -1)
+        return y.transpose(0, 1).reshape(n, self.members * self.n_out)
 
 
 class MemberLayerNorm(nn.Module):
@@ -75,7 +76,8 @@ class MemberLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         y = F.layer_norm(x.reshape(n, self.members, self.width), (self.width,), eps=self.eps)
-        return (y * self.weight + self.bias).reshape(n, -1)
+        # back to the input dtype (bf16 under autocast), as nn.LayerNorm does
+        return (y * self.weight + self.bias).to(x.dtype).reshape(n, self.members * self.width)
 
 
 class MLPEncoder(nn.Module):
