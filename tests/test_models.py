@@ -135,3 +135,12 @@ def test_members_from_config_and_rejects_zero():
     assert m.members == 4 and m.rna.proj.out_features == 20
     with pytest.raises(ValueError):
         MLPEncoder(10, [4], 3, members=0)
+
+
+def test_ensemble_loss_refuses_features_that_do_not_split_into_members():
+    out = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=5, members=2)(torch.randn(6, 10),
+                                                                                     torch.randn(6, 4))
+    with pytest.raises(ValueError, match="member blocks"):
+        ClipLoss(members=3)(**out)
+    empty = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=5, members=2).encode_rna(torch.zeros(0, 10))
+    assert empty.shape == (0, 10)
