@@ -56,11 +56,6 @@ class DeviceCells:
         self.other = torch.as_tensor(np.maximum(lib - rowsum, 0).astype(np.float32), device=self.device)
         self.prot = torch.as_tensor(np.asarray(prot, np.float32), device=self.device)
 
-    @staticmethod
-    def nbytes(rna: sp.csr_matrix, n_proteins: int) -> int:
-        """Approximate device memory needed for these cells."""
-        return int(rna.nnz * 6 + rna.shape[0] * (8 + 4 + 4 * n_proteins))
-
     def gather(self, idx: torch.Tensor) -> RawBatch:
         """The cells ``idx`` (a tensor of positions on this device) as a raw batch."""
         return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))

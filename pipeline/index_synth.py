@@ -57,8 +57,3 @@ class ClusteredEmbeddings:
         """Yield ``n`` vectors in chunks of ``chunk`` rows, generated on the fly (bounded memory)."""
         for i, start in enumerate(range(0, n, chunk)):
             yield self.sample(min(chunk, n - start), seed=seed * 1_000_003 + i)[0]
-
-
-def clustered_embeddings(n: int, dim: int = 64, *, n_clusters: int = 50, seed: int = 0) -> np.ndarray:
-    """``n`` x ``dim`` clustered unit vectors (float32); see :class:`ClusteredEmbeddings`."""
-    return ClusteredEmbeddings(dim, n_clusters=n_clusters, seed=seed).sample(n, seed=seed + 1)[0]

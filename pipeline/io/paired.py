@@ -40,14 +40,6 @@ class PairedData:
         return len(self.obs)
 
     @property
-    def has_rna(self) -> bool:
-        return self.rna is not None
-
-    @property
-    def has_prot(self) -> bool:
-        return self.prot is not None
-
-    @property
     def gene_names(self) -> list[str]:
         return [str(g) for g in self.genes.index]
 

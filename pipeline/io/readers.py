@@ -166,14 +166,6 @@ class InputSource:
 
     # ---- public API ---------------------------------------------------------------------------------------
     @property
-    def has_rna(self) -> bool:
-        return self._rna is not None
-
-    @property
-    def has_prot(self) -> bool:
-        return self._prot is not None
-
-    @property
     def gene_frame(self) -> pd.DataFrame | None:
         return None if self._rna is None else self._rna.features
 
@@ -204,11 +196,6 @@ class InputSource:
                 out[f"n_cells_input_{which}"] = view.table.n_rows
                 out[f"n_cells_unpaired_{which}"] = view.table.n_rows - self.n_cells
         return out
-
-    @property
-    def obs_columns(self) -> list[str]:
-        """Metadata columns carried into every chunk's ``obs`` (besides QC-style count columns)."""
-        return [] if self._obs is None else [str(c) for c in self._obs.columns]
 
     def _rows(self, table: CountTable, sl: slice) -> np.ndarray:
         pos = self._pos[id(table)]

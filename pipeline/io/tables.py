@@ -89,13 +89,6 @@ class CountTable:
         blocks = [self.read_range(g[0], g[-1] + 1)[g - g[0]] for g in groups]
         return sp.vstack(blocks, format="csr")[np.searchsorted(s, pos)]
 
-    def read_all(self, chunk_rows: int = 50_000) -> sp.csr_matrix:
-        """The whole matrix (used for small tables only)."""
-        if self.n_rows == 0:
-            return sp.csr_matrix((0, self.n_cols), dtype=np.float32)
-        return sp.vstack([self.read_range(a, min(a + chunk_rows, self.n_rows))
-                          for a in range(0, self.n_rows, chunk_rows)], format="csr")
-
     def close(self) -> None:
         """Release file handles and temporary files."""
 
