@@ -8,7 +8,6 @@ are hashed (sha256) in a background thread while the counts are copied.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import platform
 import threading
@@ -24,34 +23,22 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.io.atomic import check_writable
 from pipeline.io.features import DEFAULT_HTO_PATTERNS, DEFAULT_ISOTYPE_PATTERNS
+from pipeline.io.hashing import sha256_tree
 from pipeline.io.qc import QCAccumulator
 from pipeline.io.readers import InputSource, open_input
 from pipeline.io.store import StoreWriter
 
 log = logging.getLogger(__name__)
 
-_HASH_BLOCK = 8 << 20
-
-
 def sha256_path(path: Path, cancel: threading.Event | None = None) -> str:
-    """sha256 of a file, or of a folder's files (relative path + content, in sorted order).
+    """sha256 of a file or folder (:func:`pipeline.io.hashing.sha256_tree`); ``cancel`` stops early.
 
-    ``cancel`` stops hashing early (the result is then meaningless); used when ingest fails.
+    An unreadable input is an :class:`InputError`.
     """
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     try:
-        for f in files:
-            if path.is_dir():
-                h.update(str(f.relative_to(path)).encode() + b"\0")
-            with open(f, "rb") as fh:
-                while block := fh.read(_HASH_BLOCK):
-                    if cancel is not None and cancel.is_set():
-                        return ""
-                    h.update(block)
+        return sha256_tree(path, cancel)
     except OSError as exc:
         raise InputError(f"{path}: cannot read for hashing ({exc.strerror or exc})") from None
-    return h.hexdigest()
 
 
 def _size(path: Path) -> int:

@@ -7,7 +7,6 @@ Weights are read with safetensors; nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.errors import InputError
+from pipeline.io.hashing import sha256_file, sha256_tree
 from pipeline.io.jsonfile import read_json
 from pipeline.models import DualEncoder, build_model
 from pipeline.preprocess import PreprocessState, TorchPreprocessor, align_proteins, align_rna
@@ -34,24 +34,9 @@ FORMAT = "omicsclip-model"
 FORMAT_VERSION = 1
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 hex digest of one file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def store_fingerprint(store: str | Path) -> str:
-    """sha256 over every file of a store folder (relative path and content, sorted): the data fingerprint."""
-    root = Path(store)
-    h = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-        h.update(str(p.relative_to(root) if p != root else p.name).encode() + b"\0")
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
+    """The data fingerprint: :func:`pipeline.io.hashing.sha256_tree` of the store folder."""
+    return sha256_tree(store)
 
 
 def write_weights(model: DualEncoder, path: Path) -> str:

@@ -12,7 +12,6 @@ Layout of ``INDEX_DIR`` (written atomically as one folder)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from pipeline.index import (
     to_gpu,
 )
 from pipeline.io.atomic import atomic_path, check_writable
+from pipeline.io.hashing import sha256_file
 from pipeline.io.jsonfile import read_json
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MODALITIES = ("rna", "prot")
 META, IDS, PROTEIN, OBS = "meta.json", "cell_ids.tsv", "reference_protein.npy", "reference_obs.parquet"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version() -> str:
@@ -145,7 +137,7 @@ def write_index_dir(
             lab.columns = [str(c) for c in lab.columns]
             label_keys = list(lab.columns)
             lab.to_parquet(tmp / OBS, index=False)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = {
             "format_version": FORMAT_VERSION,
             "metric": METRIC,
@@ -238,7 +230,7 @@ class ReferenceIndex:
             f = path / name
             if not f.exists():
                 raise InputError(f"{f}: missing from the index folder")
-            if verify and _sha256(f) != files[name]:
+            if verify and sha256_file(f) != files[name]:
                 raise InputError(f"{f}: corrupt index file (sha256 differs from meta.json); rebuild the index")
         gpu = gpu_enabled(use_gpu)
         params = IndexParams.from_dict(meta["params"])
