@@ -389,7 +389,9 @@ def _summary(src: Any, engine: QueryEngine, report: dict[str, Any], n: int, seco
         "n_query_cells": n,
         "query_modalities": has,
         "directions": [f"{q}->{i}" for q in has for i in engine.ref.modalities],
-        "k": s.k, "impute_k": s.impute_k, "temperature": s.temperature, "transfer_from": s.transfer_from,
+        # what was used: a reference smaller than k gives every cell all of its cells
+        "k": min(s.k, engine.ref.n), "k_requested": s.k, "impute_k": min(s.impute_k, engine.ref.n),
+        "temperature": s.temperature, "transfer_from": s.transfer_from,
         "transfer_direction": f"{primary}->{engine.transfer_modality(primary)}",
         "chunk_cells": s.chunk_cells,
         "imputed_protein": has == ["rna"] and engine.ref.protein is not None,
@@ -529,7 +531,7 @@ def _write_results(tmp: Path, src: Any, engine: QueryEngine, settings: QuerySett
                 if h5 is None:
                     h5 = H5adAppender(tmp / "imputed_protein.h5ad", engine.ref.protein_names,
                                       ["confidence", "top_similarity"],
-                                      uns={"normalisation": "clr", "impute_k": settings.impute_k,
+                                      uns={"normalisation": "clr", "impute_k": min(settings.impute_k, engine.ref.n),
                                            "temperature": settings.temperature})
                 h5.append(res.ids, res.imputed, {"confidence": res.confidence,
                                                  "top_similarity": res.top_similarity})

@@ -103,6 +103,13 @@ def write_index_dir(
     dim = dims[mods[0]][1]
     if any(s[1] != dim for s in dims.values()):
         raise InputError(f"{out_dir}: modality embeddings differ in dimension {dims}")
+    for m in mods:  # inner product = cosine similarity only for finite unit vectors
+        norms = np.linalg.norm(np.asarray(embeddings[m], dtype=np.float32), axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+        if bad.any():
+            raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
+                             f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
+                             f"omicsclip embeddings")
     if protein is not None:
         protein = np.ascontiguousarray(protein, dtype=np.float32)
         if protein.shape[0] != n or protein_names is None or protein.shape[1] != len(protein_names):
@@ -387,9 +394,14 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     ids = pd.Index(obs.index.astype(str))[keep]
     embeddings = {m: np.asarray(read_elem(root[f"obsm/{k}"]), dtype=np.float32)[keep] for m, k in present.items()}
 
+    if model_dir is not None and not Path(model_dir).exists():
+        raise InputError(f"{model_dir}: model folder not found")
     model_dir = model_dir or info.get("model_dir")
     model_proteins = None
-    if model_dir is not None and Path(model_dir).exists():
+    if model_dir is not None and not Path(model_dir).exists():
+        log.warning("%s (recorded in %s) is gone: the reference protein keeps the store's whole panel, not "
+                    "necessarily the model's (pass --model)", model_dir, emb_path)
+    elif model_dir is not None:
         from pipeline.modelio import read_meta
 
         meta = read_meta(model_dir)

@@ -218,6 +218,11 @@ def test_write_refuses_bad_input_and_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="no reference cells"):
         write_index_dir(tmp_path / "idx", embeddings={"rna": np.zeros((0, 4), np.float32)}, cell_ids=[],
                         model_fingerprint="m", section=_section())
+    for broken in (2.0, np.nan):  # not unit vectors: inner products would not be cosine similarities
+        ref = _reference()
+        ref["embeddings"]["prot"][3] *= broken
+        with pytest.raises(InputError, match="1 of 600 prot embeddings are not finite unit vectors"):
+            write_index_dir(tmp_path / "idx", model_fingerprint="m", section=_section(), **ref)
     assert list(tmp_path.iterdir()) == []
     write_index_dir(tmp_path / "idx", model_fingerprint="m", section=_section(), **_reference())
     with pytest.raises(InputError, match="already exists"):

@@ -336,3 +336,22 @@ def test_real_index_refuses_other_model(real, tmp_path):
     train_model(real["tmp"] / "cells.zarr", tmp_path / "other", cfg)
     with pytest.raises(InputError, match="index was built with model"):
         query(rna_only(real["data"].subset(slice(0, 10))), tmp_path / "other", real["tmp"] / "index")
+
+
+def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
+    import shutil
+
+    from pipeline.refindex import index_embeddings
+
+    tmp, cfg = real["tmp"], real["cfg"]
+    with pytest.raises(InputError, match="model folder not found"):
+        index_embeddings(tmp / "emb.zarr", tmp / "index_x", cfg["index"], model_dir=tmp / "no_model")
+    assert not (tmp / "index_x").exists()
+    # the model recorded in the embeddings is gone: say that the store's panel is used, don't stay silent
+    moved = tmp / "model_moved"
+    shutil.move(tmp / "model", moved)
+    try:
+        index_embeddings(tmp / "emb.zarr", tmp / "index_y", cfg["index"])
+    finally:
+        shutil.move(moved, tmp / "model")
+    assert "is gone" in caplog.text and (tmp / "index_y" / "meta.json").exists()

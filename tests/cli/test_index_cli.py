@@ -60,6 +60,16 @@ def test_index_then_query_with_clirunner(trained, tmp_path):
     nb = pd.read_parquet(out / "neighbours.parquet")
     assert len(nb) == 40 * 2 * 4 and set(nb.query_id) == {f"new{i}" for i in range(40)}
     assert ad.read_h5ad(out / "imputed_protein.h5ad").shape == (40, 6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["k"] == summary["k_requested"] == 4
+    # k beyond the reference: every cell gets all 300 reference cells, and the summary says so
+    big = tmp_path / "res_big"
+    res = runner.invoke(app, ["query", str(trained / "new_rna.h5ad"), "--model", str(trained / "model"),
+                              "--index", str(idx), "--out", str(big), "--k", "500"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((big / "summary.json").read_text())
+    assert summary["k"] == 300 and summary["k_requested"] == 500
+    assert len(pd.read_parquet(big / "neighbours.parquet")) == 40 * 2 * 300
     # refusing to overwrite is a clean one-line error with exit code 2
     res = runner.invoke(app, ["query", str(trained / "new_rna.h5ad"), "--model", str(trained / "model"),
                               "--index", str(idx), "--out", str(out)])
