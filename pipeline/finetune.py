@@ -44,7 +44,7 @@ from pipeline.heads import (
     random_unit_vectors,
 )
 from pipeline.io.atomic import atomic_path
-from pipeline.io.jsonfile import read_json
+from pipeline.io.jsonfile import read_json_object
 from pipeline.models import normalize_members
 
 log = logging.getLogger(__name__)
@@ -506,8 +506,7 @@ def load_head(head_dir: str | Path) -> tuple[FusionHead, dict[str, Any], dict[st
     for p in (meta_path, w_path):
         if not p.exists():
             raise InputError(f"{head_dir}: not a head folder ({p.name} missing)")
-    meta = read_json(meta_path)
-    meta = meta if isinstance(meta, dict) else {}
+    meta = read_json_object(meta_path)
     if meta.get("format") != HEAD_FORMAT:
         raise InputError(f"{meta_path}: not an omicsclip head (format {meta.get('format')!r})")
     try:
@@ -525,6 +524,8 @@ def load_head(head_dir: str | Path) -> tuple[FusionHead, dict[str, Any], dict[st
     except SafetensorError as exc:
         raise InputError(f"{w_path}: unreadable weights ({exc})") from None
     state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    if "beta" in head.state_dict() and "beta" not in state:  # saved before calibration existed: uncalibrated
+        state["beta"] = torch.ones(())
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:

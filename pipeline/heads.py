@@ -325,9 +325,8 @@ def fit_inverse_temperature(logits: torch.Tensor, y: torch.Tensor, lo: float = B
     """
     logits, y = logits.detach().double(), y.long()
 
-    def nll(betas: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(betas[:, None, None] * logits[None], -1)
-        return -lp.gather(2, y[None, :, None].expand(len(betas), -1, 1))[..., 0].mean(1)
+    def nll(betas: torch.Tensor) -> torch.Tensor:  # one beta at a time: memory stays cells x classes
+        return torch.stack([F.cross_entropy(b * logits, y) for b in betas])
 
     grid = torch.logspace(math.log10(lo), math.log10(hi), 61, dtype=torch.float64)
     i = int(nll(grid).argmin())
@@ -342,6 +341,16 @@ def _oob_probs(member_lp: torch.Tensor, oob: torch.Tensor) -> torch.Tensor:
     cnt = oob.sum(0)
     w = torch.where(cnt[None] > 0, oob, torch.ones_like(oob))
     return (p * w[..., None]).sum(0) / w.sum(0)[:, None]
+
+
+def _expert_oob_probs(member_lp: torch.Tensor, oob: torch.Tensor) -> torch.Tensor:
+    """:func:`_oob_probs` of both experts: member_lp (members, n, 2, K) -> (n, 2, K)."""
+    return torch.stack([_oob_probs(member_lp[:, :, m], oob) for m in range(2)], 1)
+
+
+def _oob_mixture(expert_p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Log of the gate-weighted mixture of the experts' out-of-bag probabilities: (n, 2, K), (n, 2) -> (n, K)."""
+    return torch.log((weights[:, :, None] * expert_p).sum(1).clamp_min(1e-12))
 
 
 class GatedFusionHead(_BootstrapMixin, FusionHead):
@@ -414,14 +423,13 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
         member_lp = out["member_log_probs"]  # (E, n, 2, K)
         inbag, oob = self._bag(cells, len(y))
         total = member_lp.new_zeros(())
-        oob_p = []
         for m in range(2):
             use = ((mask[:, m] > 0) & ~corrupted[:, m]).float()
             total = total + _weighted_mean(_member_nll(member_lp[:, :, m], y), inbag * use[None])
-            oob_p.append(_oob_probs(member_lp[:, :, m], oob))
+        oob_p = _expert_oob_probs(member_lp, oob)
         # the prior learns from the out-of-bag fused likelihood (detector held fixed) ...
         w = _masked_log_weights(out["detector"].detach() + self.prior, mask).exp()
-        fused = torch.log((w[:, :, None] * torch.stack(oob_p, 1)).sum(1).clamp_min(1e-12))
+        fused = _oob_mixture(oob_p, w)
         # with a pull towards equal weights (KL(uniform || softmax(prior))): a mixture likelihood alone drives the
         # weights to a vertex on small differences, losing what averaging two good experts gains
         lp = torch.log_softmax(self.prior, 0)
@@ -433,8 +441,7 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
                              oob: torch.Tensor) -> torch.Tensor:
         """Each expert's probabilities averaged over the members that did not see the cell, mixed by the gate."""
         out = self.forward(z_rna, z_prot, mask)
-        oob_p = torch.stack([_oob_probs(out["member_log_probs"][:, :, m], oob) for m in range(2)], 1)  # (n, 2, K)
-        return torch.log((out["weights"][:, :, None] * oob_p).sum(1).clamp_min(1e-12))
+        return _oob_mixture(_expert_oob_probs(out["member_log_probs"], oob), out["weights"])
 
     uses_unlabelled = True
 

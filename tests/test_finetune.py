@@ -204,6 +204,21 @@ def test_load_head_refuses_bad_folders(tmp_path):
         load_head(tmp_path)
 
 
+def test_head_saved_before_calibration_loads_uncalibrated(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tr = typed(40, 53)
+    params = HeadParams(fusion="gated", hidden=8, epochs=5, ensemble=3)
+    meta = {"params": params.__dict__, "classes": list("abcd"), "model_fingerprint": "fp1"}
+    save_head(tmp_path / "h", fit_head(tr[0], tr[1], tr[2], 4, params), meta)
+    w = tmp_path / "h" / "head.safetensors"
+    tensors = load_file(str(w))
+    del tensors["head.beta"]  # what an older omicsclip wrote
+    save_file(tensors, str(w))
+    loaded, _, _ = load_head(tmp_path / "h")
+    assert float(loaded.beta) == 1.0
+
+
 def test_fingerprint_must_match():
     check_fingerprint({"model_fingerprint": "abc"}, "abc", head_dir="h")
     with pytest.raises(InputError, match="trained on embeddings of model abc"):
