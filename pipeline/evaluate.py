@@ -347,14 +347,14 @@ def run_evaluate(
     query_cfg
         The ``query`` config section (``impute_k``, ``temperature``, ``transfer_from``): protein imputation.
     """
-    cfg, q = evaluate_cfg or {}, query_cfg or {}
     from pipeline.io.atomic import check_writable
+    from pipeline.query import QuerySettings
 
+    cfg, q = evaluate_cfg or {}, QuerySettings.from_section(query_cfg)  # the query defaults and checks
     check_writable(Path(out), overwrite=overwrite)  # fail before the expensive part
     result = evaluate(store, model_dir, fewlabel_fraction=float(cfg.get("fewlabel_fraction", 0.01)),
                       n_pcs=int(cfg.get("n_pcs", 50)), label_key=str(cfg.get("label_key", "cell_type")),
-                      impute_k=int(q.get("impute_k", 20)), impute_temperature=float(q.get("temperature", 0.05)),
-                      impute_from=str(q.get("transfer_from", "same")))
+                      impute_k=q.impute_k, impute_temperature=q.temperature, impute_from=q.transfer_from)
     write_metrics(result, out, overwrite=overwrite)
     return result
 

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.index import brute_force
-
-_BLOCK_ELEMENTS = 1 << 24  # query rows x reference rows of one similarity block (128 MB in float64)
-
 
 def neighbour_weights(sims: np.ndarray, temperature: float, valid: np.ndarray | None = None) -> np.ndarray:
     """Per-row softmax of ``sims / temperature`` (n x k, rows sum to 1); equal weights when ``temperature <= 0``.
@@ -97,8 +93,8 @@ def vote(codes: np.ndarray, n_classes: int, pos: np.ndarray, weights: np.ndarray
 def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, k: int,
                temperature: float) -> np.ndarray:
     """What ``omicsclip query`` imputes, with an exact search: each query's ``k`` most similar reference rows
-    (inner product of unit vectors, :func:`pipeline.index.brute_force`), weighted by :func:`neighbour_weights`,
-    averaged by :func:`impute`; the query rows are processed in blocks so memory stays bounded.
+    (a flat inner-product faiss index over the unit-norm reference, searched in chunks), weighted by
+    :func:`neighbour_weights`, averaged by :func:`impute`.
 
     Parameters
     ----------
@@ -109,9 +105,10 @@ def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, 
     k, temperature
         ``query.impute_k`` and ``query.temperature``.
     """
-    rows = max(1, _BLOCK_ELEMENTS // max(len(reference), 1))
-    out = np.empty((len(query), values.shape[1]), np.float32)
-    for start in range(0, len(query), rows):
-        sims, pos = brute_force(reference, query[start:start + rows], k)
-        out[start:start + len(pos)] = impute(values, pos, neighbour_weights(sims, temperature))
-    return out
+    from pipeline.index import build_index, resolve_params, search
+
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    index = build_index(reference, resolve_params(len(reference), reference.shape[1], {"kind": "flat"}),
+                        use_gpu=False)
+    sims, pos = search(index, np.ascontiguousarray(query, dtype=np.float32), k)
+    return impute(values, pos, neighbour_weights(sims, temperature))

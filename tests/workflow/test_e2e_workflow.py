@@ -99,6 +99,9 @@ def test_changing_a_setting_reruns_only_what_depends_on_it(tiny_run: dict) -> No
     assert _changed(tiny_run, "nprobe.yaml", index={"nprobe": 7}) == {"index": 1, "query": 1, "report": 1}
     assert _changed(tiny_run, "k.yaml", query={"impute_k": 5}) == {
         "evaluate": 2, "query": 1, **{r: 1 for r in DOWNSTREAM - {"query"}}}
+    # evaluate imputes like query, so the imputation temperature reruns it too
+    assert _changed(tiny_run, "qt.yaml", query={"temperature": 0.1}) == {
+        "evaluate": 2, "query": 1, **{r: 1 for r in DOWNSTREAM - {"query"}}}
     epochs = _changed(tiny_run, "epochs.yaml", train={"epochs": 4})
     assert epochs == {"train": 2, "evaluate": 2, **{r: 1 for r in DOWNSTREAM}}
     more = _changed(tiny_run, "temps.yaml", train={"temperatures": [0.1, 0.2, 0.4]})

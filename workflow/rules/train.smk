@@ -36,6 +36,8 @@ rule evaluate:
             "evaluate",
             evaluate__label_key=label_key(wildcards.dataset),
             query__impute_k=CFG["query"]["impute_k"],
+            query__temperature=CFG["query"]["temperature"],
+            query__transfer_from=CFG["query"]["transfer_from"],
         ),
     log:
         "<results>/{dataset}/logs/evaluate_t{temp}.log",
