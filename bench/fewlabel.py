@@ -131,7 +131,8 @@ def main() -> None:
     from pipeline.io.atomic import atomic_path
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    all_pass = all(r["bars"].get("all_pass", False) for n, r in results.items() if n in BAR_DATASETS)
+    checked = [r["bars"].get("all_pass", False) for n, r in results.items() if n in BAR_DATASETS]
+    all_pass = all(checked) if checked else None  # None: no dataset with bars was run
     payload = {"seed": args.seed, "draws": args.draws, "all_bars_hold": all_pass, "datasets": results}
     with atomic_path(args.out, overwrite=True) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")

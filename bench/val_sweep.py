@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import tempfile
@@ -28,11 +29,12 @@ sys.path.insert(0, str(REPO))
 
 
 def parse_config(text: str) -> tuple[str, list[str]]:
-    """``NAME=a.b=1,c.d=2`` -> ("NAME", ["a.b=1", "c.d=2"])."""
+    """``NAME=a.b=1,c.d=[2,3]`` -> ("NAME", ["a.b=1", "c.d=[2,3]"]): a comma starts a new override only
+    where a ``section.key=`` follows, so list values keep theirs."""
     name, _, rest = text.partition("=")
     if not name:
         raise argparse.ArgumentTypeError(f"--config {text!r}: expected NAME=overrides")
-    return name, [x for x in rest.split(",") if x]
+    return name, [x for x in re.split(r",(?=[A-Za-z_][\w]*\.[\w.]+=)", rest) if x]
 
 
 def main() -> None:
@@ -47,6 +49,7 @@ def main() -> None:
     import torch
 
     from pipeline.config import load_config
+    from pipeline.report import read_train_log
     from pipeline.train import train_model
 
     torch.set_num_threads(args.threads)
@@ -59,8 +62,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="omicsclip-val-sweep-") as d:
                     t0 = time.perf_counter()
                     model = train_model(args.store, Path(d) / "model", cfg)
-                    log = [json.loads(x) for x in (model / "train_log.jsonl").read_text().splitlines() if x.strip()]
-                best = min(r["val_foscttm"] for r in log)
+                    log = read_train_log(model / "train_log.jsonl")
+                best = min(r["val_foscttm"] for r in log if r.get("val_foscttm") is not None)
                 vals.append(best)
                 out.write(json.dumps({"config": name, "overrides": overrides, "seed": seed, "val_foscttm": best,
                                       "epochs": len(log), "seconds": time.perf_counter() - t0}) + "\n")

@@ -237,7 +237,8 @@ def best_match_temperature(
 
     Each method turns its similarities into matching probabilities with its own calibrated temperature, chosen
     on validation cells only, so that methods with different similarity scales are compared fairly. At most
-    ``max_cells`` randomly chosen cells are used (one pass per grid point).
+    ``max_cells`` randomly chosen cells are used; the similarities and top-k candidates are computed once per
+    direction and the whole grid is scored on them.
     """
     a, b = _check_pair(a, b)
     if len(a) > max_cells:

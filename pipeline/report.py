@@ -96,9 +96,12 @@ def read_train_log(path: str | Path) -> list[dict[str, Any]]:
     for i, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:
                 raise InputError(f"{path}: line {i} is not valid JSON") from None
+            if not isinstance(rec, dict):
+                raise InputError(f"{path}: line {i} is not a JSON object")
+            out.append(rec)
     return out
 
 
@@ -526,6 +529,8 @@ def _section_metrics(best: RunData | None, figs: Figures) -> str:
     methods = best.metrics["methods"]
     names = [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
     keys = [k for k in TABLE_METRICS if any(isinstance(methods[m].get(k), int | float) for m in names)]
+    if not keys:
+        raise InputError(f"run {best.label}: metrics.json has no numeric metrics to show")
     rows, cell_class = [], {}
     for j, k in enumerate(keys, start=1):
         vals = [methods[m].get(k) for m in names]

@@ -148,6 +148,17 @@ def test_read_train_log_names_bad_line(tmp_path: Path) -> None:
     p.write_text('{"epoch": 1}\n\nnot json\n')
     with pytest.raises(InputError, match="line 3"):
         read_train_log(p)
+    p.write_text('{"epoch": 1}\n[1, 2]\n')
+    with pytest.raises(InputError, match="line 2 is not a JSON object"):
+        read_train_log(p)
+
+
+def test_metrics_without_numbers_is_a_note_not_a_traceback() -> None:
+    from pipeline.report import Figures, RunData, _guard, _section_metrics
+
+    run = RunData(label="0.1", temperature=0.1, log=[], metrics={"methods": {"omicsclip": {}}}, model_meta={})
+    html = _guard("Metrics", _section_metrics, run, Figures(None))
+    assert "no numeric metrics" in html
 
 
 @pytest.mark.slow
