@@ -39,13 +39,15 @@ def _full_precision(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _member_blocks(x: torch.Tensor, members: int) -> tuple[torch.Tensor, ...]:
-    """The ``members`` blocks of ``x`` (side by side in the feature dimension), each rescaled to unit norm."""
+def _member_blocks(x: torch.Tensor, members: int) -> torch.Tensor:
+    """(members, rows, d): the ``members`` blocks of ``x`` (side by side in the feature dimension), each
+    rescaled to unit norm."""
     if members == 1:
-        return (x,)
-    if x.shape[-1] % members:
-        raise ValueError(f"features of width {x.shape[-1]} cannot hold {members} equal member blocks")
-    return tuple(c * members**0.5 for c in x.chunk(members, dim=-1))
+        return x[None]
+    n, width = x.shape
+    if width % members:
+        raise ValueError(f"features of width {width} cannot hold {members} equal member blocks")
+    return x.reshape(n, members, width // members).transpose(0, 1) * members**0.5
 
 
 def _targets(n: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -99,6 +101,14 @@ class _ChunkedRowCE(torch.autograd.Function):
         grad_s = (grad_u * q).sum().reshape(scale.shape) if ctx.needs_input_grad[2] else None
         grad_q = grad_u * scale if ctx.needs_input_grad[0] else None
         return grad_q, grad_k if ctx.needs_input_grad[1] else None, grad_s, None, None
+
+
+def _batched_row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """:func:`row_cross_entropy_plain` summed over a leading member dimension: q (M, n, d), k (M, N, d)."""
+    members, n, _ = q.shape
+    logits = scale * torch.bmm(q, k.transpose(1, 2))
+    return F.cross_entropy(logits.reshape(members * n, -1), _targets(n, offset, q.device).repeat(members),
+                           reduction="sum")
 
 
 def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0,
@@ -162,9 +172,14 @@ class ClipLoss(nn.Module):
         n = a_all.shape[0]
         offset = self.rank * n_local
         s = _full_precision(logit_scale).exp()
-        total = a.new_zeros(())
-        for blocks in zip(*(_member_blocks(x, self.members) for x in (a, b, a_all, b_all)), strict=True):
-            qa, qb, ka, kb = blocks
-            total = total + (row_cross_entropy(qa, kb, s, offset, self.chunk_size)
-                             + row_cross_entropy(qb, ka, s, offset, self.chunk_size))
+        qa, qb, ka, kb = (_member_blocks(x, self.members) for x in (a, b, a_all, b_all))
+        chunked = bool(self.chunk_size) and self.chunk_size < n_local
+        if self.members > 1 and not chunked:  # all members' logits in one batched product per direction
+            total = (_batched_row_cross_entropy(qa, kb, s, offset)
+                     + _batched_row_cross_entropy(qb, ka, s, offset))
+        else:
+            total = a.new_zeros(())
+            for m in range(self.members):
+                total = total + (row_cross_entropy(qa[m], kb[m], s, offset, self.chunk_size)
+                                 + row_cross_entropy(qb[m], ka[m], s, offset, self.chunk_size))
         return total / (2 * n * self.members)

@@ -114,9 +114,15 @@ def test_ensemble_members_are_independent_models(hidden):
 def test_ensemble_chunked_loss_equals_plain():
     torch.manual_seed(1)
     ens = DualEncoder(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=4, members=2)
-    out = ens(torch.randn(11, 10), torch.randn(11, 4))
-    plain, chunked = ClipLoss(members=2)(**out), ClipLoss(chunk_size=4, members=2)(**out)
-    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+    x, y = torch.randn(11, 10), torch.randn(11, 4)
+    grads = []
+    for loss_fn in (ClipLoss(members=2), ClipLoss(chunk_size=4, members=2)):  # batched members vs member loop
+        ens.zero_grad()
+        loss = loss_fn(**ens(x, y))
+        loss.backward()
+        grads.append((loss.item(), ens.rna.proj.weight.grad.clone()))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-6)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-6)
 
 
 def test_ensemble_weight_decay_groups_skip_member_biases_and_norms():
