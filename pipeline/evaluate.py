@@ -351,7 +351,7 @@ def run_evaluate(
     from pipeline.query import QuerySettings
 
     cfg, q = evaluate_cfg or {}, QuerySettings.from_section(query_cfg)  # the query defaults and checks
-    check_writable(Path(out), overwrite=overwrite)  # fail before the expensive part
+    check_writable(Path(out), overwrite=overwrite, inputs=(store, model_dir))  # before the expensive part
     result = evaluate(store, model_dir, fewlabel_fraction=float(cfg.get("fewlabel_fraction", 0.01)),
                       n_pcs=int(cfg.get("n_pcs", 50)), label_key=str(cfg.get("label_key", "cell_type")),
                       impute_k=q.impute_k, impute_temperature=q.temperature, impute_from=q.transfer_from)

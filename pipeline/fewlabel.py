@@ -397,7 +397,7 @@ def run_fewlabel(
     from pipeline.io.atomic import check_writable
 
     out = Path(out)
-    check_writable(out, overwrite=overwrite)
+    check_writable(out, overwrite=overwrite, inputs=(emb_path, store, model))
     if (store is None) != (model is None):
         raise InputError("the RNA-PC baseline needs both --store and --model")
     params = HeadParams.from_section(section)

@@ -700,7 +700,7 @@ def finetune_embedding(
     """
     from pipeline.io.atomic import check_writable
 
-    check_writable(Path(out), overwrite=overwrite)
+    check_writable(Path(out), overwrite=overwrite, inputs=(emb_path, store, model))
     params = HeadParams.from_section(section)
     if seed is not None:
         params = replace(params, seed=int(seed))
@@ -867,7 +867,7 @@ def predict_cells(
     from pipeline.modelio import load_model
 
     out = Path(out)
-    check_writable(out, overwrite=overwrite)
+    check_writable(out, overwrite=overwrite, inputs=(*inputs, model_dir, head_dir))
     head, meta, extra = load_head(head_dir)
     model = load_model(model_dir)
     check_fingerprint(meta, model.fingerprint, head_dir=head_dir)

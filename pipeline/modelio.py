@@ -20,7 +20,7 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.io.hashing import sha256_file, sha256_tree
-from pipeline.io.jsonfile import read_json
+from pipeline.io.jsonfile import read_json_object
 from pipeline.models import DualEncoder, build_model
 from pipeline.preprocess import PreprocessState, TorchPreprocessor, align_proteins, align_rna
 from pipeline.split import read_split
@@ -210,11 +210,13 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{model_dir}: model folder not found")
     if not path.exists():
         raise InputError(f"{model_dir}: not a complete omicsclip model (no {META})")
-    meta = read_json(path)
-    meta = meta if isinstance(meta, dict) else {}
+    meta = read_json_object(path)
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: not an omicsclip model (format {meta.get('format')!r} "
                          f"v{meta.get('format_version')})")
+    missing = [k for k in ("model_fingerprint", "config", "architecture", "preprocessing") if k not in meta]
+    if missing:
+        raise InputError(f"{path}: incomplete model description (no {', '.join(missing)})")
     return meta
 
 

@@ -36,7 +36,7 @@ from pipeline.index import (
 )
 from pipeline.io.atomic import atomic_path, check_writable
 from pipeline.io.hashing import sha256_file
-from pipeline.io.jsonfile import read_json
+from pipeline.io.jsonfile import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +285,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     f = path / META
     if not f.exists():
         raise InputError(f"{f}: not found; {path} is not an omicsclip index folder")
-    meta = read_json(f)
-    meta = meta if isinstance(meta, dict) else {}
+    meta = read_json_object(f)
     need = ("format_version", "metric", "dim", "n", "kind", "params", "modalities", "model_fingerprint")
     missing = [k for k in need if k not in meta]
     if missing:
@@ -370,11 +369,13 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     """
     from anndata.io import read_elem
 
-    check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))  # before the work
-
     emb_path = Path(emb_path)
-    obs, uns, root = _read_embeddings(emb_path)
+    obs, uns, root = _read_embeddings(emb_path)  # obs and uns only: cheap
     info = dict(uns.get("omicsclip", {})) if isinstance(uns, Mapping) else {}
+    explicit_model, explicit_store = model_dir is not None, store is not None
+    model_dir, store = model_dir or info.get("model_dir"), store or info.get("store")
+    # before the work, and with the recorded store and model too: replacing out_dir must not delete them
+    check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))
     fingerprint = info.get("model_fingerprint")
     if not fingerprint:
         raise InputError(f"{emb_path}: no uns['omicsclip']['model_fingerprint'] (not written by omicsclip embed)")
@@ -394,14 +395,11 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     ids = pd.Index(obs.index.astype(str))[keep]
     embeddings = {m: np.asarray(read_elem(root[f"obsm/{k}"]), dtype=np.float32)[keep] for m, k in present.items()}
 
-    if model_dir is not None and not Path(model_dir).exists():
-        raise InputError(f"{model_dir}: model folder not found")
-    model_dir = model_dir or info.get("model_dir")
     model_proteins = None
-    if model_dir is not None and not Path(model_dir).exists():
+    if model_dir is not None and not explicit_model and not Path(model_dir).exists():
         log.warning("%s (recorded in %s) is gone: the reference protein keeps the store's whole panel, not "
                     "necessarily the model's (pass --model)", model_dir, emb_path)
-    elif model_dir is not None:
+    elif model_dir is not None:  # read_meta refuses a missing folder given explicitly
         from pipeline.modelio import read_meta
 
         meta = read_meta(model_dir)
@@ -409,12 +407,10 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
             raise InputError(f"{model_dir}: model {meta['model_fingerprint'][:16]} did not produce {emb_path} "
                              f"(embedded with {str(fingerprint)[:16]})")
         model_proteins = meta["preprocessing"]["proteins"]
-    explicit = store is not None
-    store = store or info.get("store")
     protein = protein_names = None
     if store is not None and Path(store).exists():
         protein, protein_names = _reference_protein(Path(store), ids, model_proteins)
-    elif explicit:
+    elif explicit_store:
         raise InputError(f"{store}: store not found")
     else:
         log.warning("no store with the reference cells' protein counts: the index cannot impute protein "

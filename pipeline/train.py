@@ -72,13 +72,10 @@ def run_fingerprint(cfg: dict[str, Any], data_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([c, data_fingerprint], sort_keys=True).encode()).hexdigest()
 
 
-def _prepare_dirs(out_dir: Path, *, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+def _prepare_dirs(out_dir: Path, store: Path, *, resume: bool, overwrite: bool) -> tuple[Path, bool]:
     """Return (work dir, whether a checkpoint should be resumed). Rank 0 only."""
     work = out_dir.with_name(out_dir.name + ".partial")
-    if out_dir.exists() and not (overwrite or resume):
-        raise InputError(f"{out_dir} already exists; pass --overwrite to replace it")
-    if not out_dir.parent.exists():
-        raise InputError(f"{out_dir.parent}: output directory does not exist")
+    check_writable(out_dir, overwrite=overwrite or resume, inputs=(store,))  # before any training
     if work.exists():
         if resume and (work / "checkpoints" / LAST).exists():
             return work, True
@@ -94,10 +91,10 @@ def _prepare_dirs(out_dir: Path, *, resume: bool, overwrite: bool) -> tuple[Path
     return work, False
 
 
-def _promote(work: Path, out_dir: Path, *, overwrite: bool) -> None:
+def _promote(work: Path, out_dir: Path, store: Path, *, overwrite: bool) -> None:
     """Rename the finished work folder to ``out_dir`` (replacing an old one only with ``overwrite``)."""
     if out_dir.exists():
-        check_writable(out_dir, overwrite=overwrite)
+        check_writable(out_dir, overwrite=overwrite, inputs=(store,))
         old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(out_dir, old)
         os.replace(work, out_dir)
@@ -234,7 +231,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
         log.info("%s is already complete; nothing to resume", out_dir)
         return out_dir
     if dist.is_main:
-        work, do_resume = _prepare_dirs(out_dir, resume=resume, overwrite=overwrite)
+        work, do_resume = _prepare_dirs(out_dir, store, resume=resume, overwrite=overwrite)
         if not do_resume:
             split = make_split(info["obs"], **cfg["split"])
             write_split(split, work / SPLIT)
@@ -277,7 +274,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
                          "world_size": dist.world_size, "bf16": bf16},
         }
         fp = write_model_files(work, model, state, cfg, extra)
-        _promote(work, out_dir, overwrite=overwrite or resume)
+        _promote(work, out_dir, store, overwrite=overwrite or resume)
         log.info("wrote %s (model %s..., best epoch %d of %d)", out_dir, fp[:12], summary["best_epoch"],
                  summary["epochs"])
     barrier(dist)

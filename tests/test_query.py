@@ -355,3 +355,22 @@ def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
     finally:
         shutil.move(moved, tmp / "model")
     assert "is gone" in caplog.text and (tmp / "index_y" / "meta.json").exists()
+
+
+def test_index_overwrite_never_deletes_the_recorded_store(tmp_path):
+    from pipeline.embed import embed_store
+    from pipeline.io.store import write_store
+    from pipeline.refindex import index_embeddings
+    from pipeline.train import train_model
+
+    data = make_synthetic(n_cells=200, n_genes=60, n_proteins=5, n_types=3, seed=1)
+    (tmp_path / "d").mkdir()
+    write_store(data, tmp_path / "d" / "s.zarr")
+    cfg = load_config(None, TINY + ["train.epochs=1"])
+    with pytest.raises(InputError, match="would delete the input"):  # train refuses before training
+        train_model(tmp_path / "d" / "s.zarr", tmp_path / "d", cfg, overwrite=True)
+    train_model(tmp_path / "d" / "s.zarr", tmp_path / "m", cfg)
+    embed_store(tmp_path / "d" / "s.zarr", tmp_path / "m", tmp_path / "e.zarr")
+    with pytest.raises(InputError, match="would delete the input"):  # the store recorded in e.zarr
+        index_embeddings(tmp_path / "e.zarr", tmp_path / "d", cfg["index"], overwrite=True)
+    assert (tmp_path / "d" / "s.zarr").exists()

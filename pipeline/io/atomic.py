@@ -14,19 +14,24 @@ from pipeline.errors import InputError
 
 def check_writable(path: Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
     """Refuse to replace an existing output unless ``overwrite`` is set, and never replace a folder that is or
-    holds one of the ``inputs`` or the working directory (replacing ``path`` deletes everything under it)."""
+    holds one of the ``inputs`` or the working directory (replacing ``path`` deletes everything under it).
+    The output's folder must exist and be writable. A symlinked output is replaced as a link (its target is
+    left alone)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --overwrite to replace it")
-    out = path.resolve()
+    out = Path(os.path.abspath(path))  # not resolve(): a symlink stays the link that gets replaced
     if out.parent == out:
         raise InputError(f"{path}: not a valid output path")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise InputError(f"{path.parent}: output directory does not exist")
-    if path.exists():
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path.parent}: output directory is not writable")
+    if path.exists() and not path.is_symlink():
+        real = out.resolve()
         for p in (Path.cwd(), *(Path(x) for x in inputs if x is not None)):
             r = p.resolve()
-            if r == out or out in r.parents:
+            if r == real or real in r.parents:
                 what = "the working directory" if p == Path.cwd() else f"the input {p}"
                 raise InputError(f"{path}: replacing it would delete {what}; choose another output")
 
@@ -46,7 +51,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = False,
     An existing ``path`` (only allowed with ``overwrite``) is kept until the new output is complete; it is never
     one that holds an input (see :func:`check_writable`).
     """
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # '--out .' works; a symlink is replaced as a link, not followed
     check_writable(path, overwrite=overwrite, inputs=inputs)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:

@@ -247,3 +247,19 @@ def test_damaged_store_is_a_one_line_error(tmp_path, cite):
     for fn in (store_info, read_store):
         with pytest.raises(InputError, match="corrupt store"):
             fn(store)
+
+
+def test_output_path_checks_are_one_line_errors_and_symlinks_are_not_followed(tmp_path, cite):
+    from pipeline.io.atomic import atomic_path
+
+    src = write_h5ad(cite, tmp_path / "c.h5ad")
+    with pytest.raises(InputError, match="output directory does not exist"):  # parent is a file
+        ingest([src], src / "s.zarr")
+    target = tmp_path / "target.txt"
+    target.write_text("the user's file")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with atomic_path(link, overwrite=True) as tmp:
+        tmp.write_text("new output")
+    assert target.read_text() == "the user's file"  # the link was replaced, not the file it pointed to
+    assert not link.is_symlink() and link.read_text() == "new output"
