@@ -31,7 +31,12 @@ def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    parts = all_gather(x.contiguous())
+    if torch.is_grad_enabled():
+        for part in parts:  # its backward (reduce_scatter) needs contiguous gradients; views of blocks give others
+            if part.requires_grad:
+                part.register_hook(lambda g: g.contiguous())
+    return torch.cat(parts, dim=0)
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:

@@ -30,26 +30,27 @@ def _global_inputs():
 
 
 CHUNKS = (0, 5)  # plain, and chunked with an uneven last chunk (12 local rows)
+MEMBERS = (1, 2)  # a single encoder pair, and an ensemble (its plain path batches the members)
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        for chunk in CHUNKS:
+        for chunk, members in [(c, m) for c in CHUNKS for m in MEMBERS]:
             a, b, ls = _global_inputs()
             n = N // WORLD
             a_l = a[rank * n : (rank + 1) * n].clone().requires_grad_()
             b_l = b[rank * n : (rank + 1) * n].clone().requires_grad_()
             ls = ls.clone().requires_grad_()
-            loss = ClipLoss(chunk_size=chunk, world_size=WORLD, rank=rank)(a_l, b_l, ls)
+            loss = ClipLoss(chunk_size=chunk, world_size=WORLD, rank=rank, members=members)(a_l, b_l, ls)
             loss.backward()
             total = loss.detach().clone()
             dist.all_reduce(total)
             gls = ls.grad.clone()
             dist.all_reduce(gls)
             torch.save({"loss": total, "ga": a_l.grad, "gb": b_l.grad, "gls": gls},
-                       f"{out_dir}/rank{rank}_chunk{chunk}.pt")
+                       f"{out_dir}/rank{rank}_chunk{chunk}_m{members}.pt")
         dist.barrier()  # every rank is done with its collectives before any rank tears the group down
     finally:
         dist.destroy_process_group()
@@ -67,12 +68,12 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     a.requires_grad_()
     b.requires_grad_()
     ls.requires_grad_()
-    loss = ClipLoss()(a, b, ls)
-    ga, gb, gls = torch.autograd.grad(loss, (a, b, ls))
     n = N // WORLD
-    for chunk in CHUNKS:
+    for chunk, members in [(c, m) for c in CHUNKS for m in MEMBERS]:
+        loss = ClipLoss(members=members)(a, b, ls)
+        ga, gb, gls = torch.autograd.grad(loss, (a, b, ls))
         for rank in range(WORLD):
-            r = torch.load(tmp_path / f"rank{rank}_chunk{chunk}.pt", weights_only=True)
+            r = torch.load(tmp_path / f"rank{rank}_chunk{chunk}_m{members}.pt", weights_only=True)
             assert torch.allclose(r["loss"], loss.detach(), atol=1e-12)  # sum of rank shares = global loss
             assert torch.allclose(r["ga"], ga[rank * n : (rank + 1) * n], atol=1e-12)
             assert torch.allclose(r["gb"], gb[rank * n : (rank + 1) * n], atol=1e-12)
