@@ -284,7 +284,7 @@ def fit_head(
         last = _train(head, params, torch.as_tensor(y, dtype=torch.long), as_tensor(mask), lambda: (zr, zp),
                       pool, pool_mask, torch.Generator().manual_seed(params.seed))
         if hasattr(head, "calibrate"):  # post-hoc, on out-of-bag predictions of the labelled cells
-            head.calibrate(zr, zp, torch.as_tensor(y, dtype=torch.long), as_tensor(mask))
+            head.calibrate(zr, zp, torch.as_tensor(y, dtype=torch.long), as_tensor(mask), params.mc_samples)
     log.debug("fitted %s head on %d cells in %.2fs (final loss %.4f)", params.fusion, len(y),
               time.perf_counter() - t0, last)
     return head

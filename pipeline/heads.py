@@ -277,10 +277,12 @@ class _BootstrapMixin:
         self._boot = counts
 
     @torch.no_grad()
-    def calibrate(self, z_rna: torch.Tensor, z_prot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+    def calibrate(self, z_rna: torch.Tensor, z_prot: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                  mc_samples: int = 1) -> None:
         """Fit the inverse temperature ``beta`` of the fused prediction on the labelled cells (same order as in
-        training), from their out-of-bag predictions (members that did not see the cell). Fewer than 2 cells
-        with an out-of-bag prediction (e.g. one label per class: every bag keeps it): ``beta = 1``."""
+        training), from their out-of-bag predictions (members that did not see the cell), made the way
+        :meth:`predict` makes them (``mc_samples``: its MC-dropout passes, where the head uses them). Fewer than 2
+        cells with an out-of-bag prediction (e.g. one label per class: every bag keeps it): ``beta = 1``."""
         self.beta.fill_(1.0)
         if self._boot is None:
             return
@@ -291,7 +293,7 @@ class _BootstrapMixin:
         was = self.training
         self.eval()
         try:
-            fused = self._oob_fused_log_probs(z_rna, z_prot, mask, oob)
+            fused = self._oob_fused_log_probs(z_rna, z_prot, mask, oob, mc_samples)
         finally:
             self.train(was)
         self.beta.fill_(fit_inverse_temperature(fused[has], y[has]))
@@ -438,8 +440,9 @@ class GatedFusionHead(_BootstrapMixin, FusionHead):
         return total + F.nll_loss(fused, y) + prior_reg + self._detector_loss(out["detector"], mask, corrupted)
 
     def _oob_fused_log_probs(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor,
-                             oob: torch.Tensor) -> torch.Tensor:
-        """Each expert's probabilities averaged over the members that did not see the cell, mixed by the gate."""
+                             oob: torch.Tensor, mc_samples: int = 1) -> torch.Tensor:
+        """Each expert's probabilities averaged over the members that did not see the cell, mixed by the gate
+        (one deterministic pass, as :meth:`predict`; ``mc_samples`` is not used)."""
         out = self.forward(z_rna, z_prot, mask)
         return _oob_mixture(_expert_oob_probs(out["member_log_probs"], oob), out["weights"])
 
@@ -557,38 +560,52 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
                 total = total + _member_nll(lp[:, sel, m], pseudo[sel]).mean()
         return total
 
-    @torch.no_grad()
-    def predict(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor, mc_samples: int = 20) -> dict:
+    def _mc_passes(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor,
+                   mc_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member logits of ``mc_samples`` MC-dropout passes (T, E, n, 2, K; one deterministic pass when
+        ``mc_samples`` <= 1) and the log-variances (n, 2; the variance branch has no dropout)."""
+        passes = max(1, int(mc_samples))
         was = self.training
-        self.train(mc_samples > 1)  # dropout on: MC-dropout passes (the heads have no batch-norm)
+        self.train(passes > 1)  # dropout on: MC-dropout passes (the heads have no batch-norm)
         try:
-            mus, lps = [], []
-            logvar = None
-            for _ in range(max(1, int(mc_samples))):
-                mu, logvar = self._branches(z_rna, z_prot, mask)
-                mus.append(mu)
-                lps.append(self._noisy_log_probs(mu, logvar, self.noise_samples))
+            out = [self._branches(z_rna, z_prot, mask) for _ in range(passes)]
         finally:
             self.train(was)
-        mu = torch.stack(mus)  # (T, E, n, 2, K) logits of every member in every MC-dropout pass
-        aleatoric = logvar.exp()  # (n, 2); the variance branch has no dropout
-        # MC-dropout variance of the logits within each member (mean over members and classes)
-        epistemic = mu.var(0, unbiased=False).mean((0, -1)) if len(mu) > 1 else torch.zeros_like(aleatoric)
+        return torch.stack([mu for mu, _ in out]), out[-1][1]
+
+    def _mc_fuse(self, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, members: torch.Tensor):
+        """Fuse MC-dropout logits ``mu`` (T, E, n, 2, K) of the members selected per cell by ``members`` (E, n;
+        1 = use): their mean logits, with variance aleatoric + epistemic (the MC-dropout variance within each
+        selected member, averaged over them and the classes). Returns (log_probs, log_weights, total, epistemic)."""
+        n_sel = members.sum(0).clamp_min(1.0)  # (n,)
+        mean = (mu * members[None, :, :, None, None]).sum((0, 1)) / (len(mu) * n_sel)[:, None, None]
+        aleatoric = logvar.exp()
+        if len(mu) > 1:
+            within = mu.var(0, unbiased=False).mean(-1)  # (E, n, 2)
+            epistemic = (within * members[:, :, None]).sum(0) / n_sel[:, None]
+        else:
+            epistemic = torch.zeros_like(aleatoric)
         total = aleatoric + epistemic
-        lp = torch.cat(lps)
+        fused, logw = self._fuse(mean, total, mask)
+        return fused, logw, total, epistemic
+
+    @torch.no_grad()
+    def predict(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor, mc_samples: int = 20) -> dict:
+        mu, logvar = self._mc_passes(z_rna, z_prot, mask, mc_samples)
+        fused, logw, total, epistemic = self._mc_fuse(mu, logvar, mask, mu.new_ones(mu.shape[1:3]))
+        # every member's noisy probabilities in every pass (one pass at a time: bounded memory)
+        lp = torch.cat([self._noisy_log_probs(m, logvar, self.noise_samples) for m in mu])
         elp = torch.logsumexp(lp, dim=0) - math.log(len(lp))
-        fused, logw = self._fuse(mu.mean((0, 1)), total, mask)
         return {"log_probs": torch.log_softmax(self.beta * fused, -1), "weights": logw.exp(),
-                "expert_log_probs": elp, "modality_var": total, "aleatoric_var": aleatoric,
+                "expert_log_probs": elp, "modality_var": total, "aleatoric_var": logvar.exp(),
                 "epistemic_var": epistemic}
 
     def _oob_fused_log_probs(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor,
-                             oob: torch.Tensor) -> torch.Tensor:
-        """Each modality's logits averaged over the members that did not see the cell, fused with the aleatoric
-        variances (one deterministic pass)."""
-        mu, logvar = self._branches(z_rna, z_prot, mask)
-        mu_oob = (mu * oob[:, :, None, None]).sum(0) / oob.sum(0).clamp_min(1.0)[:, None, None]
-        return self._fuse(mu_oob, logvar.exp(), mask)[0]
+                             oob: torch.Tensor, mc_samples: int = 1) -> torch.Tensor:
+        """The fused prediction of :meth:`predict` (same passes, same variances) from, for each cell, only the
+        members that did not see it (``oob``, (E, n))."""
+        mu, logvar = self._mc_passes(z_rna, z_prot, mask, mc_samples)
+        return self._mc_fuse(mu, logvar, mask, oob)[0]
 
     def _fuse(self, mu: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse-variance (precision-weighted) fusion of the modalities' logit estimates.

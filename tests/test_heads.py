@@ -136,6 +136,37 @@ def test_uncertainty_weights_are_inverse_total_variance():
     assert not head.training  # MC passes switch dropout on only temporarily
 
 
+def test_uncertainty_calibration_sees_the_prediction_it_calibrates():
+    """calibrate() fits beta on out-of-bag predictions made as predict() makes them: with every member counted as
+    out-of-bag they are predict()'s fused log-probabilities (same MC-dropout passes, epistemic variance
+    included), and the MC passes change them (a single deterministic pass would calibrate another prediction)."""
+    torch.manual_seed(0)
+    head: UncertaintyFusionHead = build_head("uncertainty", D_RNA, D_PROT, K, dropout=0.3).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.5)
+    zr, zp = _inputs(20)
+    mask = torch.ones(len(zr), 2)
+    everyone = torch.ones(head.members, len(zr))
+    torch.manual_seed(3)
+    want = head.predict(zr, zp, mask, mc_samples=6)["log_probs"]
+    torch.manual_seed(3)
+    got = head._oob_fused_log_probs(zr, zp, mask, everyone, mc_samples=6)
+    assert torch.allclose(got, want, atol=1e-6)
+    torch.manual_seed(3)
+    single = head._oob_fused_log_probs(zr, zp, mask, everyone, mc_samples=1)
+    assert not torch.allclose(single, want, atol=1e-3)
+    # out-of-bag: a cell's prediction uses only its selected members (member 0 alone here)
+    only0 = torch.zeros_like(everyone)
+    only0[0] = 1.0
+    torch.manual_seed(3)
+    mu, logvar = head._mc_passes(zr, zp, mask, 6)
+    a = head._mc_fuse(mu, logvar, mask, only0)
+    b = head._mc_fuse(mu[:, :1], logvar, mask, torch.ones(1, len(zr)))
+    assert torch.allclose(a[2], b[2]) and torch.allclose(a[1], b[1])
+    assert not head.training
+
+
 def test_uncertainty_fusion_is_precision_weighted_logit_average():
     """With no logit noise left (tiny fused variance) the fused class probabilities are the softmax of the
     inverse-variance weighted mean of the centred logits."""
