@@ -676,6 +676,34 @@ def _section_provenance(inputs: ReportInputs, info: dict[str, Any] | None, runs:
     return "".join(out)
 
 
+_INSPECT_NUMBERS = ("n_cells", "n_genes", "n_proteins", "sparsity_rna", "sparsity_prot")
+
+
+def _read_inspect(path: Path) -> dict[str, Any]:
+    """``omicsclip inspect --json`` output, with the types the report reads checked (one-line InputError)."""
+    info = read_json_object(path)
+
+    def bad(key: str, want: str) -> InputError:
+        return InputError(f"{path}: {key!r} must be {want} (is this `omicsclip inspect --json` output?)")
+
+    for key in _INSPECT_NUMBERS:
+        v = info.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise bad(key, "a number")
+    if not isinstance(info.get("proteins") or [], list):
+        raise bad("proteins", "a list")
+    for key in ("obs", "qc"):
+        if not isinstance(info.get(key) or {}, dict):
+            raise bad(key, "an object")
+    for col, summary in (info.get("obs") or {}).items():
+        if not isinstance(summary, dict):
+            raise bad(f"obs.{col}", "an object")
+        if "n_levels" not in summary and set(summary) != {"min", "median", "max"} and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in summary.values()):
+            raise bad(f"obs.{col}", "min/median/max, n_levels, or counts per value")
+    return info
+
+
 def _guard(title: str, fn, *args) -> str:
     """Render one section; a failure becomes a note so that the other sections still render."""
     try:
@@ -696,7 +724,7 @@ def render_report(inputs: ReportInputs, *, figures_dir: Path | None = None, max_
     if selected is None and len(runs) == 1:
         selected = runs[0].label
     best = next((r for r in runs if r.label == selected), None)
-    info = read_json_object(inputs.inspect) if inputs.inspect else None
+    info = _read_inspect(inputs.inspect) if inputs.inspect else None
     figs = Figures(figures_dir)
 
     sections = [

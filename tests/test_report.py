@@ -239,3 +239,15 @@ def test_umap_separates_clusters_in_two_dimensions() -> None:
     for k in range(3):
         s = np.linalg.svd(xy[y == k] - xy[y == k].mean(0), compute_uv=False)
         assert s[1] / s[0] > 0.25
+
+
+@pytest.mark.parametrize("field, value, key", [
+    ("n_cells", "many", "n_cells"), ("proteins", "CD3", "proteins"), ("obs", {"cell_type": [1, 2]}, "obs.cell_type"),
+    ("obs", {"cell_type": {"T": "ten"}}, "obs.cell_type"), ("qc", [1], "qc")])
+def test_report_refuses_inspect_json_of_the_wrong_shape(fake_outputs: dict, field, value, key) -> None:
+    f = fake_outputs
+    info = json.loads(f["inspect"].read_text())
+    info[field] = value
+    f["inspect"].write_text(json.dumps(info))
+    with pytest.raises(InputError, match=f"'{key}' must be"):
+        render_report(ReportInputs(dataset="fake", runs=f["runs"][:1], inspect=f["inspect"]))
