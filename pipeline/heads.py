@@ -256,6 +256,9 @@ class EnsembleClassifier(nn.Module):
         return list(self.w)
 
 
+_CALIBRATE_BLOCK = 4096  # labelled cells per block of out-of-bag predictions in calibrate()
+
+
 class _BootstrapMixin:
     """Per-member bootstrap of the labelled cells: Poisson(1) in-bag counts; count 0 = out-of-bag (OOB).
 
@@ -292,8 +295,11 @@ class _BootstrapMixin:
             return
         was = self.training
         self.eval()
-        try:
-            fused = self._oob_fused_log_probs(z_rna, z_prot, mask, oob, mc_samples)
+        try:  # in blocks of cells: every cell's prediction is its own; memory stays bounded with many MC passes
+            fused = torch.cat([self._oob_fused_log_probs(z_rna[s:s + _CALIBRATE_BLOCK], z_prot[s:s + _CALIBRATE_BLOCK],
+                                                         mask[s:s + _CALIBRATE_BLOCK], oob[:, s:s + _CALIBRATE_BLOCK],
+                                                         mc_samples)
+                               for s in range(0, len(y), _CALIBRATE_BLOCK)])
         finally:
             self.train(was)
         self.beta.fill_(fit_inverse_temperature(fused[has], y[has]))

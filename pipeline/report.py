@@ -461,7 +461,7 @@ def _section_dataset(info: dict[str, Any] | None, figs: Figures, label_key: str)
         for col, s in obs.items():
             if isinstance(s, dict) and set(s) == {"min", "median", "max"}:
                 rows.append([col, f"min {fmt(s['min'])} · median {fmt(s['median'])} · max {fmt(s['max'])}"])
-            elif isinstance(s, dict) and "n_levels" in s:
+            elif isinstance(s, dict) and set(s) == {"n_levels"}:
                 rows.append([col, f"{s['n_levels']:,} distinct values"])
             elif isinstance(s, dict):
                 shown = ", ".join(f"{k} ({v:,})" for k, v in list(s.items())[:12])
@@ -686,20 +686,31 @@ def _read_inspect(path: Path) -> dict[str, Any]:
     def bad(key: str, want: str) -> InputError:
         return InputError(f"{path}: {key!r} must be {want} (is this `omicsclip inspect --json` output?)")
 
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
     for key in _INSPECT_NUMBERS:
         v = info.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        if v is None:
+            continue
+        if key.startswith("n_") and not is_int(v):
+            raise bad(key, "an integer")
+        if isinstance(v, bool) or not isinstance(v, int | float):
             raise bad(key, "a number")
-    if not isinstance(info.get("proteins") or [], list):
-        raise bad("proteins", "a list")
-    for key in ("obs", "qc"):
-        if not isinstance(info.get(key) or {}, dict):
-            raise bad(key, "an object")
+    for key, kind, name in (("proteins", list, "a list"), ("obs", dict, "an object"), ("qc", dict, "an object"),
+                            ("provenance", dict, "an object")):
+        if key in info and info[key] is not None and not isinstance(info[key], kind):
+            raise bad(key, name)
+    inputs = (info.get("provenance") or {}).get("inputs")
+    if inputs is not None and not (isinstance(inputs, dict) and all(isinstance(v, dict) for v in inputs.values())):
+        raise bad("provenance.inputs", "an object of objects")
     for col, summary in (info.get("obs") or {}).items():
         if not isinstance(summary, dict):
             raise bad(f"obs.{col}", "an object")
-        if "n_levels" not in summary and set(summary) != {"min", "median", "max"} and not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in summary.values()):
+        if set(summary) == {"n_levels"}:
+            if not is_int(summary["n_levels"]):
+                raise bad(f"obs.{col}.n_levels", "an integer")
+        elif set(summary) != {"min", "median", "max"} and not all(is_int(v) for v in summary.values()):
             raise bad(f"obs.{col}", "min/median/max, n_levels, or counts per value")
     return info
 

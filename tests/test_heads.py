@@ -215,3 +215,35 @@ def test_inverse_temperature_fit_recovers_the_sharpness_of_the_labels():
     y = torch.multinomial(torch.softmax(2.0 * z, 1), 1, generator=g)[:, 0]  # labels drawn at beta = 2
     assert fit_inverse_temperature(z, y) == pytest.approx(2.0, rel=0.1)
     assert fit_inverse_temperature(z, y, hi=1.5) == pytest.approx(1.5)  # bounded
+
+
+def test_uncertainty_calibration_in_blocks_of_cells(monkeypatch):
+    """calibrate() predicts the labelled cells in blocks (bounded memory): every block is used, and beta comes out
+    as with one block, up to the fused prediction's logit-noise draws."""
+    import pipeline.heads as heads
+
+    torch.manual_seed(0)
+    head: UncertaintyFusionHead = build_head("uncertainty", D_RNA, D_PROT, K, dropout=0.3, members=3).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.5)
+    zr, zp = _inputs(300)
+    mask = torch.ones(len(zr), 2)
+    y = torch.randint(0, K, (len(zr),), generator=torch.Generator().manual_seed(1))
+    head.bootstrap(y, torch.Generator().manual_seed(2))
+    seen = []
+    original = head._oob_fused_log_probs
+
+    def spy(*args, **kw):
+        seen.append(len(args[0]))
+        return original(*args, **kw)
+
+    torch.manual_seed(5)
+    head.calibrate(zr, zp, y, mask, mc_samples=4)
+    whole = float(head.beta)
+    monkeypatch.setattr(heads, "_CALIBRATE_BLOCK", 64)
+    monkeypatch.setattr(head, "_oob_fused_log_probs", spy)
+    torch.manual_seed(5)
+    head.calibrate(zr, zp, y, mask, mc_samples=4)
+    assert seen == [64, 64, 64, 64, 44]
+    assert float(head.beta) == pytest.approx(whole, rel=0.05)

@@ -243,7 +243,9 @@ def test_umap_separates_clusters_in_two_dimensions() -> None:
 
 @pytest.mark.parametrize("field, value, key", [
     ("n_cells", "many", "n_cells"), ("proteins", "CD3", "proteins"), ("obs", {"cell_type": [1, 2]}, "obs.cell_type"),
-    ("obs", {"cell_type": {"T": "ten"}}, "obs.cell_type"), ("qc", [1], "qc")])
+    ("obs", {"cell_type": {"T": "ten"}}, "obs.cell_type"), ("qc", [1], "qc"), ("n_genes", 500.0, "n_genes"),
+    ("obs", {"batch": {"n_levels": "many"}}, "obs.batch.n_levels"), ("provenance", [1], "provenance"),
+    ("provenance", {"inputs": {"rna": "cells.h5ad"}}, "provenance.inputs")])
 def test_report_refuses_inspect_json_of_the_wrong_shape(fake_outputs: dict, field, value, key) -> None:
     f = fake_outputs
     info = json.loads(f["inspect"].read_text())
