@@ -3,8 +3,8 @@
 On pbmc10k_protein_v3 (shared data): ingest, train with the default config (``pipeline.train.train_model``),
 embed, index the *training* cells (``index.splits=[train]``), then query the held-out *test* cells given as RNA
 only (:func:`pipeline.query.query`, the public API). Imputed protein (CLR) is compared with the measured CLR
-protein per protein (Pearson across test cells), next to two baselines fitted on the same training cells with the
-model's own RNA preprocessing:
+protein per protein (Pearson across test cells), next to two baselines fitted on the same training cells on 50 PCs
+of the model's scaled highly variable genes (``pipeline.evaluate.scaled_gene_rows``):
 
 - ridge RNA -> protein on 50 RNA PCs (``pipeline.baselines.RidgeBaseline``, penalty by leave-one-out CV);
 - kNN regression on 50 RNA PCs (scikit-learn ``KNeighborsRegressor``, k and weighting chosen on validation).
@@ -54,22 +54,6 @@ def pearson_per_protein(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     from pipeline.metrics import protein_pearson
 
     return protein_pearson(pred, true)
-
-
-def rna_rows(model, data):
-    """The model's preprocessed RNA input (dense float32) for the requested rows."""
-    import torch
-
-    from pipeline.preprocess import align_rna
-
-    counts, lib, _ = align_rna(data.rna, data.gene_names, model.state)
-
-    def rows(idx: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = model.pre.rna(torch.from_numpy(counts[idx].toarray()), torch.from_numpy(lib[idx]))
-        return x.numpy().astype(np.float32)
-
-    return rows
 
 
 def omicsclip_grid(model, ref, data, rows_val: np.ndarray, clr_val: np.ndarray) -> list[dict]:
@@ -166,8 +150,10 @@ def main() -> None:
     assert set(ref.cell_ids) == set(np.asarray(data.barcodes)[tr])
     log.info("cells: %d train (reference), %d val, %d test", len(tr), len(va), len(te))
 
-    # ---- baselines on 50 PCs of the model's preprocessed RNA, fitted on training cells
-    rows = rna_rows(model, data)
+    # ---- baselines on 50 PCs of the model's scaled HVGs (evaluate.n_pcs), fitted on training cells
+    from pipeline.evaluate import scaled_gene_rows
+
+    rows = scaled_gene_rows(model, data.rna, data.gene_names)
     pca = fit_pca(rows(tr), cfg["evaluate"]["n_pcs"], seed=args.seed)
     pcs = np.vstack([pca.transform(rows(np.arange(s, min(s + 4096, data.n_cells))))
                      for s in range(0, data.n_cells, 4096)])

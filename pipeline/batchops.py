@@ -101,17 +101,22 @@ class CountTransform:
         d = (torch.log1p(total.float()) - mean) / std
         return torch.cat([x, d.unsqueeze(1)], dim=1)
 
-    def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32).
-
-        ``present`` (genes, or cells x genes) zeroes absent genes / dropped-out features before the projection.
-        """
+    def rna_genes(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw counts (cells x model genes) and library sizes (cells) -> the normalised, log1p'd, scaled
+        gene values (float32, cells x genes): the model input before its principal-axis projection and depth
+        feature. ``present`` (genes, or cells x genes) zeroes absent genes / dropped-out features."""
         x = counts.float() * (self.target_sum / lib.float().clamp_min(1.0)).unsqueeze(1)
         x = torch.log1p(x)
         if self.rna_mean is not None:
             x = ((x - self.rna_mean) / self.rna_std).clamp_(-self.max_value, self.max_value)
         if present is not None:
             x = x * present.to(x.dtype)
+        return x
+
+    def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32): the
+        :meth:`rna_genes` values, projected on the principal axes and with the depth feature where configured."""
+        x = self.rna_genes(counts, lib, present)
         if self.rna_proj is not None:
             x = x @ self.rna_proj.t()
         if self.depth is not None:

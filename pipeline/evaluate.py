@@ -99,9 +99,9 @@ def evaluate_arrays(
     emb_rna, emb_prot
         omicsclip's RNA and protein embeddings (n × d).
     rna_input
-        The model's preprocessed RNA input (n × model genes), or a function returning its rows for given
-        positions (so the dense matrix never has to exist as a whole); the baselines' PCA is fitted on (at most
-        ``PCA_FIT_MAX_CELLS`` of) the training rows.
+        The scaled highly-variable-gene values (n × model genes, :func:`scaled_gene_rows`), or a function
+        returning their rows for given positions (so the dense matrix never has to exist as a whole); the
+        baselines' PCA (``n_pcs``) is fitted on (at most ``PCA_FIT_MAX_CELLS`` of) the training rows.
     prot_clr
         CLR-transformed protein (n × proteins) with the model's CLR; the target of imputation and the baselines'
         protein features (standardised on training cells).
@@ -212,18 +212,20 @@ def _rna_pcs(rna_input: np.ndarray | RnaRows, n: int, train_rows: np.ndarray, n_
     return pcs, pca
 
 
-def _rna_rows(model: Any, data: Any) -> RnaRows:
-    """A function giving the model's preprocessed RNA input (dense float32) of the requested cells."""
+def scaled_gene_rows(model: Any, rna: Any, gene_names: Any) -> RnaRows:
+    """A function giving, for requested cells, the model's scaled highly-variable-gene values (dense float32;
+    normalised, log1p, scaled with the model's training statistics): what the baselines take their own principal
+    components of (``evaluate.n_pcs``), not the model's input, which may be fewer PCs plus a depth feature."""
     import torch
 
     from pipeline.preprocess import align_rna
 
-    counts, lib, _ = align_rna(data.rna, data.gene_names, model.state)
+    counts, lib, _ = align_rna(rna, gene_names, model.state)
 
     def rows(idx: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            x = model.pre.rna(torch.from_numpy(counts[idx].toarray()).to(model.device),
-                              torch.from_numpy(lib[idx]).to(model.device))
+            x = model.pre.rna_genes(torch.from_numpy(counts[idx].toarray()).to(model.device),
+                                    torch.from_numpy(lib[idx]).to(model.device))
         return x.cpu().numpy().astype(np.float32, copy=False)
 
     return rows
@@ -297,7 +299,7 @@ def evaluate(
     log.info("evaluate: embedding %d cells", data.n_cells)
     emb = model.embed(rna=data.rna, prot=data.prot, genes=data.gene_names, proteins=data.protein_names)
     result = evaluate_arrays(
-        emb_rna=emb["rna"], emb_prot=emb["prot"], rna_input=_rna_rows(model, data),
+        emb_rna=emb["rna"], emb_prot=emb["prot"], rna_input=scaled_gene_rows(model, data.rna, data.gene_names),
         prot_clr=_prot_clr(model, data), split=split, labels=_labels(data.obs, label_key),
         proteins=model.state.proteins, fewlabel_fraction=fewlabel_fraction, n_pcs=n_pcs,
         impute_k=impute_k, impute_temperature=impute_temperature, impute_from=impute_from, seed=seed,

@@ -310,7 +310,8 @@ def robustness_table(result: dict[str, Any], level: int = BAR_LEVEL) -> str:
 
 def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[str], n_pcs: int = 50,
                        split: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """RNA PCs of the embedding's cells, from the store with the model's preprocessing (PCA fit on training cells).
+    """RNA PCs of the embedding's cells: ``n_pcs`` principal components of the model's scaled highly variable
+    genes (:func:`pipeline.evaluate.scaled_gene_rows`), read from the store, PCA fit on training cells.
 
     Parameters
     ----------
@@ -328,25 +329,19 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
         PCA solver seed.
     """
     import pandas as pd
-    import torch
 
     from pipeline.baselines import fit_pca
+    from pipeline.evaluate import scaled_gene_rows
     from pipeline.io.store import read_store
     from pipeline.modelio import load_model
-    from pipeline.preprocess import TorchPreprocessor, align_rna
 
     model = load_model(model_dir)
     data = read_store(store)
     pos = pd.Index(data.barcodes).get_indexer(barcodes)
     if (pos < 0).any():
         raise InputError(f"{store}: {int((pos < 0).sum())} cells of the embedding are not in the store")
-    counts, lib, _ = align_rna(data.rna[pos], data.gene_names, model.state)
-    pre = TorchPreprocessor(model.state)
-    chunks = []
-    for s in range(0, counts.shape[0], 4096):
-        blk = counts[s:s + 4096]
-        chunks.append(pre.rna(torch.from_numpy(blk.toarray()), torch.from_numpy(lib[s:s + 4096])).numpy())
-    x = np.concatenate(chunks)
+    rows = scaled_gene_rows(model, data.rna[pos], data.gene_names)
+    x = np.concatenate([rows(np.arange(s, min(s + 4096, len(pos)))) for s in range(0, len(pos), 4096)])
     fit_rows = (np.asarray(split) == "train") if split is not None else np.ones(len(x), bool)
     pca = fit_pca(x[fit_rows], n_pcs, seed=seed)
     return pca.transform(x).astype(np.float32)

@@ -186,3 +186,27 @@ def test_evaluate_cli_missing_model_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith("omicsclip: error:") and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_baselines_take_their_own_pcs_of_the_scaled_genes(trained):
+    """The baselines' PCs come from the model's scaled HVGs (150 here), not from the model's input (its 30 PCs +
+    a depth feature): asking for 40 PCs gives 40, and they are the PCs of rna_genes, the input before projection."""
+    import torch
+
+    from pipeline.evaluate import evaluate, scaled_gene_rows
+    from pipeline.io.store import read_store
+    from pipeline.modelio import load_model
+    from pipeline.preprocess import align_rna
+
+    store, model_dir = trained
+    model = load_model(model_dir)
+    assert model.pre.rna_dim == 31 and len(model.state.genes) == 150
+    got = evaluate(store, model_dir, n_pcs=40)
+    assert got["settings"]["n_pcs"] == 40
+    data = read_store(store)
+    x = scaled_gene_rows(model, data.rna, data.gene_names)(np.arange(20))
+    counts, lib, _ = align_rna(data.rna[:20], data.gene_names, model.state)
+    z = model.pre.rna(torch.from_numpy(counts.toarray()), torch.from_numpy(lib)).numpy()
+    assert x.shape == (20, 150)
+    np.testing.assert_allclose(z[:, :30], x @ model.state.rna_pcs.T, rtol=1e-4, atol=1e-4)
