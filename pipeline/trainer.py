@@ -67,6 +67,9 @@ class TrainSettings:
         return cls(bf16=bf16, **{k: train[k] for k in keys if k in train})
 
 
+SIGNAL_CHECK_EVERY = 8  # steps between the ranks' collective check for SIGTERM/SIGINT under DDP
+
+
 def logit_chunk(chunk_size: int, batch_size: int) -> int:
     """``train.logit_chunk_size``; 0 = auto: the whole batch up to 16,384 rows, chunks of 8,192 above."""
     if chunk_size:
@@ -405,7 +408,10 @@ class Trainer:
                         self._train_step(batch)
                         if self.global_step % self.s.checkpoint_every == 0:
                             self.save()
-                        if any_rank(flag.signum is not None, self.dist, self.device):
+                        # under DDP the ranks agree on stopping through a collective (and a host sync): every
+                        # SIGNAL_CHECK_EVERY steps, not every step; a single process checks for free every step
+                        check = not self.dist.enabled or self.global_step % SIGNAL_CHECK_EVERY == 0
+                        if check and any_rank(flag.signum is not None, self.dist, self.device):
                             self.save()
                             raise TrainingInterrupted(
                                 f"training interrupted at step {self.global_step}; checkpoint saved in "
