@@ -4,7 +4,7 @@ For each dataset: ingest the shared ``.h5ad`` into a work folder, train a model 
 fixed seed (``pipeline.train.train_model``), embed every cell, then run ``pipeline.fewlabel.run_fewlabel``:
 1, 5, 10 and 50 labelled TRAINING cells per class ("unknown" excluded), 5 draws, evaluated on the TEST split;
 every fusion head, each single modality, and logistic regression on 50 RNA PCs (computed from the store with the
-model's preprocessing). Prints markdown tables and writes ``bench/results/fewlabel.json`` (+ ``.md``).
+model's scaled highly variable genes). Prints markdown tables and writes ``bench/results/fewlabel.json`` (+ ``.md``).
 
 Bars on pbmc10k at 10 labels per class (checked, never tuned here; the same checks are shown for the other
 datasets as information): the best fusion head >= 8 accuracy points above the

@@ -261,7 +261,8 @@ def markdown(out: dict) -> str:
         "",
         f"Reference = {out['n_train']} training cells ({out['index']['factory']} index); queries = "
         f"{out['n_test']} held-out test cells given as RNA only. Pearson per protein across test cells of "
-        "imputed vs measured CLR protein. Baselines on 50 PCs of the model's preprocessed RNA, fitted on the "
+        f"imputed vs measured CLR protein. Baselines on {s['n_pcs']} PCs of the model's scaled highly variable "
+        "genes, fitted on the "
         f"training cells (ridge alpha {s['ridge_alpha']:g}; kNN k={s['knn']['k']}, {s['knn']['weights']} "
         "weights, chosen on validation).",
         "",
