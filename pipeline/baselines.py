@@ -3,8 +3,8 @@
 All baselines start from the model's own preprocessing (HVG, normalised, log, scaled RNA; CLR protein) and are
 fitted on training cells only:
 
-- **PCA**: ``n_pcs`` principal components of the scaled highly variable genes (not the model's own PCs). RNA-only, so it cannot match across
-  modalities; used for the few-label classifier.
+- **PCA**: ``n_pcs`` principal components of the scaled highly variable genes (not the model's own PCs).
+  RNA-only, so it cannot match across modalities; used for the few-label classifier.
 - **CCA**: scikit-learn CCA between the RNA PCs and the standardised CLR protein; cells are matched by cosine
   similarity of their canonical variates (no imputation: scikit-learn's CCA ``predict`` is not a least-squares
   regression, so ridge is the imputation baseline).

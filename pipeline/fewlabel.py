@@ -378,7 +378,7 @@ def run_fewlabel(
     section
         ``finetune:`` config section (head hyper-parameters).
     store, model
-        Optional: compute the RNA-PC baseline from the store (PCs of the model's scaled HVGs) (otherwise
+        Optional: compute the RNA-PC baseline from the store, on the model's scaled HVGs (otherwise
         ``obsm["X_pca_rna"]`` of the embedding is used when present, else the baseline is skipped).
     n_pcs
         PCs for the baseline.
