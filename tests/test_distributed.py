@@ -110,3 +110,49 @@ def test_torchrun_ddp_training_matches_single_process(tmp_path):
 
     meta = json.loads((tmp_path / "ddp" / "model.json").read_text())
     assert meta["training"]["world_size"] == 2
+
+
+def test_torchrun_sigterm_checkpoints_all_ranks_then_resume_matches_uninterrupted(tmp_path):
+    """SIGTERM to torchrun (what SLURM sends before preemption) reaches both ranks; they agree to stop at the same
+    step (their collective check runs every SIGNAL_CHECK_EVERY steps), save a checkpoint and exit non-zero with
+    the resume hint; --resume then ends with exactly the weights of an uninterrupted DDP run."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import TINY, tiny_store
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.io.hashing import sha256_file
+    from pipeline.trainer import SIGNAL_CHECK_EVERY
+
+    store = tiny_store(tmp_path / "cells.zarr")
+    cfg = TINY + ["train.epochs=40", "train.checkpoint_every=100000", "train.patience=1000", "preprocess.n_hvg=0"]
+    sets = [x for s in cfg for x in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", _omicsclip(),
+                "train", str(store), "--out", str(out), *extra, *sets]
+
+    ref = subprocess.run(torchrun(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=400)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "m"
+    log = tmp_path / "m.partial" / "train_log.jsonl"
+    proc = subprocess.Popen(torchrun(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, "the run finished before it could be interrupted"
+    assert "rerun with --resume" in err and not out.exists()
+    step = load_checkpoint(tmp_path / "m.partial" / "checkpoints" / "last.pt")["global_step"]
+    assert 0 < step < 40 * 3 and step % SIGNAL_CHECK_EVERY == 0
+    r = subprocess.run(torchrun(out, "--resume"), env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sha256_file(out / "model.safetensors") == sha256_file(tmp_path / "ref" / "model.safetensors")
