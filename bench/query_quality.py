@@ -94,7 +94,7 @@ def main() -> None:
     import faiss
     import torch
 
-    from pipeline.baselines import RidgeBaseline, fit_pca
+    from pipeline.baselines import RidgeBaseline
     from pipeline.config import default_config
     from pipeline.embed import embed_store
     from pipeline.ingest import ingest
@@ -151,12 +151,10 @@ def main() -> None:
     log.info("cells: %d train (reference), %d val, %d test", len(tr), len(va), len(te))
 
     # ---- baselines on 50 PCs of the model's scaled HVGs (evaluate.n_pcs), fitted on training cells
-    from pipeline.evaluate import scaled_gene_rows
+    from pipeline.evaluate import baseline_pcs, scaled_gene_rows
 
-    rows = scaled_gene_rows(model, data.rna, data.gene_names)
-    pca = fit_pca(rows(tr), cfg["evaluate"]["n_pcs"], seed=args.seed)
-    pcs = np.vstack([pca.transform(rows(np.arange(s, min(s + 4096, data.n_cells))))
-                     for s in range(0, data.n_cells, 4096)])
+    pcs, pca = baseline_pcs(scaled_gene_rows(model, data.rna, data.gene_names), data.n_cells, tr,
+                            cfg["evaluate"]["n_pcs"], args.seed)
     ridge = RidgeBaseline().fit(pcs[tr], prot_clr[tr])
     r_ridge = pearson_per_protein(ridge.predict_protein(pcs[te]), prot_clr[te])
     from sklearn.neighbors import KNeighborsRegressor

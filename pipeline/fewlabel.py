@@ -330,8 +330,7 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
     """
     import pandas as pd
 
-    from pipeline.baselines import fit_pca
-    from pipeline.evaluate import scaled_gene_rows
+    from pipeline.evaluate import baseline_pcs, scaled_gene_rows
     from pipeline.io.store import read_store
     from pipeline.modelio import load_model
 
@@ -341,10 +340,8 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
     if (pos < 0).any():
         raise InputError(f"{store}: {int((pos < 0).sum())} cells of the embedding are not in the store")
     rows = scaled_gene_rows(model, data.rna[pos], data.gene_names)
-    x = np.concatenate([rows(np.arange(s, min(s + 4096, len(pos)))) for s in range(0, len(pos), 4096)])
-    fit_rows = (np.asarray(split) == "train") if split is not None else np.ones(len(x), bool)
-    pca = fit_pca(x[fit_rows], n_pcs, seed=seed)
-    return pca.transform(x).astype(np.float32)
+    train_rows = np.flatnonzero(np.asarray(split) == "train") if split is not None else np.arange(len(pos))
+    return baseline_pcs(rows, len(pos), train_rows, n_pcs, seed)[0].astype(np.float32)
 
 
 def run_fewlabel(

@@ -91,12 +91,12 @@ def test_pcs_from_row_function_equal_pcs_from_array(arrays, monkeypatch):
     x = arrays["rna_input"]
     tr = np.flatnonzero(arrays["split"] == "train")
     monkeypatch.setattr(E, "_CHUNK_CELLS", 100)  # several chunks
-    ref, _ = E._rna_pcs(x, len(x), tr, 10, 0)
-    got, pca = E._rna_pcs(lambda idx: x[idx], len(x), tr, 10, 0)
+    ref, _ = E.baseline_pcs(x, len(x), tr, 10, 0)
+    got, pca = E.baseline_pcs(lambda idx: x[idx], len(x), tr, 10, 0)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     assert got.shape == (len(x), 10) and pca.n_components_ == 10
     monkeypatch.setattr(E, "PCA_FIT_MAX_CELLS", 50)  # fit on a subset of the training cells
-    sub, pca = E._rna_pcs(x, len(x), tr, 10, 0)
+    sub, pca = E.baseline_pcs(x, len(x), tr, 10, 0)
     assert sub.shape == ref.shape and pca.n_samples_ == 50
 
 
