@@ -295,11 +295,10 @@ class _BootstrapMixin:
             return
         was = self.training
         self.eval()
+        blocks = [slice(s, s + _CALIBRATE_BLOCK) for s in range(0, len(y), _CALIBRATE_BLOCK)]
         try:  # in blocks of cells: every cell's prediction is its own; memory stays bounded with many MC passes
-            fused = torch.cat([self._oob_fused_log_probs(z_rna[s:s + _CALIBRATE_BLOCK], z_prot[s:s + _CALIBRATE_BLOCK],
-                                                         mask[s:s + _CALIBRATE_BLOCK], oob[:, s:s + _CALIBRATE_BLOCK],
-                                                         mc_samples)
-                               for s in range(0, len(y), _CALIBRATE_BLOCK)])
+            fused = torch.cat([self._oob_fused_log_probs(z_rna[b], z_prot[b], mask[b], oob[:, b], mc_samples)
+                               for b in blocks])
         finally:
             self.train(was)
         self.beta.fill_(fit_inverse_temperature(fused[has], y[has]))
@@ -503,10 +502,16 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
     def _branches(self, z_rna: torch.Tensor, z_prot: torch.Tensor, mask: torch.Tensor):
         """Member logits (E, n, 2, K) and log-variances (n, 2)."""
         xs = self._inputs(z_rna, z_prot, mask)
-        mu = torch.stack([self.mean_branch[i](x) for i, x in enumerate(xs)], dim=2)
+        return self._mean_logits(xs), self._log_variances(xs)
+
+    def _mean_logits(self, xs) -> torch.Tensor:
+        """Member logits (E, n, 2, K) of the per-modality inputs ``xs`` (see :meth:`_inputs`)."""
+        return torch.stack([self.mean_branch[i](x) for i, x in enumerate(xs)], dim=2)
+
+    def _log_variances(self, xs) -> torch.Tensor:
+        """Log-variances (n, 2) of the per-modality inputs ``xs``."""
         raw = torch.stack([self.var_branch[i](x)[:, 0] for i, x in enumerate(xs)], dim=1)
-        logvar = 8.0 * torch.tanh(raw / 8.0)  # soft bounds: a hard clamp would stop the gradient for good
-        return mu, logvar
+        return 8.0 * torch.tanh(raw / 8.0)  # soft bounds: a hard clamp would stop the gradient for good
 
     def _noisy_log_probs(self, mu: torch.Tensor, logvar: torch.Tensor, n_samples: int) -> torch.Tensor:
         """log of the softmax averaged over ``n_samples`` Gaussian logit-noise draws; mu (..., n, 2, K),
@@ -571,13 +576,15 @@ class UncertaintyFusionHead(_BootstrapMixin, FusionHead):
         """Member logits of ``mc_samples`` MC-dropout passes (T, E, n, 2, K; one deterministic pass when
         ``mc_samples`` <= 1) and the log-variances (n, 2; the variance branch has no dropout)."""
         passes = max(1, int(mc_samples))
+        xs = self._inputs(z_rna, z_prot, mask)  # once: only the mean branch has dropout
         was = self.training
         self.train(passes > 1)  # dropout on: MC-dropout passes (the heads have no batch-norm)
         try:
-            out = [self._branches(z_rna, z_prot, mask) for _ in range(passes)]
+            mu = torch.stack([self._mean_logits(xs) for _ in range(passes)])
+            logvar = self._log_variances(xs)
         finally:
             self.train(was)
-        return torch.stack([mu for mu, _ in out]), out[-1][1]
+        return mu, logvar
 
     def _mc_fuse(self, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, members: torch.Tensor):
         """Fuse MC-dropout logits ``mu`` (T, E, n, 2, K) of the members selected per cell by ``members`` (E, n;
