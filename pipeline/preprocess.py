@@ -49,6 +49,10 @@ class PreprocessState:
     rna_pcs
         Principal axes (components x model genes) of the scaled training values that the RNA input is projected
         on; ``None``: the encoder sees the genes.
+    protein_genes
+        Model genes passed to the RNA encoder as their own scaled values beside the principal axes (with
+        ``rna_pcs`` only): per protein, the genes most correlated with it on the training cells
+        (:func:`select_protein_genes`). ``None`` or empty: none.
     depth
         ``[rna mean, rna std, protein mean, protein std]`` of ``log1p`` total counts per training cell: each
         encoder also sees its cell's standardised log total (depth / cell size); ``None``: not used.
@@ -68,6 +72,20 @@ class PreprocessState:
     max_missing_gene_fraction: float = 0.2
     rna_pcs: np.ndarray | None = None
     depth: list[float] | None = None
+    protein_genes: list[str] | None = None
+
+    @property
+    def rna_projection(self) -> np.ndarray | None:
+        """What the scaled model genes are projected on (rows x model genes): the principal axes, then one
+        indicator row per protein gene (that gene's scaled value); ``None`` without principal axes."""
+        if self.rna_pcs is None:
+            return None
+        pos = pd.Index(self.genes).get_indexer(self.protein_genes or [])
+        if (pos < 0).any():
+            raise InputError("preprocessing state: protein_genes are not all model genes")
+        rows = np.zeros((len(pos), len(self.genes)), np.float32)
+        rows[np.arange(len(pos)), pos] = 1.0
+        return np.concatenate([np.asarray(self.rna_pcs, np.float32), rows])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (arrays as lists)."""
@@ -83,6 +101,7 @@ class PreprocessState:
             "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
             "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
             "depth": None if self.depth is None else [float(x) for x in self.depth],
+            "protein_genes": None if self.protein_genes is None else [str(g) for g in self.protein_genes],
         }
 
     @classmethod
@@ -101,6 +120,7 @@ class PreprocessState:
                 max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
                 rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
                 depth=None if d.get("depth") is None else [float(x) for x in d["depth"]],
+                protein_genes=None if d.get("protein_genes") is None else [str(g) for g in d["protein_genes"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -205,6 +225,49 @@ def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int 
     return top.astype(np.float32)
 
 
+def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, chunk: int = 8192) -> np.ndarray:
+    """Per protein, the ``k`` genes whose values correlate most with it (absolute Pearson ``r``).
+
+    Parameters
+    ----------
+    x
+        Training cells x genes (the scaled model-gene values).
+    prot
+        Training cells x proteins (CLR values).
+    k
+        Genes per protein.
+
+    Returns
+    -------
+    np.ndarray
+        Column positions in ``x``: protein by protein, each protein's genes by decreasing ``|r|``, a gene picked
+        for an earlier protein not repeated. Constant genes or proteins have ``r = 0``.
+    """
+    n, k = x.shape[0], min(int(k), x.shape[1])
+    y = np.asarray(prot, np.float64)
+    y = y - y.mean(axis=0)
+    sx = np.zeros(x.shape[1])
+    sxx = np.zeros(x.shape[1])
+    sxy = np.zeros((x.shape[1], y.shape[1]))
+    for start in range(0, n, chunk):  # bounded memory: no centred copy of x
+        xc = np.asarray(x[start : start + chunk], np.float64)
+        sx += xc.sum(axis=0)
+        sxx += (xc * xc).sum(axis=0)
+        sxy += xc.T @ y[start : start + chunk]
+    x_sd = np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0.0))
+    y_sd = y.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (sxy / n) / np.outer(x_sd, y_sd)  # y is centred, so sum(x * y) / n is the covariance
+    r = np.nan_to_num(np.abs(r), nan=0.0, posinf=0.0)
+    r[(x_sd < 1e-8)] = 0.0
+    r[:, y_sd < 1e-8] = 0.0
+    picked: dict[int, None] = {}
+    for p in range(r.shape[1]):
+        for g in np.argsort(-r[:, p], kind="stable")[:k]:
+            picked.setdefault(int(g), None)
+    return np.fromiter(picked, dtype=np.int64, count=len(picked))
+
+
 def fit_preprocessing(
     rna: sp.spmatrix,
     prot: np.ndarray,
@@ -219,6 +282,7 @@ def fit_preprocessing(
     max_missing_gene_fraction: float = 0.2,
     n_pcs: int = 0,
     depth_features: bool = False,
+    protein_genes: int = 0,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -233,7 +297,8 @@ def fit_preprocessing(
     n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs
         The ``preprocess`` config section (``n_pcs > 0``: the RNA input is projected on this many principal
         axes of the scaled training values; ``depth_features``: each encoder also sees its cell's standardised
-        log total counts).
+        log total counts; ``protein_genes > 0`` with ``n_pcs``: per protein, the genes most correlated with it
+        join the RNA input as their scaled values, :func:`select_protein_genes`).
     """
     rna = sp.csr_matrix(rna, dtype=np.float32)
     prot = np.asarray(prot, dtype=np.float32)
@@ -249,12 +314,17 @@ def fit_preprocessing(
         rna_mean, rna_std = _mean_std(lognorm[:, hvg])
     if scale_prot:
         prot_mean, prot_std = _mean_std(clr(prot))
-    rna_pcs = None
+    rna_pcs, prot_genes = None, None
     if n_pcs:
         x = lognorm[:, hvg].toarray()
         if scale_rna:
             x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
         rna_pcs = principal_axes(x, n_pcs)
+        if protein_genes:
+            picked = select_protein_genes(x, clr(prot), protein_genes)
+            prot_genes = [str(genes[hvg[i]]) for i in picked]
+            log.info("preprocess: %d protein genes beside %d PCs (e.g. %s)", len(prot_genes), rna_pcs.shape[0],
+                     ", ".join(prot_genes[:5]))
     depth = None
     if depth_features:
         lr, lp = np.log1p(library_size(rna)), np.log1p(prot.sum(axis=1, dtype=np.float64))
@@ -264,7 +334,7 @@ def fit_preprocessing(
         genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
         target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
         prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
-        rna_pcs=rna_pcs, depth=depth,
+        rna_pcs=rna_pcs, depth=depth, protein_genes=prot_genes,
     )
 
 
@@ -391,5 +461,5 @@ class TorchPreprocessor(CountTransform):
 
         super().__init__(n_genes=len(state.genes), target_sum=state.target_sum, max_value=state.max_value,
                          rna_mean=t(state.rna_mean), rna_std=t(state.rna_std), prot_mean=t(state.prot_mean),
-                         prot_std=t(state.prot_std), rna_proj=t(state.rna_pcs), n_proteins=len(state.proteins),
+                         prot_std=t(state.prot_std), rna_proj=t(state.rna_projection), n_proteins=len(state.proteins),
                          depth=None if state.depth is None else tuple(state.depth))

@@ -129,7 +129,7 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
         max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section.get("n_pcs", 0),
-        depth_features=section.get("depth_features", False),
+        depth_features=section.get("depth_features", False), protein_genes=section.get("protein_genes", 0),
     )
 
 

@@ -126,7 +126,9 @@ def test_projection_model_embeds_like_validation(tmp_path):
     store = tiny_store(tmp_path / "s.zarr", n_cells=200)
     model_dir = train_model(store, tmp_path / "m", load_config(None, TINY + ["train.epochs=1", "preprocess.n_pcs=6"]))
     m = load_model(model_dir)
-    assert m.model.rna.n_in == 6 + 1  # 6 principal axes + the depth feature
+    # 6 principal axes, the protein genes (preprocess.protein_genes per protein, overlaps once) and depth
+    assert 0 < len(m.state.protein_genes) <= 10 * len(m.proteins)
+    assert m.model.rna.n_in == 6 + len(m.state.protein_genes) + 1
     d = read_store(store)
     full = m.embed(rna=d.rna, genes=d.gene_names)["rna"]
     drop = m.genes[0]

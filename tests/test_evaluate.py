@@ -190,8 +190,9 @@ def test_evaluate_cli_missing_model_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_baselines_take_their_own_pcs_of_the_scaled_genes(trained):
-    """The baselines' PCs come from the model's scaled HVGs (150 here), not from the model's input (its 30 PCs +
-    a depth feature): asking for 40 PCs gives 40, and they are the PCs of rna_genes, the input before projection."""
+    """The baselines' PCs come from the model's scaled HVGs (150 here), not from the model's input (its 30 PCs,
+    protein genes and a depth feature): asking for 40 PCs gives 40, and they are the PCs of rna_genes, the input
+    before projection."""
     import torch
 
     from pipeline.evaluate import evaluate, scaled_gene_rows
@@ -201,7 +202,8 @@ def test_baselines_take_their_own_pcs_of_the_scaled_genes(trained):
 
     store, model_dir = trained
     model = load_model(model_dir)
-    assert model.pre.rna_dim == 31 and len(model.state.genes) == 150
+    n_genes_in = len(model.state.protein_genes or [])
+    assert model.pre.rna_dim == 30 + n_genes_in + 1 and len(model.state.genes) == 150
     got = evaluate(store, model_dir, n_pcs=40)
     assert got["settings"]["n_pcs"] == 40
     data = read_store(store)
@@ -209,4 +211,4 @@ def test_baselines_take_their_own_pcs_of_the_scaled_genes(trained):
     counts, lib, _ = align_rna(data.rna[:20], data.gene_names, model.state)
     z = model.pre.rna(torch.from_numpy(counts.toarray()), torch.from_numpy(lib)).numpy()
     assert x.shape == (20, 150)
-    np.testing.assert_allclose(z[:, :30], x @ model.state.rna_pcs.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(z[:, :-1], x @ model.state.rna_projection.T, rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ from pipeline.preprocess import (
     clr,
     fit_preprocessing,
     log_normalize,
+    select_protein_genes,
 )
 
 
@@ -215,3 +216,66 @@ def test_depth_features_append_standardised_log_totals(fitted):
     np.testing.assert_allclose(y[:, -1].numpy(), (lp - lp.mean()) / lp.std(), rtol=1e-4, atol=1e-4)
     back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert back.depth == pytest.approx(state.depth)
+
+
+def test_select_protein_genes_is_top_abs_pearson_per_protein():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 30)).astype(np.float32)
+    x[:, 7] = 2.0  # constant gene: r = 0, never picked before a correlated one
+    y = np.stack([x[:, 3] + 0.5 * rng.normal(size=500), -x[:, 11] + 0.1 * x[:, 3] + rng.normal(size=500),
+                  np.full(500, 4.0)], axis=1)  # the last protein is constant: r = 0 for every gene
+    got = select_protein_genes(x, y, 2, chunk=64)  # chunked sums, as on big training sets
+    ref = []
+    for p in range(2):
+        r = np.abs([np.corrcoef(x[:, g], y[:, p])[0, 1] if x[:, g].std() > 0 else 0.0 for g in range(30)])
+        ref += [int(g) for g in np.argsort(-r, kind="stable")[:2] if g not in ref]
+    ref += [g for g in range(2) if g not in ref]  # constant protein: ties, first genes in order
+    assert got.tolist() == ref
+    assert got[0] == 3 and 11 in got[:4].tolist() and 7 not in got.tolist()
+    assert len(set(got.tolist())) == len(got)  # a gene picked twice enters once
+
+
+def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted):
+    rna, _, genes, prots, _ = fitted
+    lognorm = log_normalize(rna, 1e4).toarray()
+    prot = np.round(np.expm1(lognorm[:, :6]) * 3 + 5).astype(np.float32)  # protein p follows gene p
+    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5, protein_genes=1, depth_features=True)
+    pg = state.protein_genes
+    assert pg and len(pg) <= 6 and set(pg) <= set(state.genes)
+    x = np.clip((lognorm[:, [genes.index(g) for g in state.genes]] - state.rna_mean) / state.rna_std, -10, 10)
+    assert pg == [state.genes[i] for i in select_protein_genes(x, clr(prot), 1)]  # picked on the scaled HVGs
+    pre = TorchPreprocessor(state)
+    assert pre.rna_dim == 5 + len(pg) + 1
+    c, lib, _ = align_rna(rna, genes, state)
+    z = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib)).numpy()
+    np.testing.assert_allclose(z[:, :5], x @ state.rna_pcs.T, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(z[:, 5:-1], x[:, [state.genes.index(g) for g in pg]], rtol=1e-4, atol=1e-4)
+    # the training path (from the non-zeros) gives the same input
+    row = torch.as_tensor(np.repeat(np.arange(c.shape[0]), np.diff(c.indptr)))
+    zs = pre.rna_sparse(row, torch.as_tensor(c.indices.astype(np.int64)), torch.as_tensor(c.data),
+                        torch.as_tensor(lib), c.shape[0])
+    np.testing.assert_allclose(zs.numpy(), z, rtol=1e-4, atol=1e-4)
+    back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert back.protein_genes == pg
+    np.testing.assert_array_equal(back.rna_projection, state.rna_projection)
+    # a protein gene missing from new cells is the training mean, 0, like any missing gene
+    keep = [g for g in genes if g != pg[0]]
+    c2, lib2, report = align_rna(rna[:, [genes.index(g) for g in keep]], keep, state)
+    present = torch.ones(len(state.genes))
+    present[state.genes.index(pg[0])] = 0
+    z2 = pre.rna(torch.as_tensor(c2.toarray()), torch.as_tensor(lib2), present).numpy()
+    assert report.missing == [pg[0]] and np.all(z2[:, 5] == 0)
+
+
+def test_protein_genes_need_pcs_and_old_states_have_none(fitted):
+    rna, prot, genes, prots, state = fitted
+    no_pcs = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, protein_genes=3)
+    assert no_pcs.protein_genes is None and no_pcs.rna_projection is None  # every HVG is an input already
+    d = state.to_dict()
+    d.pop("protein_genes")  # a model saved before the option existed
+    assert PreprocessState.from_dict(d).protein_genes is None
+    with_pcs = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=3, protein_genes=2)
+    bad = with_pcs.to_dict()
+    bad["protein_genes"] = ["not-a-model-gene"]
+    with pytest.raises(InputError, match="protein_genes"):
+        TorchPreprocessor(PreprocessState.from_dict(bad))
