@@ -225,7 +225,7 @@ def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int 
     return top.astype(np.float32)
 
 
-def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, chunk: int = 8192) -> np.ndarray:
+def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, chunk: int = 2048) -> np.ndarray:
     """Per protein, the ``k`` genes whose values correlate most with it (absolute Pearson ``r``).
 
     Parameters
