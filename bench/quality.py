@@ -92,7 +92,9 @@ def feature_matched_baselines(store: Path, model_dir: Path, n_pcs: int, seed: in
     tr, te = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     rows = scaled_gene_rows(model, data.rna, data.gene_names)
     pcs, _ = baseline_pcs(rows, data.n_cells, tr, n_pcs, seed)
-    x = np.hstack([pcs, rows(np.arange(data.n_cells))[:, [model.state.genes.index(g) for g in genes]]])
+    cols = [model.state.genes.index(g) for g in genes]
+    chunks = [rows(np.arange(i, min(i + 8192, data.n_cells)))[:, cols] for i in range(0, data.n_cells, 8192)]
+    x = np.hstack([pcs, np.vstack(chunks)])
     y = _prot_clr(model, data)
     out = {}
     for name, base in (("cca", CCABaseline()), ("ridge", RidgeBaseline())):

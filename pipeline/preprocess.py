@@ -31,6 +31,8 @@ from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
+MAX_PROTEIN_GENES = 256  # preprocess.protein_genes: at most this many genes in all (large antibody panels)
+
 
 @dataclass
 class PreprocessState:
@@ -225,7 +227,8 @@ def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int 
     return top.astype(np.float32)
 
 
-def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, chunk: int = 2048) -> np.ndarray:
+def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, max_genes: int = MAX_PROTEIN_GENES,
+                         chunk: int = 2048) -> np.ndarray:
     """Per protein, the ``k`` genes whose values correlate most with it (absolute Pearson ``r``).
 
     Parameters
@@ -236,35 +239,45 @@ def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, chunk: int 
         Training cells x proteins (CLR values).
     k
         Genes per protein.
+    max_genes
+        At most this many genes in all (large panels): then every protein's best gene first, then every
+        protein's second best, and so on, until the budget is spent.
+    chunk
+        Cells per chunk of the sums (bounded memory: no centred copy of ``x``).
 
     Returns
     -------
     np.ndarray
         Column positions in ``x``: protein by protein, each protein's genes by decreasing ``|r|``, a gene picked
-        for an earlier protein not repeated. Constant genes or proteins have ``r = 0``.
+        for an earlier protein not repeated. Genes uncorrelated with a protein (``r = 0``: a constant gene or
+        protein) are never picked for it.
     """
     n, k = x.shape[0], min(int(k), x.shape[1])
     y = np.asarray(prot, np.float64)
     y = y - y.mean(axis=0)
-    sx = np.zeros(x.shape[1])
+    mean = np.zeros(x.shape[1])
+    for start in range(0, n, chunk):
+        mean += np.asarray(x[start : start + chunk], np.float64).sum(axis=0)
+    mean /= max(n, 1)
     sxx = np.zeros(x.shape[1])
     sxy = np.zeros((x.shape[1], y.shape[1]))
-    for start in range(0, n, chunk):  # bounded memory: no centred copy of x
-        xc = np.asarray(x[start : start + chunk], np.float64)
-        sx += xc.sum(axis=0)
+    for start in range(0, n, chunk):
+        xc = np.asarray(x[start : start + chunk], np.float64) - mean
         sxx += (xc * xc).sum(axis=0)
         sxy += xc.T @ y[start : start + chunk]
-    x_sd = np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0.0))
-    y_sd = y.std(axis=0)
+    x_sd, y_sd = np.sqrt(sxx / max(n, 1)), y.std(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = (sxy / n) / np.outer(x_sd, y_sd)  # y is centred, so sum(x * y) / n is the covariance
-    r = np.nan_to_num(np.abs(r), nan=0.0, posinf=0.0)
-    r[(x_sd < 1e-8)] = 0.0
+        r = np.abs(sxy / max(n, 1) / np.outer(x_sd, y_sd))
+    r[~np.isfinite(r)] = 0.0
+    r[x_sd < 1e-8] = 0.0
     r[:, y_sd < 1e-8] = 0.0
-    picked: dict[int, None] = {}
-    for p in range(r.shape[1]):
-        for g in np.argsort(-r[:, p], kind="stable")[:k]:
-            picked.setdefault(int(g), None)
+    ranked = [[int(g) for g in np.argsort(-r[:, p], kind="stable")[:k] if r[g, p] > 1e-6] for p in range(r.shape[1])]
+    budget: set[int] = set()
+    for rank in range(k):  # round robin over proteins, so a budget cut keeps every protein's best genes
+        for genes in ranked:
+            if rank < len(genes) and len(budget) < max_genes:
+                budget.add(genes[rank])
+    picked = dict.fromkeys(g for genes in ranked for g in genes if g in budget)
     return np.fromiter(picked, dtype=np.int64, count=len(picked))
 
 
@@ -398,6 +411,10 @@ def align_rna(
     if missing:
         log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
                     report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
+        lost = sorted(set(missing) & set(state.protein_genes or []))
+        if lost:
+            log.warning("%d of the missing genes are protein genes of the model (inputs picked for their "
+                        "correlation with a protein): %s", len(lost), ", ".join(lost[:10]))
     present = np.flatnonzero(pos >= 0)
     sel = sp.csr_matrix(
         (np.ones(present.size, np.float32), (pos[present], present)), shape=(rna.shape[1], len(state.genes))

@@ -220,22 +220,32 @@ def test_depth_features_append_standardised_log_totals(fitted):
 
 def test_select_protein_genes_is_top_abs_pearson_per_protein():
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(500, 30)).astype(np.float32)
-    x[:, 7] = 2.0  # constant gene: r = 0, never picked before a correlated one
+    x = rng.normal(size=(500, 30)).astype(np.float32) + 5.0  # an offset: the sums must be centred
+    x[:, 7] = 2.0  # constant gene: r = 0, never picked
     y = np.stack([x[:, 3] + 0.5 * rng.normal(size=500), -x[:, 11] + 0.1 * x[:, 3] + rng.normal(size=500),
-                  np.full(500, 4.0)], axis=1)  # the last protein is constant: r = 0 for every gene
+                  np.full(500, 4.0)], axis=1)  # the last protein is constant: no gene is picked for it
     got = select_protein_genes(x, y, 2, chunk=64)  # chunked sums, as on big training sets
     ref = []
     for p in range(2):
         r = np.abs([np.corrcoef(x[:, g], y[:, p])[0, 1] if x[:, g].std() > 0 else 0.0 for g in range(30)])
         ref += [int(g) for g in np.argsort(-r, kind="stable")[:2] if g not in ref]
-    ref += [g for g in range(2) if g not in ref]  # constant protein: ties, first genes in order
     assert got.tolist() == ref
-    assert got[0] == 3 and 11 in got[:4].tolist() and 7 not in got.tolist()
+    assert got[0] == 3 and 11 in got.tolist() and 7 not in got.tolist()
     assert len(set(got.tolist())) == len(got)  # a gene picked twice enters once
 
 
-def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted):
+def test_select_protein_genes_budget_keeps_every_proteins_best_genes():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2000, 60)).astype(np.float32)
+    y = np.stack([x[:, 10 * p : 10 * p + 4] @ np.array([4.0, 3.0, 2.0, 1.0]) for p in range(6)], axis=1)
+    full = select_protein_genes(x, y, 4)
+    assert full.tolist() == [10 * p + i for p in range(6) for i in range(4)]  # by protein, best first
+    cut = select_protein_genes(x, y, 4, max_genes=15)
+    assert len(cut) == 15 and set(cut.tolist()) <= set(full.tolist())
+    assert {g // 10 for g in cut.tolist() if g % 10 < 2} == set(range(6))  # every protein's two best kept
+
+
+def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted, caplog):
     rna, _, genes, prots, _ = fitted
     lognorm = log_normalize(rna, 1e4).toarray()
     prot = np.round(np.expm1(lognorm[:, :6]) * 3 + 5).astype(np.float32)  # protein p follows gene p
@@ -260,7 +270,9 @@ def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted):
     np.testing.assert_array_equal(back.rna_projection, state.rna_projection)
     # a protein gene missing from new cells is the training mean, 0, like any missing gene
     keep = [g for g in genes if g != pg[0]]
-    c2, lib2, report = align_rna(rna[:, [genes.index(g) for g in keep]], keep, state)
+    with caplog.at_level(logging.WARNING, logger="pipeline.preprocess"):
+        c2, lib2, report = align_rna(rna[:, [genes.index(g) for g in keep]], keep, state)
+    assert f"protein genes of the model (inputs picked for their correlation with a protein): {pg[0]}" in caplog.text
     present = torch.ones(len(state.genes))
     present[state.genes.index(pg[0])] = 0
     z2 = pre.rna(torch.as_tensor(c2.toarray()), torch.as_tensor(lib2), present).numpy()
