@@ -1,9 +1,11 @@
 """Training throughput on one device: synthetic cells generated on the device, the full per-step pipeline.
 
 Each step is what ``omicsclip train`` does per batch with device-resident data: an index gather of the batch's
-cells from CSR counts on the device, binomial count thinning, library-size normalisation + log1p + scaling, CLR
-of the proteins, feature dropout, the dual encoder forward under bf16 autocast, the symmetric InfoNCE loss
-(chunked logits for large batches), backward and an AdamW step. Reported: cells/s (median over timed steps) and
+cells from CSR counts on the device, binomial count thinning, library-size normalisation + log1p + scaling, the
+projection of the scaled genes on the RNA input axes (by default as ``configs/default.yaml``: 30 principal axes
+plus the protein genes, here random axes and random genes, computed from the non-zeros like training does) and
+the depth features, CLR of the proteins, the dual encoder forward under bf16 autocast, the symmetric InfoNCE loss
+(chunked logits for large batches), backward and an AdamW step. ``--n-pcs 0`` feeds the scaled genes themselves. Reported: cells/s (median over timed steps) and
 peak device memory, and two baselines measured in the same run: the data pipeline alone and the model step alone
 (inputs prepared in advance), as ratios.
 
@@ -12,6 +14,7 @@ Imports only torch and the torch-only modules ``pipeline.models``, ``pipeline.lo
     python bench/gpu_train.py                  # 1,000,000 cells x 2,000 genes x 200 proteins; batches 16,384, 65,536
     python bench/gpu_train.py --small          # tiny sizes: runs on a CPU in seconds
     python bench/gpu_train.py --batch 32768 --steps 50
+    python bench/gpu_train.py --n-pcs 0 --feature-dropout 0.1   # all genes as the RNA input, with dropout
 
 Writes JSON to ``$OUT/gpu_train.json`` when ``$OUT`` is set, else ``bench/results/gpu_train.json``
 (``gpu_train_small.json`` with ``--small``), or to ``--out``.
@@ -80,21 +83,41 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
     return times
 
 
+def n_protein_genes(args, genes: int, proteins: int) -> int:
+    """Protein genes of the default preprocessing: ``--protein-genes`` per protein, at most 256, at most all genes."""
+    return 0 if args.n_pcs == 0 else min(args.protein_genes * proteins, 256, genes)
+
+
+def input_axes(genes: int, n_pcs: int, n_genes: int, device: torch.device) -> torch.Tensor | None:
+    """RNA input axes like a fitted ``PreprocessState.rna_projection``: ``n_pcs`` orthonormal rows (random here),
+    then one indicator row per protein gene (random distinct genes); ``None`` for ``n_pcs == 0``."""
+    if n_pcs == 0:
+        return None
+    g = torch.Generator().manual_seed(2)
+    pcs = torch.linalg.qr(torch.randn(genes, n_pcs, generator=g)).Q.T
+    rows = torch.zeros(n_genes, genes)
+    rows[torch.arange(n_genes), torch.randperm(genes, generator=g)[:n_genes]] = 1.0
+    return torch.cat([pcs, rows]).to(device)
+
+
 def run_batch(data: dict[str, torch.Tensor], n: int, genes: int, proteins: int, batch: int, args,
               device: torch.device) -> dict:
     """Measure one batch size: full step, data pipeline alone, model step alone."""
     torch.manual_seed(0)
-    model = DualEncoder(genes, proteins, rna_hidden=args.rna_hidden, prot_hidden=args.prot_hidden,
-                        embed_dim=args.embed_dim, dropout=0.2, input_dropout=0.1, members=args.members).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    chunk = args.chunk if batch > args.chunk else 0
-    loss_fn = ClipLoss(chunk_size=chunk, members=args.members)
     transform = CountTransform(n_genes=genes, target_sum=1e4, max_value=10.0,
                                rna_mean=torch.full((genes,), 0.5, device=device),
                                rna_std=torch.ones(genes, device=device),
                                prot_mean=torch.zeros(proteins, device=device),
-                               prot_std=torch.ones(proteins, device=device))
-    aug = Augmentation(thinning=args.thinning, feature_dropout=0.1)
+                               prot_std=torch.ones(proteins, device=device),
+                               rna_proj=input_axes(genes, args.n_pcs, n_protein_genes(args, genes, proteins), device),
+                               n_proteins=proteins, depth=None if args.n_pcs == 0 else (7.0, 1.0, 8.0, 1.0))
+    model = DualEncoder(transform.rna_dim, transform.prot_dim, rna_hidden=args.rna_hidden,
+                        prot_hidden=args.prot_hidden, embed_dim=args.embed_dim, dropout=0.2, input_dropout=0.1,
+                        members=args.members).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    chunk = args.chunk if batch > args.chunk else 0
+    loss_fn = ClipLoss(chunk_size=chunk, members=args.members)
+    aug = Augmentation(thinning=args.thinning, feature_dropout=args.feature_dropout)
     gen = torch.Generator(device=device).manual_seed(1)
     perm = torch.randperm(n, device=device, generator=gen)
     bf16 = device.type == "cuda" or args.bf16
@@ -155,6 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--members", type=int, default=5,
                    help="ensemble members per encoder (5 = configs/default.yaml; 1 = a single encoder pair)")
     p.add_argument("--thinning", type=float, default=0.5, help="count thinning (1.0 = off)")
+    p.add_argument("--n-pcs", type=int, default=30, help="RNA input axes (0 = the scaled genes themselves)")
+    p.add_argument("--protein-genes", type=int, default=10, help="protein genes per protein (at most 256 in all)")
+    p.add_argument("--feature-dropout", type=float, default=0.0, help="RNA feature dropout (default config: 0)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU too (always on for CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None)
@@ -180,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         "proteins": args.proteins, "density": nnz / args.cells / args.genes, "small": args.small,
         "model": {"rna_hidden": args.rna_hidden, "prot_hidden": args.prot_hidden, "embed_dim": args.embed_dim,
                   "members": args.members},
+        "rna_input": {"n_pcs": args.n_pcs, "protein_genes": n_protein_genes(args, args.genes, args.proteins),
+                      "depth": args.n_pcs > 0, "feature_dropout": args.feature_dropout},
         "thinning": args.thinning, "target_cells_per_s": 1_000_000, "results": results,
     }
     out = args.out
