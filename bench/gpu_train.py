@@ -5,9 +5,9 @@ cells from CSR counts on the device, binomial count thinning, library-size norma
 projection of the scaled genes on the RNA input axes (by default as ``configs/default.yaml``: 30 principal axes
 plus the protein genes, here random axes and random genes, computed from the non-zeros like training does) and
 the depth features, CLR of the proteins, the dual encoder forward under bf16 autocast, the symmetric InfoNCE loss
-(chunked logits for large batches), backward and an AdamW step. ``--n-pcs 0`` feeds the scaled genes themselves. Reported: cells/s (median over timed steps) and
-peak device memory, and two baselines measured in the same run: the data pipeline alone and the model step alone
-(inputs prepared in advance), as ratios.
+(chunked logits for large batches), backward and an AdamW step. ``--n-pcs 0`` feeds the scaled genes themselves.
+Reported: cells/s (median over timed steps) and peak device memory, and two baselines measured in the same run:
+the data pipeline alone and the model step alone (inputs prepared in advance), as ratios.
 
 Imports only torch and the torch-only modules ``pipeline.models``, ``pipeline.loss``, ``pipeline.batchops``.
 
@@ -84,7 +84,9 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
 
 
 def n_protein_genes(args, genes: int, proteins: int) -> int:
-    """Protein genes of the default preprocessing: ``--protein-genes`` per protein, at most 256, at most all genes."""
+    """Protein genes of the default preprocessing: ``--protein-genes`` per protein, at most 256
+    (``pipeline.preprocess.MAX_PROTEIN_GENES``; not imported: this script imports torch-only modules), at most all
+    genes."""
     return 0 if args.n_pcs == 0 else min(args.protein_genes * proteins, 256, genes)
 
 

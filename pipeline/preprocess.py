@@ -325,8 +325,9 @@ def fit_preprocessing(
     rna_mean = rna_std = prot_mean = prot_std = None
     if scale_rna:
         rna_mean, rna_std = _mean_std(lognorm[:, hvg])
+    prot_clr = clr(prot)
     if scale_prot:
-        prot_mean, prot_std = _mean_std(clr(prot))
+        prot_mean, prot_std = _mean_std(prot_clr)
     rna_pcs, prot_genes = None, None
     if n_pcs:
         x = lognorm[:, hvg].toarray()
@@ -334,7 +335,7 @@ def fit_preprocessing(
             x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
         rna_pcs = principal_axes(x, n_pcs)
         if protein_genes:
-            picked = select_protein_genes(x, clr(prot), protein_genes)
+            picked = select_protein_genes(x, prot_clr, protein_genes)
             prot_genes = [str(genes[hvg[i]]) for i in picked]
             log.info("preprocess: %d protein genes beside %d PCs (e.g. %s)", len(prot_genes), rna_pcs.shape[0],
                      ", ".join(prot_genes[:5]))

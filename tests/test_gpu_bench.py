@@ -41,3 +41,14 @@ def test_input_axes_are_pcs_then_gene_indicators(gpu_train):
     ind = axes[5:]
     assert torch.all(ind.sum(1) == 1) and torch.all(ind.sum(0) <= 1)  # distinct genes, one per row
     assert gpu_train.input_axes(50, 0, 7, torch.device("cpu")) is None
+
+
+def test_protein_gene_cap_is_the_preprocessing_one(gpu_train):
+    from types import SimpleNamespace
+
+    from pipeline.preprocess import MAX_PROTEIN_GENES
+
+    args = SimpleNamespace(n_pcs=30, protein_genes=10)
+    assert gpu_train.n_protein_genes(args, 2000, 200) == MAX_PROTEIN_GENES  # 200 proteins x 10, capped
+    assert gpu_train.n_protein_genes(args, 2000, 8) == 80
+    assert gpu_train.n_protein_genes(SimpleNamespace(n_pcs=0, protein_genes=10), 2000, 8) == 0
