@@ -337,8 +337,8 @@ def fit_preprocessing(
         if protein_genes:
             picked = select_protein_genes(x, prot_clr, protein_genes)
             prot_genes = [str(genes[hvg[i]]) for i in picked]
-            log.info("preprocess: %d protein genes beside %d PCs (e.g. %s)", len(prot_genes), rna_pcs.shape[0],
-                     ", ".join(prot_genes[:5]))
+            log.info("preprocess: %d protein genes beside %d PCs%s", len(prot_genes), rna_pcs.shape[0],
+                     f" (e.g. {', '.join(prot_genes[:5])})" if prot_genes else ": no gene correlates with a protein")
     depth = None
     if depth_features:
         lr, lp = np.log1p(library_size(rna)), np.log1p(prot.sum(axis=1, dtype=np.float64))
