@@ -1,7 +1,7 @@
 """Few-label learning curves and robustness of every head on real CITE-seq data, with the quality bars checked.
 
 For each dataset: ingest the shared ``.h5ad`` into a work folder, train a model with the default config and a
-fixed seed (``pipeline.train.train_model``), embed every cell, then run ``pipeline.fewlabel.run_fewlabel``:
+fixed seed (``omicsclip.train.run.train_model``), embed every cell, then run ``omicsclip.evaluation.fewlabel.run_fewlabel``:
 1, 5, 10 and 50 labelled TRAINING cells per class ("unknown" excluded), 5 draws, evaluated on the TEST split;
 every fusion head, each single modality, and logistic regression on 50 RNA PCs (computed from the store with the
 model's scaled highly variable genes). Prints markdown tables and writes ``bench/results/fewlabel.json`` (+ ``.md``).
@@ -40,11 +40,11 @@ BAR_DATASETS = {"pbmc10k_protein_v3"}  # the bars are set for pbmc10k; elsewhere
 
 
 def run_dataset(name: str, seed: int, work: Path, overrides: list[str], draws: int) -> dict:
-    from pipeline.config import load_config
-    from pipeline.embed import embed_store
-    from pipeline.fewlabel import run_fewlabel
-    from pipeline.ingest import ingest
-    from pipeline.train import train_model
+    from omicsclip.config import load_config
+    from omicsclip.evaluation.fewlabel import run_fewlabel
+    from omicsclip.io.ingest import ingest
+    from omicsclip.model.embed import embed_store
+    from omicsclip.train.run import train_model
 
     h5ad = SHARED / name / f"{name}.h5ad"
     if not h5ad.exists():
@@ -72,7 +72,7 @@ def run_dataset(name: str, seed: int, work: Path, overrides: list[str], draws: i
 
 
 def markdown(results: dict[str, dict], seed: int) -> str:
-    from pipeline.fewlabel import markdown_table, robustness_table
+    from omicsclip.evaluation.fewlabel import markdown_table, robustness_table
 
     lines = [f"# Few-label heads (default config, seed {seed}; labelled cells from the training split, "
              "evaluated on the test split; mean ± sd over draws)", ""]
@@ -128,7 +128,7 @@ def main() -> None:
             results[name] = run_dataset(name, args.seed, work, args.overrides, args.draws)
             print(markdown({name: results[name]}, args.seed), flush=True)
     md = markdown(results, args.seed)
-    from pipeline.io.atomic import atomic_path
+    from omicsclip.io.atomic import atomic_path
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     checked = [r["bars"].get("all_pass", False) for n, r in results.items() if n in BAR_DATASETS]

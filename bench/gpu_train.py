@@ -9,7 +9,7 @@ the depth features, CLR of the proteins, the dual encoder forward under bf16 aut
 Reported: cells/s (median over timed steps) and peak device memory, and two baselines measured in the same run:
 the data pipeline alone and the model step alone (inputs prepared in advance), as ratios.
 
-Imports only torch and the torch-only modules ``pipeline.models``, ``pipeline.loss``, ``pipeline.batchops``.
+Imports only torch and the torch-only modules ``omicsclip.model.encoders``, ``omicsclip.model.loss``, ``omicsclip.model.batchops``.
 
     python bench/gpu_train.py                  # 1,000,000 cells x 2,000 genes x 200 proteins; batches 16,384, 65,536
     python bench/gpu_train.py --small          # tiny sizes: runs on a CPU in seconds
@@ -33,11 +33,25 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+MODEL_SRC = Path(__file__).resolve().parents[1] / "pipeline" / "model"
 
-from pipeline.batchops import Augmentation, CountTransform, gather_rows, model_inputs  # noqa: E402
-from pipeline.loss import ClipLoss  # noqa: E402
-from pipeline.models import DualEncoder  # noqa: E402
+
+def _torch_only_module(name: str):
+    """``omicsclip.model.<name>``, loaded from its file: these modules import only torch, so the script runs on a GPU
+    machine with torch alone, without installing omicsclip or importing its other dependencies."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"omicsclip_gpu_bench_{name}", MODEL_SRC / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_batchops, _encoders, _loss = (_torch_only_module(n) for n in ("batchops", "encoders", "loss"))
+Augmentation, CountTransform = _batchops.Augmentation, _batchops.CountTransform
+gather_rows, model_inputs = _batchops.gather_rows, _batchops.model_inputs
+DualEncoder, ClipLoss = _encoders.DualEncoder, _loss.ClipLoss
 
 
 def synthetic_cells(n: int, genes: int, proteins: int, device: torch.device, seed: int = 0,
@@ -85,7 +99,7 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
 
 def n_protein_genes(args, genes: int, proteins: int) -> int:
     """Protein genes of the default preprocessing: ``--protein-genes`` per protein, at most 256
-    (``pipeline.preprocess.MAX_PROTEIN_GENES``; not imported: this script imports torch-only modules), at most all
+    (``omicsclip.model.preprocess.MAX_PROTEIN_GENES``; not imported: this script imports torch-only modules), at most all
     genes."""
     return 0 if args.n_pcs == 0 else min(args.protein_genes * proteins, 256, genes)
 

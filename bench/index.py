@@ -8,7 +8,7 @@ and pynndescent. Every library gets the same number of threads (``--threads``; f
 ``faiss.omp_set_num_threads``, scikit-learn via ``n_jobs`` and threadpoolctl, pynndescent via ``n_jobs``/numba).
 
 ``--stream-cells N`` additionally streams N synthetic *raw-count* query cells (generated on the fly) through the
-full query path (:func:`pipeline.query.run_query`: embed with a small trained model, search both indices, impute
+full query path (:func:`omicsclip.index.query.run_query`: embed with a small trained model, search both indices, impute
 protein, write results) and reports peak RSS, to show that memory stays bounded.
 
     .venv/bin/python bench/index.py                       # the full benchmark (tens of minutes on 2 cores)
@@ -41,8 +41,10 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import default_config  # noqa: E402
-from pipeline.index import (  # noqa: E402
+from index_synth import ClusteredEmbeddings  # noqa: E402  (bench/index_synth.py)
+
+from omicsclip.config import default_config  # noqa: E402
+from omicsclip.index.faiss_index import (  # noqa: E402
     brute_force,
     build_index,
     factory_string,
@@ -52,7 +54,6 @@ from pipeline.index import (  # noqa: E402
     set_search_params,
     set_threads,
 )
-from pipeline.index_synth import ClusteredEmbeddings  # noqa: E402
 
 SWEEPS = {"ivf_flat": [("nprobe", [8, 16, 32, 64, 128])],
           "ivf_pq": [("nprobe", [8, 16, 32, 64]), ("pq_refine", [4, 8, 16, 32])],
@@ -149,7 +150,7 @@ class _OnTheFlySource:
     """RNA-only raw-count query cells generated block by block (nothing is held beyond one chunk)."""
 
     def __init__(self, n_cells: int, n_genes: int, n_proteins: int, seed: int) -> None:
-        from pipeline.io.synthetic import iter_synthetic
+        from omicsclip.io.synthetic import iter_synthetic
 
         par, _ = iter_synthetic(1, n_genes, n_proteins, seed=seed)
         self.rss_mb: list[tuple[int, float]] = []  # (cells handed out so far, current RSS) at every chunk
@@ -169,8 +170,8 @@ class _OnTheFlySource:
         import pandas as pd
         import scipy.sparse as sp
 
-        from pipeline.io.paired import PairedData
-        from pipeline.io.synthetic import iter_synthetic
+        from omicsclip.io.paired import PairedData
+        from omicsclip.io.synthetic import iter_synthetic
 
         _, blocks = iter_synthetic(self.n_cells, self.n_genes, self.n_proteins, seed=self.seed + 1)
         rnas, obss, have = [], [], 0
@@ -195,12 +196,12 @@ def bench_stream(n_cells: int, threads: int, work: Path, *, tsv: bool) -> dict:
     """Train a small model on synthetic cells, index them, then stream ``n_cells`` new raw-count cells."""
     import torch
 
-    from pipeline.embed import embed_store
-    from pipeline.io.store import write_store
-    from pipeline.io.synthetic import make_synthetic
-    from pipeline.query import run_query
-    from pipeline.refindex import index_embeddings
-    from pipeline.train import train_model
+    from omicsclip.index.query import run_query
+    from omicsclip.index.reference import index_embeddings
+    from omicsclip.io.store import write_store
+    from omicsclip.io.synthetic import make_synthetic
+    from omicsclip.model.embed import embed_store
+    from omicsclip.train.run import train_model
 
     torch.set_num_threads(threads)
     n_genes, n_proteins = 1000, 20

@@ -148,7 +148,7 @@ def _worker(kind: str, src: str, out: str) -> dict:
     import anndata as ad
 
     if kind == "omicsclip":
-        from pipeline.ingest import ingest
+        from omicsclip.io.ingest import ingest
 
         def job() -> None:
             ingest([src], out, progress=False)

@@ -1,7 +1,7 @@
 """Quality bar: omicsclip vs CCA, ridge and PCA on real CITE-seq data, with the project's targets checked.
 
 For each dataset: ingest the shared ``.h5ad`` into a temporary store, train with the default config and a fixed
-seed, run ``pipeline.evaluate.evaluate`` (held-out test cells; baselines fitted on the same training cells with
+seed, run ``omicsclip.evaluation.evaluate.evaluate`` (held-out test cells; baselines fitted on the same training cells with
 the same preprocessing), then print and write ``bench/results/quality.json`` and ``bench/results/quality.md``.
 
 Targets (checked, never tuned here):
@@ -77,11 +77,11 @@ def feature_matched_baselines(store: Path, model_dir: Path, n_pcs: int, seed: in
     of omicsclip's margin the feature choice alone would give the linear baselines. ``None`` without such genes."""
     import numpy as np
 
-    from pipeline import metrics as M
-    from pipeline.baselines import CCABaseline, RidgeBaseline
-    from pipeline.evaluate import _align_split, _prot_clr, baseline_pcs, scaled_gene_rows
-    from pipeline.io.store import read_store
-    from pipeline.modelio import load_model
+    from omicsclip.evaluation import metrics as M
+    from omicsclip.evaluation.baselines import CCABaseline, RidgeBaseline
+    from omicsclip.evaluation.evaluate import _align_split, _prot_clr, baseline_pcs, scaled_gene_rows
+    from omicsclip.io.store import read_store
+    from omicsclip.model.modelio import load_model
 
     model = load_model(model_dir)
     genes = model.state.protein_genes or []
@@ -109,10 +109,10 @@ def run_dataset(name: str, seed: int, threads: int, tmp: Path, overrides: list[s
     """Ingest, train (defaults + ``overrides``), evaluate one shared dataset; metrics, targets and timings."""
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
-    from pipeline.ingest import ingest
-    from pipeline.train import train_model
+    from omicsclip.config import load_config
+    from omicsclip.evaluation.evaluate import evaluate
+    from omicsclip.io.ingest import ingest
+    from omicsclip.train.run import train_model
 
     h5ad = SHARED / name / f"{name}.h5ad"
     if not h5ad.exists():
@@ -194,8 +194,8 @@ def main() -> None:
             results[name] = run_dataset(name, args.seed, args.threads, Path(d), args.overrides)
     md = markdown(results, args.seed)
     print(md)
-    from pipeline.evaluate import jsonable
-    from pipeline.io.atomic import atomic_path
+    from omicsclip.evaluation.evaluate import jsonable
+    from omicsclip.io.atomic import atomic_path
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     all_hold = all(t["holds"] for r in results.values() if not r["held_out_from_tuning"]

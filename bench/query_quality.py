@@ -1,12 +1,12 @@
 """Query quality bar: protein imputed from RNA through the index vs ridge and kNN regression on RNA PCs.
 
-On pbmc10k_protein_v3 (shared data): ingest, train with the default config (``pipeline.train.train_model``),
+On pbmc10k_protein_v3 (shared data): ingest, train with the default config (``omicsclip.train.run.train_model``),
 embed, index the *training* cells (``index.splits=[train]``), then query the held-out *test* cells given as RNA
-only (:func:`pipeline.query.query`, the public API). Imputed protein (CLR) is compared with the measured CLR
+only (:func:`omicsclip.index.query.query`, the public API). Imputed protein (CLR) is compared with the measured CLR
 protein per protein (Pearson across test cells), next to two baselines fitted on the same training cells on 50 PCs
-of the model's scaled highly variable genes (``pipeline.evaluate.scaled_gene_rows``):
+of the model's scaled highly variable genes (``omicsclip.evaluation.evaluate.scaled_gene_rows``):
 
-- ridge RNA -> protein on 50 RNA PCs (``pipeline.baselines.RidgeBaseline``, penalty by leave-one-out CV);
+- ridge RNA -> protein on 50 RNA PCs (``omicsclip.evaluation.baselines.RidgeBaseline``, penalty by leave-one-out CV);
 - kNN regression on 50 RNA PCs (scikit-learn ``KNeighborsRegressor``, k and weighting chosen on validation).
 
 omicsclip's query settings (``impute_k``, softmax ``temperature``, ``transfer_from``) are reported at the
@@ -51,14 +51,14 @@ log = logging.getLogger("query_quality")
 
 
 def pearson_per_protein(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    from pipeline.metrics import protein_pearson
+    from omicsclip.evaluation.metrics import protein_pearson
 
     return protein_pearson(pred, true)
 
 
 def omicsclip_grid(model, ref, data, rows_val: np.ndarray, clr_val: np.ndarray) -> list[dict]:
     """Mean Pearson on validation cells for every (transfer_from, impute_k, temperature), reference = train."""
-    from pipeline.impute import impute, neighbour_weights
+    from omicsclip.index.impute import impute, neighbour_weights
 
     emb = model.embed(rna=data.rna[rows_val], genes=data.gene_names)["rna"]
     out = []
@@ -73,7 +73,7 @@ def omicsclip_grid(model, ref, data, rows_val: np.ndarray, clr_val: np.ndarray) 
 
 def partner_recall(emb_q: np.ndarray, emb_ref: np.ndarray, partner: np.ndarray, k: int = 10) -> float:
     """Fraction of queries whose true partner (row ``partner[i]`` of ``emb_ref``) is among the top ``k``."""
-    from pipeline.index import build_index, resolve_params, search
+    from omicsclip.index.faiss_index import build_index, resolve_params, search
 
     index = build_index(emb_ref, resolve_params(len(emb_ref), emb_ref.shape[1], {"kind": "flat"}), use_gpu=False)
     pos = search(index, emb_q, k)[1]
@@ -94,16 +94,16 @@ def main() -> None:
     import faiss
     import torch
 
-    from pipeline.baselines import RidgeBaseline
-    from pipeline.config import default_config
-    from pipeline.embed import embed_store
-    from pipeline.ingest import ingest
-    from pipeline.io.store import read_store
-    from pipeline.modelio import load_model
-    from pipeline.preprocess import align_proteins, clr
-    from pipeline.query import query
-    from pipeline.refindex import ReferenceIndex, index_embeddings
-    from pipeline.train import train_model
+    from omicsclip.config import default_config
+    from omicsclip.evaluation.baselines import RidgeBaseline
+    from omicsclip.index.query import query
+    from omicsclip.index.reference import ReferenceIndex, index_embeddings
+    from omicsclip.io.ingest import ingest
+    from omicsclip.io.store import read_store
+    from omicsclip.model.embed import embed_store
+    from omicsclip.model.modelio import load_model
+    from omicsclip.model.preprocess import align_proteins, clr
+    from omicsclip.train.run import train_model
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -151,7 +151,7 @@ def main() -> None:
     log.info("cells: %d train (reference), %d val, %d test", len(tr), len(va), len(te))
 
     # ---- baselines on 50 PCs of the model's scaled HVGs (evaluate.n_pcs), fitted on training cells
-    from pipeline.evaluate import baseline_pcs, scaled_gene_rows
+    from omicsclip.evaluation.evaluate import baseline_pcs, scaled_gene_rows
 
     pcs, pca = baseline_pcs(scaled_gene_rows(model, data.rna, data.gene_names), data.n_cells, tr,
                             cfg["evaluate"]["n_pcs"], args.seed)

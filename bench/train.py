@@ -1,6 +1,6 @@
 """Training speed on this CPU: omicsclip vs scvi-tools' totalVI, same data, same epochs, same thread count.
 
-omicsclip runs in this process (``pipeline.train.train_model`` with the default config, early stopping off);
+omicsclip runs in this process (``omicsclip.train.run.train_model`` with the default config, early stopping off);
 totalVI runs in a subprocess of a throwaway venv (scvi-tools is never a project dependency) through a small
 driver script that this bench writes to a temporary file. Both train on the same training cells (the model's
 split) of the same data for the same number of epochs; each uses its own default batch size and model.
@@ -99,10 +99,10 @@ def _rates(epoch_seconds: list[float], n_train: int, wall: float, epochs: int) -
 
 def _prepare_data(args, tmp: Path):
     """Return (h5ad path for totalVI, store path for omicsclip, description)."""
-    from pipeline.io.store import write_store
+    from omicsclip.io.store import write_store
 
     if args.synthetic:
-        from pipeline.io.synthetic import make_synthetic, write_synthetic_h5ad
+        from omicsclip.io.synthetic import make_synthetic, write_synthetic_h5ad
 
         h5ad = write_synthetic_h5ad(tmp / "synthetic.h5ad", n_cells=args.synthetic, seed=0)
         data = make_synthetic(n_cells=args.synthetic, seed=0)
@@ -117,7 +117,7 @@ def _prepare_data(args, tmp: Path):
     if data is not None:
         write_store(data, store)
     else:
-        from pipeline.ingest import ingest
+        from omicsclip.io.ingest import ingest
 
         ingest([h5ad], store, fmt="h5ad", make_unique=True, progress=False)
     return h5ad, store, desc
@@ -126,9 +126,9 @@ def _prepare_data(args, tmp: Path):
 def run_omicsclip(store: Path, out: Path, epochs: int, seed: int, threads: int) -> tuple[dict, list[str]]:
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.io.store import store_info
-    from pipeline.train import train_model
+    from omicsclip.config import load_config
+    from omicsclip.io.store import store_info
+    from omicsclip.train.run import train_model
 
     torch.set_num_threads(threads)
     # patience = epochs: early stopping must not cut the run short, so both tools train the same epochs
@@ -148,7 +148,7 @@ def run_omicsclip(store: Path, out: Path, epochs: int, seed: int, threads: int) 
 
 
 def _read_split(path: Path):
-    from pipeline.split import read_split
+    from omicsclip.io.split import read_split
 
     return read_split(path)
 
@@ -208,7 +208,7 @@ def main() -> None:
         print(f"ratio omicsclip/totalVI: {result['ratio_cells_per_s_epoch']:.2f}x per epoch, "
               f"{result['ratio_cells_per_s_end_to_end']:.2f}x end to end")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.io.atomic import atomic_path
+    from omicsclip.io.atomic import atomic_path
 
     with atomic_path(args.out, overwrite=True) as tmp_out:
         tmp_out.write_text(json.dumps(result, indent=2) + "\n")

@@ -48,9 +48,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.report import read_train_log
-    from pipeline.train import train_model
+    from omicsclip.config import load_config
+    from omicsclip.report.render import read_train_log
+    from omicsclip.train.run import train_model
 
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pipeline.errors import OmicsclipError
+from omicsclip.errors import OmicsclipError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +63,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def load_cfg(config: Path | None, overrides: list[str] | None) -> dict[str, Any]:
-    from pipeline.config import load_config
+    from omicsclip.config import load_config
 
     return load_config(config, overrides or [])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 
 FORMAT_HELP = "auto | 10x-h5 | 10x-mtx | h5ad | h5ad-pair | h5mu | csv (auto: from extension and content)."
 
@@ -32,7 +32,7 @@ def synth(
 
         omicsclip synth --out big.h5ad --cells 200000 --genes 20000 --proteins 100 --isotypes 3 --seed 1
     """
-    from pipeline.io.synthetic import write_synthetic_h5ad
+    from omicsclip.io.synthetic import write_synthetic_h5ad
 
     path = write_synthetic_h5ad(out, n_cells=cells, n_genes=genes, n_proteins=proteins, n_types=types,
                                 n_batches=batches, n_isotypes=isotypes, seed=seed, overwrite=overwrite)
@@ -74,7 +74,7 @@ def ingest(
 
         omicsclip ingest cells.h5mu --out cells.zarr --set ingest.prot_modality=adt --set ingest.min_counts_rna=500
     """
-    from pipeline.ingest import ingest_from_config
+    from omicsclip.io.ingest import ingest_from_config
 
     section = load_cfg(config, set_)["ingest"]
     path = ingest_from_config(inputs, out, section, fmt=fmt, overwrite=overwrite, pairing=pairing,
@@ -98,7 +98,7 @@ def inspect(
     """
     import json
 
-    from pipeline.inspect import format_summary, inspect_store
+    from omicsclip.io.summary import format_summary, inspect_store
 
     summary = inspect_store(store)
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

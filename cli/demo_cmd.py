@@ -11,10 +11,9 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
-from pipeline.errors import InputError, OmicsclipError
+from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.errors import InputError, OmicsclipError
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_SINGLE_THREADED = ("ingest", "train", "evaluate", "embed", "index", "query")
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
@@ -41,7 +40,7 @@ def write_overrides(overrides: list[str] | None, path: Path) -> Path:
     """Write ``section.key=value`` overrides as a YAML config (empty when there are none)."""
     import yaml
 
-    from pipeline.config import deep_merge, parse_override
+    from omicsclip.config import deep_merge, parse_override
 
     merged: dict = {}
     for item in overrides or []:
@@ -88,9 +87,12 @@ def register(app: typer.Typer) -> None:
 
         omicsclip demo --out demo_run --set train.epochs=30     # retrains, reuses the data
         """
-        snakefile, configfile = REPO / "Snakefile", REPO / "configs" / "demo.yaml"
+        from omicsclip.config import config_path
+        from omicsclip.workflow import snakefile as packaged_snakefile
+
+        snakefile, configfile = packaged_snakefile(), config_path("demo.yaml")
         if not snakefile.exists():
-            raise InputError(f"{snakefile}: not found; the demo needs a source checkout (pip install -e .)")
+            raise InputError(f"{snakefile}: not found; reinstall omicsclip (the workflow ships inside the package)")
         load_cfg(configfile, set_)  # a bad --set is a one-line error here, not a Snakemake traceback
         out.mkdir(parents=True, exist_ok=True)
         extra = write_overrides(set_, out / "demo_overrides.yaml")
@@ -126,7 +128,7 @@ def register(app: typer.Typer) -> None:
             --selection results/demo/best/selection.json --embeddings results/demo/best/embeddings.zarr \\
             --query results/demo/best/query --store results/demo/store.zarr --out report.html
         """
-        from pipeline.report import ReportInputs, write_report
+        from omicsclip.report.render import ReportInputs, write_report
 
         cfg = load_cfg(config, set_)
         label_key = cfg.get("datasets", {}).get(dataset, {}).get("label_key", cfg["evaluate"]["label_key"])
@@ -157,7 +159,7 @@ def register(app: typer.Typer) -> None:
 
         omicsclip select t*/metrics.json --metric foscttm --out sel.json --copy-model-to best/model
         """
-        from pipeline.select import select_best, write_selection
+        from omicsclip.evaluation.selection import select_best, write_selection
 
         sel = select_best(metrics, metric=metric, models=model)
         write_selection(sel, out, copy_model_to=copy_model_to, overwrite=overwrite)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 
 FUSION_HELP = "early | late | gated | uncertainty | tensor | rna | prot (overrides finetune.fusion)."
 IgnoreOpt = Annotated[
@@ -54,7 +54,7 @@ def finetune(
 
         omicsclip finetune emb.zarr --labels cell_type --out h --store pbmc10k.zarr --model models/pbmc10k --set finetune.finetune_encoder=true
     """
-    from pipeline.finetune import finetune_embedding
+    from omicsclip.heads.finetune import finetune_embedding
 
     cfg = load_cfg(config, (set_ or []) + ([f"finetune.fusion={fusion}"] if fusion else []))
     ev = cfg["evaluate"]
@@ -90,7 +90,7 @@ def predict(
 
         omicsclip predict adt_only.csv --modality prot --model models/pbmc10k --head heads/pbmc10k --out p.tsv
     """
-    from pipeline.finetune import predict_cells
+    from omicsclip.heads.finetune import predict_cells
 
     cfg = load_cfg(config, set_)
     summary = predict_cells(inputs, model, head, out, fmt=fmt, modality=modality, reader=cfg["ingest"],
@@ -135,7 +135,7 @@ def fewlabel(
 
         omicsclip fewlabel emb.zarr --out quick.json --labels-per-class 10 --draws 2 --ignore-label unknown
     """
-    from pipeline.fewlabel import markdown_table, run_fewlabel
+    from omicsclip.evaluation.fewlabel import markdown_table, run_fewlabel
 
     cfg = load_cfg(config, set_)
     ev = cfg["evaluate"]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
@@ -41,8 +41,8 @@ def index(
 
         omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=\\[train]'
     """
-    from pipeline.index import set_threads
-    from pipeline.refindex import index_embeddings
+    from omicsclip.index.faiss_index import set_threads
+    from omicsclip.index.reference import index_embeddings
 
     section = load_cfg(config, (set_ or []) + ([f"index.kind={kind}"] if kind else []))["index"]
     set_threads(int(section["threads"]))
@@ -84,7 +84,7 @@ def query(
 
         omicsclip query adt_counts.csv --modality prot -m models/pbmc10k -i pbmc10k_index -o res_prot
     """
-    from pipeline.query import run_query
+    from omicsclip.index.query import run_query
 
     cfg = load_cfg(config, (set_ or []) + (["ingest.make_unique=true"] if make_unique else []))
     s = run_query(inputs, model, index, out, k=k, section=cfg["query"], fmt=fmt, modality=modality,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli import data_cmds, demo_cmd, heads_cmds, index_cmds, train_cmds
-from cli._common import setup_logging
+from omicsclip.cli import data_cmds, demo_cmd, heads_cmds, index_cmds, train_cmds
+from omicsclip.cli._common import setup_logging
 
 app = typer.Typer(
     name="omicsclip",
@@ -24,7 +24,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 @app.command()
 def version() -> None:
     """Print the omicsclip version."""
-    from pipeline import __version__
+    from omicsclip import __version__
 
     typer.echo(__version__)
 

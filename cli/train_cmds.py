@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (overrides train.device).")
@@ -42,7 +42,7 @@ def train(
 
         torchrun --nproc_per_node 4 $(which omicsclip) train big.zarr --out models/big --set train.batch_size=65536
     """
-    from pipeline.train import train_model
+    from omicsclip.train.run import train_model
 
     cfg = load_cfg(config, (set_ or []) + ([f"train.device={device}"] if device else []))
     typer.echo(str(train_model(store, out, cfg, resume=resume, overwrite=overwrite)))
@@ -68,7 +68,7 @@ def embed(
 
         omicsclip embed other.zarr --model models/pbmc10k --out other_emb.zarr --device cuda --overwrite
     """
-    from pipeline.embed import embed_store
+    from omicsclip.model.embed import embed_store
 
     typer.echo(str(embed_store(store, model, out, overwrite=overwrite, device=device, batch_size=batch_size)))
 
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
 
             omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out m.json --set evaluate.fewlabel_fraction=0.05
         """
-        from pipeline.evaluate import run_evaluate
+        from omicsclip.evaluation.evaluate import run_evaluate
 
         cfg = load_cfg(config, set_)
         res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], query_cfg=cfg["query"],

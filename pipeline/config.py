@@ -1,18 +1,34 @@
-"""Load, merge, override and validate configs against configs/schema.yaml (the one source of truth)."""
+"""Load, merge, override and validate configs against configs/schema.yaml (the one source of truth).
+
+The configs ship inside the package (``omicsclip.configs``, the repository's ``configs/`` folder) and are found
+with :mod:`importlib.resources`, so an installed wheel and a source checkout read the same files.
+"""
 
 from __future__ import annotations
 
 import copy
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.errors import InputError
+from omicsclip.errors import InputError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "_configs"
-SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
-DEFAULT_PATH = CONFIG_DIR / "default.yaml"
+
+def config_path(name: str) -> Path:
+    """Path of a config shipped with the package, e.g. ``config_path("schema.yaml")``.
+
+    Parameters
+    ----------
+    name
+        File name inside ``configs/`` (``default.yaml``, ``schema.yaml``, ``demo.yaml``, ``profiles/slurm``, ...).
+    """
+    return Path(str(files("omicsclip.configs").joinpath(name)))
+
+
+SCHEMA_PATH = config_path("schema.yaml")
+DEFAULT_PATH = config_path("default.yaml")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -19,6 +19,21 @@ def shared_h5ad(name: str) -> Path:
     return p
 
 
+# A tiny model and data set for fast training tests (seconds on one CPU thread).
+TINY = ["preprocess.n_hvg=40", "model.rna_hidden=[32]", "model.prot_hidden=[16]", "model.embed_dim=8",
+        "train.batch_size=64", "train.epochs=4", "train.warmup_steps=4", "train.num_threads=1",
+        "train.checkpoint_every=5", "train.device=cpu"]
+
+
+def tiny_store(path, n_cells=300, n_genes=80, n_proteins=6, seed=0):
+    """Write a small synthetic paired store (4 cell types) and return its path."""
+    from omicsclip.io.store import write_store
+    from omicsclip.io.synthetic import make_synthetic
+
+    return write_store(make_synthetic(n_cells=n_cells, n_genes=n_genes, n_proteins=n_proteins, n_types=4,
+                                      seed=seed), path)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads(monkeypatch):
     """Keep tests from oversubscribing the 2-core CI machine."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputError
+from omicsclip.errors import InputError
 
 DEFAULT_ISOTYPE_PATTERNS = ["(?i)isotype", "(?i)^igg", "(?i)^mouse[_-]?igg", "(?i)^rat[_-]?igg", "(?i)ctrl"]
 DEFAULT_HTO_PATTERNS = ["(?i)^hto[_-]?\\d", "(?i)hashtag"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from pipeline.errors import InputError
+from omicsclip.errors import InputError
 
 FORMATS = ("auto", "10x-h5", "10x-mtx", "h5ad", "h5ad-pair", "h5mu", "csv", "zarr")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputError
-from pipeline.io.formats import require_hdf5
-from pipeline.io.raw import RawInput
-from pipeline.io.tables import ColumnsTable, CountTable, CsrArraysTable, DenseTable, MemoryTable, View
+from omicsclip.errors import InputError
+from omicsclip.io.formats import require_hdf5
+from omicsclip.io.raw import RawInput
+from omicsclip.io.tables import ColumnsTable, CountTable, CsrArraysTable, DenseTable, MemoryTable, View
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,43 @@
-"""Read a JSON file with a one-line :class:`~pipeline.errors.InputError` naming the file when it cannot."""
+"""JSON files: one writer (strict JSON, numpy values converted) and readers with one-line errors naming the file."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+import numpy as np
+
+from omicsclip.errors import InputError
+
+
+def jsonable(obj: Any) -> Any:
+    """Return ``obj`` as plain JSON values: numpy scalars and arrays as Python numbers and lists, paths as strings,
+    non-finite floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """Serialise ``obj`` the one way every omicsclip JSON file is written: :func:`jsonable`, indented, newline."""
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write :func:`dumps_json` of ``obj`` to ``path`` (callers make it atomic with ``atomic_path``)."""
+    path = Path(path)
+    path.write_text(dumps_json(obj))
+    return path
 
 
 def read_json(path: str | Path) -> Any:

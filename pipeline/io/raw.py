@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.io.tables import CountTable, View
+from omicsclip.io.tables import CountTable, View
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
-from pipeline.io.features import (
+from omicsclip.errors import InputError
+from omicsclip.io.features import (
     DEFAULT_HTO_PATTERNS,
     DEFAULT_ISOTYPE_PATTERNS,
     check_unique_barcodes,
@@ -30,11 +30,11 @@ from pipeline.io.features import (
     examples,
     match_names,
 )
-from pipeline.io.formats import detect_format
-from pipeline.io.paired import PairedData
-from pipeline.io.raw import RawInput
-from pipeline.io.tables import CountTable, View
-from pipeline.io.validate import check_counts
+from omicsclip.io.formats import detect_format
+from omicsclip.io.paired import PairedData
+from omicsclip.io.raw import RawInput
+from omicsclip.io.tables import CountTable, View
+from omicsclip.io.validate import check_counts
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class InputSource:
 
 def _open_raw(paths: list[Path], fmt: str, *, rna_modality: str, prot_modality: str, modality: str | None,
               genes_in_rows: bool, protein_key: str | None, layer: str | None) -> RawInput:
-    from pipeline.io import h5ad
+    from omicsclip.io import h5ad
 
     if layer and fmt not in ("h5ad", "h5ad-pair", "h5mu"):
         raise InputError(f"{paths[0]}: ingest.layer={layer!r} applies to .h5ad/.h5mu inputs only, not {fmt}")
@@ -278,15 +278,15 @@ def _open_raw(paths: list[Path], fmt: str, *, rna_modality: str, prot_modality: 
     if fmt == "zarr":
         return h5ad.open_store(paths[0])
     if fmt == "10x-h5":
-        from pipeline.io.tenx import open_10x_h5
+        from omicsclip.io.tenx import open_10x_h5
 
         return open_10x_h5(paths[0])
     if fmt == "10x-mtx":
-        from pipeline.io.tenx import open_10x_mtx, open_10x_mtx_pair
+        from omicsclip.io.tenx import open_10x_mtx, open_10x_mtx_pair
 
         return open_10x_mtx(paths[0]) if len(paths) == 1 else open_10x_mtx_pair(paths[0], paths[1])
     if fmt == "csv":
-        from pipeline.io.text import open_tables
+        from omicsclip.io.text import open_tables
 
         return open_tables(paths, genes_in_rows=genes_in_rows, modality=modality)
     raise InputError(f"--format {fmt!r}: not a readable format")

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_path
-from pipeline.io.paired import PairedData
+from omicsclip.errors import InputError
+from omicsclip.io.atomic import atomic_path
+from omicsclip.io.paired import PairedData
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _dump(mem: dict[str, Any], folder: Path) -> None:
 
 
 def _version() -> str:
-    from pipeline import __version__
+    from omicsclip import __version__
 
     return __version__
 

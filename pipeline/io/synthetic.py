@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_path
-from pipeline.io.paired import PairedData
+from omicsclip.errors import InputError
+from omicsclip.io.atomic import atomic_path
+from omicsclip.io.paired import PairedData
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Count tables: one cells x features matrix on disk (or in memory), read by cell rows with bounded memory.
 
-Every reader turns its input into one or more tables; :mod:`pipeline.io.readers` pairs their rows by barcode.
+Every reader turns its input into one or more tables; :mod:`omicsclip.io.readers` pairs their rows by barcode.
 A CSR matrix stored as ``data``/``indices``/``indptr`` arrays (h5ad ``X``, a Cell Ranger ``.h5`` matrix, which is
 CSC over barcodes and therefore CSR over cells, a zarr store) is read range by range without loading it whole.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
+from omicsclip.errors import InputError
 
 log = logging.getLogger(__name__)
 

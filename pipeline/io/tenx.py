@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputError
-from pipeline.io.formats import find_member, mtx_file, require_hdf5
-from pipeline.io.raw import RawInput
-from pipeline.io.tables import CsrArraysTable, View
+from omicsclip.errors import InputError
+from omicsclip.io.formats import find_member, mtx_file, require_hdf5
+from omicsclip.io.raw import RawInput
+from omicsclip.io.tables import CsrArraysTable, View
 
 log = logging.getLogger(__name__)
 

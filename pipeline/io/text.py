@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
-from pipeline.io.formats import require_text
-from pipeline.io.raw import RawInput
-from pipeline.io.tables import CountTable, MemoryTable, View
+from omicsclip.errors import InputError
+from omicsclip.io.formats import require_text
+from omicsclip.io.raw import RawInput
+from omicsclip.io.tables import CountTable, MemoryTable, View
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
+from omicsclip.errors import InputError
 
 
 def _where(mat: sp.csr_matrix, k: int, barcodes: pd.Index, features: pd.Index) -> str:

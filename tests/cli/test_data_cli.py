@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from omicsclip.cli.main import app
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def test_pairing_flag_and_allow_normalized_flag(tmp_path):
     assert res.exit_code == 2 and "--allow-normalized" in res.stderr
     res = runner.invoke(app, args + ["--pairing", "intersect", "--allow-normalized"])
     assert res.exit_code == 0, res.output
-    from pipeline.io.store import store_info
+    from omicsclip.io.store import store_info
 
     info = store_info(tmp_path / "s.zarr")
     assert len(info["obs"]) == 25 and bool(info["uns"]["provenance"]["allow_normalized"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from omicsclip.cli.main import app
 
 runner = CliRunner()
 FAST = ["--set", "finetune.epochs=20", "--set", "finetune.ensemble=2", "--set", "finetune.mc_samples=2"]
@@ -83,7 +83,7 @@ def test_fewlabel_cli(emb, tmp_path):
 
 
 class _FakeModel:
-    """Stands in for pipeline.modelio.TrainedModel: embeds counts by a fixed random projection."""
+    """Stands in for omicsclip.model.modelio.TrainedModel: embeds counts by a fixed random projection."""
 
     def __init__(self, fingerprint: str, d: int = 12) -> None:
         self.fingerprint = fingerprint
@@ -114,17 +114,17 @@ def _counts_h5ad(path: Path, n: int = 30) -> Path:
 
 
 def test_predict_cli_checks_fingerprint(emb, tmp_path, monkeypatch):
-    import pipeline.modelio
+    import omicsclip.model.modelio
 
     head = tmp_path / "head"
     assert runner.invoke(app, ["finetune", str(emb), "--out", str(head), "--fusion", "gated", *FAST]).exit_code == 0
     cells = _counts_h5ad(tmp_path / "new.h5ad")
-    monkeypatch.setattr(pipeline.modelio, "load_model", lambda path, device="cpu": _FakeModel("other-model"))
+    monkeypatch.setattr(omicsclip.model.modelio, "load_model", lambda path, device="cpu": _FakeModel("other-model"))
     res = runner.invoke(app, ["predict", str(cells), "--model", str(tmp_path), "--head", str(head),
                               "--out", str(tmp_path / "p.tsv")])
     assert res.exit_code == 2 and "trained on embeddings of model fp-cli" in res.stderr
     assert not (tmp_path / "p.tsv").exists()
-    monkeypatch.setattr(pipeline.modelio, "load_model", lambda path, device="cpu": _FakeModel("fp-cli"))
+    monkeypatch.setattr(omicsclip.model.modelio, "load_model", lambda path, device="cpu": _FakeModel("fp-cli"))
     res = runner.invoke(app, ["predict", str(cells), "--model", str(tmp_path), "--head", str(head),
                               "--out", str(tmp_path / "p.tsv")])
     assert res.exit_code == 0, res.output

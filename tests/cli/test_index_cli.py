@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from omicsclip.cli.main import app
 
 runner = CliRunner()
 TINY = ["preprocess.n_hvg=40", "model.rna_hidden=[32]", "model.prot_hidden=[16]", "model.embed_dim=8",
@@ -28,11 +28,11 @@ def _exe() -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny store, model and embeddings (in-process; the CLI under test is index/query)."""
-    from pipeline.config import load_config
-    from pipeline.embed import embed_store
-    from pipeline.io.store import write_store
-    from pipeline.io.synthetic import make_synthetic
-    from pipeline.train import train_model
+    from omicsclip.config import load_config
+    from omicsclip.io.store import write_store
+    from omicsclip.io.synthetic import make_synthetic
+    from omicsclip.model.embed import embed_store
+    from omicsclip.train.run import train_model
 
     tmp = tmp_path_factory.mktemp("cli_index")
     data = make_synthetic(n_cells=300, n_genes=80, n_proteins=6, n_types=4, seed=0)

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import anndata as ad
 import pytest
+from conftest import TINY, tiny_store
 from typer.testing import CliRunner
 
-from cli.main import app
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from test_train import TINY, tiny_store  # noqa: E402
+from omicsclip.cli.main import app
 
 runner = CliRunner()
 SETS = [x for s in TINY + ["train.epochs=2"] for x in ("--set", s)]

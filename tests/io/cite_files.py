@@ -159,7 +159,7 @@ def write_tables(c: Cite, rna_path: Path, prot_path: Path, *, genes_in_rows: boo
 
 def assert_store_matches(store: Path, c: Cite, *, isotypes_removed: bool = True) -> None:
     """The store holds exactly the source counts: RNA, kept proteins, barcodes and names in source order."""
-    from pipeline.io.store import read_store
+    from omicsclip.io.store import read_store
 
     assert_data_matches(read_store(store), c, isotypes_removed=isotypes_removed)
 
@@ -182,7 +182,7 @@ def assert_data_matches(d, c: Cite, *, isotypes_removed: bool = True) -> None:
 
 def read_input(paths, **kw):
     """open_input(...).read() in a with-block."""
-    from pipeline.io.readers import open_input
+    from omicsclip.io.readers import open_input
 
     with open_input([Path(p) for p in paths], **kw) as src:
         return src.read()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from pipeline.io.hashing import sha256_file, sha256_tree
+from omicsclip.io.hashing import sha256_file, sha256_tree
 
 
 def test_file_digest_is_hashlib_and_folder_digest_tracks_names_and_content(tmp_path):

@@ -19,8 +19,8 @@ from cite_files import (
     write_tables,
 )
 
-from pipeline.errors import InputError
-from pipeline.ingest import ingest
+from omicsclip.errors import InputError
+from omicsclip.io.ingest import ingest
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_bad_values_are_refused_mid_stream(cite, tmp_path, value, match):
 
 
 def test_allow_normalized_accepts_and_records(cite, tmp_path):
-    from pipeline.io.store import store_info
+    from omicsclip.io.store import store_info
 
     src = write_h5ad(_with_rna(cite, cite.rna.toarray() * 0.37), tmp_path / "norm.h5ad")
     out = ingest([src], tmp_path / "s.zarr", allow_normalized=True)
@@ -73,7 +73,7 @@ def test_duplicate_feature_names_error_or_make_unique(cite, tmp_path):
     c = dataclasses.replace(cite, genes=cite.genes[:-1] + ["GENE0"])
     src = write_10x_h5(c, tmp_path / "dup.h5")
     _fails(tmp_path, [src], "1 duplicate gene names.*--make-unique")
-    from pipeline.io.readers import open_input
+    from omicsclip.io.readers import open_input
 
     with open_input([src], make_unique=True) as s:
         assert s.genes[-1] == "GENE0-1" and len(set(s.genes)) == len(s.genes)
@@ -164,7 +164,7 @@ def test_strict_pairing_error_and_intersect(cite, tmp_path, caplog):
                                 prot_order=np.arange(5, len(cite.barcodes)))
     msg = _fails(tmp_path, [rna, prot], "5 only in r.h5ad.*--pairing intersect to keep the 55 shared cells")
     assert cite.barcodes[0] in msg
-    from pipeline.io.store import read_store
+    from omicsclip.io.store import read_store
 
     out = ingest([rna, prot], tmp_path / "s.zarr", pairing="intersect")
     d = read_store(out)
@@ -239,7 +239,7 @@ def test_overwrite_never_deletes_an_input_or_the_working_directory(tmp_path, cit
 def test_damaged_store_is_a_one_line_error(tmp_path, cite):
     import shutil
 
-    from pipeline.io.store import read_store, store_info
+    from omicsclip.io.store import read_store, store_info
 
     rna, prot = write_tables(cite, tmp_path / "rna.csv", tmp_path / "prot.csv")
     store = ingest([rna, prot], tmp_path / "s.zarr")
@@ -250,7 +250,7 @@ def test_damaged_store_is_a_one_line_error(tmp_path, cite):
 
 
 def test_output_path_checks_are_one_line_errors_and_symlinks_are_not_followed(tmp_path, cite):
-    from pipeline.io.atomic import atomic_path
+    from omicsclip.io.atomic import atomic_path
 
     src = write_h5ad(cite, tmp_path / "c.h5ad")
     with pytest.raises(InputError, match="output directory does not exist"):  # parent is a file

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from cite_files import PROTEINS, assert_store_matches, make_cite, stray_files, write_10x_h5, write_h5ad
 
-from pipeline.ingest import ingest
-from pipeline.inspect import format_summary, inspect_store
-from pipeline.io.readers import open_input
-from pipeline.io.store import read_store, store_info
+from omicsclip.io.ingest import ingest
+from omicsclip.io.readers import open_input
+from omicsclip.io.store import read_store, store_info
+from omicsclip.io.summary import format_summary, inspect_store
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from cite_files import (
     write_tables,
 )
 
-from pipeline.io.readers import open_input
+from omicsclip.io.readers import open_input
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_csv_tables_both_orientations(cite, tmp_path, names, genes_in_rows):
 
 
 def test_csv_streamed_in_row_blocks(cite, tmp_path, monkeypatch):
-    from pipeline.io import text
+    from omicsclip.io import text
 
     monkeypatch.setattr(text, "_IN_MEMORY_BYTES", 0)  # force the streaming reader
     monkeypatch.setattr(text, "_BLOCK", 7)
@@ -175,7 +175,7 @@ def test_h5ad_counts_in_layer_with_feature_types_split(cite, tmp_path):
     a.layers["counts"] = m
     a.write_h5ad(tmp_path / "neurips.h5ad")
     assert_data_matches(read_input([tmp_path / "neurips.h5ad"], layer="counts"), cite)
-    from pipeline.errors import InputError
+    from omicsclip.errors import InputError
 
     with pytest.raises(InputError, match="no layers/raw \\(layers: counts"):
         read_input([tmp_path / "neurips.h5ad"], layer="raw")

@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 from conftest import shared_h5ad
 
-from pipeline.ingest import ingest
-from pipeline.io.features import DEFAULT_ISOTYPE_PATTERNS, match_names
-from pipeline.io.store import read_store
+from omicsclip.io.features import DEFAULT_ISOTYPE_PATTERNS, match_names
+from omicsclip.io.ingest import ingest
+from omicsclip.io.store import read_store
 
 DATASETS = ["pbmc10k_protein_v3", "bremsc_inhouse_pbmc", "eccite_pbmc_citefuse", "pbmc_5prime_totalseqc_10x"]
 

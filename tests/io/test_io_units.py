@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipeline.errors import InputError
-from pipeline.io.features import DEFAULT_ISOTYPE_PATTERNS, make_unique, match_names
-from pipeline.io.formats import detect_format
-from pipeline.io.validate import check_counts
+from omicsclip.errors import InputError
+from omicsclip.io.features import DEFAULT_ISOTYPE_PATTERNS, make_unique, match_names
+from omicsclip.io.formats import detect_format
+from omicsclip.io.validate import check_counts
 
 
 def test_make_unique_like_anndata():
@@ -55,8 +55,8 @@ def test_check_counts_messages():
 
 
 def test_reader_options_from_config_section():
-    from pipeline.config import load_config
-    from pipeline.io.readers import open_input, reader_options
+    from omicsclip.config import load_config
+    from omicsclip.io.readers import open_input, reader_options
 
     opts = reader_options(load_config(None, ["ingest.make_unique=true"])["ingest"])
     assert opts["make_unique"] is True and "layer" not in opts and "min_counts_rna" not in opts

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline.config import deep_merge, default_config, validate_config
-from pipeline.errors import InputError
+from omicsclip.config import deep_merge, default_config, validate_config
+from omicsclip.errors import InputError
 
 REPO = Path(workflow.basedir)
 CONFIG_SOURCE = "config " + (", ".join(map(str, workflow.configfiles)) or "(--config)")

@@ -1,0 +1,426 @@
+"""The reference index folder: one FAISS index per modality plus what query needs to impute and transfer labels.
+
+Layout of ``INDEX_DIR`` (written atomically as one folder)::
+
+    rna.faiss, prot.faiss       CPU faiss indices (inner product on unit vectors), positions = rows below
+    cell_ids.tsv                the ordered reference cell ids (column ``cell_id``)
+    reference_protein.npy       optional: n x P CLR-normalised reference protein (float32, memory-mapped on load)
+    reference_obs.parquet       optional: reference labels (one column per label key, row = position)
+    meta.json                   metric, dim, factory, kind, n, params, model_fingerprint, proteins, label keys,
+                                sha256 of every file (a corrupt or swapped file is refused on load)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omicsclip.errors import InputError
+from omicsclip.index.faiss_index import (
+    METRIC,
+    IndexParams,
+    build_index,
+    factory_string,
+    gpu_enabled,
+    resolve_params,
+    search,
+    set_search_params,
+    to_gpu,
+)
+from omicsclip.io.atomic import atomic_path, check_writable
+from omicsclip.io.hashing import sha256_file
+from omicsclip.io.jsonfile import read_json_object
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODALITIES = ("rna", "prot")
+META, IDS, PROTEIN, OBS = "meta.json", "cell_ids.tsv", "reference_protein.npy", "reference_obs.parquet"
+
+
+def _version() -> str:
+    from omicsclip import __version__
+
+    return __version__
+
+
+def write_index_dir(
+    out_dir: str | Path,
+    *,
+    embeddings: Mapping[str, np.ndarray],
+    cell_ids: Sequence[str],
+    model_fingerprint: str,
+    section: Mapping[str, Any],
+    protein: np.ndarray | None = None,
+    protein_names: Sequence[str] | None = None,
+    labels: pd.DataFrame | None = None,
+    source: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Build one index per modality and write the reference folder atomically.
+
+    Parameters
+    ----------
+    out_dir
+        The index folder to create.
+    embeddings
+        ``{"rna": (n, d), "prot": (n, d)}`` L2-normalised embeddings of the same cells (at least one modality).
+    cell_ids
+        The ``n`` reference cell ids, in row order.
+    model_fingerprint
+        Fingerprint of the model that produced the embeddings; queries with another model are refused.
+    section
+        The ``index:`` config section.
+    protein, protein_names
+        Optional ``(n, P)`` CLR-normalised reference protein and its column names (enables imputation).
+    labels
+        Optional frame of label columns (``n`` rows, row order = ``cell_ids``) for label transfer.
+    source
+        Free-form provenance recorded in ``meta.json``.
+    overwrite
+        Replace an existing folder.
+    """
+    mods = [m for m in MODALITIES if m in embeddings]
+    if not mods:
+        raise InputError(f"{out_dir}: no embeddings to index (expected keys {MODALITIES})")
+    ids = [str(c) for c in cell_ids]
+    n = len(ids)
+    if n == 0:
+        raise InputError(f"{out_dir}: no reference cells to index")
+    if len(set(ids)) != n:
+        raise InputError(f"{out_dir}: reference cell ids are not unique")
+    dims = {m: np.shape(embeddings[m]) for m in mods}
+    for m, shape in dims.items():
+        if len(shape) != 2 or shape[0] != n:
+            raise InputError(f"{out_dir}: {m} embeddings have shape {shape}, expected ({n}, d)")
+    dim = dims[mods[0]][1]
+    if any(s[1] != dim for s in dims.values()):
+        raise InputError(f"{out_dir}: modality embeddings differ in dimension {dims}")
+    for m in mods:  # inner product = cosine similarity only for finite unit vectors
+        norms = np.linalg.norm(np.asarray(embeddings[m], dtype=np.float32), axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+        if bad.any():
+            raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
+                             f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
+                             f"omicsclip embeddings")
+    if protein is not None:
+        protein = np.ascontiguousarray(protein, dtype=np.float32)
+        if protein.shape[0] != n or protein_names is None or protein.shape[1] != len(protein_names):
+            raise InputError(f"{out_dir}: reference protein shape {protein.shape} does not match {n} cells "
+                             f"x {0 if protein_names is None else len(protein_names)} protein names")
+    if labels is not None and len(labels) != n:
+        raise InputError(f"{out_dir}: {len(labels)} label rows for {n} reference cells")
+
+    params = resolve_params(n, dim, section)
+    use_gpu = section.get("use_gpu", "auto")
+    seed = int(section.get("seed", 0))
+    built: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for m in mods:
+        t0 = time.perf_counter()
+        built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed)
+        timings[m] = round(time.perf_counter() - t0, 3)
+        log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
+
+    import faiss
+
+    with atomic_path(out_dir, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        for m in mods:
+            faiss.write_index(built[m], str(tmp / f"{m}.faiss"))
+        pd.DataFrame({"cell_id": ids}).to_csv(tmp / IDS, sep="\t", index=False)
+        if protein is not None:
+            np.save(tmp / PROTEIN, protein)
+        label_keys: list[str] = []
+        if labels is not None and labels.shape[1] > 0:
+            lab = labels.reset_index(drop=True).astype(str)
+            lab.columns = [str(c) for c in lab.columns]
+            label_keys = list(lab.columns)
+            lab.to_parquet(tmp / OBS, index=False)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "metric": METRIC,
+            "dim": int(dim),
+            "n": n,
+            "kind": params.kind,
+            "factory": factory_string(params),
+            "params": params.to_dict(),
+            "modalities": mods,
+            "model_fingerprint": str(model_fingerprint),
+            "proteins": None if protein is None else [str(p) for p in protein_names],
+            "protein_normalisation": None if protein is None else "clr",
+            "label_keys": label_keys,
+            "build_seconds": timings,
+            "files": files,
+            "omicsclip_version": _version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": dict(source or {}),
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    log.info("wrote index folder %s (%s, n=%d, dim=%d)", out_dir, params.kind, n, dim)
+    return Path(out_dir)
+
+
+class ReferenceIndex:
+    """A loaded reference folder: searchable indices, cell ids, reference protein and labels.
+
+    Use :meth:`load`; ``protein`` is memory-mapped so large references do not need to fit in memory twice.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], indices: dict[str, Any], cell_ids: np.ndarray,
+                 protein: np.ndarray | None, labels: pd.DataFrame | None) -> None:
+        self.path = path
+        self.meta = meta
+        self.indices = indices
+        self.cell_ids = cell_ids
+        self.protein = protein
+        self.labels = labels
+        self.params = IndexParams.from_dict(meta["params"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def n(self) -> int:
+        return int(self.meta["n"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["model_fingerprint"])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.indices)
+
+    @property
+    def protein_names(self) -> list[str] | None:
+        return self.meta.get("proteins")
+
+    @classmethod
+    def load(cls, path: str | Path, *, model_fingerprint: str | None = None, use_gpu: bool | str = "auto",
+             verify: bool = True, model_name: str = "the given model") -> ReferenceIndex:
+        """Open ``path``; refuse an index built by another model, a missing or corrupt file.
+
+        Parameters
+        ----------
+        path
+            The index folder.
+        model_fingerprint
+            The query model's fingerprint; must equal the one the index was built with (``None`` skips the check).
+        use_gpu
+            ``auto`` | ``True`` | ``False``: move flat/IVF indices to a GPU for searching.
+        verify
+            Check every file's sha256 against ``meta.json`` (catches truncated or swapped files).
+        model_name
+            How to name the model in the refusal message (e.g. its folder).
+        """
+        import faiss
+
+        path = Path(path)
+        meta = _read_meta(path)
+        if model_fingerprint is not None and str(model_fingerprint) != meta["model_fingerprint"]:
+            raise InputError(
+                f"{path}: index was built with model {meta['model_fingerprint'][:16]}, but {model_name} is "
+                f"{str(model_fingerprint)[:16]}; rebuild the index with this model (omicsclip embed + index)"
+            )
+        files = meta.get("files", {})
+        for name in files:
+            f = path / name
+            if not f.exists():
+                raise InputError(f"{f}: missing from the index folder")
+            if verify and sha256_file(f) != files[name]:
+                raise InputError(f"{f}: corrupt index file (sha256 differs from meta.json); rebuild the index")
+        gpu = gpu_enabled(use_gpu)
+        params = IndexParams.from_dict(meta["params"])
+        indices: dict[str, Any] = {}
+        for m in meta["modalities"]:
+            f = path / f"{m}.faiss"
+            try:
+                index = faiss.read_index(str(f))
+            except Exception as exc:  # faiss raises RuntimeError with a C++ message
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise InputError(f"{f}: corrupt index file ({first[:160]})") from None
+            if index.d != meta["dim"] or index.ntotal != meta["n"]:
+                raise InputError(f"{f}: index has {index.ntotal} x {index.d}, meta.json says "
+                                 f"{meta['n']} x {meta['dim']}; rebuild the index")
+            if gpu:
+                index = to_gpu(index)
+            set_search_params(index, params)
+            indices[m] = index
+        try:
+            ids = pd.read_csv(path / IDS, sep="\t", dtype=str, keep_default_na=False)["cell_id"].to_numpy()
+        except Exception as exc:
+            raise InputError(f"{path / IDS}: cannot read cell ids ({type(exc).__name__})") from None
+        if len(ids) != meta["n"]:
+            raise InputError(f"{path / IDS}: {len(ids)} cell ids, meta.json says {meta['n']}")
+        protein = None
+        if (path / PROTEIN).exists():
+            protein = np.load(path / PROTEIN, mmap_mode="r")
+            if protein.shape != (meta["n"], len(meta.get("proteins") or [])):
+                raise InputError(f"{path / PROTEIN}: shape {protein.shape} disagrees with meta.json")
+        labels = pd.read_parquet(path / OBS) if (path / OBS).exists() else None
+        if labels is not None and len(labels) != meta["n"]:
+            raise InputError(f"{path / OBS}: {len(labels)} rows, meta.json says {meta['n']}")
+        return cls(path, meta, indices, ids, protein, labels)
+
+    def search(self, modality: str, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarity, position) of query embeddings ``q`` in the ``modality`` index."""
+        if modality not in self.indices:
+            raise InputError(f"{self.path}: no {modality} index (has {', '.join(self.indices)})")
+        return search(self.indices[modality], q, k)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise InputError(f"{path}: index folder not found")
+    f = path / META
+    if not f.exists():
+        raise InputError(f"{f}: not found; {path} is not an omicsclip index folder")
+    meta = read_json_object(f)
+    need = ("format_version", "metric", "dim", "n", "kind", "params", "modalities", "model_fingerprint")
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise InputError(f"{f}: missing keys {missing}; rebuild the index")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise InputError(f"{f}: index format {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
+    if meta["metric"] != METRIC:
+        raise InputError(f"{f}: metric {meta['metric']!r} is not supported (expected {METRIC})")
+    return meta
+
+
+# ------------------------------------------------------------------------------------ from an embeddings zarr
+
+
+def _read_embeddings(emb_path: Path) -> tuple[pd.DataFrame, dict[str, Any], Any]:
+    import warnings
+
+    import zarr
+    from anndata.io import read_elem
+
+    if not emb_path.exists():
+        raise InputError(f"{emb_path}: embeddings not found")
+    try:
+        root = zarr.open_group(str(emb_path), mode="r")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obs = read_elem(root["obs"])
+            uns = read_elem(root["uns"]) if "uns" in root else {}
+    except Exception as exc:
+        raise InputError(f"{emb_path}: not an embeddings AnnData zarr ({type(exc).__name__}: {exc})") from None
+    return obs, uns, root
+
+
+def _reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None
+                       ) -> tuple[np.ndarray, list[str]]:
+    """CLR protein of cells ``ids`` from a paired store (or any input), on the model's protein panel."""
+    from omicsclip.io.readers import open_input
+    from omicsclip.model.preprocess import clr
+
+    with open_input([store], require="any", modality="prot") as src:
+        if src.proteins is None:
+            raise InputError(f"{store}: no protein counts to store with the index")
+        pos = src.barcodes.get_indexer(ids)
+        if (pos < 0).any():
+            missing = ids[pos < 0]
+            raise InputError(f"{store}: {len(missing)} embedded cells are not in this store "
+                             f"(e.g. {', '.join(map(str, missing[:3]))})")
+        parts = [np.asarray(c.prot, np.float32) for c in src.iter_chunks(50_000)]
+        names = src.proteins
+    counts = np.concatenate(parts)[pos]
+    if model_proteins is not None:
+        col = pd.Index(names).get_indexer(list(model_proteins))
+        if (col < 0).any():
+            raise InputError(f"{store}: lacks the model's proteins "
+                             f"{', '.join(p for p, c in zip(model_proteins, col, strict=True) if c < 0)}")
+        counts, names = counts[:, col], list(model_proteins)
+    return clr(counts), [str(n) for n in names]
+
+
+def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping[str, Any], *,
+                     store: str | Path | None = None, model_dir: str | Path | None = None,
+                     overwrite: bool = False) -> Path:
+    """Build the reference folder from ``omicsclip embed`` output.
+
+    Parameters
+    ----------
+    emb_path
+        Embeddings AnnData zarr (obsm ``X_omicsclip_rna`` / ``X_omicsclip_prot``, ``uns["omicsclip"]``).
+    out_dir
+        Index folder to create.
+    section
+        The ``index:`` config section (kind and parameters, ``splits`` to restrict the reference,
+        ``label_key``).
+    store
+        Paired store (or any input) with the reference cells' protein counts; default: the store recorded in
+        the embeddings. Without one, the index cannot impute protein.
+    model_dir
+        Model folder whose protein panel defines the stored CLR protein; default: recorded in the embeddings.
+    overwrite
+        Replace an existing folder.
+    """
+    from anndata.io import read_elem
+
+    emb_path = Path(emb_path)
+    obs, uns, root = _read_embeddings(emb_path)  # obs and uns only: cheap
+    info = dict(uns.get("omicsclip", {})) if isinstance(uns, Mapping) else {}
+    explicit_model, explicit_store = model_dir is not None, store is not None
+    model_dir, store = model_dir or info.get("model_dir"), store or info.get("store")
+    # before the work, and with the recorded store and model too: replacing out_dir must not delete them
+    check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))
+    fingerprint = info.get("model_fingerprint")
+    if not fingerprint:
+        raise InputError(f"{emb_path}: no uns['omicsclip']['model_fingerprint'] (not written by omicsclip embed)")
+    keys = {"rna": "X_omicsclip_rna", "prot": "X_omicsclip_prot"}
+    present = {m: k for m, k in keys.items() if f"obsm/{k}" in root}
+    if not present:
+        raise InputError(f"{emb_path}: no obsm {' or '.join(keys.values())}")
+    keep = np.ones(len(obs), bool)
+    splits = [str(s) for s in section.get("splits", []) or []]
+    if splits:
+        if "split" not in obs.columns:
+            raise InputError(f"{emb_path}: index.splits={splits} but obs has no 'split' column")
+        keep = obs["split"].astype(str).isin(splits).to_numpy()
+        log.info("reference: %d of %d cells in splits %s", int(keep.sum()), len(obs), splits)
+    if not keep.any():
+        raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
+    ids = pd.Index(obs.index.astype(str))[keep]
+    embeddings = {m: np.asarray(read_elem(root[f"obsm/{k}"]), dtype=np.float32)[keep] for m, k in present.items()}
+
+    model_proteins = None
+    if model_dir is not None and not explicit_model and not Path(model_dir).exists():
+        log.warning("%s (recorded in %s) is gone: the reference protein keeps the store's whole panel, not "
+                    "necessarily the model's (pass --model)", model_dir, emb_path)
+    elif model_dir is not None:  # read_meta refuses a missing folder given explicitly
+        from omicsclip.model.modelio import read_meta
+
+        meta = read_meta(model_dir)
+        if meta["model_fingerprint"] != fingerprint:
+            raise InputError(f"{model_dir}: model {meta['model_fingerprint'][:16]} did not produce {emb_path} "
+                             f"(embedded with {str(fingerprint)[:16]})")
+        model_proteins = meta["preprocessing"]["proteins"]
+    protein = protein_names = None
+    if store is not None and Path(store).exists():
+        protein, protein_names = _reference_protein(Path(store), ids, model_proteins)
+    elif explicit_store:
+        raise InputError(f"{store}: store not found")
+    else:
+        log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
+                    "(pass --store)")
+    label_key = str(section.get("label_key", "cell_type") or "")
+    labels = None
+    if label_key and label_key in obs.columns:
+        labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]})
+    source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
+              "model_dir": None if model_dir is None else str(model_dir), "splits": splits}
+    return write_index_dir(out_dir, embeddings=embeddings, cell_ids=list(ids), model_fingerprint=fingerprint,
+                           section=section, protein=protein, protein_names=protein_names, labels=labels,
+                           source=source, overwrite=overwrite)

@@ -1,0 +1,100 @@
+"""The train/validation/test split of cells: seeded, stratified by a label column when present.
+
+The split is saved with the model (``split.tsv``) so that every later stage evaluates on the same held-out cells.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from omicsclip.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def make_split(
+    obs: pd.DataFrame,
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    stratify: str = "cell_type",
+) -> pd.Series:
+    """Assign every cell to "train", "val" or "test".
+
+    Parameters
+    ----------
+    obs
+        Per-cell metadata; its index (barcodes) becomes the index of the result.
+    test_fraction, val_fraction
+        Fractions of all cells held out for testing and for validation (early stopping).
+    seed
+        Seed of the permutation; the same seed and obs give the same split.
+    stratify
+        Column of ``obs`` to stratify on; ignored (with a log message) when absent, ``""`` disables it.
+        Missing labels form their own stratum.
+
+    Returns
+    -------
+    pd.Series
+        Categorical-like string Series indexed by barcode, named ``"split"``.
+    """
+    n = len(obs)
+    if test_fraction + val_fraction >= 1:
+        raise InputError(
+            f"split: test_fraction + val_fraction must be < 1 (got {test_fraction} + {val_fraction})"
+        )
+    if n < 3:
+        raise InputError(f"split: need at least 3 cells for train/val/test, got {n}")
+    if stratify and stratify in obs.columns:
+        strata = obs[stratify].astype(str).fillna("nan").to_numpy()
+    else:
+        if stratify:
+            log.info("split: obs has no column %r; splitting without stratification", stratify)
+        strata = np.zeros(n, dtype=object)
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=object)
+    # Per stratum: shuffle, then take round(frac * size) for test and val. Leftover rounding error is spread by
+    # processing strata in a fixed (sorted) order with a shared RNG, so the result is reproducible.
+    for label in sorted(set(strata.tolist())):
+        idx = np.flatnonzero(strata == label)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(test_fraction * len(idx)))
+        n_val = int(round(val_fraction * len(idx)))
+        if n_test + n_val >= len(idx):  # tiny stratum: keep at least one training cell
+            n_test = min(n_test, max(len(idx) - 1, 0))
+            n_val = max(min(n_val, len(idx) - 1 - n_test), 0)
+        out[idx[:n_test]] = "test"
+        out[idx[n_test : n_test + n_val]] = "val"
+        out[idx[n_test + n_val :]] = "train"
+    split = pd.Series(out, index=obs.index.astype(str), name="split")
+    for s in SPLITS:
+        if not (split == s).any():
+            raise InputError(f"split: no cells assigned to {s!r} ({n} cells; adjust split fractions)")
+    return split
+
+
+def write_split(split: pd.Series, path: str | Path) -> None:
+    """Write ``barcode<TAB>split`` with a header line."""
+    split.rename_axis("barcode").rename("split").to_csv(path, sep="\t", header=True)
+
+
+def read_split(path: str | Path) -> pd.Series:
+    """Read a split written by :func:`write_split`."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read split ({exc})") from None
+    if list(df.columns) != ["barcode", "split"]:
+        raise InputError(f"{path}: expected columns barcode, split; got {list(df.columns)}")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise InputError(f"{path}: unknown split labels {bad}")
+    return pd.Series(df["split"].to_numpy(), index=pd.Index(df["barcode"], name=None), name="split")

@@ -1,0 +1,118 @@
+"""Summaries of a paired store: sizes, sparsity, QC numbers, provenance (for ``omicsclip inspect``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omicsclip.io.store import store_info
+
+_MAX_LEVELS = 30
+
+
+def plain(value: Any) -> Any:
+    """Numpy/pandas values from ``uns`` as JSON-serialisable Python values."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | list | tuple | pd.Index):
+        return [plain(v) for v in list(value)]
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        v = float(value)
+        return v if np.isfinite(v) else str(v)
+    if isinstance(value, bytes):
+        return value.decode()
+    if value is None or isinstance(value, int | str):
+        return value
+    return str(value)
+
+
+def _obs_summary(obs: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in obs.columns:
+        s = obs[col]
+        if pd.api.types.is_numeric_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+            v = s.to_numpy(dtype=float)
+            out[str(col)] = {"min": float(np.nanmin(v)), "median": float(np.nanmedian(v)),
+                             "max": float(np.nanmax(v))} if len(v) else {}
+        else:
+            counts = s.astype(str).value_counts()
+            out[str(col)] = ({str(k): int(n) for k, n in counts.items()} if len(counts) <= _MAX_LEVELS
+                             else {"n_levels": int(len(counts))})
+    return out
+
+
+def inspect_store(path: str | Path) -> dict[str, Any]:
+    """Cells, genes, proteins, sparsity, obs columns, QC and provenance of a store, as plain values."""
+    info = store_info(path)
+    n, g, p = len(info["obs"]), len(info["genes"]), len(info["proteins"])
+    uns = info["uns"] or {}
+    return {
+        "path": str(Path(path)),
+        "n_cells": n,
+        "n_genes": g,
+        "n_proteins": p,
+        "nnz_rna": info["nnz_rna"],
+        "nnz_prot": info["nnz_prot"],
+        "sparsity_rna": 1 - info["nnz_rna"] / (n * g) if n and g else 0.0,
+        "sparsity_prot": 1 - info["nnz_prot"] / (n * p) if n and p else 0.0,
+        "proteins": [str(x) for x in info["proteins"].index],
+        "genes_head": [str(x) for x in info["genes"].index[:10]],
+        "obs": _obs_summary(info["obs"]),
+        "qc": plain(uns.get("qc", {})),
+        "provenance": plain(uns.get("provenance", {})),
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) if v else "-"
+    return str(v)
+
+
+def format_summary(d: dict[str, Any]) -> str:
+    """Human-readable text for :func:`inspect_store` output."""
+    lines = [
+        f"store      {d['path']}",
+        f"cells      {d['n_cells']:,}",
+        f"genes      {d['n_genes']:,}   (sparsity {d['sparsity_rna']:.1%}, {d['nnz_rna']:,} non-zeros)",
+        f"proteins   {d['n_proteins']:,}   (sparsity {d['sparsity_prot']:.1%}): {', '.join(d['proteins'][:20])}"
+        + (" ..." if d["n_proteins"] > 20 else ""),
+    ]
+    if d["obs"]:
+        lines.append("obs")
+        for col, s in d["obs"].items():
+            if set(s) == {"min", "median", "max"}:
+                lines.append(f"  {col:24s} min {_fmt(s['min'])}  median {_fmt(s['median'])}  max {_fmt(s['max'])}")
+            else:
+                shown = ", ".join(f"{k} {v}" for k, v in list(s.items())[:12])
+                lines.append(f"  {col:24s} {shown}{' ...' if len(s) > 12 else ''}")
+    if d["qc"]:
+        lines.append("qc")
+        lines += [f"  {k:32s} {_fmt(v)}" for k, v in sorted(d["qc"].items())]
+    prov = d["provenance"]
+    if prov:
+        lines.append("provenance")
+        for k, v in prov.items():
+            if k == "inputs" and isinstance(v, dict):
+                for name, inp in v.items():
+                    lines.append(f"  {name:32s} {inp.get('path')} sha256 {str(inp.get('sha256'))[:16]}... "
+                                 f"({_fmt(inp.get('bytes'))} bytes)")
+            elif k == "options" and isinstance(v, dict):
+                lines.append(f"  {'options':32s} {json.dumps(v)}")
+            else:
+                lines.append(f"  {k:32s} {_fmt(v)}")
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Embeddings files: ``embed_store`` writes RNA, protein and joint embeddings of every cell of a store as an
+AnnData zarr; :func:`open_embeddings` is the one reader every later stage (index, heads, report) uses."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omicsclip.conventions import EMBEDDING_KEYS, OBSM_JOINT, OBSM_PROT, OBSM_RNA
+from omicsclip.errors import InputError
+from omicsclip.io.atomic import atomic_path
+from omicsclip.model.modelio import joint_embedding, load_model
+
+log = logging.getLogger(__name__)
+
+UNSEEN = "unseen"  # split label of cells that are not in the model's split (another store)
+
+
+def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, overwrite: bool = False,
+                device: str = "cpu", batch_size: int = 4096, chunk_cells: int = 20_000) -> Path:
+    """Embed every cell of a paired store and write an AnnData zarr (atomically).
+
+    Parameters
+    ----------
+    store
+        Paired store (``omicsclip ingest``).
+    model_dir
+        Trained model folder.
+    out
+        Output ``.zarr``: obs = the store's obs plus ``split`` (train/val/test, or ``"unseen"`` for cells the
+        model's split does not list); obsm ``X_omicsclip_rna``, ``X_omicsclip_prot``, ``X_omicsclip_joint``;
+        ``uns["omicsclip"]`` with the model fingerprint and the feature matching report.
+    overwrite
+        Replace an existing output.
+    device
+        Where to run the encoders (``cpu``, ``cuda``, ``auto``).
+    batch_size, chunk_cells
+        Cells per forward pass / per chunk read from the store (bounded memory).
+    """
+    import anndata as ad
+
+    from omicsclip.io.store import iter_store, store_info
+    from omicsclip.model.device import resolve_device
+
+    out = Path(out)
+    with atomic_path(out, overwrite=overwrite, inputs=(store, model_dir)) as tmp:
+        model = load_model(model_dir, resolve_device(device))
+        info = store_info(store)
+        genes = [str(g) for g in info["genes"].index]
+        proteins = [str(p) for p in info["proteins"].index]
+        rna_parts, prot_parts = [], []
+        report: dict = {}
+        for rna, prot, _ in iter_store(store, chunk_cells):
+            e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
+            rna_parts.append(e["rna"])
+            prot_parts.append(e["prot"])
+            report = model.last_report
+        d = model.embed_dim
+        emb_rna = np.concatenate(rna_parts) if rna_parts else np.zeros((0, d), np.float32)
+        emb_prot = np.concatenate(prot_parts) if prot_parts else np.zeros((0, d), np.float32)
+        obs = info["obs"].copy()
+        obs.index = obs.index.astype(str)
+        split = model.split.reindex(obs.index).fillna(UNSEEN)
+        if (split == UNSEEN).any():
+            log.info("%d of %d cells are not in the model's split (labelled %r)", int((split == UNSEEN).sum()),
+                     len(obs), UNSEEN)
+        obs["split"] = pd.Categorical(split.to_numpy(), categories=["train", "val", "test", UNSEEN])
+        adata = ad.AnnData(obs=obs)
+        adata.obsm[OBSM_RNA] = emb_rna
+        adata.obsm[OBSM_PROT] = emb_prot
+        adata.obsm[OBSM_JOINT] = joint_embedding(emb_rna, emb_prot)
+        adata.uns["omicsclip"] = {
+            "model_fingerprint": model.fingerprint, "model_dir": str(Path(model_dir).resolve()),
+            "store": str(Path(store).resolve()), "embed_dim": d, "feature_report_json": json.dumps(report),
+        }
+        with ad.settings.override(zarr_write_format=2), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Writing zarr v2", category=UserWarning)
+            adata.write_zarr(tmp)
+    log.info("wrote %s: %d cells x %d dims (model %s...)", out, len(obs), d, model.fingerprint[:12])
+    return out
+
+
+@dataclass
+class Embeddings:
+    """An ``omicsclip embed`` output, opened lazily: obs and uns in memory, each embedding read on demand.
+
+    Use :func:`open_embeddings` to open one. ``modalities`` lists the embeddings present (``rna``, ``prot``,
+    ``joint``, in that order); :meth:`matrix` reads one, optionally only some rows (bounded memory).
+    """
+
+    path: Path
+    obs: pd.DataFrame
+    uns: dict[str, Any]
+    modalities: list[str]
+    _arrays: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (rows)."""
+        return len(self.obs)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the model that made the embeddings (``uns["omicsclip"]["model_fingerprint"]``)."""
+        meta = self.uns.get("omicsclip")
+        fp = meta.get("model_fingerprint") if isinstance(meta, dict) else None
+        return None if fp is None else str(fp)
+
+    def require(self, *modalities: str) -> None:
+        """Raise :class:`InputError` naming the file unless every one of ``modalities`` is present."""
+        for mod in modalities:
+            if mod not in self.modalities:
+                raise InputError(f"{self.path}: obsm[{EMBEDDING_KEYS[mod]!r}] missing (the {mod} embedding); "
+                                 "is this an `omicsclip embed` output?")
+
+    def matrix(self, modality: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """The ``modality`` embedding as float32 (cells x d), all rows or only ``rows`` (sorted indices or a slice).
+
+        Parameters
+        ----------
+        modality
+            ``rna``, ``prot`` or ``joint``.
+        rows
+            Row selection; ``None`` reads every cell.
+        """
+        self.require(modality)
+        arr = self._arrays[modality]
+        if rows is None:
+            rows = slice(None)
+        if isinstance(rows, slice) or not hasattr(arr, "get_orthogonal_selection"):
+            out = arr[rows]
+        else:
+            out = arr.get_orthogonal_selection((np.asarray(rows), slice(None)))
+        return np.asarray(out, dtype=np.float32)
+
+
+def open_embeddings(path: str | Path) -> Embeddings:
+    """Open an ``omicsclip embed`` output (AnnData ``.zarr``, or ``.h5ad``) without reading its matrices.
+
+    Parameters
+    ----------
+    path
+        The embeddings file; a missing, unreadable or foreign file is one :class:`InputError` naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: embeddings file does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix == ".h5ad":
+                import anndata as ad
+
+                adata = ad.read_h5ad(path)
+                obs, uns = adata.obs, dict(adata.uns)
+                arrays = {mod: adata.obsm[key] for mod, key in EMBEDDING_KEYS.items() if key in adata.obsm}
+            else:
+                import zarr
+                from anndata.io import read_elem
+
+                root = zarr.open_group(str(path), mode="r")
+                obs = read_elem(root["obs"])
+                uns = read_elem(root["uns"]) if "uns" in root else {}
+                arrays = {mod: root[f"obsm/{key}"] for mod, key in EMBEDDING_KEYS.items() if f"obsm/{key}" in root}
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file, one line
+        raise InputError(f"{path}: cannot read as embeddings (AnnData zarr) ({type(exc).__name__}: {exc})") from None
+    if not arrays:
+        raise InputError(f"{path}: no obsm key of {', '.join(EMBEDDING_KEYS.values())}; "
+                         "is this an `omicsclip embed` output?")
+    for mod, arr in arrays.items():
+        if len(arr.shape) != 2 or arr.shape[0] != len(obs):
+            raise InputError(f"{path}: obsm[{EMBEDDING_KEYS[mod]!r}] has shape {tuple(arr.shape)}, "
+                             f"expected ({len(obs)}, d)")
+    obs = obs.copy()
+    obs.index = obs.index.astype(str)
+    return Embeddings(path=path, obs=obs, uns=uns if isinstance(uns, dict) else {}, modalities=list(arrays),
+                      _arrays=arrays)

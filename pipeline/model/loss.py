@@ -1,0 +1,190 @@
+"""Symmetric InfoNCE (CLIP loss) with chunked logits and all-gather across ranks (torch only).
+
+For RNA embeddings ``a`` and protein embeddings ``b`` of the same ``N`` cells (row ``i`` of each is a pair) and a
+logit scale ``s = 1/T``::
+
+    L = 1/(2N) * sum_i [ logsumexp_j(s a_i.b_j) - s a_i.b_i ]  +  1/(2N) * sum_j [ logsumexp_i(s a_i.b_j) - s a_j.b_j ]
+
+Both halves are "row cross-entropies" of queries against keys (RNA->protein and protein->RNA), which is what
+:func:`row_cross_entropy` computes. With several ranks each rank holds a shard of the rows: it gathers all keys
+(with gradient, so every rank sees the global batch as negatives) and computes the row terms of its own queries;
+the rank terms sum to ``L``. For an ensemble of ``K`` members (features = K unit-norm blocks side by side, scaled
+by ``1/sqrt(K)``, see :mod:`omicsclip.model.encoders`) the loss is the mean of the members' losses, each member on its own
+block. The chunked version never materialises the ``N x N`` logits: a custom autograd
+function keeps only each row's logsumexp and recomputes one ``chunk x N`` block at a time in the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks (rank order) with gradient flowing back to every rank's shard.
+
+    The backward pass of ``torch.distributed.nn.functional.all_gather`` sums the gradients that all ranks
+    computed for each shard, so the shard's gradient is that of the sum of all ranks' losses.
+    """
+    if world_size <= 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(x.contiguous())
+    if torch.is_grad_enabled():
+        for part in parts:  # its backward (reduce_scatter) needs contiguous gradients; views of blocks give others
+            if part.requires_grad:
+                part.register_hook(lambda g: g.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 (autocast) -> float32; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _member_blocks(x: torch.Tensor, members: int) -> torch.Tensor:
+    """(members, rows, d): the ``members`` blocks of ``x`` (side by side in the feature dimension), each
+    rescaled to unit norm."""
+    if members == 1:
+        return x[None]
+    n, width = x.shape
+    if width % members:
+        raise ValueError(f"features of width {width} cannot hold {members} equal member blocks")
+    return x.reshape(n, members, width // members).transpose(0, 1) * members**0.5
+
+
+def _targets(n: int, offset: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(offset, offset + n, device=device)
+
+
+def row_cross_entropy_plain(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Reference: ``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]`` with the full logits matrix."""
+    logits = scale * (q @ k.t())
+    return F.cross_entropy(logits, _targets(q.shape[0], offset, q.device), reduction="sum")
+
+
+class _ChunkedRowCE(torch.autograd.Function):
+    """Same value and gradients as :func:`row_cross_entropy_plain`, in ``chunk x N`` blocks.
+
+    With ``u = s * q`` the logits are ``u @ k.T``; the backward pass recomputes one block, turns it into
+    ``softmax - onehot`` in place, and gets ``dL/ds = sum_i <dL/du_i, q_i>`` from ``dL/du`` without another pass
+    over the block.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int, chunk: int):
+        n = q.shape[0]
+        u = q * scale
+        lse = torch.empty(n, dtype=q.dtype, device=q.device)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            lse[start:stop] = torch.logsumexp(u[start:stop] @ k.t(), dim=1)
+        pos = (u * k[offset : offset + n]).sum(dim=1)
+        ctx.save_for_backward(q, k, scale, lse)
+        ctx.offset, ctx.chunk = offset, chunk
+        return (lse - pos).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, scale, lse = ctx.saved_tensors
+        offset, chunk = ctx.offset, ctx.chunk
+        n = q.shape[0]
+        u = q * scale
+        grad_u = torch.empty_like(q)
+        grad_k = torch.zeros_like(k)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            g = (u[start:stop] @ k.t()).sub_(lse[start:stop, None]).exp_()  # softmax over keys
+            rows = torch.arange(stop - start, device=q.device)
+            g[rows, offset + start + rows] -= 1.0
+            grad_u[start:stop] = g @ k
+            grad_k += g.t() @ u[start:stop]
+        grad_u *= grad_out
+        grad_k *= grad_out
+        grad_s = (grad_u * q).sum().reshape(scale.shape) if ctx.needs_input_grad[2] else None
+        grad_q = grad_u * scale if ctx.needs_input_grad[0] else None
+        return grad_q, grad_k if ctx.needs_input_grad[1] else None, grad_s, None, None
+
+
+def _batched_row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """:func:`row_cross_entropy_plain` summed over a leading member dimension: q (M, n, d), k (M, N, d)."""
+    members, n, _ = q.shape
+    logits = scale * torch.bmm(q, k.transpose(1, 2))
+    return F.cross_entropy(logits.reshape(members * n, -1), _targets(n, offset, q.device).repeat(members),
+                           reduction="sum")
+
+
+def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0,
+                      chunk_size: int = 0) -> torch.Tensor:
+    """``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]``; chunked when ``0 < chunk_size < len(q)``.
+
+    Parameters
+    ----------
+    q
+        Queries (n x d); query ``i``'s positive key is ``k[offset + i]``.
+    k
+        Keys (N x d).
+    scale
+        Scalar tensor multiplying the dot products (``1 / temperature``).
+    offset
+        Position of the first query's positive among the keys (the shard offset of this rank).
+    chunk_size
+        Rows of logits computed at a time; ``0`` computes them all at once.
+    """
+    if chunk_size and chunk_size < q.shape[0]:
+        return _ChunkedRowCE.apply(q, k, scale, offset, int(chunk_size))
+    return row_cross_entropy_plain(q, k, scale, offset)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE over the (global) batch.
+
+    Parameters
+    ----------
+    chunk_size
+        Rows of logits computed at a time (0 = all); chunked and plain give the same loss and gradients.
+    world_size, rank
+        Data-parallel layout: this rank's features are rows ``rank*n .. (rank+1)*n`` of the global batch.
+    members
+        Ensemble members: the features are ``members`` blocks side by side; the loss is the mean of the blocks'
+        losses (each block rescaled to unit norm).
+
+    Notes
+    -----
+    With ``world_size > 1`` the returned value is this rank's share ``L_r`` of the global loss
+    (``sum_r L_r = L``) and the gradient of every shard is that of ``L``. Under DDP, which averages parameter
+    gradients over ranks, back-propagate ``world_size * L_r`` to obtain the gradient of ``L``.
+    """
+
+    def __init__(self, chunk_size: int = 0, world_size: int = 1, rank: int = 0, members: int = 1) -> None:
+        super().__init__()
+        if members < 1:
+            raise ValueError("members must be >= 1")
+        self.members = int(members)
+        self.chunk_size = int(chunk_size)
+        self.world_size = int(world_size)
+        self.rank = int(rank)
+
+    def forward(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the symmetric InfoNCE loss (the whole loss on one process)."""
+        a, b = _full_precision(rna_features), _full_precision(prot_features)
+        n_local = a.shape[0]
+        a_all = gather_features(a, self.world_size)
+        b_all = gather_features(b, self.world_size)
+        n = a_all.shape[0]
+        offset = self.rank * n_local
+        s = _full_precision(logit_scale).exp()
+        qa, qb, ka, kb = (_member_blocks(x, self.members) for x in (a, b, a_all, b_all))
+        chunked = bool(self.chunk_size) and self.chunk_size < n_local
+        if self.members > 1 and not chunked:  # all members' logits in one batched product per direction
+            total = (_batched_row_cross_entropy(qa, kb, s, offset)
+                     + _batched_row_cross_entropy(qb, ka, s, offset))
+        else:
+            total = a.new_zeros(())
+            for m in range(self.members):
+                total = total + (row_cross_entropy(qa[m], kb[m], s, offset, self.chunk_size)
+                                 + row_cross_entropy(qb[m], ka[m], s, offset, self.chunk_size))
+        return total / (2 * n * self.members)

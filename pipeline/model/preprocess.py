@@ -1,0 +1,483 @@
+"""Preprocessing fitted on training cells only, saved with the model, and applied identically to new cells.
+
+RNA: library-size normalisation (total counts over *all* genes of the input) to ``target_sum``, ``log1p``, the
+highly variable genes chosen by scanpy on the training cells, per-gene centring/scaling clipped at
+``max_value``. Protein: centred log-ratio per cell (``log1p(x) - mean_p log1p(x_p)``), optional per-protein
+centring/scaling.
+
+New cells are matched to the model by feature name. Missing genes/proteins are filled with zeros *in the model's
+input space* (= the training mean after scaling) and reported; too many missing genes is an error.
+
+The numeric transform is written once, in torch (:class:`omicsclip.model.batchops.CountTransform`, fitted here as
+:class:`TorchPreprocessor`), and shared by training batches, validation and embedding, so training and inference
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from omicsclip.errors import InputError
+from omicsclip.model.batchops import CountTransform
+
+log = logging.getLogger(__name__)
+
+MAX_PROTEIN_GENES = 256  # preprocess.protein_genes: at most this many genes in all (large antibody panels)
+
+
+@dataclass
+class PreprocessState:
+    """Everything needed to transform raw counts exactly as during training (JSON-serialisable).
+
+    Attributes
+    ----------
+    genes
+        Model input genes (the highly variable genes), in model order.
+    all_genes
+        All genes of the training store, in store order (lets inputs without gene names be recognised).
+    proteins
+        Model input proteins, in model order.
+    rna_mean, rna_std
+        Per model gene, of the log-normalised training values; ``None`` when RNA is not scaled.
+    rna_pcs
+        Principal axes (components x model genes) of the scaled training values that the RNA input is projected
+        on; ``None``: the encoder sees the genes.
+    protein_genes
+        Model genes passed to the RNA encoder as their own scaled values beside the principal axes (with
+        ``rna_pcs`` only): per protein, the genes most correlated with it on the training cells
+        (:func:`select_protein_genes`). ``None`` or empty: none.
+    depth
+        ``[rna mean, rna std, protein mean, protein std]`` of ``log1p`` total counts per training cell: each
+        encoder also sees its cell's standardised log total (depth / cell size); ``None``: not used.
+    prot_mean, prot_std
+        Per protein, of the CLR-transformed training values; ``None`` when proteins are not scaled.
+    """
+
+    genes: list[str]
+    all_genes: list[str]
+    proteins: list[str]
+    target_sum: float = 1e4
+    max_value: float = 10.0
+    rna_mean: np.ndarray | None = None
+    rna_std: np.ndarray | None = None
+    prot_mean: np.ndarray | None = None
+    prot_std: np.ndarray | None = None
+    max_missing_gene_fraction: float = 0.2
+    rna_pcs: np.ndarray | None = None
+    depth: list[float] | None = None
+    protein_genes: list[str] | None = None
+
+    @property
+    def rna_projection(self) -> np.ndarray | None:
+        """What the scaled model genes are projected on (rows x model genes): the principal axes, then one
+        indicator row per protein gene (that gene's scaled value); ``None`` without principal axes."""
+        if self.rna_pcs is None:
+            return None
+        pos = pd.Index(self.genes).get_indexer(self.protein_genes or [])
+        if (pos < 0).any():
+            raise InputError("preprocessing state: protein_genes are not all model genes")
+        rows = np.zeros((len(pos), len(self.genes)), np.float32)
+        rows[np.arange(len(pos)), pos] = 1.0
+        return np.concatenate([np.asarray(self.rna_pcs, np.float32), rows])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (arrays as lists)."""
+
+        def arr(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(x) for x in a]
+
+        return {
+            "genes": list(self.genes), "all_genes": list(self.all_genes), "proteins": list(self.proteins),
+            "target_sum": float(self.target_sum), "max_value": float(self.max_value),
+            "rna_mean": arr(self.rna_mean), "rna_std": arr(self.rna_std),
+            "prot_mean": arr(self.prot_mean), "prot_std": arr(self.prot_std),
+            "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
+            "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
+            "depth": None if self.depth is None else [float(x) for x in self.depth],
+            "protein_genes": None if self.protein_genes is None else [str(g) for g in self.protein_genes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessState:
+        """Inverse of :meth:`to_dict`."""
+
+        def arr(a: list[float] | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a, dtype=np.float32)
+
+        try:
+            return cls(
+                genes=[str(g) for g in d["genes"]], all_genes=[str(g) for g in d["all_genes"]],
+                proteins=[str(p) for p in d["proteins"]], target_sum=float(d["target_sum"]),
+                max_value=float(d["max_value"]), rna_mean=arr(d["rna_mean"]), rna_std=arr(d["rna_std"]),
+                prot_mean=arr(d["prot_mean"]), prot_std=arr(d["prot_std"]),
+                max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
+                rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
+                depth=None if d.get("depth") is None else [float(x) for x in d["depth"]],
+                protein_genes=None if d.get("protein_genes") is None else [str(g) for g in d["protein_genes"]],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
+
+
+@dataclass
+class FeatureReport:
+    """How a new input's features matched the model's."""
+
+    modality: str
+    n_model: int
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def n_missing(self) -> int:
+        return len(self.missing)
+
+    @property
+    def missing_fraction(self) -> float:
+        return self.n_missing / max(self.n_model, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modality": self.modality, "n_model": self.n_model, "n_missing": self.n_missing,
+                "missing_fraction": self.missing_fraction, "missing": list(self.missing)}
+
+
+# ---------------------------------------------------------------------------------------------------- fitting
+
+
+def library_size(rna: sp.spmatrix | np.ndarray) -> np.ndarray:
+    """Total counts per cell (float64)."""
+    return np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
+
+
+def log_normalize(rna: sp.csr_matrix, target_sum: float, lib: np.ndarray | None = None) -> sp.csr_matrix:
+    """``log1p(counts / lib * target_sum)`` as a new CSR float32 matrix."""
+    lib = library_size(rna) if lib is None else lib
+    scale = target_sum / np.where(lib > 0, lib, 1.0)
+    out = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(rna, dtype=np.float64))
+    out.data = np.log1p(out.data)
+    return out.astype(np.float32)
+
+
+def clr(prot: np.ndarray) -> np.ndarray:
+    """Per-cell centred log-ratio: ``log1p(x) - mean over proteins of log1p(x)`` (numpy reference)."""
+    lp = np.log1p(np.asarray(prot, dtype=np.float64))
+    return (lp - lp.mean(axis=1, keepdims=True)).astype(np.float32)
+
+
+def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
+    """Positions of the ``n_hvg`` most variable genes (scanpy, flavor "seurat"), in input order.
+
+    ``n_hvg == 0`` or ``n_hvg >=`` the number of expressed genes keeps every expressed gene.
+    """
+    expressed = np.flatnonzero(np.asarray((lognorm > 0).sum(axis=0)).ravel() > 0)
+    if expressed.size == 0:
+        raise InputError("preprocess: no gene has any counts in the training cells")
+    if n_hvg == 0 or n_hvg >= expressed.size:
+        return expressed
+    import anndata as ad  # scanpy is slow to import: only when genes are actually selected
+    import scanpy as sc
+
+    adata = ad.AnnData(X=lognorm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor="seurat", subset=False)
+    return np.flatnonzero(adata.var["highly_variable"].to_numpy())
+
+
+def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    if sp.issparse(x):
+        mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+        sq = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel()
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        mean, sq = x.mean(axis=0), (x * x).mean(axis=0)
+    std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    std[std < 1e-8] = 1.0  # constant features: centre only
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int = 0) -> np.ndarray:
+    """Top ``n`` principal axes (rows, unit norm, sign-fixed) of the cells x features matrix ``x``.
+
+    Randomized SVD with a fixed seed (exact SVD for tiny matrices); at most ``max_cells`` cells (a seeded subset)
+    are used.
+    """
+    x = np.asarray(x)
+    if x.shape[0] > max_cells:
+        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_cells, replace=False))]
+    x = x.astype(np.float32)
+    x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    k = min(n, *x.shape)
+    if min(x.shape) <= 500:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        top = vt[:k]
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, _, top = randomized_svd(x, k, n_iter=5, random_state=seed)
+    top = top * np.sign(top[np.arange(k), np.abs(top).argmax(axis=1)])[:, None]
+    return top.astype(np.float32)
+
+
+def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, max_genes: int = MAX_PROTEIN_GENES,
+                         chunk: int = 2048) -> np.ndarray:
+    """Per protein, the ``k`` genes whose values correlate most with it (absolute Pearson ``r``).
+
+    Parameters
+    ----------
+    x
+        Training cells x genes (the scaled model-gene values).
+    prot
+        Training cells x proteins (CLR values).
+    k
+        Genes per protein.
+    max_genes
+        At most this many genes in all (large panels): then every protein's best gene first, then every
+        protein's second best, and so on, until the budget is spent.
+    chunk
+        Cells per chunk of the sums (bounded memory: no centred copy of ``x``).
+
+    Returns
+    -------
+    np.ndarray
+        Column positions in ``x``: protein by protein, each protein's genes by decreasing ``|r|``, a gene picked
+        for an earlier protein not repeated. Genes uncorrelated with a protein (``r = 0``: a constant gene or
+        protein) are never picked for it.
+    """
+    n, k = x.shape[0], min(int(k), x.shape[1])
+    y = np.asarray(prot, np.float64)
+    y = y - y.mean(axis=0)
+    mean = np.zeros(x.shape[1])
+    for start in range(0, n, chunk):
+        mean += np.asarray(x[start : start + chunk], np.float64).sum(axis=0)
+    mean /= max(n, 1)
+    sxx = np.zeros(x.shape[1])
+    sxy = np.zeros((x.shape[1], y.shape[1]))
+    for start in range(0, n, chunk):
+        xc = np.asarray(x[start : start + chunk], np.float64) - mean
+        sxx += (xc * xc).sum(axis=0)
+        sxy += xc.T @ y[start : start + chunk]
+    x_sd, y_sd = np.sqrt(sxx / max(n, 1)), y.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(sxy / max(n, 1) / np.outer(x_sd, y_sd))
+    r[~np.isfinite(r)] = 0.0
+    r[x_sd < 1e-8] = 0.0
+    r[:, y_sd < 1e-8] = 0.0
+    ranked = [[int(g) for g in np.argsort(-r[:, p], kind="stable")[:k] if r[g, p] > 1e-6] for p in range(r.shape[1])]
+    budget: set[int] = set()
+    for rank in range(k):  # round robin over proteins, so a budget cut keeps every protein's best genes
+        for genes in ranked:
+            if rank < len(genes) and len(budget) < max_genes:
+                budget.add(genes[rank])
+    picked = dict.fromkeys(g for genes in ranked for g in genes if g in budget)
+    return np.fromiter(picked, dtype=np.int64, count=len(picked))
+
+
+def fit_preprocessing(
+    rna: sp.spmatrix,
+    prot: np.ndarray,
+    genes: Sequence[str],
+    proteins: Sequence[str],
+    *,
+    n_hvg: int = 2000,
+    target_sum: float = 1e4,
+    scale_rna: bool = True,
+    max_value: float = 10.0,
+    scale_prot: bool = True,
+    max_missing_gene_fraction: float = 0.2,
+    n_pcs: int = 0,
+    depth_features: bool = False,
+    protein_genes: int = 0,
+) -> PreprocessState:
+    """Fit the preprocessing on the *training* cells' raw counts.
+
+    Parameters
+    ----------
+    rna
+        Training cells x all genes, raw counts.
+    prot
+        Training cells x proteins, raw counts.
+    genes, proteins
+        Feature names (columns of ``rna`` / ``prot``).
+    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs
+        The ``preprocess`` config section (``n_pcs > 0``: the RNA input is projected on this many principal
+        axes of the scaled training values; ``depth_features``: each encoder also sees its cell's standardised
+        log total counts; ``protein_genes > 0`` with ``n_pcs``: per protein, the genes most correlated with it
+        join the RNA input as their scaled values, :func:`select_protein_genes`).
+    """
+    rna = sp.csr_matrix(rna, dtype=np.float32)
+    prot = np.asarray(prot, dtype=np.float32)
+    if rna.shape[0] == 0:
+        raise InputError("preprocess: no training cells")
+    if rna.shape[1] != len(genes) or prot.shape[1] != len(proteins):
+        raise InputError("preprocess: feature names do not match the count matrices' columns")
+    lognorm = log_normalize(rna, target_sum)
+    hvg = select_hvg(lognorm, n_hvg)
+    log.info("preprocess: %d of %d genes selected (n_hvg=%d)", hvg.size, len(genes), n_hvg)
+    rna_mean = rna_std = prot_mean = prot_std = None
+    if scale_rna:
+        rna_mean, rna_std = _mean_std(lognorm[:, hvg])
+    prot_clr = clr(prot)
+    if scale_prot:
+        prot_mean, prot_std = _mean_std(prot_clr)
+    rna_pcs, prot_genes = None, None
+    if n_pcs:
+        x = lognorm[:, hvg].toarray()
+        if scale_rna:
+            x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
+        rna_pcs = principal_axes(x, n_pcs)
+        if protein_genes:
+            picked = select_protein_genes(x, prot_clr, protein_genes)
+            prot_genes = [str(genes[hvg[i]]) for i in picked]
+            log.info("preprocess: %d protein genes beside %d PCs%s", len(prot_genes), rna_pcs.shape[0],
+                     f" (e.g. {', '.join(prot_genes[:5])})" if prot_genes else ": no gene correlates with a protein")
+    depth = None
+    if depth_features:
+        lr, lp = np.log1p(library_size(rna)), np.log1p(prot.sum(axis=1, dtype=np.float64))
+        depth = [float(lr.mean()), float(max(lr.std(), 1e-6)), float(lp.mean()), float(max(lp.std(), 1e-6))]
+    all_genes = [str(g) for g in genes]
+    return PreprocessState(
+        genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
+        target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
+        prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
+        rna_pcs=rna_pcs, depth=depth, protein_genes=prot_genes,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- matching
+
+
+def _check_names(names: Sequence[str], what: str) -> list[str]:
+    names = [str(n) for n in names]
+    dup = pd.Index(names)[pd.Index(names).duplicated()]
+    if len(dup):
+        raise InputError(f"{what} names are not unique (e.g. {', '.join(map(str, dup[:3]))})")
+    return names
+
+
+def align_rna(
+    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
+) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
+    """Match new cells' genes to the model's by name.
+
+    Parameters
+    ----------
+    rna
+        Cells x genes raw counts (CSR or dense).
+    genes
+        Column names of ``rna``; ``None`` means the training store's gene order (or the model's genes when the
+        width equals the number of model genes).
+    state
+        The model's preprocessing state.
+
+    Returns
+    -------
+    counts, lib, report
+        Raw counts in model gene order (CSR, missing genes empty), the library size of every cell over *all*
+        its input genes, and the matching report.
+    """
+    rna = sp.csr_matrix(rna, dtype=np.float32)
+    if genes is None:
+        if rna.shape[1] == len(state.all_genes):
+            genes = state.all_genes
+        elif rna.shape[1] == len(state.genes):
+            log.warning("RNA input without gene names has the model's %d genes: library sizes use only these",
+                        len(state.genes))
+            genes = state.genes
+        else:
+            raise InputError(
+                f"RNA input has {rna.shape[1]} columns and no gene names; the model expects "
+                f"{len(state.all_genes)} (training genes) or {len(state.genes)} (model genes)"
+            )
+    genes = _check_names(genes, "gene")
+    if len(genes) != rna.shape[1]:
+        raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
+    pos = pd.Index(genes).get_indexer(state.genes)
+    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
+    report = FeatureReport("rna", len(state.genes), missing)
+    if report.missing_fraction > state.max_missing_gene_fraction:
+        raise InputError(
+            f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
+            f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
+            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}"
+        )
+    if missing:
+        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
+                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
+        lost = sorted(set(missing) & set(state.protein_genes or []))
+        if lost:
+            log.warning("%d of the missing genes are protein genes of the model (inputs picked for their "
+                        "correlation with a protein): %s", len(lost), ", ".join(lost[:10]))
+    present = np.flatnonzero(pos >= 0)
+    sel = sp.csr_matrix(
+        (np.ones(present.size, np.float32), (pos[present], present)), shape=(rna.shape[1], len(state.genes))
+    )
+    counts = sp.csr_matrix(rna @ sel)
+    counts.sort_indices()
+    return counts, library_size(rna), report
+
+
+def align_proteins(
+    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState
+) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
+    """Match new cells' proteins to the model's by name.
+
+    Returns
+    -------
+    counts, present, report
+        Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
+        in the input, and the matching report.
+    """
+    if isinstance(prot, pd.DataFrame):
+        proteins = list(prot.columns) if proteins is None else proteins
+        prot = prot.to_numpy()
+    prot = np.asarray(prot.toarray() if sp.issparse(prot) else prot, dtype=np.float32)
+    if proteins is None:
+        if prot.shape[1] != len(state.proteins):
+            raise InputError(f"protein input has {prot.shape[1]} columns and no names; the model expects "
+                             f"{len(state.proteins)}")
+        proteins = state.proteins
+    proteins = _check_names(proteins, "protein")
+    if len(proteins) != prot.shape[1]:
+        raise InputError(f"protein input has {prot.shape[1]} columns but {len(proteins)} protein names")
+    pos = pd.Index(proteins).get_indexer(state.proteins)
+    present = pos >= 0
+    if not present.any():
+        raise InputError(
+            f"protein input shares no protein with the model (model: {', '.join(state.proteins[:5])}...; "
+            f"input: {', '.join(proteins[:5])}...)"
+        )
+    missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
+    if missing:
+        log.warning("protein input lacks %d of the model's %d proteins; filled with zeros (%s)",
+                    len(missing), len(state.proteins), ", ".join(missing[:5]))
+    out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
+    out[:, present] = prot[:, pos[present]]
+    return out, present, FeatureReport("prot", len(state.proteins), missing)
+
+
+# ---------------------------------------------------------------------------------------------------- transform
+
+
+class TorchPreprocessor(CountTransform):
+    """The fitted transform of a :class:`PreprocessState` as torch operations on one device."""
+
+    def __init__(self, state: PreprocessState, device: torch.device | str = "cpu") -> None:
+        self.state = state
+        self.device = torch.device(device)
+
+        def t(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.as_tensor(np.asarray(a, np.float32), device=self.device)
+
+        super().__init__(n_genes=len(state.genes), target_sum=state.target_sum, max_value=state.max_value,
+                         rna_mean=t(state.rna_mean), rna_std=t(state.rna_std), prot_mean=t(state.prot_mean),
+                         prot_std=t(state.prot_std), rna_proj=t(state.rna_projection), n_proteins=len(state.proteins),
+                         depth=None if state.depth is None else tuple(state.depth))

@@ -1,0 +1,196 @@
+"""Training batches: device-resident cells (batches are index gathers) or chunks streamed from the store.
+
+Raw counts stay raw until the batch is built, so augmentation happens on counts, on the device
+(:func:`omicsclip.model.batchops.model_inputs`): binomial count thinning with a per-cell keep probability
+``q ~ U(thinning, 1)`` (``thinning = 1`` disables it) and feature dropout.
+
+RNA counts are kept as CSR (values, column indices, row pointers) on the device, together with each cell's count
+total over the genes outside the model; a batch gathers its cells' non-zeros, thins them, and scatters them into
+a dense ``batch x genes`` matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from omicsclip.model.batchops import Augmentation, RawBatch, gather_rows, model_inputs, thin_counts
+from omicsclip.model.preprocess import PreprocessState, align_proteins, align_rna
+
+__all__ = ["Augmentation", "DeviceBatches", "DeviceCells", "RawBatch", "StoreBatches", "epoch_permutation",
+           "load_cells", "model_inputs", "thin_counts"]
+
+log = logging.getLogger(__name__)
+
+
+class DeviceCells:
+    """Cells kept on one device; :meth:`gather` builds a :class:`RawBatch` with index operations only.
+
+    Parameters
+    ----------
+    rna
+        Cells x model genes raw counts (CSR).
+    lib
+        Library size of every cell over all its genes.
+    prot
+        Cells x proteins raw counts.
+    device
+        Where to keep the data.
+    """
+
+    def __init__(self, rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        rna = sp.csr_matrix(rna)
+        self.n_cells, self.n_genes = rna.shape
+        # counts are integers: float16 is exact up to 2048 and halves the footprint
+        vdtype = torch.float16 if (rna.nnz == 0 or float(rna.data.max()) <= 2048) else torch.float32
+        self.values = torch.as_tensor(rna.data, device=self.device).to(vdtype)
+        self.indices = torch.as_tensor(rna.indices.astype(np.int32), device=self.device)
+        self.indptr = torch.as_tensor(rna.indptr.astype(np.int64), device=self.device)
+        rowsum = np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
+        self.other = torch.as_tensor(np.maximum(lib - rowsum, 0).astype(np.float32), device=self.device)
+        self.prot = torch.as_tensor(np.asarray(prot, np.float32), device=self.device)
+
+    def gather(self, idx: torch.Tensor) -> RawBatch:
+        """The cells ``idx`` (a tensor of positions on this device) as a raw batch."""
+        return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))
+
+
+def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
+               chunk_cells: int = 10_000) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Read the cells at positions ``rows`` (sorted) of a store, aligned to the model's features.
+
+    Returns (RNA counts over model genes as CSR, library sizes over all genes, protein counts).
+    """
+    from omicsclip.io.store import iter_store, store_info
+
+    info = store_info(store)
+    genes, proteins = [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index]
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    parts_rna, parts_lib, parts_prot = [], [], []
+    for rna, prot, sl in iter_store(store, chunk_cells):
+        sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
+        if sel.size == 0:
+            continue
+        counts, lib, _ = align_rna(rna[sel], genes, state)
+        p, _, _ = align_proteins(prot[sel], proteins, state)
+        parts_rna.append(counts)
+        parts_lib.append(lib)
+        parts_prot.append(p)
+    if not parts_rna:
+        return (sp.csr_matrix((0, len(state.genes)), dtype=np.float32), np.zeros(0),
+                np.zeros((0, len(state.proteins)), np.float32))
+    return sp.vstack(parts_rna, format="csr"), np.concatenate(parts_lib), np.concatenate(parts_prot)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The order of the training cells in ``epoch`` (a pure function of seed and epoch)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).to(device)
+
+
+class DeviceBatches:
+    """Batches of device-resident cells: every epoch a seeded permutation, cut into global batches.
+
+    With several ranks every rank holds all training cells and takes its contiguous shard of each global batch.
+    """
+
+    def __init__(self, cells: DeviceCells, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.cells = cells
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.local = self.batch_size // world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.cells.n_cells // self.batch_size
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
+        """Raw batches of this rank for ``epoch``, from ``start_step`` on (the last partial batch is dropped)."""
+        perm = epoch_permutation(self.cells.n_cells, self.seed, epoch, self.cells.device)
+        for step in range(start_step, self.steps_per_epoch):
+            lo = step * self.batch_size + self.rank * self.local
+            yield self.cells.gather(perm[lo : lo + self.local])
+
+
+class StoreBatches:
+    """Batches streamed from the store when the training cells do not fit on the device.
+
+    Every epoch visits the store's chunks in a seeded order and shuffles the training cells within each chunk;
+    the cells left over at the end of a chunk start the next one, so an epoch yields as many full batches as
+    the device-resident source. Only one chunk (plus the carried-over cells) is in memory at a time.
+    """
+
+    def __init__(self, store: str | Path, train_rows: np.ndarray, state: PreprocessState, batch_size: int,
+                 seed: int, device: torch.device | str, *, chunk_cells: int = 50_000, rank: int = 0,
+                 world_size: int = 1) -> None:
+        from omicsclip.io.store import store_info
+
+        info = store_info(store)
+        self.store = Path(store)
+        self.n_store = len(info["obs"])
+        self.genes = [str(g) for g in info["genes"].index]
+        self.proteins = [str(p) for p in info["proteins"].index]
+        self.train_rows = np.sort(np.asarray(train_rows, dtype=np.int64))
+        self.state = state
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.device = torch.device(device)
+        self.chunk_cells = int(max(chunk_cells, batch_size))
+        self.rank, self.world_size = rank, world_size
+        self.local = self.batch_size // world_size
+        self._x = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_rows) // self.batch_size
+
+    def _chunk(self, start: int, stop: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        if self._x is None:
+            import zarr
+            from anndata.io import sparse_dataset
+
+            root = zarr.open_group(str(self.store), mode="r")  # layout checked by store_info in __init__
+            self._x = (sparse_dataset(root["mod/rna/X"]), sparse_dataset(root["mod/prot/X"]))
+        sel = self.train_rows[(self.train_rows >= start) & (self.train_rows < stop)] - start
+        rna = sp.csr_matrix(self._x[0][start:stop])[sel]
+        prot = np.asarray(sp.csr_matrix(self._x[1][start:stop]).toarray(), np.float32)[sel]
+        counts, lib, _ = align_rna(rna, self.genes, self.state)
+        p, _, _ = align_proteins(prot, self.proteins, self.state)
+        return counts, lib, p
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
+        """Raw batches of this rank for ``epoch`` from ``start_step`` on."""
+        rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+        starts = np.arange(0, self.n_store, self.chunk_cells)
+        order = rng.permutation(len(starts))
+        carry: tuple[sp.csr_matrix, np.ndarray, np.ndarray] | None = None
+        step = 0
+        for ci in order:
+            start = int(starts[ci])
+            stop = min(start + self.chunk_cells, self.n_store)
+            rna, lib, prot = self._chunk(start, stop)  # read even when resuming past it: its leftover cells
+            perm = rng.permutation(rna.shape[0])       # carry into the next chunk
+            rna, lib, prot = rna[perm], lib[perm], prot[perm]
+            if carry is not None:
+                rna = sp.vstack([carry[0], rna], format="csr")
+                lib = np.concatenate([carry[1], lib])
+                prot = np.concatenate([carry[2], prot])
+            n_batches = rna.shape[0] // self.batch_size
+            used = n_batches * self.batch_size
+            carry = (rna[used:], lib[used:], prot[used:]) if used < rna.shape[0] else None
+            if step + n_batches <= start_step:
+                step += n_batches
+                continue
+            cells = DeviceCells(rna[:used], lib[:used], prot[:used], self.device)
+            for b in range(n_batches):
+                if step >= start_step:
+                    lo = b * self.batch_size + self.rank * self.local
+                    yield cells.gather(torch.arange(lo, lo + self.local, device=self.device))
+                step += 1

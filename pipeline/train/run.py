@@ -1,0 +1,268 @@
+"""``train_model``: split, fit preprocessing on training cells, train the dual encoder, write the model folder.
+
+The run works in ``<out>.partial/`` (split, preprocessing state, ``checkpoints/``, ``train_log.jsonl``) so that an
+interrupted run can be resumed; the folder is renamed to ``<out>`` only once the model is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from omicsclip.errors import InputError
+from omicsclip.io.atomic import atomic_path, check_writable
+from omicsclip.io.jsonfile import read_json
+from omicsclip.io.split import make_split, read_split, write_split
+from omicsclip.model.device import resolve_device
+from omicsclip.model.encoders import build_model
+from omicsclip.model.modelio import SPLIT, store_fingerprint, write_model_files
+from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor, fit_preprocessing
+from omicsclip.train.checkpoint import LAST, load_checkpoint
+from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, load_cells, model_inputs
+from omicsclip.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from omicsclip.train.trainer import Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_STATE = "preprocess.json"
+FIT_MAX_CELLS = 100_000  # preprocessing (HVG, scaling) is fitted on at most this many training cells
+VAL_MAX_CELLS = 10_000  # validation retrieval uses at most this many validation cells
+_RUNTIME_KEYS = ("device", "num_threads", "data_on_device")  # may change between a run and its resume
+
+
+def _check_train_cfg(train: dict[str, Any], world_size: int) -> None:
+    t, lo, hi = train["temperature"], train["temperature_min"], train["temperature_max"]
+    if not lo <= t <= hi:
+        raise InputError(f"train.temperature={t} must lie within [temperature_min={lo}, temperature_max={hi}]")
+    if train["batch_size"] % world_size:
+        raise InputError(f"train.batch_size={train['batch_size']} must be divisible by the {world_size} processes")
+
+
+def run_fingerprint(cfg: dict[str, Any], data_fingerprint: str) -> str:
+    """Identifies what a checkpoint belongs to: config (without runtime-only keys) and data."""
+    c = json.loads(json.dumps({k: cfg.get(k) for k in ("split", "preprocess", "model", "train")}))
+    for k in _RUNTIME_KEYS:
+        c["train"].pop(k, None)
+    return hashlib.sha256(json.dumps([c, data_fingerprint], sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_dirs(out_dir: Path, store: Path, *, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """Return (work dir, whether a checkpoint should be resumed). Rank 0 only."""
+    work = out_dir.with_name(out_dir.name + ".partial")
+    check_writable(out_dir, overwrite=overwrite or resume, inputs=(store,))  # before any training
+    if work.exists():
+        if resume and (work / "checkpoints" / LAST).exists():
+            return work, True
+        if not (resume or overwrite):
+            raise InputError(f"{work}: an unfinished run is there; pass --resume to continue it or "
+                             f"--overwrite to start over")
+        if resume:  # no checkpoint: its split/preprocessing may be from other settings, so start over
+            log.warning("no checkpoint in %s; starting a new run", work)
+        shutil.rmtree(work)
+    elif resume:
+        log.warning("nothing to resume in %s; starting a new run", work)
+    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return work, False
+
+
+def _promote(work: Path, out_dir: Path, store: Path, *, overwrite: bool) -> None:
+    """Rename the finished work folder to ``out_dir`` (replacing an old one only with ``overwrite``)."""
+    if out_dir.exists():
+        check_writable(out_dir, overwrite=overwrite, inputs=(store,))
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out_dir, old)
+        os.replace(work, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out_dir)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], section: dict[str, Any],
+               seed: int) -> PreprocessState:
+    from omicsclip.io.store import iter_store
+
+    rows = train_rows
+    if rows.size > FIT_MAX_CELLS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, FIT_MAX_CELLS, replace=False))
+        log.info("preprocess: fitting on %d of %d training cells", rows.size, train_rows.size)
+    rna_parts, prot_parts = [], []
+    for rna, prot, sl in iter_store(store):
+        sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
+        if sel.size:
+            rna_parts.append(rna[sel])
+            prot_parts.append(prot[sel])
+    return fit_preprocessing(
+        sp.vstack(rna_parts, format="csr"), np.concatenate(prot_parts),
+        [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
+        n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
+        max_value=section["max_value"], scale_prot=section["scale_prot"],
+        max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section.get("n_pcs", 0),
+        depth_features=section.get("depth_features", False), protein_genes=section.get("protein_genes", 0),
+    )
+
+
+def _fits_on_device(bytes_needed: int, device: torch.device) -> bool:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return bytes_needed < 0.5 * free
+    import psutil
+
+    return bytes_needed < 0.5 * psutil.virtual_memory().available
+
+
+def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState, info: dict[str, Any],
+                     train: dict[str, Any], device: torch.device, dist: DistInfo):
+    n = len(info["obs"])
+    # upper bound: every non-zero of the training cells is a model gene
+    est = int(info["nnz_rna"] * len(train_rows) / max(n, 1) * 6 + len(train_rows) * (12 + 4 * len(state.proteins)))
+    mode = train["data_on_device"]
+    on_device = mode is True or (mode == "auto" and _fits_on_device(est, device))
+    if on_device:
+        rna, lib, prot = load_cells(store, train_rows, state)
+        cells = DeviceCells(rna, lib, prot, device)
+        log.info("training data on %s: %d cells x %d genes (%d non-zeros)", device, rna.shape[0], rna.shape[1],
+                 rna.nnz)
+        return DeviceBatches(cells, train["batch_size"], train["seed"], rank=dist.rank, world_size=dist.world_size)
+    log.info("training data streamed from %s (about %.1f GB would not fit on %s)", store, est / 1e9, device)
+    return StoreBatches(store, train_rows, state, train["batch_size"], train["seed"], device, rank=dist.rank,
+                        world_size=dist.world_size)
+
+
+def _validation_inputs(store: Path, val_rows: np.ndarray, state: PreprocessState, pre: TorchPreprocessor,
+                       device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if val_rows.size < 2:
+        return None
+    if val_rows.size > VAL_MAX_CELLS:
+        val_rows = np.sort(np.random.default_rng(seed + 1).choice(val_rows, VAL_MAX_CELLS, replace=False))
+    rna, lib, prot = load_cells(store, val_rows, state)
+    cells = DeviceCells(rna, lib, prot, device)
+    return model_inputs(cells.gather(torch.arange(cells.n_cells, device=device)), pre)
+
+
+def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any], *, resume: bool = False,
+                overwrite: bool = False) -> Path:
+    """Train a dual encoder on a paired store and write the model folder.
+
+    Parameters
+    ----------
+    store_path
+        Paired zarr store (``omicsclip ingest``).
+    out_dir
+        Model folder to create: ``model.safetensors``, ``model.json``, ``split.tsv``, ``train_log.jsonl``,
+        ``checkpoints/``.
+    cfg
+        Full, validated config (sections ``split``, ``preprocess``, ``model``, ``train`` are used).
+    resume
+        Continue the interrupted run in ``<out_dir>.partial`` from its last checkpoint (bit-for-bit the same
+        result as an uninterrupted run on the same hardware and settings).
+    overwrite
+        Replace an existing ``out_dir`` / discard an unfinished run.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Notes
+    -----
+    Under ``torchrun`` every process trains on a shard of each global batch (DDP); rank 0 writes the files.
+    """
+    store, out_dir = Path(store_path), Path(out_dir)
+    train = cfg["train"]
+    # pinned now and re-applied before training: libraries imported on the way (numba through scanpy) may
+    # change the OpenMP thread count, and CPU reductions (LayerNorm backward) depend on it
+    threads = int(train.get("num_threads") or 0) or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    device = resolve_device(train["device"])
+    dist = init_distributed(device)
+    clean = False
+    try:
+        _check_train_cfg(train, dist.world_size)
+        out = _train(store, out_dir, cfg, device, dist, threads, resume=resume, overwrite=overwrite)
+        clean = True
+        return out
+    finally:
+        shutdown(dist, clean=clean)
+
+
+def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device, dist: DistInfo, threads: int,
+           *, resume: bool, overwrite: bool) -> Path:
+    from omicsclip.io.store import store_info
+
+    t_start = time.time()
+    train = cfg["train"]
+    info = store_info(store)
+    data_fp = store_fingerprint(store)
+    run_fp = run_fingerprint(cfg, data_fp)
+    work = out_dir.with_name(out_dir.name + ".partial")
+    if resume and out_dir.exists() and not work.exists():
+        log.info("%s is already complete; nothing to resume", out_dir)
+        return out_dir
+    if dist.is_main:
+        work, do_resume = _prepare_dirs(out_dir, store, resume=resume, overwrite=overwrite)
+        if not do_resume:
+            split = make_split(info["obs"], **cfg["split"])
+            write_split(split, work / SPLIT)
+    barrier(dist)
+    do_resume = (work / "checkpoints" / LAST).exists() and resume
+    split = read_split(work / SPLIT)
+    if not split.index.equals(pd.Index(info["obs"].index.astype(str))):
+        raise InputError(f"{work / SPLIT}: barcodes differ from the store's; use --overwrite to start over")
+    rows = {s: np.flatnonzero(split.to_numpy() == s) for s in ("train", "val", "test")}
+    if len(rows["train"]) < train["batch_size"]:
+        raise InputError(f"train.batch_size={train['batch_size']} is larger than the {len(rows['train'])} "
+                         f"training cells; lower it")
+
+    if dist.is_main and not (work / PREPROCESS_STATE).exists():
+        state = _fit_state(store, rows["train"], info, cfg["preprocess"], train["seed"])
+        with atomic_path(work / PREPROCESS_STATE, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(state.to_dict()))
+    barrier(dist)
+    state = PreprocessState.from_dict(read_json(work / PREPROCESS_STATE))
+    pre = TorchPreprocessor(state, device)
+    torch.set_num_threads(threads)
+
+    _seed_everything(train["seed"])
+    precision = train["precision"]
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    model = build_model(pre.rna_dim, pre.prot_dim, cfg["model"], train).to(device)
+    source = _training_source(store, rows["train"], state, info, train, device, dist)
+    val = _validation_inputs(store, rows["val"], state, pre, device, train["seed"])
+    trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,
+                      run_fp)
+    if do_resume:
+        trainer.load_state_dict(load_checkpoint(work / "checkpoints" / LAST))
+    summary = trainer.fit()
+
+    if dist.is_main:
+        extra = {
+            "data_fingerprint": data_fp, "store": str(store.resolve()),
+            "n_cells": {k: int(v.size) for k, v in rows.items()},
+            "training": {**summary, "seconds": round(time.time() - t_start, 1), "device": str(device),
+                         "world_size": dist.world_size, "bf16": bf16},
+        }
+        fp = write_model_files(work, model, state, cfg, extra)
+        _promote(work, out_dir, store, overwrite=overwrite or resume)
+        log.info("wrote %s (model %s..., best epoch %d of %d)", out_dir, fp[:12], summary["best_epoch"],
+                 summary["epochs"])
+    barrier(dist)
+    return out_dir

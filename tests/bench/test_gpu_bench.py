@@ -1,0 +1,54 @@
+"""bench/gpu_train.py (the GPU throughput benchmark) runs its full step on the CPU at tiny sizes: the device
+data pipeline, the default projection input and the dense-gene input, chunked InfoNCE."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_train.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_train():
+    spec = importlib.util.spec_from_file_location("gpu_train_bench", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("extra, n_pcs, genes_in", [([], 30, 200), (["--n-pcs", "0", "--feature-dropout", "0.1"], 0, 0)])
+def test_gpu_bench_small_runs_on_cpu(gpu_train, tmp_path, extra, n_pcs, genes_in):
+    out = tmp_path / "g.json"
+    report = gpu_train.main(["--small", "--steps", "1", "--device", "cpu", "--out", str(out), *extra])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["rna_input"]["n_pcs"] == n_pcs and report["rna_input"]["protein_genes"] == genes_in
+    assert [r["batch"] for r in report["results"]] == [256, 1024]
+    assert report["results"][1]["logit_chunk"] == 512  # the larger batch takes the chunked-logits path
+    for r in report["results"]:
+        assert r["cells_per_s"] > 0 and r["pipeline_cells_per_s"] > 0 and r["model_cells_per_s"] > 0
+
+
+def test_input_axes_are_pcs_then_gene_indicators(gpu_train):
+    import torch
+
+    axes = gpu_train.input_axes(50, 5, 7, torch.device("cpu"))
+    assert axes.shape == (12, 50)
+    torch.testing.assert_close(axes[:5] @ axes[:5].T, torch.eye(5), atol=1e-5, rtol=0)
+    ind = axes[5:]
+    assert torch.all(ind.sum(1) == 1) and torch.all(ind.sum(0) <= 1)  # distinct genes, one per row
+    assert gpu_train.input_axes(50, 0, 7, torch.device("cpu")) is None
+
+
+def test_protein_gene_cap_is_the_preprocessing_one(gpu_train):
+    from types import SimpleNamespace
+
+    from omicsclip.model.preprocess import MAX_PROTEIN_GENES
+
+    args = SimpleNamespace(n_pcs=30, protein_genes=10)
+    assert gpu_train.n_protein_genes(args, 2000, 200) == MAX_PROTEIN_GENES  # 200 proteins x 10, capped
+    assert gpu_train.n_protein_genes(args, 2000, 8) == 80
+    assert gpu_train.n_protein_genes(SimpleNamespace(n_pcs=0, protein_genes=10), 2000, 8) == 0
