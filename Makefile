@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: demo test lint venv clean-demo
+.PHONY: demo test test-installed wheel lint venv clean-demo
 
 venv: $(VENV)/.installed
 
@@ -21,8 +21,18 @@ demo: venv
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
+# The wheel installed (with its dependencies) into a fresh venv outside the tree, every stage and the packaged
+# workflow run with it from outside the tree (tests/e2e/installed.sh; a few minutes; .ci/run runs it).
+test-installed: venv
+	OMICSCLIP_WHEEL_TEST=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_installed.py
+
+# dist/omicsclip-<version>-py3-none-any.whl (build/ removed first: setuptools would reuse stale files from it)
+wheel: venv
+	rm -rf build
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
 lint: venv
-	$(BIN)/ruff check pipeline cli tests bench
+	$(BIN)/ruff check pipeline cli workflow tests bench
 
 clean-demo:
 	rm -rf demo_out

@@ -9,3 +9,10 @@
 
 
 include: "workflow/Snakefile"
+
+
+# An included file's `default_target` does not carry over to the including Snakefile: name the default here.
+rule default:
+    input:
+        rules.all.input,
+    default_target: True

@@ -129,7 +129,8 @@ def run_batch(data: dict[str, torch.Tensor], n: int, genes: int, proteins: int, 
                                n_proteins=proteins, depth=None if args.n_pcs == 0 else (7.0, 1.0, 8.0, 1.0))
     model = DualEncoder(transform.rna_dim, transform.prot_dim, rna_hidden=args.rna_hidden,
                         prot_hidden=args.prot_hidden, embed_dim=args.embed_dim, dropout=0.2, input_dropout=0.1,
-                        members=args.members).to(device)
+                        members=args.members, temperature=args.temperature, learnable_temperature=False,
+                        temperature_min=0.01, temperature_max=1.0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     chunk = args.chunk if batch > args.chunk else 0
     loss_fn = ClipLoss(chunk_size=chunk, members=args.members)
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rna-hidden", type=int, nargs="+", default=[512, 256])
     p.add_argument("--prot-hidden", type=int, nargs="+", default=[128, 128])
     p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (fixed)")
     p.add_argument("--members", type=int, default=5,
                    help="ensemble members per encoder (5 = configs/default.yaml; 1 = a single encoder pair)")
     p.add_argument("--thinning", type=float, default=0.5, help="count thinning (1.0 = off)")

@@ -21,7 +21,6 @@ Writes ``bench/results/index.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -54,6 +53,7 @@ from omicsclip.index.faiss_index import (  # noqa: E402
     set_search_params,
     set_threads,
 )
+from omicsclip.io.jsonfile import read_json_object, write_json  # noqa: E402
 
 SWEEPS = {"ivf_flat": [("nprobe", [8, 16, 32, 64, 128])],
           "ivf_pq": [("nprobe", [8, 16, 32, 64]), ("pq_refine", [4, 8, 16, 32])],
@@ -261,7 +261,7 @@ def main() -> None:
         "note": "shared 2-core machine with other jobs running (load average ~7-10): absolute numbers are "
                 "noisy, compare within a run"}}
     if args.out.exists():  # keep the part of an earlier run that this run does not redo
-        prev = json.loads(args.out.read_text())
+        prev = read_json_object(args.out)
         if args.stream_only:
             out = prev
         elif "stream" in prev and not args.stream_cells:
@@ -309,7 +309,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="omicsclip-bench-") as tmp:
             out["stream"] = bench_stream(args.stream_cells, args.threads, Path(tmp), tsv=args.stream_tsv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -254,7 +254,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
            "command": " ".join(sys.argv), "results": results}
-    Path(args.out).write_text(json.dumps(doc, indent=2))
+    from omicsclip.io.jsonfile import write_json
+
+    write_json(args.out, doc)
     print(f"wrote {args.out}")
 
 

@@ -24,7 +24,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -194,15 +193,15 @@ def main() -> None:
             results[name] = run_dataset(name, args.seed, args.threads, Path(d), args.overrides)
     md = markdown(results, args.seed)
     print(md)
-    from omicsclip.evaluation.evaluate import jsonable
     from omicsclip.io.atomic import atomic_path
+    from omicsclip.io.jsonfile import write_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     all_hold = all(t["holds"] for r in results.values() if not r["held_out_from_tuning"]
                    for t in r["targets"].values())
     payload = {"seed": args.seed, "threads": args.threads, "all_targets_hold": all_hold, "datasets": results}
     with atomic_path(args.out, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
+        write_json(tmp, payload)
     with atomic_path(args.out.with_suffix(".md"), overwrite=True) as tmp:
         tmp.write_text(md + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}; all targets hold: {all_hold}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import sys
@@ -100,9 +99,10 @@ def main() -> None:
     from omicsclip.index.reference import ReferenceIndex, index_embeddings
     from omicsclip.io.ingest import ingest
     from omicsclip.io.store import read_store
+    from omicsclip.model.alignment import align_proteins
     from omicsclip.model.embed import embed_store
     from omicsclip.model.modelio import load_model
-    from omicsclip.model.preprocess import align_proteins, clr
+    from omicsclip.model.preprocess import clr
     from omicsclip.train.run import train_model
 
     torch.set_num_threads(args.threads)
@@ -146,7 +146,8 @@ def main() -> None:
     counts, present, _ = align_proteins(data.prot, data.protein_names, model.state)
     prot_clr = clr(counts)
     proteins = model.proteins
-    assert present.all() and ref.protein_names == proteins
+    assert present.all()
+    assert ref.protein_names == proteins
     assert set(ref.cell_ids) == set(np.asarray(data.barcodes)[tr])
     log.info("cells: %d train (reference), %d val, %d test", len(tr), len(va), len(te))
 
@@ -234,7 +235,9 @@ def main() -> None:
     out["beats_baselines"] = {n: bool(mp[n] > mp["ridge_50pcs"] and mp[n] > mp["knn_50pcs"])
                               for n in ("omicsclip_default", "omicsclip_val_tuned")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    from omicsclip.io.jsonfile import write_json
+
+    write_json(args.out, out)
     md = markdown(out)
     args.out.with_suffix(".md").write_text(md)
     print(md)

@@ -209,9 +209,10 @@ def main() -> None:
               f"{result['ratio_cells_per_s_end_to_end']:.2f}x end to end")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from omicsclip.io.atomic import atomic_path
+    from omicsclip.io.jsonfile import write_json
 
     with atomic_path(args.out, overwrite=True) as tmp_out:
-        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(tmp_out, result)
     print(f"wrote {args.out}")
 
 

@@ -49,7 +49,7 @@ def main() -> None:
     import torch
 
     from omicsclip.config import load_config
-    from omicsclip.report.render import read_train_log
+    from omicsclip.evaluation.selection import read_train_log
     from omicsclip.train.run import train_model
 
     torch.set_num_threads(args.threads)

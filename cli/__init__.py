@@ -1,0 +1,3 @@
+"""The ``omicsclip`` command line (typer): thin commands that build a config and call the library."""
+
+__all__: list[str] = []  # the console script is omicsclip.cli.main:app

@@ -27,7 +27,15 @@ SetOpt = Annotated[
 
 
 def fail(message: str, code: int) -> None:
-    """Print one line to stderr and exit with ``code``."""
+    """Print one line to stderr and exit with ``code``.
+
+    Parameters
+    ----------
+    message
+        What went wrong (without the ``omicsclip: error:`` prefix).
+    code
+        The exit status.
+    """
     typer.echo(f"omicsclip: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -55,6 +63,7 @@ def guarded(func: F) -> F:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: INFO and up, or DEBUG and up when ``verbose``."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -63,6 +72,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def load_cfg(config: Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    """Load and validate the config: defaults, then ``config``, then ``--set`` ``overrides``."""
     from omicsclip.config import load_config
 
     return load_config(config, overrides or [])

@@ -26,8 +26,8 @@ def synth(
 ) -> None:
     """Write synthetic paired RNA + protein counts to an .h5ad (X = RNA, obsm["protein"], obs cell_type/batch).
 
-    Examples:
-
+    Examples
+    --------
         omicsclip synth --out cells.h5ad --cells 5000
 
         omicsclip synth --out big.h5ad --cells 200000 --genes 20000 --proteins 100 --isotypes 3 --seed 1
@@ -64,8 +64,8 @@ def ingest(
     (RNA, protein), an .h5mu, or two CSV/TSV tables (RNA, protein; optionally .gz). Other options live in the
     config's ingest section (min_counts_rna, min_counts_prot, isotype_patterns, rna_modality, ...).
 
-    Examples:
-
+    Examples
+    --------
         omicsclip ingest pbmc10k.h5ad --out pbmc10k.zarr
 
         omicsclip ingest sample_filtered_feature_bc_matrix.h5 --out sample.zarr --make-unique
@@ -90,18 +90,20 @@ def inspect(
 ) -> None:
     """Summarise a paired store: cells, genes, proteins, sparsity, obs columns, QC numbers and provenance.
 
-    Examples:
-
+    Examples
+    --------
         omicsclip inspect pbmc10k.zarr
 
         omicsclip inspect pbmc10k.zarr --json | jq .qc
     """
-    import json
-
+    from omicsclip.io.jsonfile import dumps_json
     from omicsclip.io.summary import format_summary, inspect_store
 
     summary = inspect_store(store)
-    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    if as_json:
+        typer.echo(dumps_json(summary), nl=False)
+    else:
+        typer.echo(format_summary(summary))
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,7 @@ def _venv_bin() -> Path:
 
 def snakemake_command(*, snakefile: Path, configfiles: list[Path], workdir: Path, cores: int,
                       dry_run: bool = False) -> list[str]:
-    """The ``snakemake`` command line of this environment (later config files override earlier ones)."""
+    """Build the ``snakemake`` command line of this environment (later config files override earlier ones)."""
     exe = _venv_bin() / "snakemake"
     cmd = [str(exe if exe.exists() else (shutil.which("snakemake") or "snakemake")),
            "--snakefile", str(snakefile), "--directory", str(workdir), "--cores", str(cores),
@@ -115,27 +115,29 @@ def register(app: typer.Typer) -> None:
         store: Annotated[Path | None, typer.Option(help="Paired store (measured protein).")] = None,
         fewlabel: Annotated[Path | None, typer.Option(help="omicsclip fewlabel output.")] = None,
         figures: Annotated[Path | None, typer.Option(help="Also write every figure as PNG into this folder.")] = None,
-        max_umap_cells: Annotated[int, typer.Option(min=10, help="Cells drawn in the UMAPs.")] = 3000,
+        max_umap_cells: Annotated[int | None, typer.Option(
+            min=10, help="Cells drawn in the UMAPs  [default: the report's, 3000]")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
         overwrite: OverwriteOpt = False,
     ) -> None:
-        """Write a self-contained HTML report (plots embedded) of one dataset's runs.
+        r"""Write a self-contained HTML report (plots embedded) of one dataset's runs.
 
         Examples
         --------
-        omicsclip report --dataset demo --run results/demo/t0.05 --run results/demo/t0.1 \\
-            --selection results/demo/best/selection.json --embeddings results/demo/best/embeddings.zarr \\
+        omicsclip report --dataset demo --run results/demo/t0.05 --run results/demo/t0.1 \
+            --selection results/demo/best/selection.json --embeddings results/demo/best/embeddings.zarr \
             --query results/demo/best/query --store results/demo/store.zarr --out report.html
         """
-        from omicsclip.report.render import ReportInputs, write_report
+        from omicsclip.report import ReportInputs, write_report
 
         cfg = load_cfg(config, set_)
         label_key = cfg.get("datasets", {}).get(dataset, {}).get("label_key", cfg["evaluate"]["label_key"])
         inputs = ReportInputs(dataset=dataset, runs=run, inspect=inspect, selection=selection,
                               embeddings=embeddings, query=query, store=store, fewlabel=fewlabel, config=cfg,
                               label_key=label_key)
-        write_report(inputs, out, figures_dir=figures, overwrite=overwrite, max_umap_cells=max_umap_cells)
+        limits = {} if max_umap_cells is None else {"max_umap_cells": max_umap_cells}
+        write_report(inputs, out, figures_dir=figures, overwrite=overwrite, **limits)
         typer.echo(f"wrote {out}")
 
     @app.command("select")

@@ -40,21 +40,21 @@ def finetune(
 ) -> None:
     """Train a cell-type head on the embeddings of labelled training cells; write HEAD_DIR.
 
-    Labels come from an obs column; empty/NaN values are unlabelled, and so are the values given with
+    Labels come from an obs column; empty/NaN/NA values are unlabelled, and so are the values given with
     --ignore-label. Only `train`-split cells are used for fitting; labelled `test` cells give accuracy, macro-F1
     and calibration (ECE) in head.json. HEAD_DIR holds head.safetensors and head.json (classes, fusion, model
     fingerprint). With --set finetune.finetune_encoder=true the encoders' last layers are fine-tuned too
     (needs --store and --model).
 
-    Examples:
+    Examples
+    --------
+    omicsclip finetune pbmc10k_emb.zarr --labels cell_type --out heads/pbmc10k --ignore-label unknown
 
-        omicsclip finetune pbmc10k_emb.zarr --labels cell_type --out heads/pbmc10k --ignore-label unknown
+    omicsclip finetune pbmc10k_emb.zarr --labels cell_type --labels-per-class 10 --fusion uncertainty --out h10
 
-        omicsclip finetune pbmc10k_emb.zarr --labels cell_type --labels-per-class 10 --fusion uncertainty --out h10
-
-        omicsclip finetune emb.zarr --labels cell_type --out h --store pbmc10k.zarr --model models/pbmc10k --set finetune.finetune_encoder=true
+    omicsclip finetune emb.zarr --labels cell_type --out h --store pbmc10k.zarr --model models/pbmc10k --set finetune.finetune_encoder=true
     """
-    from omicsclip.heads.finetune import finetune_embedding
+    from omicsclip.heads import finetune_embedding
 
     cfg = load_cfg(config, (set_ or []) + ([f"finetune.fusion={fusion}"] if fusion else []))
     ev = cfg["evaluate"]
@@ -84,13 +84,13 @@ def predict(
     uncertainty_rna, uncertainty_prot, has_rna, has_prot. RNA-only or protein-only cells are predicted from the
     modality they have (flagged in has_rna/has_prot). A head trained on another model's embeddings is refused.
 
-    Examples:
+    Examples
+    --------
+    omicsclip predict new_cells.h5ad --model models/pbmc10k --head heads/pbmc10k --out predictions.tsv
 
-        omicsclip predict new_cells.h5ad --model models/pbmc10k --head heads/pbmc10k --out predictions.tsv
-
-        omicsclip predict adt_only.csv --modality prot --model models/pbmc10k --head heads/pbmc10k --out p.tsv
+    omicsclip predict adt_only.csv --modality prot --model models/pbmc10k --head heads/pbmc10k --out p.tsv
     """
-    from omicsclip.heads.finetune import predict_cells
+    from omicsclip.heads import predict_cells
 
     cfg = load_cfg(config, set_)
     summary = predict_cells(inputs, model, head, out, fmt=fmt, modality=modality, reader=cfg["ingest"],
@@ -127,20 +127,20 @@ def fewlabel(
     mean ± sd over draws. Baseline: logistic regression on 50 RNA PCs (from --store/--model, or obsm X_pca_rna
     of EMB.zarr). Robustness: one modality replaced by random unit vectors for half of the test cells.
 
-    Examples:
+    Examples
+    --------
+    omicsclip fewlabel pbmc10k_emb.zarr --out fewlabel.json
 
-        omicsclip fewlabel pbmc10k_emb.zarr --out fewlabel.json
+    omicsclip fewlabel pbmc10k_emb.zarr --out fewlabel.json --store pbmc10k.zarr --model models/pbmc10k
 
-        omicsclip fewlabel pbmc10k_emb.zarr --out fewlabel.json --store pbmc10k.zarr --model models/pbmc10k
-
-        omicsclip fewlabel emb.zarr --out quick.json --labels-per-class 10 --draws 2 --ignore-label unknown
+    omicsclip fewlabel emb.zarr --out quick.json --labels-per-class 10 --draws 2 --ignore-label unknown
     """
     from omicsclip.evaluation.fewlabel import markdown_table, run_fewlabel
 
     cfg = load_cfg(config, set_)
     ev = cfg["evaluate"]
     res = run_fewlabel(emb, out, label_key=labels or ev["label_key"],
-                       ignore_labels=ignore_label if ignore_label is not None else ev.get("ignore_labels", []),
+                       ignore_labels=ignore_label if ignore_label is not None else ev["ignore_labels"],
                        labels_per_class=labels_per_class or ev["labels_per_class"], n_draws=draws or ev["n_draws"],
                        section=cfg["finetune"], store=store, model=model, n_pcs=ev["n_pcs"],
                        eval_split=eval_split, seed=seed, overwrite=overwrite)

@@ -26,20 +26,20 @@ def index(
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Build one FAISS index per modality (cosine similarity) plus the reference protein and labels.
+    r"""Build one FAISS index per modality (cosine similarity) plus the reference protein and labels.
 
     Exact (flat) up to index.exact_max_cells reference cells, then index.approximate (IVF-Flat, IVF-PQ or
     HNSW) with parameters from the config or derived from the reference size; on a GPU when faiss sees one.
     INDEX_DIR holds rna.faiss, prot.faiss, cell_ids.tsv, reference_protein.npy (CLR), reference_obs.parquet
     (labels) and meta.json (metric, dim, factory, kind, n, params, model fingerprint).
 
-    Examples:
-
+    Examples
+    --------
         omicsclip index pbmc10k_emb.zarr --out pbmc10k_index
 
         omicsclip index atlas_emb.zarr --out atlas_index --kind hnsw --set index.ef_search=256
 
-        omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=\\[train]'
+        omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=\[train]'
     """
     from omicsclip.index.faiss_index import set_threads
     from omicsclip.index.reference import index_embeddings
@@ -76,8 +76,8 @@ def query(
     labels.tsv when the reference has labels, and summary.json. Cells are streamed in chunks
     (query.chunk_cells), so inputs larger than memory work.
 
-    Examples:
-
+    Examples
+    --------
         omicsclip query new_cells.h5ad --model models/pbmc10k --index pbmc10k_index --out results/
 
         omicsclip query filtered_feature_bc_matrix.h5 -m models/pbmc10k -i pbmc10k_index -o res --k 20

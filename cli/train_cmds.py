@@ -1,4 +1,8 @@
-"""Training commands: ``train`` (store -> model folder) and ``embed`` (store + model -> embeddings)."""
+"""Training commands: ``train``, ``embed`` and ``evaluate``.
+
+``train``: store -> model folder; ``embed``: store + model -> embeddings; ``evaluate``: model + its store ->
+metrics.json.
+"""
 
 from __future__ import annotations
 
@@ -32,15 +36,15 @@ def train(
     (train/val/test cells), train_log.jsonl and checkpoints/. Ctrl-C or SIGTERM writes a checkpoint first;
     --resume then continues exactly where the run stopped. Multi-GPU: launch with torchrun.
 
-    Examples:
+    Examples
+    --------
+    omicsclip train pbmc10k.zarr --out models/pbmc10k
 
-        omicsclip train pbmc10k.zarr --out models/pbmc10k
+    omicsclip train pbmc10k.zarr --out models/t005 --set train.temperature=0.05 --set train.epochs=50
 
-        omicsclip train pbmc10k.zarr --out models/t005 --set train.temperature=0.05 --set train.epochs=50
+    omicsclip train pbmc10k.zarr --out models/pbmc10k --resume
 
-        omicsclip train pbmc10k.zarr --out models/pbmc10k --resume
-
-        torchrun --nproc_per_node 4 $(which omicsclip) train big.zarr --out models/big --set train.batch_size=65536
+    torchrun --nproc_per_node 4 $(which omicsclip) train big.zarr --out models/big --set train.batch_size=65536
     """
     from omicsclip.train.run import train_model
 
@@ -62,49 +66,56 @@ def embed(
     obs is the store's obs plus `split` (the model's train/val/test assignment). Open it with
     anndata.read_zarr; scanpy works on it directly, e.g. sc.pp.neighbors(adata, use_rep="X_omicsclip_joint").
 
-    Examples:
+    Examples
+    --------
+    omicsclip embed pbmc10k.zarr --model models/pbmc10k --out pbmc10k_emb.zarr
 
-        omicsclip embed pbmc10k.zarr --model models/pbmc10k --out pbmc10k_emb.zarr
-
-        omicsclip embed other.zarr --model models/pbmc10k --out other_emb.zarr --device cuda --overwrite
+    omicsclip embed other.zarr --model models/pbmc10k --out other_emb.zarr --device cuda --overwrite
     """
     from omicsclip.model.embed import embed_store
 
     typer.echo(str(embed_store(store, model, out, overwrite=overwrite, device=device, batch_size=batch_size)))
 
 
+@guarded
+def evaluate(
+    store: Annotated[Path, typer.Argument(help="Paired store the model was trained on (STORE.zarr).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (MODEL_DIR).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="metrics.json to write.", dir_okay=False)],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+) -> None:
+    """Score omicsclip and the PCA, CCA and ridge baselines on the model's held-out test cells.
+
+    metrics.json holds, per method: FOSCTTM, recall@1/10/50, NeurIPS-2021 match score, cell-type agreement
+    of the top match, few-label accuracy, protein imputation (Pearson, RMSE); and omicsclip's retrieval
+    metrics on the validation cells (model selection never looks at test cells).
+
+    Examples
+    --------
+    omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out metrics.json
+
+    omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out m.json --set evaluate.fewlabel_fraction=0.05
+    """
+    from omicsclip.evaluation.evaluate import run_evaluate
+
+    cfg = load_cfg(config, set_)
+    res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], query_cfg=cfg["query"],
+                       overwrite=overwrite)
+    om = res["methods"]["omicsclip"]
+    typer.echo(f"{out}: {res['n_test_cells']} test cells; omicsclip FOSCTTM {om['foscttm']:.4f}, "
+               f"recall@10 {om['recall_at_10']:.3f}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``embed`` to ``app``."""
+    """Add ``train``, ``embed`` and ``evaluate`` to ``app``.
+
+    Parameters
+    ----------
+    app
+        The ``omicsclip`` typer application.
+    """
     app.command("train")(train)
     app.command("embed")(embed)
-    # evaluate command: added by metrics module
-    @app.command("evaluate")
-    @guarded
-    def evaluate(
-        store: Annotated[Path, typer.Argument(help="Paired store the model was trained on (STORE.zarr).")],
-        model: Annotated[Path, typer.Option("--model", "-m", help="Trained model folder (MODEL_DIR).")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="metrics.json to write.", dir_okay=False)],
-        config: ConfigOpt = None,
-        set_: SetOpt = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    ) -> None:
-        """Score omicsclip and the PCA, CCA and ridge baselines on the model's held-out test cells.
-
-        metrics.json holds, per method: FOSCTTM, recall@1/10/50, NeurIPS-2021 match score, cell-type agreement
-        of the top match, few-label accuracy, protein imputation (Pearson, RMSE); and omicsclip's retrieval
-        metrics on the validation cells (model selection never looks at test cells).
-
-        Examples:
-
-            omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out metrics.json
-
-            omicsclip evaluate pbmc10k.zarr --model models/pbmc10k --out m.json --set evaluate.fewlabel_fraction=0.05
-        """
-        from omicsclip.evaluation.evaluate import run_evaluate
-
-        cfg = load_cfg(config, set_)
-        res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], query_cfg=cfg["query"],
-                           overwrite=overwrite)
-        om = res["methods"]["omicsclip"]
-        typer.echo(f"{out}: {res['n_test_cells']} test cells; omicsclip FOSCTTM {om['foscttm']:.4f}, "
-                   f"recall@10 {om['recall_at_10']:.3f}")
+    app.command("evaluate")(evaluate)

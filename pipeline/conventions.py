@@ -24,7 +24,20 @@ UNLABELLED_VALUES: frozenset[str] = frozenset({"", "nan", "none", "na", "<na>"})
 
 
 def is_unlabelled(value: Any) -> bool:
-    """Return whether one label value means "no label": missing (None, NaN, ``pd.NA``) or a blank/NA string."""
+    """Return whether one label value means "no label".
+
+    Parameters
+    ----------
+    value
+        One label: missing values (``None``, NaN, ``pd.NA``) and strings in :data:`UNLABELLED_VALUES` after
+        stripping and lower-casing (``""``, ``"nan"``, ``"None"``, ``"NA"``, ``"<NA>"``) are unlabelled;
+        array-likes never count as unlabelled.
+
+    Returns
+    -------
+    bool
+        ``True`` for no label.
+    """
     if value is None:
         return True
     try:
@@ -36,7 +49,7 @@ def is_unlabelled(value: Any) -> bool:
 
 
 def label_values(values: Iterable[Any], ignore: Iterable[str] = ()) -> np.ndarray:
-    """Labels as an object array of stripped strings, ``None`` where unlabelled or listed in ``ignore``.
+    """Return labels as an object array of stripped strings, ``None`` where unlabelled or listed in ``ignore``.
 
     Parameters
     ----------
@@ -44,6 +57,11 @@ def label_values(values: Iterable[Any], ignore: Iterable[str] = ()) -> np.ndarra
         One label per cell (a pandas column, list or array).
     ignore
         Label values treated as unlabelled too (e.g. ``evaluate.ignore_labels``), compared after stripping.
+
+    Returns
+    -------
+    numpy.ndarray
+        One entry per value: the stripped label string, or ``None`` (see :func:`is_unlabelled`).
     """
     ignored = {str(s).strip() for s in ignore}
     items = list(values)

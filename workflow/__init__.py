@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+__all__ = ["snakefile"]
+
 
 def snakefile() -> Path:
     """Path of the packaged ``Snakefile``."""

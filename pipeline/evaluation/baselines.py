@@ -8,7 +8,7 @@ fitted on training cells only:
 - **CCA**: scikit-learn CCA between the RNA PCs and the standardised CLR protein; cells are matched by cosine
   similarity of their canonical variates (no imputation: scikit-learn's CCA ``predict`` is not a least-squares
   regression, so ridge is the imputation baseline).
-- **Ridge**: ``RidgeCV`` from RNA PCs to CLR protein; cells are matched by cosine similarity of predicted and
+- **Ridge**: ``RidgeCV`` from standardised RNA PCs to CLR protein; cells are matched by cosine similarity of predicted and
   measured standardised protein; its prediction is the imputation.
 """
 
@@ -16,44 +16,50 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
+from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger(__name__)
 
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 
 
-@dataclass
-class Standardiser:
-    """Per-feature centring and scaling fitted on training rows (constant features get scale 1)."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> Standardiser:
-        x = np.asarray(x, dtype=np.float64)
-        sd = x.std(0)
-        return cls(mean=x.mean(0), scale=np.where(sd > 0, sd, 1.0))
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
-
-    def inverse(self, z: np.ndarray) -> np.ndarray:
-        return np.asarray(z, dtype=np.float64) * self.scale + self.mean
+def _float64(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64: the scalers and regressions always work in double precision (PCs come as float32)."""
+    return np.asarray(x, dtype=np.float64)
 
 
-def fit_pca(x_train: np.ndarray, n_components: int = 50, *, seed: int = 0):
-    """PCA fitted on training rows (``n_components`` capped by the data's rank bound).
+def fit_scaler(x: np.ndarray) -> StandardScaler:
+    """Fit per-feature centring and scaling on training rows (constant features get scale 1).
+
+    Parameters
+    ----------
+    x
+        Training rows (cells x features); fitted in float64.
+
+    Returns
+    -------
+    sklearn.preprocessing.StandardScaler
+        Fitted; pass float64 input to ``transform`` (use :func:`scale`) to keep double precision.
+    """
+    return StandardScaler().fit(_float64(x))
+
+
+def scale(scaler: StandardScaler, x: np.ndarray) -> np.ndarray:
+    """Apply a scaler from :func:`fit_scaler` in float64 (a float32 input would otherwise stay float32)."""
+    return scaler.transform(_float64(x))
+
+
+def fit_pca(x_train: np.ndarray, n_components: int, *, seed: int = 0):
+    """Fit a PCA on training rows (``n_components`` capped by the data's rank bound).
 
     Parameters
     ----------
     x_train
         Preprocessed RNA of the training cells (cells × HVGs), dense.
     n_components
-        Number of principal components.
+        Number of principal components (``evaluate.n_pcs``).
     seed
         Seed of the randomised solver.
 
@@ -89,29 +95,35 @@ class CCABaseline:
         self.max_iter = max_iter
 
     def fit(self, rna_pcs: np.ndarray, prot_clr: np.ndarray) -> CCABaseline:
-        """Fit on training cells (``rna_pcs``: cells × PCs, ``prot_clr``: cells × proteins, CLR)."""
+        """Fit on training cells.
+
+        Parameters
+        ----------
+        rna_pcs
+            RNA principal components (cells × PCs).
+        prot_clr
+            CLR protein (cells × proteins); standardised on these cells first.
+        """
         from sklearn.cross_decomposition import CCA
 
-        self.prot_std_ = Standardiser.fit(prot_clr)
-        y = self.prot_std_.transform(prot_clr)
+        self.prot_scaler_ = fit_scaler(prot_clr)
+        y = scale(self.prot_scaler_, prot_clr)
         limit = min(rna_pcs.shape[1], y.shape[1], rna_pcs.shape[0] - 1)
         k = limit if self.n_components is None else int(min(self.n_components, limit))
         self.cca_ = CCA(n_components=k, scale=True, max_iter=self.max_iter)
         with warnings.catch_warnings():  # NIPALS may stop at max_iter on tiny trailing components
             warnings.simplefilter("ignore")
-            self.cca_.fit(np.asarray(rna_pcs, dtype=np.float64), y)
+            self.cca_.fit(_float64(rna_pcs), y)
         return self
 
     def transform(self, rna_pcs: np.ndarray, prot_clr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Canonical variates ``(rna_scores, prot_scores)`` of paired cells (rows aligned)."""
-        x_c, y_c = self.cca_.transform(
-            np.asarray(rna_pcs, dtype=np.float64), self.prot_std_.transform(prot_clr)
-        )
+        """Return the canonical variates ``(rna_scores, prot_scores)`` of paired cells (rows aligned)."""
+        x_c, y_c = self.cca_.transform(_float64(rna_pcs), scale(self.prot_scaler_, prot_clr))
         return x_c, y_c
 
     def transform_rna(self, rna_pcs: np.ndarray) -> np.ndarray:
-        """RNA canonical variates only."""
-        return self.cca_.transform(np.asarray(rna_pcs, dtype=np.float64))
+        """Return the RNA canonical variates only."""
+        return self.cca_.transform(_float64(rna_pcs))
 
 
 class RidgeBaseline:
@@ -127,22 +139,31 @@ class RidgeBaseline:
         self.alphas = alphas
 
     def fit(self, rna_pcs: np.ndarray, prot_clr: np.ndarray) -> RidgeBaseline:
-        """Fit on training cells."""
+        """Fit on training cells.
+
+        Parameters
+        ----------
+        rna_pcs
+            RNA principal components (cells × PCs); standardised on these cells first.
+        prot_clr
+            CLR protein (cells × proteins), the regression target.
+        """
         from sklearn.linear_model import RidgeCV
 
-        self.x_std_ = Standardiser.fit(rna_pcs)
-        self.prot_std_ = Standardiser.fit(prot_clr)
-        self.ridge_ = RidgeCV(alphas=self.alphas).fit(self.x_std_.transform(rna_pcs),
-                                                       np.asarray(prot_clr, dtype=np.float64))
+        self.x_scaler_ = fit_scaler(rna_pcs)
+        self.prot_scaler_ = fit_scaler(prot_clr)
+        self.ridge_ = RidgeCV(alphas=self.alphas).fit(scale(self.x_scaler_, rna_pcs), _float64(prot_clr))
         log.debug("ridge alpha=%s", self.ridge_.alpha_)
         return self
 
     def predict_protein(self, rna_pcs: np.ndarray) -> np.ndarray:
-        """Predicted CLR protein."""
-        return self.ridge_.predict(self.x_std_.transform(rna_pcs))
+        """Return the predicted CLR protein of cells (rows of RNA PCs), cells × proteins."""
+        pred = self.ridge_.predict(scale(self.x_scaler_, rna_pcs))
+        return pred.reshape(len(pred), -1)  # scikit-learn drops the column axis of a one-protein panel
 
     def match_space(self, rna_pcs: np.ndarray, prot_clr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(predicted, measured)`` protein, both standardised with the training cells' statistics, for
-        cosine matching."""
-        return (self.prot_std_.transform(self.predict_protein(rna_pcs)),
-                self.prot_std_.transform(prot_clr))
+        """Return ``(predicted, measured)`` protein of paired cells, for cosine matching.
+
+        Both are standardised with the training cells' protein statistics.
+        """
+        return scale(self.prot_scaler_, self.predict_protein(rna_pcs)), scale(self.prot_scaler_, prot_clr)

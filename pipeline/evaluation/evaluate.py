@@ -8,9 +8,7 @@ go into ``validation`` (for temperature selection; never select on test). Each m
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from omicsclip.conventions import label_values
 from omicsclip.errors import InputError
 from omicsclip.evaluation import metrics as M
 from omicsclip.evaluation.baselines import CCABaseline, RidgeBaseline, fit_pca
 from omicsclip.index.impute import knn_impute
 from omicsclip.io.atomic import atomic_path
+from omicsclip.io.jsonfile import write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,16 @@ def _empty_row() -> dict[str, float | None]:
 
 
 def _labels(obs: pd.DataFrame, label_key: str) -> np.ndarray | None:
-    """Labels as an object array with ``None`` for missing ones; ``None`` when there is no usable column."""
+    """Labels as an object array with ``None`` for unlabelled cells; ``None`` when there is no usable column.
+
+    Unlabelled is :func:`omicsclip.conventions.label_values`' rule; no value is ignored besides (a label such
+    as ``unknown`` stays a class here, as the metrics have always counted it).
+    """
     if not label_key or label_key not in obs.columns:
         if label_key:
             log.info("evaluate: obs has no column %r; label metrics are null", label_key)
         return None
-    col = obs[label_key]
-    y = np.array([None if (pd.isna(v) or str(v) in ("", "nan")) else str(v) for v in col], dtype=object)
+    y = label_values(obs[label_key])
     if all(v is None for v in y):
         return None
     return y
@@ -85,14 +88,14 @@ def evaluate_arrays(
     split: Sequence[str] | np.ndarray,
     labels: np.ndarray | None,
     proteins: Sequence[str],
-    fewlabel_fraction: float = 0.01,
-    n_pcs: int = 50,
-    impute_k: int = 20,
-    impute_temperature: float = 0.05,
-    impute_from: str = "same",
-    seed: int = 0,
+    fewlabel_fraction: float,
+    n_pcs: int,
+    impute_k: int,
+    impute_temperature: float,
+    impute_from: str,
+    seed: int,
 ) -> dict[str, Any]:
-    """All metrics for omicsclip and the baselines from in-memory arrays (rows = cells, aligned).
+    """Compute all metrics for omicsclip and the baselines from in-memory arrays (rows = cells, aligned).
 
     Parameters
     ----------
@@ -112,9 +115,10 @@ def evaluate_arrays(
     proteins
         Protein names (columns of ``prot_clr``).
     fewlabel_fraction
-        Fraction of the training cells that get a label in the few-label classifier.
+        Fraction of the training cells that get a label in the few-label classifier
+        (``evaluate.fewlabel_fraction``).
     n_pcs
-        RNA principal components of the baselines.
+        RNA principal components of the baselines (``evaluate.n_pcs``).
     impute_k, impute_temperature, impute_from
         omicsclip's protein imputation from RNA, as ``omicsclip query`` does it (``query.impute_k``,
         ``query.temperature``, ``query.transfer_from``: neighbours among the training cells' RNA (``same``) or
@@ -140,7 +144,7 @@ def evaluate_arrays(
     temps: dict[str, float] = {}
 
     def calibrated(name: str, a_val: np.ndarray | None, b_val: np.ndarray | None) -> float:
-        temps[name] = M.best_match_temperature(a_val, b_val) if a_val is not None else 0.05
+        temps[name] = M.best_match_temperature(a_val, b_val) if a_val is not None else M.MATCH_TEMPERATURE
         return temps[name]
 
     # ---- omicsclip
@@ -200,9 +204,29 @@ def evaluate_arrays(
 
 
 def baseline_pcs(rna_input: np.ndarray | RnaRows, n: int, train_rows: np.ndarray, n_pcs: int, seed: int):
-    """The baselines' RNA PCs: PCA fitted on (at most PCA_FIT_MAX_CELLS, a seeded subset) training rows of
-    ``rna_input`` (array or row function, e.g. :func:`scaled_gene_rows`); PCs of all ``n`` cells computed in
-    chunks, so the dense gene matrix of all cells never exists. Returns (pcs, fitted PCA)."""
+    """Compute the baselines' RNA PCs of all cells, with a PCA fitted on training cells.
+
+    The PCA is fitted on (at most ``PCA_FIT_MAX_CELLS``, a seeded subset of) the training rows; the PCs of all
+    ``n`` cells are computed in chunks, so the dense gene matrix of all cells never exists.
+
+    Parameters
+    ----------
+    rna_input
+        Scaled gene values (cells × genes) or a row function (e.g. :func:`scaled_gene_rows`).
+    n
+        Number of cells.
+    train_rows
+        Positions of the training cells.
+    n_pcs
+        Principal components (``evaluate.n_pcs``).
+    seed
+        Seed of the subset and the PCA solver.
+
+    Returns
+    -------
+    pcs, pca
+        The PCs (n × components) and the fitted :class:`sklearn.decomposition.PCA`.
+    """
     rows = rna_input if callable(rna_input) else (lambda idx: np.asarray(rna_input[idx], dtype=np.float32))
     fit_rows = train_rows
     if len(fit_rows) > PCA_FIT_MAX_CELLS:
@@ -215,12 +239,22 @@ def baseline_pcs(rna_input: np.ndarray | RnaRows, n: int, train_rows: np.ndarray
 
 
 def scaled_gene_rows(model: Any, rna: Any, gene_names: Any) -> RnaRows:
-    """A function giving, for requested cells, the model's scaled highly-variable-gene values (dense float32;
-    normalised, log1p, scaled with the model's training statistics): what the baselines take their own principal
-    components of (``evaluate.n_pcs``), not the model's input, which may be fewer PCs plus a depth feature."""
+    """Return a function giving, for requested cells, the model's scaled highly-variable-gene values.
+
+    The values are dense float32: normalised, log1p, scaled with the model's training statistics. The baselines
+    take their own principal components of them (``evaluate.n_pcs``), not of the model's input, which may be
+    fewer PCs plus a depth feature.
+
+    Parameters
+    ----------
+    model
+        A :class:`omicsclip.model.modelio.TrainedModel`.
+    rna, gene_names
+        Raw RNA counts of all cells and their gene names (matched to the model's genes).
+    """
     import torch
 
-    from omicsclip.model.preprocess import align_rna
+    from omicsclip.model.alignment import align_rna
 
     counts, lib, _ = align_rna(rna, gene_names, model.state)
 
@@ -234,7 +268,8 @@ def scaled_gene_rows(model: Any, rna: Any, gene_names: Any) -> RnaRows:
 
 
 def _prot_clr(model: Any, data: Any) -> np.ndarray:
-    from omicsclip.model.preprocess import align_proteins, clr
+    from omicsclip.model.alignment import align_proteins
+    from omicsclip.model.preprocess import clr
 
     counts, present, _ = align_proteins(data.prot, data.protein_names, model.state)
     if not present.all():
@@ -257,12 +292,12 @@ def evaluate(
     store: str | Path,
     model_dir: str | Path,
     *,
-    fewlabel_fraction: float = 0.01,
-    n_pcs: int = 50,
-    label_key: str = "cell_type",
-    impute_k: int = 20,
-    impute_temperature: float = 0.05,
-    impute_from: str = "same",
+    fewlabel_fraction: float,
+    n_pcs: int,
+    label_key: str,
+    impute_k: int,
+    impute_temperature: float,
+    impute_from: str,
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model and the baselines on the held-out cells of ``store``.
@@ -276,7 +311,7 @@ def evaluate(
     fewlabel_fraction, n_pcs
         The ``evaluate`` config section: labelled fraction of training cells, RNA PCs of the baselines.
     label_key
-        obs column with cell types (label metrics are null without it).
+        obs column with cell types (``evaluate.label_key``; label metrics are null without it).
     impute_k, impute_temperature, impute_from
         Protein imputation settings (``query.impute_k``, ``query.temperature``, ``query.transfer_from``).
     seed
@@ -297,7 +332,7 @@ def evaluate(
     data = read_store(store)
     split = _align_split(data.obs, model.split, store)
     if seed is None:
-        seed = int((model.config.get("train") or {}).get("seed", 0))
+        seed = int(model.config["train"]["seed"])
     log.info("evaluate: embedding %d cells", data.n_cells)
     emb = model.embed(rna=data.rna, prot=data.prot, genes=data.gene_names, proteins=data.protein_names)
     result = evaluate_arrays(
@@ -312,24 +347,21 @@ def evaluate(
     return result
 
 
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_metrics(result: dict[str, Any], out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``metrics.json`` atomically (non-finite numbers become ``null``)."""
+    """Write ``metrics.json`` atomically with :func:`omicsclip.io.jsonfile.write_json` (NaN becomes ``null``).
+
+    Parameters
+    ----------
+    result
+        What :func:`evaluate` returns.
+    out
+        The file to write.
+    overwrite
+        Replace an existing file.
+    """
     out = Path(out)
     with atomic_path(out, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+        write_json(tmp, result)
     return out
 
 
@@ -338,29 +370,41 @@ def run_evaluate(
     model_dir: str | Path,
     out: str | Path,
     *,
-    evaluate_cfg: dict[str, Any] | None = None,
-    query_cfg: dict[str, Any] | None = None,
+    evaluate_cfg: dict[str, Any],
+    query_cfg: dict[str, Any],
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (the CLI's one call).
 
     Parameters
     ----------
+    store, model_dir
+        As for :func:`evaluate`.
+    out
+        ``metrics.json`` to write.
     evaluate_cfg
         The ``evaluate`` config section (``fewlabel_fraction``, ``n_pcs``, ``label_key``).
     query_cfg
         The ``query`` config section (``impute_k``, ``temperature``, ``transfer_from``): protein imputation.
+    overwrite
+        Replace an existing output.
+
+    Returns
+    -------
+    dict
+        What :func:`evaluate` returns (also written to ``out``).
     """
     from omicsclip.index.query import QuerySettings
     from omicsclip.io.atomic import check_writable
 
-    cfg, q = evaluate_cfg or {}, QuerySettings.from_section(query_cfg)  # the query defaults and checks
+    q = QuerySettings.from_section(query_cfg)  # the query section's checks
     check_writable(Path(out), overwrite=overwrite, inputs=(store, model_dir))  # before the expensive part
-    result = evaluate(store, model_dir, fewlabel_fraction=float(cfg.get("fewlabel_fraction", 0.01)),
-                      n_pcs=int(cfg.get("n_pcs", 50)), label_key=str(cfg.get("label_key", "cell_type")),
+    result = evaluate(store, model_dir, fewlabel_fraction=float(evaluate_cfg["fewlabel_fraction"]),
+                      n_pcs=int(evaluate_cfg["n_pcs"]), label_key=str(evaluate_cfg["label_key"]),
                       impute_k=q.impute_k, impute_temperature=q.temperature, impute_from=q.transfer_from)
     write_metrics(result, out, overwrite=overwrite)
     return result
 
 
-__all__ = ["METHODS", "METRIC_KEYS", "evaluate", "evaluate_arrays", "run_evaluate", "write_metrics"]
+__all__ = ["METHODS", "METRIC_KEYS", "baseline_pcs", "evaluate", "evaluate_arrays", "run_evaluate",
+           "scaled_gene_rows", "write_metrics"]

@@ -1,13 +1,14 @@
 """Few-label evaluation: learning curves of every head, a logistic-regression baseline, and a robustness run.
 
-For each number of labels per class (default 1, 5, 10, 50) and each of ``n_draws`` seeded draws, that many
-labelled cells per class are drawn from the TRAINING split (a class with fewer training cells contributes all of
-them); every head (each fusion and each single modality) is fitted on them and evaluated on the labelled TEST
-split cells: accuracy, macro-F1, expected calibration error; mean ± sd over draws.
+For each number of labels per class (``evaluate.labels_per_class``) and each of ``n_draws`` seeded draws,
+that many labelled cells per class are drawn from the TRAINING split (a class with fewer training cells
+contributes all of them); every head (each fusion and each single modality) is fitted on them and evaluated on
+the labelled TEST split cells: accuracy, macro-F1, expected calibration error; mean ± sd over draws.
 
-Baseline: logistic regression (scikit-learn, C=1) on 50 RNA principal components, fitted on the same labelled
-cells. The PCs come from ``obsm["X_pca_rna"]`` of the embedding file when present, or are passed in by the caller
-(``pcs``; the CLI computes them from ``--store`` with ``--model``'s preprocessing, PCA fitted on training cells).
+Baseline: logistic regression (scikit-learn, C=1) on ``n_pcs`` RNA principal components, fitted on the same
+labelled cells. The PCs come from ``obsm["X_pca_rna"]`` of the embedding file when present, or are passed in by
+the caller (``pcs``; the CLI computes them from ``--store`` with ``--model``'s preprocessing, PCA fitted on
+training cells).
 
 Robustness: the heads fitted above predict test cells of which a random half has one modality replaced by noise.
 The primary scenario ``noise`` replaces, for each cell of that half, one modality chosen at random by a random unit
@@ -20,28 +21,31 @@ the embedding of shuffled raw input — an on-manifold conflict that no per-cell
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
-from omicsclip.heads.calibration import classification_metrics
-from omicsclip.heads.finetune import (
+from omicsclip.heads import (
+    MULTIMODAL_FUSIONS,
     HeadParams,
+    classification_metrics,
     fit_head,
     label_array,
     predict_head,
     read_embedding,
     sample_per_class,
 )
-from omicsclip.heads.fusion import MODALITIES, MULTIMODAL_FUSIONS
 from omicsclip.io.atomic import atomic_path
+from omicsclip.io.jsonfile import write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,6 @@ BASELINE = "logreg_rna_pcs"
 SCENARIOS = ("noise", "rna_noise", "prot_noise", "rna_swap", "prot_swap")
 PCS_KEY = "X_pca_rna"
 METRIC_NAMES = ("accuracy", "macro_f1", "ece")
-BAR_LEVEL = 10  # labels per class at which the quality bars are checked
-_EPS = 1e-9  # bars compare means of accuracies: no failure from floating-point rounding at the boundary
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -63,7 +65,20 @@ def corrupt(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Replace one modality of a random half of the cells (see the module docstring for ``scenario``).
 
-    Returns the corrupted copies and an (n, 2) boolean array marking the replaced embeddings.
+    Parameters
+    ----------
+    z_rna, z_prot
+        (n, d) embeddings (not modified).
+    scenario
+        One of :data:`SCENARIOS`.
+    rng
+        Random generator of the cells, modalities and replacements.
+
+    Returns
+    -------
+    tuple
+        The corrupted copies of ``z_rna`` and ``z_prot`` and an (n, 2) boolean array marking the replaced
+        embeddings.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
@@ -89,7 +104,19 @@ def corrupt(
 
 def logreg_baseline(pcs_train: np.ndarray, y_train: np.ndarray, pcs_test: np.ndarray, n_classes: int,
                     seed: int = 0) -> np.ndarray:
-    """Class probabilities (n_test, n_classes) of logistic regression (C=1, lbfgs) on RNA PCs."""
+    """Return the class probabilities (n_test, n_classes) of logistic regression (C=1, lbfgs) on RNA PCs.
+
+    Parameters
+    ----------
+    pcs_train, y_train
+        PCs and integer classes of the labelled cells.
+    pcs_test
+        PCs of the cells to predict.
+    n_classes
+        Number of classes (a class absent from ``y_train`` gets probability 0).
+    seed
+        Solver seed.
+    """
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit(pcs_train, y_train)
@@ -111,8 +138,8 @@ def fewlabel_arrays(
     split: np.ndarray,
     *,
     params: HeadParams,
-    labels_per_class: tuple[int, ...] = (1, 5, 10, 50),
-    n_draws: int = 5,
+    labels_per_class: tuple[int, ...],
+    n_draws: int,
     methods: tuple[str, ...] = METHODS,
     pcs: np.ndarray | None = None,
     mask: np.ndarray | None = None,
@@ -121,14 +148,14 @@ def fewlabel_arrays(
     seed: int = 0,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Learning curves and robustness on in-memory embeddings (see the module docstring).
+    """Compute learning curves and robustness on in-memory embeddings (see the module docstring).
 
     Parameters
     ----------
     z_rna, z_prot
         (n, d) embeddings of all cells.
     labels
-        (n,) object array, ``None`` = unlabelled (see :func:`omicsclip.heads.finetune.label_array`).
+        (n,) object array, ``None`` = unlabelled (see :func:`omicsclip.heads.label_array`).
     split
         (n,) "train"/"val"/"test" per cell.
     params
@@ -156,7 +183,7 @@ def fewlabel_arrays(
     -------
     dict
         ``curves[method][n_per_class][metric] = {mean, sd, values}``, ``robustness[method][n][scenario]``,
-        ``classes``, ``n_eval_cells`` and ``bars`` (quality bars at 10 labels per class when evaluated).
+        ``classes``, ``n_eval_cells`` and the protocol (labels per class, draws, methods, scenarios).
     """
     from tqdm.auto import tqdm
 
@@ -233,85 +260,60 @@ def fewlabel_arrays(
         "curves": curves,
         "robustness": robustness,
     }
-    result["bars"] = quality_bars(result)
     return result
 
 
-def quality_bars(result: dict[str, Any], level: int = BAR_LEVEL) -> dict[str, Any]:
-    """Check the few-label quality bars at ``level`` labels per class (mean over draws).
+def markdown_table(result: dict[str, Any], metric: str = "accuracy") -> str:
+    """Return the learning curves as a markdown table: rows = methods, columns = labels per class, ``mean ± sd``.
 
-    - best fusion head >= 8 accuracy points above logistic regression on RNA PCs;
-    - no fusion head more than 1 point below the best single-modality head (no negative transfer);
-    - robustness (``noise`` scenario): gated and uncertainty heads lose <= 3 points vs clean; early for contrast.
+    Parameters
+    ----------
+    result
+        :func:`fewlabel_arrays` or :func:`run_fewlabel` output.
+    metric
+        ``accuracy``, ``macro_f1`` or ``ece``.
+    """
+    ns = [str(n) for n in result["labels_per_class"]]
+    cells = {}
+    for m in result["methods"]:
+        per = result["curves"].get(m, {})
+        cells[m] = ["–" if (st := per.get(n, {}).get(metric)) is None else f"{st['mean']:.3f} ± {st['sd']:.3f}"
+                    for n in ns]
+    table = pd.DataFrame.from_dict(cells, orient="index", columns=[f"{n}/class" for n in ns])
+    return table.rename_axis(metric).to_markdown(disable_numparse=True)
+
+
+def robustness_table(result: dict[str, Any], level: int) -> str:
+    """Return clean vs corrupted accuracy per head at ``level`` labels per class as a markdown table.
+
+    One column per scenario, the change vs clean in brackets.
+
+    Parameters
+    ----------
+    result
+        :func:`fewlabel_arrays` or :func:`run_fewlabel` output.
+    level
+        Labels per class (a point of the learning curve).
     """
     key = str(level)
-    curves = result["curves"]
-
-    def acc(m: str) -> float | None:
-        return curves.get(m, {}).get(key, {}).get("accuracy", {}).get("mean")
-
-    fusions = [m for m in MULTIMODAL_FUSIONS if acc(m) is not None]
-    singles = [m for m in MODALITIES if acc(m) is not None]
-    bars: dict[str, Any] = {"labels_per_class": level}
-    if not fusions:
-        return {**bars, "evaluated": False}
-    best_f = max(fusions, key=acc)
-    if acc(BASELINE) is not None:
-        margin = acc(best_f) - acc(BASELINE)
-        bars["fusion_vs_logreg"] = {"best_fusion": best_f, "margin": margin, "required": 0.08,
-                                    "pass": bool(margin >= 0.08 - _EPS)}
-    if singles:
-        best_s = max(singles, key=acc)
-        worst_f = min(fusions, key=acc)
-        gap = acc(worst_f) - acc(best_s)
-        bars["no_negative_transfer"] = {"best_single": best_s, "worst_fusion": worst_f, "gap": gap,
-                                        "required": -0.01, "pass": bool(gap >= -0.01 - _EPS),
-                                        "per_fusion_gap": {f: acc(f) - acc(best_s) for f in fusions}}
-    rob = result.get("robustness", {})
-    drops = {m: rob.get(m, {}).get(key, {}).get("noise", {}).get("accuracy_drop", {}).get("mean")
-             for m in ("gated", "uncertainty", "early")}
-    drops = {m: v for m, v in drops.items() if v is not None}
-    if drops:
-        checked = {m: v for m, v in drops.items() if m in ("gated", "uncertainty")}
-        bars["robustness"] = {"scenario": "noise", "accuracy_drop": drops, "required_max_drop": 0.03,
-                              "pass": bool(checked) and all(v <= 0.03 + _EPS for v in checked.values())}
-    bars["all_pass"] = all(v["pass"] for v in bars.values() if isinstance(v, dict) and "pass" in v)
-    return bars
-
-
-def markdown_table(result: dict[str, Any], metric: str = "accuracy") -> str:
-    """Learning curves as a markdown table: rows = methods, columns = labels per class, ``mean ± sd``."""
-    ns = [str(n) for n in result["labels_per_class"]]
-    lines = [f"| {metric} | " + " | ".join(f"{n}/class" for n in ns) + " |", "|---|" + "---|" * len(ns)]
-    for m in result["methods"]:
-        cells = []
-        for n in ns:
-            s = result["curves"].get(m, {}).get(n, {}).get(metric)
-            cells.append("–" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def robustness_table(result: dict[str, Any], level: int = BAR_LEVEL) -> str:
-    """Clean vs corrupted accuracy per head at ``level`` labels per class, one column per scenario (change vs
-    clean in brackets)."""
-    key = str(level)
     scs = result.get("scenarios", [])
-    lines = ["| head | clean | " + " | ".join(scs) + " |", "|---|---|" + "---|" * len(scs)]
+    rows = {}
     for m, per in result.get("robustness", {}).items():
         if key not in per:
             continue
         clean = result["curves"][m][key]["accuracy"]["mean"]
-        cells = [f"{per[key][sc]['accuracy']['mean']:.3f} ({-per[key][sc]['accuracy_drop']['mean']:+.3f})"
-                 for sc in scs]
-        lines.append(f"| {m} | {clean:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows[m] = [f"{clean:.3f}", *(f"{per[key][sc]['accuracy']['mean']:.3f} "
+                                     f"({-per[key][sc]['accuracy_drop']['mean']:+.3f})" for sc in scs)]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["clean", *scs])
+    return table.rename_axis("head").to_markdown(disable_numparse=True)
 
 
-def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[str], n_pcs: int = 50,
+def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[str], n_pcs: int,
                        split: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """RNA PCs of the embedding's cells: ``n_pcs`` principal components of the model's scaled highly variable
-    genes (:func:`omicsclip.evaluation.evaluate.scaled_gene_rows`), read from the store, PCA fit on training cells.
+    """Return RNA PCs of the embedding's cells, computed from the store with the model's preprocessing.
+
+    The PCs are ``n_pcs`` principal components of the model's scaled highly variable genes
+    (:func:`omicsclip.evaluation.evaluate.scaled_gene_rows`), the PCA fitted on training cells.
 
     Parameters
     ----------
@@ -328,8 +330,6 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
     seed
         PCA solver seed.
     """
-    import pandas as pd
-
     from omicsclip.evaluation.evaluate import baseline_pcs, scaled_gene_rows
     from omicsclip.io.store import read_store
     from omicsclip.model.modelio import load_model
@@ -344,23 +344,35 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
     return baseline_pcs(rows, len(pos), train_rows, n_pcs, seed)[0].astype(np.float32)
 
 
+def _obsm_pcs(emb_path: str | Path, n_pcs: int) -> np.ndarray | None:
+    """Return the first ``n_pcs`` columns of ``obsm["X_pca_rna"]`` of an embeddings file, ``None`` if absent."""
+    # open_embeddings reads only the omicsclip embeddings; this optional array is read on its own, alone
+    import h5py
+    import zarr
+    from anndata.io import read_elem
+
+    path, key = Path(emb_path), f"obsm/{PCS_KEY}"
+    with h5py.File(path, "r") if path.suffix == ".h5ad" else nullcontext(zarr.open_group(str(path), mode="r")) as f:
+        return np.asarray(read_elem(f[key]), np.float32)[:, :n_pcs] if key in f else None
+
+
 def run_fewlabel(
     emb_path: str | Path,
     out: str | Path,
     *,
-    label_key: str = "cell_type",
-    ignore_labels: tuple[str, ...] | list[str] = ("unknown",),
-    labels_per_class: tuple[int, ...] | list[int] = (1, 5, 10, 50),
-    n_draws: int = 5,
-    section: dict[str, Any] | None = None,
+    label_key: str,
+    ignore_labels: tuple[str, ...] | list[str],
+    labels_per_class: tuple[int, ...] | list[int],
+    n_draws: int,
+    section: dict[str, Any],
+    n_pcs: int,
     store: str | Path | None = None,
     model: str | Path | None = None,
-    n_pcs: int = 50,
     eval_split: str = "test",
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The ``fewlabel`` command: learning curves + robustness on an embedding file, written as JSON.
+    """Compute learning curves and robustness on an embeddings file and write them as JSON (``fewlabel``).
 
     Parameters
     ----------
@@ -373,7 +385,7 @@ def run_fewlabel(
     labels_per_class, n_draws
         Learning-curve points and draws per point.
     section
-        ``finetune:`` config section (head hyper-parameters).
+        The validated ``finetune:`` config section (head hyper-parameters).
     store, model
         Optional: compute the RNA-PC baseline from the store, on the model's scaled HVGs (otherwise
         ``obsm["X_pca_rna"]`` of the embedding is used when present, else the baseline is skipped).
@@ -385,6 +397,11 @@ def run_fewlabel(
         Base seed.
     overwrite
         Replace an existing ``out``.
+
+    Returns
+    -------
+    dict
+        The document written: the :func:`fewlabel_arrays` result with the inputs and settings.
     """
     from omicsclip.io.atomic import check_writable
 
@@ -402,11 +419,8 @@ def run_fewlabel(
         pcs = rna_pcs_from_store(store, model, [str(b) for b in emb.obs.index], n_pcs, emb.split, seed)
         pcs_source = f"computed from {store} with the preprocessing of {model} (PCA fitted on training cells)"
     else:
-        import anndata as ad
-
-        a = ad.read_zarr(emb_path) if Path(emb_path).suffix != ".h5ad" else ad.read_h5ad(emb_path)
-        if PCS_KEY in a.obsm:
-            pcs = np.asarray(a.obsm[PCS_KEY], np.float32)[:, :n_pcs]
+        pcs = _obsm_pcs(emb_path, n_pcs)
+        if pcs is not None:
             pcs_source = f"obsm[{PCS_KEY!r}] of {emb_path}"
         else:
             log.warning("no RNA PCs (obsm[%r] absent and no --store/--model): skipping the %s baseline",
@@ -430,6 +444,6 @@ def run_fewlabel(
         "omicsclip_version": __version__,
     }
     with atomic_path(out, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(tmp, doc)
     log.info("wrote %s\n%s", out, markdown_table(doc))
     return doc

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from omicsclip.conventions import is_unlabelled
+
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "euclidean")
 MATCH_TOP_K = 1000  # the NeurIPS 2021 matching task allowed at most 1000 non-zeros per row
 _CHUNK_ELEMENTS = 1 << 24  # similarity entries held at once (64 MiB in float32)
+MATCH_TEMPERATURE = 0.05  # softmax temperature of the matching distribution when none is calibrated
 TEMPERATURE_GRID = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -91,6 +94,7 @@ class DirectionStats:
 
     @property
     def n(self) -> int:
+        """Number of query cells."""
         return len(self.n_closer)
 
     def foscttm(self) -> np.ndarray:
@@ -107,7 +111,7 @@ def direction_stats(
     b: np.ndarray,
     *,
     metric: str = "cosine",
-    temperature: float = 0.05,
+    temperature: float = MATCH_TEMPERATURE,
     top_k: int = MATCH_TOP_K,
     chunk_size: int | None = None,
 ) -> DirectionStats:
@@ -207,7 +211,7 @@ def match_score(
     a: np.ndarray,
     b: np.ndarray,
     *,
-    temperature: float = 0.05,
+    temperature: float = MATCH_TEMPERATURE,
     top_k: int = MATCH_TOP_K,
     metric: str = "cosine",
     chunk_size: int | None = None,
@@ -233,7 +237,7 @@ def best_match_temperature(
     max_cells: int = 5000,
     seed: int = 0,
 ) -> float:
-    """The temperature of ``grid`` that maximises :func:`match_score` on these (validation) cells.
+    """Return the temperature of ``grid`` that maximises :func:`match_score` on these (validation) cells.
 
     Each method turns its similarities into matching probabilities with its own calibrated temperature, chosen
     on validation cells only, so that methods with different similarity scales are compared fairly. At most
@@ -265,8 +269,8 @@ def celltype_match(
 ) -> float | None:
     """Fraction of cells whose top cross-modal match has the same label, averaged over both directions.
 
-    Cells whose label is ``None`` or NaN are not scored (a match to them counts as a disagreement); ``None`` when
-    no cell is labelled.
+    Unlabelled cells (:func:`omicsclip.conventions.is_unlabelled`: ``None``, NaN, blank or NA strings) are not
+    scored (a match to them counts as a disagreement); ``None`` when no cell is labelled.
     """
     ab, ba = _both(a, b, metric=metric, chunk_size=chunk_size)
     return _celltype_from_stats(ab, ba, labels)
@@ -276,7 +280,7 @@ def _celltype_from_stats(ab: DirectionStats, ba: DirectionStats, labels: Sequenc
     y = np.asarray(labels, dtype=object)
     if len(y) != ab.n:
         raise ValueError(f"labels has {len(y)} entries for {ab.n} cells")
-    known = np.array([v is not None and v == v for v in y], dtype=bool)  # None and NaN are unlabelled
+    known = np.array([not is_unlabelled(v) for v in y], dtype=bool)
     if not known.any():
         return None
     ys = y.astype(str)
@@ -289,7 +293,7 @@ def retrieval_metrics(
     *,
     labels: Sequence | np.ndarray | None = None,
     metric: str = "cosine",
-    temperature: float = 0.05,
+    temperature: float = MATCH_TEMPERATURE,
     top_k: int = MATCH_TOP_K,
     ks: Sequence[int] = (1, 10, 50),
     chunk_size: int | None = None,
@@ -312,8 +316,10 @@ def retrieval_metrics(
 
 
 def _labelled_subset(y: np.ndarray, n_labelled: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of ``n_labelled`` cells drawn proportionally to class frequency (at least one per class
-    while the budget allows)."""
+    """Draw the positions of ``n_labelled`` cells proportionally to class frequency.
+
+    At least one per class while the budget allows.
+    """
     classes, inverse = np.unique(y, return_inverse=True)
     n_labelled = int(min(max(n_labelled, 1), len(y)))
     counts = np.bincount(inverse)
@@ -340,7 +346,7 @@ def fewlabel_accuracy(
     test_x: np.ndarray,
     test_y: Sequence | np.ndarray,
     *,
-    fraction: float = 0.01,
+    fraction: float,
     n_repeats: int = 5,
     seed: int = 0,
 ) -> float:
@@ -356,7 +362,7 @@ def fewlabel_accuracy(
     test_x, test_y
         Held-out cells.
     fraction
-        Fraction of the training cells that get a label (at least 2 cells).
+        Fraction of the training cells that get a label (at least 2 cells; ``evaluate.fewlabel_fraction``).
     n_repeats
         Independent draws of the labelled subset.
     seed

@@ -1,8 +1,95 @@
-"""Classification quality and calibration: accuracy, macro-F1, expected calibration error (numpy + scikit-learn)."""
+"""Calibration of the heads and of their predictions, and the classification metrics.
+
+Inverse-temperature fitting and the out-of-bag calibration of the bootstrap-ensemble heads; reliability bins,
+expected calibration error, accuracy and macro-F1 of predictions.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from omicsclip.heads.ensemble import GatedFusionHead, UncertaintyFusionHead
+
+#: Bounds of a fitted inverse temperature (few cells: never extrapolate far).
+BETA_RANGE = (0.25, 4.0)
+_CALIBRATE_BLOCK = 4096  # labelled cells per block of out-of-bag predictions in calibrate_out_of_bag()
+
+
+def fit_inverse_temperature(logits: torch.Tensor, y: torch.Tensor, lo: float = BETA_RANGE[0],
+                            hi: float = BETA_RANGE[1]) -> float:
+    """Return the ``beta`` in ``[lo, hi]`` that minimises the NLL of ``softmax(beta * logits)`` for classes ``y``.
+
+    The NLL is convex in ``beta``, so a log-spaced grid followed by a finer grid around its minimum finds it.
+
+    Parameters
+    ----------
+    logits
+        (n, K) logits (or log-probabilities).
+    y
+        (n,) integer classes.
+    lo, hi
+        Bounds of ``beta``.
+    """
+    logits, y = logits.detach().double(), y.long()
+
+    def nll(betas: torch.Tensor) -> torch.Tensor:  # one beta at a time: memory stays cells x classes
+        return torch.stack([F.cross_entropy(b * logits, y) for b in betas])
+
+    grid = torch.logspace(math.log10(lo), math.log10(hi), 61, dtype=torch.float64)
+    i = int(nll(grid).argmin())
+    fine = torch.linspace(float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)]), 41, dtype=torch.float64)
+    return float(fine[int(nll(fine).argmin())])
+
+
+@torch.no_grad()
+def calibrate_out_of_bag(head: GatedFusionHead | UncertaintyFusionHead, z_rna: torch.Tensor, z_prot: torch.Tensor,
+                         y: torch.Tensor, mask: torch.Tensor, mc_samples: int) -> float:
+    """Fit a bootstrap-ensemble head's inverse temperature ``beta`` on its out-of-bag predictions, in place.
+
+    The labelled cells (same order as in training) are predicted by the members that did not see them, the way
+    the head's ``predict`` makes its fused prediction (``mc_samples``: its MC-dropout passes, where the head uses
+    them). With fewer than 2 cells that have an out-of-bag prediction (e.g. one label per class: every bag keeps
+    it), ``beta`` stays 1.
+
+    Parameters
+    ----------
+    head
+        A trained gated or uncertainty head (after its ``bootstrap``).
+    z_rna, z_prot, mask
+        The labelled cells' embeddings and presence mask.
+    y
+        Their classes.
+    mc_samples
+        MC-dropout passes of the prediction (``finetune.mc_samples``).
+
+    Returns
+    -------
+    float
+        The fitted ``beta`` (also stored in ``head.beta``).
+    """
+    head.beta.fill_(1.0)
+    oob = head.out_of_bag()  # (members, n)
+    if oob is None:
+        return 1.0
+    has = oob.sum(0) > 0
+    if int(has.sum()) < 2:
+        return 1.0
+    was = head.training
+    head.eval()
+    blocks = [slice(s, s + _CALIBRATE_BLOCK) for s in range(0, len(y), _CALIBRATE_BLOCK)]
+    try:  # in blocks of cells: every cell's prediction is its own; memory stays bounded with many MC passes
+        fused = torch.cat([head.oob_fused_log_probs(z_rna[b], z_prot[b], mask[b], oob[:, b], mc_samples)
+                           for b in blocks])
+    finally:
+        head.train(was)
+    head.beta.fill_(fit_inverse_temperature(fused[has], y[has]))
+    return float(head.beta)
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -119,7 +119,7 @@ def resolve_params(n: int, dim: int, section: Mapping[str, Any]) -> IndexParams:
 
 
 def factory_string(params: IndexParams) -> str:
-    """The faiss ``index_factory`` description of ``params`` (e.g. ``IVF894,Flat``)."""
+    """Return the faiss ``index_factory`` description of ``params`` (e.g. ``IVF894,Flat``)."""
     if params.kind == "flat":
         return "Flat"
     if params.kind == "ivf_flat":
@@ -156,7 +156,7 @@ def _gpu_capable(index: Any) -> bool:
 
 
 def to_gpu(index: Any) -> Any:
-    """A GPU copy of a CPU index (device 0), or the index itself when faiss cannot move it."""
+    """Return a GPU copy of a CPU index (device 0), or the index itself when faiss cannot move it."""
     if not _gpu_capable(index):
         log.info("index %s stays on the CPU (no GPU implementation)", type(index).__name__)
         return index

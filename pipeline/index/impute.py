@@ -92,9 +92,10 @@ def vote(codes: np.ndarray, n_classes: int, pos: np.ndarray, weights: np.ndarray
 
 def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, k: int,
                temperature: float) -> np.ndarray:
-    """What ``omicsclip query`` imputes, with an exact search: each query's ``k`` most similar reference rows
-    (a flat inner-product faiss index over the unit-norm reference, searched in chunks), weighted by
-    :func:`neighbour_weights`, averaged by :func:`impute`.
+    """Impute values the way ``omicsclip query`` does, with an exact search.
+
+    Each query's ``k`` most similar reference rows (a flat inner-product faiss index over the unit-norm
+    reference, searched in chunks), weighted by :func:`neighbour_weights`, averaged by :func:`impute`.
 
     Parameters
     ----------

@@ -12,7 +12,6 @@ Layout of ``INDEX_DIR`` (written atomically as one folder)::
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from omicsclip.conventions import EMBEDDING_KEYS, MODALITIES
 from omicsclip.errors import InputError
 from omicsclip.index.faiss_index import (
     METRIC,
@@ -36,12 +36,11 @@ from omicsclip.index.faiss_index import (
 )
 from omicsclip.io.atomic import atomic_path, check_writable
 from omicsclip.io.hashing import sha256_file
-from omicsclip.io.jsonfile import read_json_object
+from omicsclip.io.jsonfile import read_json_object, write_json
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MODALITIES = ("rna", "prot")
 META, IDS, PROTEIN, OBS = "meta.json", "cell_ids.tsv", "reference_protein.npy", "reference_obs.parquet"
 
 
@@ -164,7 +163,7 @@ def write_index_dir(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": dict(source or {}),
         }
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / META, meta)
     log.info("wrote index folder %s (%s, n=%d, dim=%d)", out_dir, params.kind, n, dim)
     return Path(out_dir)
 
@@ -187,22 +186,27 @@ class ReferenceIndex:
 
     @property
     def dim(self) -> int:
+        """Embedding dimension of the indices."""
         return int(self.meta["dim"])
 
     @property
     def n(self) -> int:
+        """Number of reference cells."""
         return int(self.meta["n"])
 
     @property
     def fingerprint(self) -> str:
+        """Fingerprint of the model that made the reference embeddings."""
         return str(self.meta["model_fingerprint"])
 
     @property
     def modalities(self) -> list[str]:
+        """Modalities with an index (``rna``, ``prot``), in order."""
         return list(self.indices)
 
     @property
     def protein_names(self) -> list[str] | None:
+        """Protein names of the stored reference protein (columns), or ``None`` without one."""
         return self.meta.get("proteins")
 
     @classmethod
@@ -300,25 +304,6 @@ def _read_meta(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ from an embeddings zarr
 
 
-def _read_embeddings(emb_path: Path) -> tuple[pd.DataFrame, dict[str, Any], Any]:
-    import warnings
-
-    import zarr
-    from anndata.io import read_elem
-
-    if not emb_path.exists():
-        raise InputError(f"{emb_path}: embeddings not found")
-    try:
-        root = zarr.open_group(str(emb_path), mode="r")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obs = read_elem(root["obs"])
-            uns = read_elem(root["uns"]) if "uns" in root else {}
-    except Exception as exc:
-        raise InputError(f"{emb_path}: not an embeddings AnnData zarr ({type(exc).__name__}: {exc})") from None
-    return obs, uns, root
-
-
 def _reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None
                        ) -> tuple[np.ndarray, list[str]]:
     """CLR protein of cells ``ids`` from a paired store (or any input), on the model's protein panel."""
@@ -367,22 +352,25 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     overwrite
         Replace an existing folder.
     """
-    from anndata.io import read_elem
+    from omicsclip.model.embed import open_embeddings
 
     emb_path = Path(emb_path)
-    obs, uns, root = _read_embeddings(emb_path)  # obs and uns only: cheap
-    info = dict(uns.get("omicsclip", {})) if isinstance(uns, Mapping) else {}
+    if not emb_path.exists():  # say "not found" like the other inputs of `omicsclip index`
+        raise InputError(f"{emb_path}: embeddings not found")
+    emb = open_embeddings(emb_path)  # obs and uns only: cheap
+    obs = emb.obs
+    recorded = emb.uns.get("omicsclip")
+    info = dict(recorded) if isinstance(recorded, Mapping) else {}
     explicit_model, explicit_store = model_dir is not None, store is not None
     model_dir, store = model_dir or info.get("model_dir"), store or info.get("store")
     # before the work, and with the recorded store and model too: replacing out_dir must not delete them
     check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))
-    fingerprint = info.get("model_fingerprint")
+    fingerprint = emb.fingerprint
     if not fingerprint:
         raise InputError(f"{emb_path}: no uns['omicsclip']['model_fingerprint'] (not written by omicsclip embed)")
-    keys = {"rna": "X_omicsclip_rna", "prot": "X_omicsclip_prot"}
-    present = {m: k for m, k in keys.items() if f"obsm/{k}" in root}
+    present = [m for m in MODALITIES if m in emb.modalities]
     if not present:
-        raise InputError(f"{emb_path}: no obsm {' or '.join(keys.values())}")
+        raise InputError(f"{emb_path}: no obsm {' or '.join(EMBEDDING_KEYS[m] for m in MODALITIES)}")
     keep = np.ones(len(obs), bool)
     splits = [str(s) for s in section.get("splits", []) or []]
     if splits:
@@ -392,8 +380,9 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         log.info("reference: %d of %d cells in splits %s", int(keep.sum()), len(obs), splits)
     if not keep.any():
         raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
-    ids = pd.Index(obs.index.astype(str))[keep]
-    embeddings = {m: np.asarray(read_elem(root[f"obsm/{k}"]), dtype=np.float32)[keep] for m, k in present.items()}
+    ids = pd.Index(obs.index)[keep]
+    rows = None if keep.all() else np.flatnonzero(keep)
+    embeddings = {m: emb.matrix(m, rows) for m in present}
 
     model_proteins = None
     if model_dir is not None and not explicit_model and not Path(model_dir).exists():

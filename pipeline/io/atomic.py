@@ -13,10 +13,27 @@ from omicsclip.errors import InputError
 
 
 def check_writable(path: Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
-    """Refuse to replace an existing output unless ``overwrite`` is set, and never replace a folder that is or
-    holds one of the ``inputs`` or the working directory (replacing ``path`` deletes everything under it).
+    """Refuse an output path that may not be written, before any work is done.
+
+    An existing output is refused unless ``overwrite`` is set, and a folder that is or holds one of the
+    ``inputs`` or the working directory is never replaced (replacing ``path`` deletes everything under it).
     The output's folder must exist and be writable. A symlinked output is replaced as a link (its target is
-    left alone)."""
+    left alone).
+
+    Parameters
+    ----------
+    path
+        The output file or folder.
+    overwrite
+        Whether an existing output may be replaced.
+    inputs
+        Paths the command reads (``None`` entries are skipped).
+
+    Raises
+    ------
+    InputError
+        Naming the path and what to do.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --overwrite to replace it")

@@ -31,42 +31,46 @@ def match_names(names: Sequence[str], patterns: Sequence[str], *, key: str = "is
     return np.array([any(r.search(str(n)) for r in regs) for n in names], dtype=bool)
 
 
-def make_unique(names: Sequence[str]) -> list[str]:
-    """Suffix repeated names the way anndata does: the second ``X`` becomes ``X-1``, the third ``X-2``."""
-    seen: dict[str, int] = {}
-    taken = set(map(str, names))
-    out = []
-    for n in map(str, names):
-        if n not in seen:
-            seen[n] = 0
-            out.append(n)
-            continue
-        k = seen[n]
-        while True:
-            k += 1
-            cand = f"{n}-{k}"
-            if cand not in taken:
-                break
-        seen[n] = k
-        taken.add(cand)
-        out.append(cand)
-    return out
-
-
 def examples(values: Sequence[str], k: int = 3) -> str:
-    """A few values for one-line error messages: ``'a', 'b', 'c', ...``."""
+    """Format a few values for one-line error messages: ``'a', 'b', 'c', ...``."""
     shown = ", ".join(repr(str(v)) for v in list(values)[:k])
     return shown + (", ..." if len(values) > k else "")
 
 
 def check_unique_features(names: pd.Index, *, path: Path | str, what: str, unique: bool) -> pd.Index:
-    """Return ``names``; duplicates are an error unless ``unique`` (then they are suffixed -1, -2, ...)."""
-    names = pd.Index([str(n) for n in names])
+    """Return ``names`` as strings, refusing duplicates unless ``unique``.
+
+    Parameters
+    ----------
+    names
+        Feature names in column order.
+    path
+        The input file, named in the error message.
+    what
+        ``gene`` or ``protein``, named in the error message.
+    unique
+        Suffix repeated names instead of refusing them, the way AnnData does
+        (:func:`anndata.utils.make_index_unique`): the second ``X`` becomes ``X-1``, the third ``X-2``,
+        skipping suffixes that are already names.
+
+    Returns
+    -------
+    pandas.Index
+        The (possibly suffixed) names.
+
+    Raises
+    ------
+    InputError
+        Duplicate names and not ``unique``.
+    """
+    names = pd.Index([str(n) for n in names], dtype=object)
     dup = names[names.duplicated()].unique()
     if len(dup) == 0:
         return names
     if unique:
-        return pd.Index(make_unique(names))
+        from anndata.utils import make_index_unique
+
+        return make_index_unique(names)
     raise InputError(f"{path}: {len(dup)} duplicate {what} names (e.g. {examples(dup)}); "
                      "pass --make-unique to suffix them (-1, -2, ...) or fix the input")
 

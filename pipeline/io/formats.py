@@ -22,7 +22,7 @@ def _head(path: Path, n: int = 8) -> bytes:
 
 
 def is_hdf5(path: Path) -> bool:
-    """True when the file carries the HDF5 signature (at offset 0, or after a user block as in ``.h5mu``)."""
+    """Return whether the file carries the HDF5 signature (at offset 0, or after a user block as in ``.h5mu``)."""
     if _head(path) == _HDF5_MAGIC:
         return True
     size, off = path.stat().st_size, 512
@@ -36,6 +36,7 @@ def is_hdf5(path: Path) -> bool:
 
 
 def is_zarr_dir(path: Path) -> bool:
+    """Return whether ``path`` is a zarr group folder (v2 or v3)."""
     return path.is_dir() and any((path / f).exists() for f in (".zgroup", "zarr.json", ".zattrs"))
 
 
@@ -53,7 +54,7 @@ def find_member(folder: Path, *names: str) -> Path | None:
 
 
 def mtx_file(folder: Path) -> Path | None:
-    """The ``matrix.mtx[.gz]`` inside a Cell Ranger matrix folder, if any."""
+    """Return the ``matrix.mtx[.gz]`` inside a Cell Ranger matrix folder, if any."""
     return find_member(folder, "matrix.mtx")
 
 
@@ -77,7 +78,7 @@ def _hdf5_kind(path: Path) -> str:
 
 
 def text_like(path: Path) -> bool:
-    """True for a gzip file or a file whose first bytes decode as text."""
+    """Return whether the file is gzip or its first bytes decode as text."""
     head = _head(path, 512)
     if head[:2] == _GZIP_MAGIC:
         return True

@@ -64,7 +64,7 @@ def _is_group(elem: Any) -> bool:
 
 
 def matrix_table(path: Path, elem: Any, what: str, barcodes: pd.Index, features: pd.DataFrame) -> CountTable:
-    """A table over an anndata-encoded matrix element (CSR/CSC group or dense array), h5py or zarr."""
+    """Open a table over an anndata-encoded matrix element (CSR/CSC group or dense array), h5py or zarr."""
     if _is_group(elem):
         enc = str(elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", "")))
         if not {"data", "indices", "indptr"} <= set(elem.keys()):
@@ -94,7 +94,7 @@ def _names_from_uns(f: Any, key: str) -> list[str] | None:
 
 
 def _obsm_table(path: Path, f: Any, key: str, barcodes: pd.Index, what: str) -> CountTable:
-    """A table over ``obsm[key]``: DataFrame (names = columns), or array/sparse with names in ``uns``."""
+    """Open a table over ``obsm[key]``: DataFrame (names = columns), or array/sparse with names in ``uns``."""
     elem = f[f"obsm/{key}"]
     enc = str(elem.attrs.get("encoding-type", ""))
     if enc == "dataframe":
@@ -242,7 +242,7 @@ def _mudata(path: Path, root: Any, fmt: str, rna_modality: str, prot_modality: s
 
 def open_h5mu(path: Path, *, rna_modality: str = "rna", prot_modality: str = "prot",
               protein_key: str | None = None, layer: str | None = None) -> RawInput:
-    """A MuData ``.h5mu`` with an RNA and a protein modality (names configurable)."""
+    """Open a MuData ``.h5mu`` with an RNA and a protein modality (names configurable)."""
     f = _open_h5(path, "h5mu")
     try:
         raw = _mudata(path, f, "h5mu", rna_modality, prot_modality, protein_key, layer)
@@ -254,7 +254,7 @@ def open_h5mu(path: Path, *, rna_modality: str = "rna", prot_modality: str = "pr
 
 
 def open_store(path: Path) -> RawInput:
-    """A paired store written by ``omicsclip ingest`` (or any MuData zarr with ``rna``/``prot``)."""
+    """Open a paired store written by ``omicsclip ingest`` (or any MuData zarr with ``rna``/``prot``)."""
     import zarr
 
     try:

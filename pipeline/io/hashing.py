@@ -10,9 +10,19 @@ _BLOCK = 8 << 20
 
 
 def sha256_file(path: str | Path, cancel: threading.Event | None = None) -> str:
-    """sha256 hex digest of one file, read in 8 MiB blocks.
+    """Return the sha256 hex digest of one file, read in 8 MiB blocks.
 
-    ``cancel`` stops early (the result is then ``""``); ingest uses it when another step failed.
+    Parameters
+    ----------
+    path
+        The file.
+    cancel
+        Stops early when set (the result is then ``""``); ingest sets it when another step failed.
+
+    Returns
+    -------
+    str
+        The hex digest.
     """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -24,8 +34,23 @@ def sha256_file(path: str | Path, cancel: threading.Event | None = None) -> str:
 
 
 def sha256_tree(path: str | Path, cancel: threading.Event | None = None) -> str:
-    """A file's sha256, or for a folder the sha256 over its files in sorted order (relative path, NUL, the
-    file's digest), so renaming, adding or changing any file changes it."""
+    """Return a file's sha256, or for a folder the sha256 over its files.
+
+    A folder's files are hashed in sorted order (relative path, NUL, the file's digest), so renaming, adding
+    or changing any file changes the result.
+
+    Parameters
+    ----------
+    path
+        A file or folder.
+    cancel
+        Stops early when set (the result is then ``""``).
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
     root = Path(path)
     if not root.is_dir():
         return sha256_file(root, cancel)

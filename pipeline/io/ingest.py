@@ -12,7 +12,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -25,15 +25,34 @@ from omicsclip.io.atomic import check_writable
 from omicsclip.io.features import DEFAULT_HTO_PATTERNS, DEFAULT_ISOTYPE_PATTERNS
 from omicsclip.io.hashing import sha256_tree
 from omicsclip.io.qc import QCAccumulator
-from omicsclip.io.readers import InputSource, open_input
+from omicsclip.io.readers import InputSource, open_input, reader_options
 from omicsclip.io.store import StoreWriter
 
 log = logging.getLogger(__name__)
 
-def sha256_path(path: Path, cancel: threading.Event | None = None) -> str:
-    """sha256 of a file or folder (:func:`omicsclip.io.hashing.sha256_tree`); ``cancel`` stops early.
+#: Keys of the ``ingest`` section that are not reader options: QC thresholds and the chunk size.
+_STORE_KEYS = ("min_counts_rna", "min_counts_prot", "chunk_cells")
 
-    An unreadable input is an :class:`InputError`.
+
+def sha256_path(path: Path, cancel: threading.Event | None = None) -> str:
+    """Return the sha256 of a file or folder (:func:`omicsclip.io.hashing.sha256_tree`).
+
+    Parameters
+    ----------
+    path
+        The input file or folder.
+    cancel
+        Stops early when set.
+
+    Returns
+    -------
+    str
+        The hex digest (``""`` when cancelled).
+
+    Raises
+    ------
+    InputError
+        The input cannot be read.
     """
     try:
         return sha256_tree(path, cancel)
@@ -175,12 +194,25 @@ def _check_result(src: InputSource, qc: QCAccumulator, out: Path) -> None:
         raise InputError(f"{where}: all protein counts are zero (empty matrix)")
 
 
-def ingest_from_config(inputs: Sequence[str | Path], out: str | Path, section: dict[str, Any], *,
+def ingest_from_config(inputs: Sequence[str | Path], out: str | Path, section: Mapping[str, Any], *,
                        fmt: str = "auto", overwrite: bool = False, **overrides: Any) -> Path:
-    """:func:`ingest` with options from the config's ``ingest`` section, then non-``None`` ``overrides``."""
-    opts = {k: v for k, v in section.items()}
+    """Run :func:`ingest` with options from the config's ``ingest`` section.
+
+    Parameters
+    ----------
+    inputs, out, fmt, overwrite
+        As in :func:`ingest`.
+    section
+        The ``ingest:`` config section: reader options (:func:`omicsclip.io.readers.reader_options`) plus
+        ``min_counts_rna``, ``min_counts_prot`` and ``chunk_cells``.
+    **overrides
+        Options that win over the section unless ``None`` (the command line's flags).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    opts = {**reader_options(section), **{k: section[k] for k in _STORE_KEYS if k in section}}
     opts.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("protein_key", "layer"):
-        if not opts.get(key):
-            opts.pop(key, None)
     return ingest(inputs, out, fmt=fmt, overwrite=overwrite, **opts)

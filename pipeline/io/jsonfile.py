@@ -13,8 +13,21 @@ from omicsclip.errors import InputError
 
 
 def jsonable(obj: Any) -> Any:
-    """Return ``obj`` as plain JSON values: numpy scalars and arrays as Python numbers and lists, paths as strings,
-    non-finite floats as ``None`` (strict JSON has no NaN)."""
+    """Return ``obj`` as plain JSON values.
+
+    Numpy scalars and arrays become Python numbers and lists, paths strings, mapping keys strings, and
+    non-finite floats ``None`` (strict JSON has no NaN).
+
+    Parameters
+    ----------
+    obj
+        Nested dicts, lists, tuples, arrays and scalars.
+
+    Returns
+    -------
+    Any
+        The same structure made of ``dict``, ``list``, ``str``, ``int``, ``float``, ``bool`` and ``None``.
+    """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | np.ndarray):
@@ -28,20 +41,65 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def dumps_json(obj: Any) -> str:
-    """Serialise ``obj`` the one way every omicsclip JSON file is written: :func:`jsonable`, indented, newline."""
+def dumps_json(obj: Any, *, compact: bool = False) -> str:
+    """Serialise ``obj`` the one way every omicsclip JSON text is written.
+
+    Parameters
+    ----------
+    obj
+        Anything :func:`jsonable` accepts.
+    compact
+        One line without a final newline (a JSON string stored inside another file, e.g. an AnnData ``uns``
+        value); the default is indented with a final newline (a JSON file, the CLI's ``--json`` output).
+
+    Returns
+    -------
+    str
+        Strict JSON (``NaN`` and infinities written as ``null``).
+    """
+    if compact:
+        return json.dumps(jsonable(obj), allow_nan=False)
     return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write :func:`dumps_json` of ``obj`` to ``path`` (callers make it atomic with ``atomic_path``)."""
+    """Write :func:`dumps_json` of ``obj`` to ``path``; callers make it atomic with ``atomic_path``.
+
+    Parameters
+    ----------
+    path
+        The file to write (replaced if present).
+    obj
+        Anything :func:`jsonable` accepts.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     path = Path(path)
     path.write_text(dumps_json(obj))
     return path
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; :class:`InputError` naming the file when it is missing, unreadable or malformed."""
+    """Parse a JSON file.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+
+    Returns
+    -------
+    Any
+        The parsed value.
+
+    Raises
+    ------
+    InputError
+        Naming the file when it is missing, unreadable or not valid JSON.
+    """
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -53,7 +111,23 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
-    """:func:`read_json` of a file that must hold a JSON object (a mapping)."""
+    """Parse a JSON file that must hold a JSON object (a mapping).
+
+    Parameters
+    ----------
+    path
+        The file to read.
+
+    Returns
+    -------
+    dict
+        The parsed object.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_json`, or when the top level is not an object.
+    """
     data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")

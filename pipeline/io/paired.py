@@ -37,22 +37,26 @@ class PairedData:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells."""
         return len(self.obs)
 
     @property
     def gene_names(self) -> list[str]:
+        """Gene names in column order."""
         return [str(g) for g in self.genes.index]
 
     @property
     def protein_names(self) -> list[str]:
+        """Protein names in column order."""
         return [str(p) for p in self.proteins.index]
 
     @property
     def barcodes(self) -> list[str]:
+        """Cell barcodes in row order."""
         return [str(b) for b in self.obs.index]
 
     def subset(self, idx: np.ndarray | slice) -> PairedData:
-        """Cells ``idx`` (positions or boolean mask), features unchanged."""
+        """Return the cells ``idx`` (positions or boolean mask), features unchanged."""
         obs = self.obs.iloc[idx]
         return PairedData(
             rna=None if self.rna is None else self.rna[idx],

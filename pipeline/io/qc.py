@@ -76,6 +76,7 @@ class QCAccumulator:
 
     @property
     def n_kept(self) -> int:
+        """Number of cells added so far."""
         return int(sum(len(t) for t in self._tot_rna))
 
     def feature_frames(self, genes: pd.DataFrame, proteins: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

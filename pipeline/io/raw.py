@@ -48,6 +48,7 @@ class RawInput:
     notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
+        """Run the closers (files, temporary folders) in reverse order; safe to call twice."""
         while self.closers:
             try:
                 self.closers.pop()()

@@ -14,13 +14,15 @@ files); isotype controls and hashtags (HTO) are recognised by name and kept out 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
 from omicsclip.io.features import (
     DEFAULT_HTO_PATTERNS,
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 
 PAIRING = ("strict", "intersect")
 REQUIRE = ("both", "any")
-MODALITIES = ("rna", "prot")
 
 
 def _label(which: str) -> str:
@@ -167,10 +168,12 @@ class InputSource:
     # ---- public API ---------------------------------------------------------------------------------------
     @property
     def gene_frame(self) -> pd.DataFrame | None:
+        """Gene metadata (index = names) of the kept genes, or ``None`` without RNA."""
         return None if self._rna is None else self._rna.features
 
     @property
     def protein_frame(self) -> pd.DataFrame | None:
+        """Protein metadata (index = names) of the kept proteins, or ``None`` without protein."""
         return None if self._prot is None else self._prot.features
 
     @property
@@ -185,6 +188,7 @@ class InputSource:
 
     @property
     def n_cells(self) -> int:
+        """Number of (paired) cells that will be yielded."""
         return len(self.barcodes)
 
     def table_sizes(self) -> dict[str, int]:
@@ -370,7 +374,21 @@ READER_KEYS = ("rna_modality", "prot_modality", "isotype_patterns", "keep_isotyp
                "allow_normalized", "genes_in_rows", "make_unique", "protein_key", "layer")
 
 
-def reader_options(ingest_section: dict | None) -> dict:
-    """The keys of a config's ``ingest`` section that :func:`open_input` accepts (empty strings dropped)."""
+def reader_options(ingest_section: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Select the keys of a config's ``ingest`` section that :func:`open_input` accepts.
+
+    This is the one filter from a config section to reader options; every caller (ingest, query, predict)
+    passes its section through it.
+
+    Parameters
+    ----------
+    ingest_section
+        The ``ingest:`` config section (other keys, e.g. ``min_counts_rna``, are left out).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for :func:`open_input`; empty strings (``""`` = not set in YAML) are dropped.
+    """
     sec = dict(ingest_section or {})
     return {k: sec[k] for k in READER_KEYS if k in sec and sec[k] != ""}

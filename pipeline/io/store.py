@@ -6,7 +6,6 @@ Written cell-chunk by cell-chunk (bounded memory) into a temporary path and rena
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import scipy.sparse as sp
 
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import atomic_path
+from omicsclip.io.jsonfile import dumps_json
 from omicsclip.io.paired import PairedData
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _jsonable_uns(uns: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, dict):
             out[k] = _jsonable_uns(v)
         elif isinstance(v, list | tuple) and any(isinstance(x, dict | list | tuple) for x in v):
-            out[k + "_json"] = json.dumps(v)
+            out[k + "_json"] = dumps_json(v, compact=True)
         elif v is None:
             out[k] = "null"
         else:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from omicsclip.io.jsonfile import dumps_json
 from omicsclip.io.store import store_info
 
 _MAX_LEVELS = 30
@@ -112,7 +112,7 @@ def format_summary(d: dict[str, Any]) -> str:
                     lines.append(f"  {name:32s} {inp.get('path')} sha256 {str(inp.get('sha256'))[:16]}... "
                                  f"({_fmt(inp.get('bytes'))} bytes)")
             elif k == "options" and isinstance(v, dict):
-                lines.append(f"  {'options':32s} {json.dumps(v)}")
+                lines.append(f"  {'options':32s} {dumps_json(v, compact=True)}")
             else:
                 lines.append(f"  {k:32s} {_fmt(v)}")
     return "\n".join(lines)

@@ -49,10 +49,12 @@ class CountTable:
 
     @property
     def n_rows(self) -> int:
+        """Number of rows (cells)."""
         return len(self.barcodes)
 
     @property
     def n_cols(self) -> int:
+        """Number of columns (features)."""
         return len(self.features)
 
     def _read_range(self, lo: int, hi: int) -> sp.csr_matrix:  # pragma: no cover - abstract
@@ -121,6 +123,7 @@ class CsrArraysTable(CountTable):
 
     @property
     def nnz(self) -> int:
+        """Number of stored (non-zero) values."""
         return int(self._indptr[-1]) if len(self._indptr) else 0
 
     def _read_range(self, lo: int, hi: int) -> sp.csr_matrix:
@@ -138,6 +141,7 @@ class CsrArraysTable(CountTable):
         return m
 
     def close(self) -> None:
+        """Release the underlying file, if this table owns one."""
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
@@ -180,6 +184,7 @@ class MemoryTable(CountTable):
         return self._m[lo:hi]
 
     def read_rows(self, pos: np.ndarray) -> sp.csr_matrix:
+        """Return the rows at positions ``pos``, in that order."""
         return self._m[np.asarray(pos, dtype=np.int64)]
 
 
@@ -206,10 +211,11 @@ class View:
 
     @property
     def n_features(self) -> int:
+        """Number of features (columns) in the view."""
         return len(self.features)
 
     def subset(self, mask: np.ndarray) -> View:
-        """The columns where ``mask`` is true."""
+        """Return a view of the columns where ``mask`` is true."""
         cols = np.arange(self.table.n_cols) if self.cols is None else self.cols
         return View(self.table, cols[mask], self.features.iloc[np.flatnonzero(mask)])
 

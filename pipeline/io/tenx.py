@@ -50,7 +50,7 @@ def split_feature_types(table: CsrArraysTable, raw: RawInput) -> RawInput:
 
 
 def open_10x_h5(path: Path) -> RawInput:
-    """A Cell Ranger ``.h5`` (v3+: ``matrix/`` with ``features/``; v2: one genome group, RNA only)."""
+    """Open a Cell Ranger ``.h5`` (v3+: ``matrix/`` with ``features/``; v2: one genome group, RNA only)."""
     import h5py
 
     require_hdf5(path, "10x-h5")
@@ -219,7 +219,7 @@ def open_10x_mtx_pair(rna_path: Path, prot_path: Path) -> RawInput:
 
 
 def open_10x_mtx(path: Path) -> RawInput:
-    """A ``filtered_feature_bc_matrix/`` folder (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``).
+    """Open a ``filtered_feature_bc_matrix/`` folder (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``).
 
     Cell Ranger v2 folders (``genes.tsv``, uncompressed) are read as RNA only; file names may carry a prefix
     (``GSM..._matrix.mtx.gz``) when each is unique in the folder.

@@ -14,7 +14,19 @@ import torch
 
 @dataclass
 class RawBatch:
-    """Raw counts of ``n`` cells on the device, RNA in COO form (row, col, val) over the model genes."""
+    """Raw counts of ``n`` cells on the device, RNA in COO form (row, col, val) over the model genes.
+
+    Attributes
+    ----------
+    n
+        Number of cells.
+    row, col, val
+        Non-zero RNA counts: cell (sorted), model gene, count.
+    other
+        Per-cell total count of the genes outside the model.
+    prot
+        Protein counts, cells x proteins (dense).
+    """
 
     n: int
     row: torch.Tensor
@@ -26,8 +38,19 @@ class RawBatch:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Count thinning (keep probability ``U(thinning, 1)`` per cell and modality) and feature dropout (RNA genes;
-    proteins separately, as a panel of a few antibodies loses much more with each dropped feature)."""
+    """Training augmentation: count thinning and feature dropout.
+
+    The defaults are "no augmentation" (training takes the ``train`` config section's values).
+
+    Attributes
+    ----------
+    thinning
+        Keep each count with probability ``U(thinning, 1)``, drawn per cell and modality (1 = off).
+    feature_dropout
+        Fraction of the RNA input genes set to 0.
+    prot_feature_dropout
+        The same for proteins, separately: a panel of a few antibodies loses much more with each dropped feature.
+    """
 
     thinning: float = 1.0
     feature_dropout: float = 0.0
@@ -35,6 +58,7 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
+        """Whether any augmentation is switched on."""
         return self.thinning < 1.0 or self.feature_dropout > 0.0 or self.prot_feature_dropout > 0.0
 
 
@@ -102,9 +126,19 @@ class CountTransform:
         return torch.cat([x, d.unsqueeze(1)], dim=1)
 
     def rna_genes(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw counts (cells x model genes) and library sizes (cells) -> the normalised, log1p'd, scaled
-        gene values (float32, cells x genes): the model input before its principal-axis projection and depth
-        feature. ``present`` (genes, or cells x genes) zeroes absent genes / dropped-out features."""
+        """Turn dense raw counts into the normalised, log1p'd, scaled gene values (float32, cells x genes).
+
+        This is the model input before its principal-axis projection and depth feature.
+
+        Parameters
+        ----------
+        counts
+            Raw counts, cells x model genes (dense).
+        lib
+            Library sizes (cells).
+        present
+            Mask (genes, or cells x genes) that zeroes absent genes / dropped-out features.
+        """
         x = counts.float() * (self.target_sum / lib.float().clamp_min(1.0)).unsqueeze(1)
         x = torch.log1p(x)
         if self.rna_mean is not None:
@@ -114,8 +148,11 @@ class CountTransform:
         return x
 
     def rna(self, counts: torch.Tensor, lib: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw counts (cells x model genes) and library sizes (cells) -> model input (float32): the
-        :meth:`rna_genes` values, projected on the principal axes and with the depth feature where configured."""
+        """Turn dense raw counts (cells x model genes) and library sizes (cells) into the RNA model input.
+
+        The :meth:`rna_genes` values (float32), projected on the principal axes and with the depth feature where
+        configured; arguments as for :meth:`rna_genes`.
+        """
         x = self.rna_genes(counts, lib, present)
         if self.rna_proj is not None:
             x = x @ self.rna_proj.t()
@@ -125,7 +162,7 @@ class CountTransform:
 
     def rna_sparse(self, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, lib: torch.Tensor, n: int,
                    keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Same as :meth:`rna` with a projection, from the non-zeros only (``row`` sorted, cells ``0..n-1``).
+        """Compute :meth:`rna` with a projection from the non-zeros only (``row`` sorted, cells ``0..n-1``).
 
         ``keep`` is a (genes,) present mask or a (cells, genes) feature-dropout mask.
 
@@ -161,7 +198,17 @@ class CountTransform:
         return out
 
     def prot(self, counts: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """Dense raw protein counts (cells x model proteins) -> model input: CLR over the present proteins."""
+        """Turn dense raw protein counts (cells x model proteins) into the protein model input.
+
+        CLR over the present proteins, scaled, with the depth feature where configured.
+
+        Parameters
+        ----------
+        counts
+            Raw counts, cells x model proteins.
+        present
+            Mask of the model proteins present in the input (``None``: all).
+        """
         lp = torch.log1p(counts.float())
         if present is None:
             x = lp - lp.mean(dim=1, keepdim=True)

@@ -1,5 +1,8 @@
-"""Embeddings files: ``embed_store`` writes RNA, protein and joint embeddings of every cell of a store as an
-AnnData zarr; :func:`open_embeddings` is the one reader every later stage (index, heads, report) uses."""
+"""Embeddings files: write them (:func:`embed_store`) and read them (:func:`open_embeddings`).
+
+``embed_store`` writes RNA, protein and joint embeddings of every cell of a store as an AnnData zarr;
+:func:`open_embeddings` is the one reader every later stage (index, heads, report) uses.
+"""
 
 from __future__ import annotations
 
@@ -121,14 +124,14 @@ class Embeddings:
                                  "is this an `omicsclip embed` output?")
 
     def matrix(self, modality: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        """The ``modality`` embedding as float32 (cells x d), all rows or only ``rows`` (sorted indices or a slice).
+        """Read the ``modality`` embedding as float32 (cells x d): all rows, or only ``rows``.
 
         Parameters
         ----------
         modality
             ``rna``, ``prot`` or ``joint``.
         rows
-            Row selection; ``None`` reads every cell.
+            Row selection (sorted indices or a slice); ``None`` reads every cell.
         """
         self.require(modality)
         arr = self._arrays[modality]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +47,16 @@ class MemberLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """Width of the input (``n_in``, or ``members * n_in`` for member blocks)."""
         return self.n_in if self.shared_input else self.members * self.n_in
 
     @property
     def out_features(self) -> int:
+        """Width of the output (``members * n_out``)."""
         return self.members * self.n_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply every member's map: cells x ``in_features`` -> cells x ``out_features``."""
         n = x.shape[0]
         if self.shared_input:  # one GEMM: cells x n_in @ n_in x (members*n_out)
             w = self.weight.permute(1, 0, 2).reshape(self.n_in, -1)
@@ -74,6 +78,7 @@ class MemberLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise each member's block of cells x ``members * width`` input."""
         n = x.shape[0]
         y = F.layer_norm(x.reshape(n, self.members, self.width), (self.width,), eps=self.eps)
         # back to the input dtype (bf16 under autocast), as nn.LayerNorm does
@@ -155,10 +160,9 @@ class DualEncoder(nn.Module):
         (:class:`omicsclip.model.loss.ClipLoss`).
     """
 
-    def __init__(self, n_genes: int, n_proteins: int, *, rna_hidden: Sequence[int] = (512, 256),
-                 prot_hidden: Sequence[int] = (128, 128), embed_dim: int = 64, dropout: float = 0.0,
-                 input_dropout: float = 0.0, temperature: float = 0.1, learnable_temperature: bool = False,
-                 temperature_min: float = 0.01, temperature_max: float = 1.0, members: int = 1) -> None:
+    def __init__(self, n_genes: int, n_proteins: int, *, rna_hidden: Sequence[int], prot_hidden: Sequence[int],
+                 embed_dim: int, dropout: float, input_dropout: float, temperature: float,
+                 learnable_temperature: bool, temperature_min: float, temperature_max: float, members: int) -> None:
         super().__init__()
         if not 0 < temperature_min <= temperature <= temperature_max:
             raise ValueError("need 0 < temperature_min <= temperature <= temperature_max")
@@ -201,18 +205,36 @@ class DualEncoder(nn.Module):
         }
 
 
-def build_model(n_genes: int, n_proteins: int, model_cfg: dict, train_cfg: dict) -> DualEncoder:
-    """A :class:`DualEncoder` from the ``model`` and ``train`` config sections."""
+def build_model(n_genes: int, n_proteins: int, model_section: dict[str, Any],
+                train_section: dict[str, Any]) -> DualEncoder:
+    """Build a :class:`DualEncoder` from the validated ``model`` and ``train`` config sections.
+
+    Parameters
+    ----------
+    n_genes, n_proteins
+        Input widths (the preprocessed RNA and protein inputs).
+    model_section
+        The ``model`` section: ``rna_hidden``, ``prot_hidden``, ``embed_dim``, ``dropout``, ``input_dropout``,
+        ``members``.
+    train_section
+        The ``train`` section: ``temperature``, ``learnable_temperature``, ``temperature_min``,
+        ``temperature_max``.
+
+    Returns
+    -------
+    DualEncoder
+        A freshly initialised model (on the CPU).
+    """
     return DualEncoder(
         n_genes, n_proteins,
-        rna_hidden=list(model_cfg.get("rna_hidden", [512, 256])),
-        prot_hidden=list(model_cfg.get("prot_hidden", [128, 128])),
-        embed_dim=int(model_cfg.get("embed_dim", 64)),
-        dropout=float(model_cfg.get("dropout", 0.0)),
-        input_dropout=float(model_cfg.get("input_dropout", 0.0)),
-        temperature=float(train_cfg.get("temperature", 0.1)),
-        learnable_temperature=bool(train_cfg.get("learnable_temperature", False)),
-        temperature_min=float(train_cfg.get("temperature_min", 0.01)),
-        temperature_max=float(train_cfg.get("temperature_max", 1.0)),
-        members=int(model_cfg.get("members", 1)),
+        rna_hidden=list(model_section["rna_hidden"]),
+        prot_hidden=list(model_section["prot_hidden"]),
+        embed_dim=int(model_section["embed_dim"]),
+        dropout=float(model_section["dropout"]),
+        input_dropout=float(model_section["input_dropout"]),
+        temperature=float(train_section["temperature"]),
+        learnable_temperature=bool(train_section["learnable_temperature"]),
+        temperature_min=float(train_section["temperature_min"]),
+        temperature_max=float(train_section["temperature_max"]),
+        members=int(model_section["members"]),
     )

@@ -24,6 +24,13 @@ from torch import nn
 def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate ``x`` from all ranks (rank order) with gradient flowing back to every rank's shard.
 
+    Parameters
+    ----------
+    x
+        This rank's rows.
+    world_size
+        Number of ranks; ``1`` returns ``x`` itself.
+
     The backward pass of ``torch.distributed.nn.functional.all_gather`` sums the gradients that all ranks
     computed for each shard, so the shard's gradient is that of the sum of all ranks' losses.
     """
@@ -45,8 +52,7 @@ def _full_precision(x: torch.Tensor) -> torch.Tensor:
 
 
 def _member_blocks(x: torch.Tensor, members: int) -> torch.Tensor:
-    """(members, rows, d): the ``members`` blocks of ``x`` (side by side in the feature dimension), each
-    rescaled to unit norm."""
+    """Split ``x`` into its ``members`` feature blocks, each rescaled to unit norm: (members, rows, d)."""
     if members == 1:
         return x[None]
     n, width = x.shape
@@ -60,7 +66,18 @@ def _targets(n: int, offset: int, device: torch.device) -> torch.Tensor:
 
 
 def row_cross_entropy_plain(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Reference: ``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]`` with the full logits matrix."""
+    """Compute ``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]`` from the full logits (the reference).
+
+    Parameters
+    ----------
+    q, k, scale, offset
+        As in :func:`row_cross_entropy`.
+
+    Returns
+    -------
+    torch.Tensor
+        The summed row cross-entropy (a scalar).
+    """
     logits = scale * (q @ k.t())
     return F.cross_entropy(logits, _targets(q.shape[0], offset, q.device), reduction="sum")
 
@@ -169,7 +186,20 @@ class ClipLoss(nn.Module):
 
     def forward(self, rna_features: torch.Tensor, prot_features: torch.Tensor,
                 logit_scale: torch.Tensor) -> torch.Tensor:
-        """This rank's share of the symmetric InfoNCE loss (the whole loss on one process)."""
+        """Compute this rank's share of the symmetric InfoNCE loss (the whole loss on one process).
+
+        Parameters
+        ----------
+        rna_features, prot_features
+            This rank's L2-normalised embeddings (rows paired), as :meth:`DualEncoder.forward` returns them.
+        logit_scale
+            ``log(1 / temperature)`` (a scalar tensor).
+
+        Returns
+        -------
+        torch.Tensor
+            The loss (a scalar).
+        """
         a, b = _full_precision(rna_features), _full_precision(prot_features)
         n_local = a.shape[0]
         a_all = gather_features(a, self.world_size)

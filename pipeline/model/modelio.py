@@ -7,7 +7,6 @@ Weights are read with safetensors; nothing is unpickled.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 
 from omicsclip.errors import InputError
 from omicsclip.io.hashing import sha256_file, sha256_tree
-from omicsclip.io.jsonfile import read_json_object
+from omicsclip.io.jsonfile import read_json_object, write_json
 from omicsclip.io.split import read_split
+from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.encoders import DualEncoder, build_model
-from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor, align_proteins, align_rna
+from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,20 @@ FORMAT_VERSION = 1
 
 
 def store_fingerprint(store: str | Path) -> str:
-    """The data fingerprint: :func:`omicsclip.io.hashing.sha256_tree` of the store folder."""
+    """Return the data fingerprint: :func:`omicsclip.io.hashing.sha256_tree` of the store folder."""
     return sha256_tree(store)
 
 
 def write_weights(model: DualEncoder, path: Path) -> str:
-    """Save the state dict as safetensors; returns the file's sha256 (the model fingerprint)."""
+    """Save the state dict as safetensors; return the file's sha256 (the model fingerprint).
+
+    Parameters
+    ----------
+    model
+        The trained model.
+    path
+        The ``.safetensors`` file to write.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -52,7 +60,23 @@ def write_model_files(out_dir: Path, model: DualEncoder, state: PreprocessState,
                       extra: dict[str, Any]) -> str:
     """Write ``model.safetensors`` and then ``model.json`` (whose presence marks a complete model).
 
-    Returns the model fingerprint.
+    Parameters
+    ----------
+    out_dir
+        The model folder (it exists).
+    model
+        The trained model.
+    state
+        Its fitted preprocessing.
+    config
+        The full config of the run (``build_model`` reads ``model`` and ``train`` from it when loading).
+    extra
+        More ``model.json`` fields (fingerprints, cell counts, training summary).
+
+    Returns
+    -------
+    str
+        The model fingerprint (sha256 of ``model.safetensors``).
     """
     from omicsclip import __version__
 
@@ -62,12 +86,18 @@ def write_model_files(out_dir: Path, model: DualEncoder, state: PreprocessState,
         "model_fingerprint": fingerprint, "config": config, "preprocessing": state.to_dict(),
         "architecture": {"n_rna_inputs": model.rna.n_in, "n_prot_inputs": model.prot.n_in}, **extra,
     }
-    (out_dir / META).write_text(json.dumps(meta, indent=1))
+    write_json(out_dir / META, meta)
     return fingerprint
 
 
 def joint_embedding(rna_emb: np.ndarray, prot_emb: np.ndarray) -> np.ndarray:
-    """L2-normalised mean of the RNA and protein embeddings of the same cells (float32)."""
+    """Return the L2-normalised mean of the RNA and protein embeddings of the same cells (float32).
+
+    Parameters
+    ----------
+    rna_emb, prot_emb
+        Embeddings of the same cells (cells x d each).
+    """
     m = (np.asarray(rna_emb, np.float32) + np.asarray(prot_emb, np.float32)) / 2
     return (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -106,22 +136,27 @@ class TrainedModel:
 
     @property
     def fingerprint(self) -> str:
+        """sha256 of ``model.safetensors``."""
         return str(self.meta["model_fingerprint"])
 
     @property
     def config(self) -> dict[str, Any]:
+        """The full config of the training run."""
         return self.meta["config"]
 
     @property
     def genes(self) -> list[str]:
+        """The model's input genes, in model order."""
         return list(self.state.genes)
 
     @property
     def proteins(self) -> list[str]:
+        """The model's input proteins, in model order."""
         return list(self.state.proteins)
 
     @property
     def embed_dim(self) -> int:
+        """Width of the embeddings (``members * model.embed_dim``)."""
         return int(self.model.rna.proj.out_features)
 
     @torch.no_grad()
@@ -203,7 +238,18 @@ class TrainedModel:
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """``model.json`` of a model folder, checked for format."""
+    """Read ``model.json`` of a model folder, checked for format.
+
+    Parameters
+    ----------
+    model_dir
+        The model folder.
+
+    Raises
+    ------
+    InputError
+        The folder or ``model.json`` is missing, or it is not an omicsclip model description.
+    """
     model_dir = Path(model_dir)
     path = model_dir / META
     if not model_dir.is_dir():

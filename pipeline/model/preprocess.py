@@ -5,8 +5,9 @@ highly variable genes chosen by scanpy on the training cells, per-gene centring/
 ``max_value``. Protein: centred log-ratio per cell (``log1p(x) - mean_p log1p(x_p)``), optional per-protein
 centring/scaling.
 
-New cells are matched to the model by feature name. Missing genes/proteins are filled with zeros *in the model's
-input space* (= the training mean after scaling) and reported; too many missing genes is an error.
+New cells are matched to the model by feature name (:mod:`omicsclip.model.alignment`). Missing genes/proteins are
+filled with zeros *in the model's input space* (= the training mean after scaling) and reported; too many missing
+genes is an error.
 
 The numeric transform is written once, in torch (:class:`omicsclip.model.batchops.CountTransform`, fitted here as
 :class:`TorchPreprocessor`), and shared by training batches, validation and embedding, so training and inference
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class PreprocessState:
         All genes of the training store, in store order (lets inputs without gene names be recognised).
     proteins
         Model input proteins, in model order.
+    target_sum, max_value, max_missing_gene_fraction
+        As fitted (the ``preprocess`` config section of the training run).
     rna_mean, rna_std
         Per model gene, of the log-normalised training values; ``None`` when RNA is not scaled.
     rna_pcs
@@ -65,21 +68,24 @@ class PreprocessState:
     genes: list[str]
     all_genes: list[str]
     proteins: list[str]
-    target_sum: float = 1e4
-    max_value: float = 10.0
+    target_sum: float
+    max_value: float
+    max_missing_gene_fraction: float
     rna_mean: np.ndarray | None = None
     rna_std: np.ndarray | None = None
     prot_mean: np.ndarray | None = None
     prot_std: np.ndarray | None = None
-    max_missing_gene_fraction: float = 0.2
     rna_pcs: np.ndarray | None = None
     depth: list[float] | None = None
     protein_genes: list[str] | None = None
 
     @property
     def rna_projection(self) -> np.ndarray | None:
-        """What the scaled model genes are projected on (rows x model genes): the principal axes, then one
-        indicator row per protein gene (that gene's scaled value); ``None`` without principal axes."""
+        """The matrix the scaled model genes are projected on (rows x model genes).
+
+        The principal axes, then one indicator row per protein gene (that gene's scaled value); ``None``
+        without principal axes.
+        """
         if self.rna_pcs is None:
             return None
         pos = pd.Index(self.genes).get_indexer(self.protein_genes or [])
@@ -90,7 +96,7 @@ class PreprocessState:
         return np.concatenate([np.asarray(self.rna_pcs, np.float32), rows])
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (arrays as lists)."""
+        """Return the state as a JSON-serialisable dict (arrays as lists)."""
 
         def arr(a: np.ndarray | None) -> list[float] | None:
             return None if a is None else [float(x) for x in a]
@@ -126,27 +132,6 @@ class PreprocessState:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
-
-
-@dataclass
-class FeatureReport:
-    """How a new input's features matched the model's."""
-
-    modality: str
-    n_model: int
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def n_missing(self) -> int:
-        return len(self.missing)
-
-    @property
-    def missing_fraction(self) -> float:
-        return self.n_missing / max(self.n_model, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"modality": self.modality, "n_model": self.n_model, "n_missing": self.n_missing,
-                "missing_fraction": self.missing_fraction, "missing": list(self.missing)}
 
 
 # ---------------------------------------------------------------------------------------------------- fitting
@@ -287,15 +272,15 @@ def fit_preprocessing(
     genes: Sequence[str],
     proteins: Sequence[str],
     *,
-    n_hvg: int = 2000,
-    target_sum: float = 1e4,
-    scale_rna: bool = True,
-    max_value: float = 10.0,
-    scale_prot: bool = True,
-    max_missing_gene_fraction: float = 0.2,
-    n_pcs: int = 0,
-    depth_features: bool = False,
-    protein_genes: int = 0,
+    n_hvg: int,
+    target_sum: float,
+    scale_rna: bool,
+    max_value: float,
+    scale_prot: bool,
+    max_missing_gene_fraction: float,
+    n_pcs: int,
+    depth_features: bool,
+    protein_genes: int,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -307,11 +292,17 @@ def fit_preprocessing(
         Training cells x proteins, raw counts.
     genes, proteins
         Feature names (columns of ``rna`` / ``prot``).
-    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs
-        The ``preprocess`` config section (``n_pcs > 0``: the RNA input is projected on this many principal
-        axes of the scaled training values; ``depth_features``: each encoder also sees its cell's standardised
-        log total counts; ``protein_genes > 0`` with ``n_pcs``: per protein, the genes most correlated with it
-        join the RNA input as their scaled values, :func:`select_protein_genes`).
+    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs, depth_features, protein_genes
+        The ``preprocess`` config section, one argument per key:
+        ``n_pcs > 0``: the RNA input is projected on this many principal axes of the scaled training values;
+        ``depth_features``: each encoder also sees its cell's standardised log total counts;
+        ``protein_genes > 0`` with ``n_pcs``: per protein, the genes most correlated with it join the RNA input
+        as their scaled values (:func:`select_protein_genes`).
+
+    Returns
+    -------
+    PreprocessState
+        The fitted state (saved with the model).
     """
     rna = sp.csr_matrix(rna, dtype=np.float32)
     prot = np.asarray(prot, dtype=np.float32)
@@ -355,120 +346,19 @@ def fit_preprocessing(
 # ---------------------------------------------------------------------------------------------------- matching
 
 
-def _check_names(names: Sequence[str], what: str) -> list[str]:
-    names = [str(n) for n in names]
-    dup = pd.Index(names)[pd.Index(names).duplicated()]
-    if len(dup):
-        raise InputError(f"{what} names are not unique (e.g. {', '.join(map(str, dup[:3]))})")
-    return names
-
-
-def align_rna(
-    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
-) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
-    """Match new cells' genes to the model's by name.
-
-    Parameters
-    ----------
-    rna
-        Cells x genes raw counts (CSR or dense).
-    genes
-        Column names of ``rna``; ``None`` means the training store's gene order (or the model's genes when the
-        width equals the number of model genes).
-    state
-        The model's preprocessing state.
-
-    Returns
-    -------
-    counts, lib, report
-        Raw counts in model gene order (CSR, missing genes empty), the library size of every cell over *all*
-        its input genes, and the matching report.
-    """
-    rna = sp.csr_matrix(rna, dtype=np.float32)
-    if genes is None:
-        if rna.shape[1] == len(state.all_genes):
-            genes = state.all_genes
-        elif rna.shape[1] == len(state.genes):
-            log.warning("RNA input without gene names has the model's %d genes: library sizes use only these",
-                        len(state.genes))
-            genes = state.genes
-        else:
-            raise InputError(
-                f"RNA input has {rna.shape[1]} columns and no gene names; the model expects "
-                f"{len(state.all_genes)} (training genes) or {len(state.genes)} (model genes)"
-            )
-    genes = _check_names(genes, "gene")
-    if len(genes) != rna.shape[1]:
-        raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
-    pos = pd.Index(genes).get_indexer(state.genes)
-    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
-    report = FeatureReport("rna", len(state.genes), missing)
-    if report.missing_fraction > state.max_missing_gene_fraction:
-        raise InputError(
-            f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
-            f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
-            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}"
-        )
-    if missing:
-        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
-                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
-        lost = sorted(set(missing) & set(state.protein_genes or []))
-        if lost:
-            log.warning("%d of the missing genes are protein genes of the model (inputs picked for their "
-                        "correlation with a protein): %s", len(lost), ", ".join(lost[:10]))
-    present = np.flatnonzero(pos >= 0)
-    sel = sp.csr_matrix(
-        (np.ones(present.size, np.float32), (pos[present], present)), shape=(rna.shape[1], len(state.genes))
-    )
-    counts = sp.csr_matrix(rna @ sel)
-    counts.sort_indices()
-    return counts, library_size(rna), report
-
-
-def align_proteins(
-    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState
-) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
-    """Match new cells' proteins to the model's by name.
-
-    Returns
-    -------
-    counts, present, report
-        Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
-        in the input, and the matching report.
-    """
-    if isinstance(prot, pd.DataFrame):
-        proteins = list(prot.columns) if proteins is None else proteins
-        prot = prot.to_numpy()
-    prot = np.asarray(prot.toarray() if sp.issparse(prot) else prot, dtype=np.float32)
-    if proteins is None:
-        if prot.shape[1] != len(state.proteins):
-            raise InputError(f"protein input has {prot.shape[1]} columns and no names; the model expects "
-                             f"{len(state.proteins)}")
-        proteins = state.proteins
-    proteins = _check_names(proteins, "protein")
-    if len(proteins) != prot.shape[1]:
-        raise InputError(f"protein input has {prot.shape[1]} columns but {len(proteins)} protein names")
-    pos = pd.Index(proteins).get_indexer(state.proteins)
-    present = pos >= 0
-    if not present.any():
-        raise InputError(
-            f"protein input shares no protein with the model (model: {', '.join(state.proteins[:5])}...; "
-            f"input: {', '.join(proteins[:5])}...)"
-        )
-    missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
-    if missing:
-        log.warning("protein input lacks %d of the model's %d proteins; filled with zeros (%s)",
-                    len(missing), len(state.proteins), ", ".join(missing[:5]))
-    out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
-    out[:, present] = prot[:, pos[present]]
-    return out, present, FeatureReport("prot", len(state.proteins), missing)
-
-
 # ---------------------------------------------------------------------------------------------------- transform
 
 
 class TorchPreprocessor(CountTransform):
-    """The fitted transform of a :class:`PreprocessState` as torch operations on one device."""
+    """The fitted transform of a :class:`PreprocessState` as torch operations on one device.
+
+    Parameters
+    ----------
+    state
+        The fitted preprocessing.
+    device
+        Where the transform's tensors live and the inputs are transformed.
+    """
 
     def __init__(self, state: PreprocessState, device: torch.device | str = "cpu") -> None:
         self.state = state

@@ -33,6 +33,7 @@ def _subplots(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, Any]:
     axes = fig.subplots(nrows, ncols, **kw)
     return fig, axes
 
+
 #: per-curve labels of train_log.jsonl fields
 CURVES = (
     ("train_loss", "training loss (InfoNCE)", None),
@@ -59,7 +60,7 @@ def _palette(n: int) -> list:
 
 @_styled
 def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None = None) -> Figure:
-    """Training loss and validation retrieval per epoch, one line per run (the selected run drawn thicker).
+    """Plot training loss and validation retrieval per epoch, one line per run (the selected run drawn thicker).
 
     Parameters
     ----------
@@ -67,6 +68,11 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None 
         ``{run label: [train_log.jsonl records]}``.
     selected
         Label of the selected run.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels: training loss, validation recall@10, validation FOSCTTM.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -95,12 +101,19 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None 
 
 @_styled
 def temperature_sweep(rows: Sequence[Mapping], metric: str = "recall_at_10") -> Figure:
-    """Validation retrieval against the softmax temperature (log scale); the selected run is starred.
+    """Plot validation retrieval against the softmax temperature (log scale); the selected run is starred.
 
     Parameters
     ----------
     rows
         ``[{"temperature": float, "validation": {metric: value}, "selected": bool}]``.
+    metric
+        The selection metric (left panel); the right panel is FOSCTTM.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels.
     """
     fig, axes = _subplots(1, 2, figsize=(9.0, 3.3))
     pts = sorted((r for r in rows if r.get("temperature") is not None), key=lambda r: r["temperature"])
@@ -137,16 +150,28 @@ def temperature_sweep(rows: Sequence[Mapping], metric: str = "recall_at_10") -> 
 
 @_styled
 def metrics_bars(methods: Mapping[str, Mapping[str, float | None]], keys: Sequence[str]) -> Figure:
-    """Grouped bars per metric, one bar per method: higher-is-better metrics left, lower-is-better right.
+    """Plot grouped bars per metric, one bar per method: higher-is-better metrics left, lower-is-better right.
 
     Missing values (a metric that does not apply to a method) are left out.
+
+    Parameters
+    ----------
+    methods
+        ``{method: {metric: value or None}}``.
+    keys
+        Metrics to show, in order (those no method has are dropped).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One or two panels.
     """
     names = list(methods)
     present = [k for k in keys if any(isinstance(methods[m].get(k), int | float) for m in names)]
     groups = [[k for k in present if k not in LOWER_IS_BETTER], [k for k in present if k in LOWER_IS_BETTER]]
     groups = [g for g in groups if g]
     fig, axes = _subplots(1, len(groups), figsize=(WIDTH, 4.0), squeeze=False,
-                             gridspec_kw={"width_ratios": [max(len(g), 1.4) for g in groups]})
+                          gridspec_kw={"width_ratios": [max(len(g), 1.4) for g in groups]})
     colors = _palette(len(names))
     width = 0.8 / max(len(names), 1)
     for ax, group in zip(axes[0], groups, strict=True):
@@ -189,10 +214,20 @@ def _categorical_scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, *, 
 
 @_styled
 def umap_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Figure:
-    """One UMAP scatter per ``(title, coords (n x 2), labels)`` panel, side by side, legends underneath."""
+    """Plot one UMAP scatter per panel, side by side, legends underneath.
+
+    Parameters
+    ----------
+    panels
+        ``[(title, coordinates (n x 2), labels (n))]``; labels ``RNA``/``protein`` get fixed modality colours.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per entry.
+    """
     n_leg = max(len({str(v) for v in labels}) for _, _, labels in panels)
-    fig, axes = _subplots(1, len(panels), figsize=(WIDTH, 4.2 + 0.22 * min(n_leg, 20) / 3),
-                             squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(WIDTH, 4.2 + 0.22 * min(n_leg, 20) / 3), squeeze=False)
     modality_colors = {"RNA": "#1f77b4", "protein": "#ff7f0e"}
     for ax, (title, xy, labels) in zip(axes[0], panels, strict=True):
         is_modality = set(map(str, labels)) <= set(modality_colors)
@@ -204,9 +239,23 @@ def umap_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Figure:
 @_styled
 def imputation_scatter(imputed: np.ndarray, measured: np.ndarray, proteins: Sequence[str], *,
                        max_proteins: int = 12, space: str = "CLR") -> Figure:
-    """Imputed (from RNA alone) against measured protein, one panel per protein, Pearson r in the title.
+    """Plot imputed (from RNA alone) against measured protein, one panel per protein, Pearson r in the title.
 
-    The ``max_proteins`` best- and worst-imputed proteins are shown when there are more.
+    Parameters
+    ----------
+    imputed, measured
+        Cells x proteins, on the same scale.
+    proteins
+        Protein names (columns).
+    max_proteins
+        With more proteins, only the ``max_proteins / 2`` best- and worst-imputed are shown.
+    space
+        Scale name for the axis labels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Up to four panels per row.
     """
     r = np.array([_pearson(imputed[:, j], measured[:, j]) for j in range(imputed.shape[1])])
     order = np.argsort(-np.nan_to_num(r, nan=-2.0))
@@ -215,8 +264,7 @@ def imputation_scatter(imputed: np.ndarray, measured: np.ndarray, proteins: Sequ
         order = np.concatenate([order[:half], order[-(max_proteins - half):]])
     ncol = min(4, len(order))
     nrow = math.ceil(len(order) / ncol)
-    fig, axes = _subplots(nrow, ncol, figsize=(WIDTH * ncol / 4, 2.7 * nrow),
-                             squeeze=False)
+    fig, axes = _subplots(nrow, ncol, figsize=(WIDTH * ncol / 4, 2.7 * nrow), squeeze=False)
     for ax in axes.ravel()[len(order):]:
         ax.set_visible(False)
     for ax, j in zip(axes.ravel(), order, strict=False):
@@ -242,7 +290,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 @_styled
 def learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]],
                     baselines: Sequence[str] = ()) -> Figure:
-    """Few-label learning curves: one panel per score, one line per method with a ±1 s.d. band.
+    """Plot few-label learning curves: one panel per score, one line per method with a ±1 s.d. band.
 
     Parameters
     ----------
@@ -250,6 +298,11 @@ def learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
         ``{score name: {method: [(labels per class, mean, sd)]}}``.
     baselines
         Methods drawn as dashed black lines (e.g. logistic regression on RNA PCs).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per score.
     """
     fig, axes = _subplots(1, len(curves), figsize=(WIDTH, 4.0), squeeze=False)
     methods = sorted({m for per in curves.values() for m in per}, key=lambda m: (m in baselines, m))
@@ -286,7 +339,20 @@ def learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
 
 @_styled
 def bar_counts(counts: Mapping[str, int], title: str) -> Figure:
-    """Horizontal bar chart of category counts (e.g. cells per type)."""
+    """Plot category counts (e.g. cells per type) as horizontal bars, largest first.
+
+    Parameters
+    ----------
+    counts
+        ``{category: count}``.
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel.
+    """
     items = sorted(counts.items(), key=lambda kv: -kv[1])
     fig, ax = _subplots(figsize=(5.6, 0.32 * len(items) + 1.1))
     ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1], color="#1f77b4")

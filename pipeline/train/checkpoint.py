@@ -23,7 +23,15 @@ LAST = "last.pt"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (a crash leaves the previous checkpoint intact)."""
+    """Write ``state`` to ``path`` atomically (a crash leaves the previous checkpoint intact).
+
+    Parameters
+    ----------
+    state
+        Tensors, numbers, strings, lists and dicts only.
+    path
+        The checkpoint file.
+    """
     path = Path(path)
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(state, tmp)
@@ -31,7 +39,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: no arbitrary unpickling)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: no arbitrary unpickling).
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+
+    Raises
+    ------
+    InputError
+        The file is missing or not a readable checkpoint.
+    """
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -42,7 +61,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """The RNG states of torch (CPU and CUDA), numpy, python and the augmentation ``generator``."""
+    """Capture the RNG states of torch (CPU and CUDA), numpy, python and the augmentation ``generator``.
+
+    Parameters
+    ----------
+    generator
+        The training loop's augmentation generator.
+
+    Returns
+    -------
+    dict
+        Tensors, numbers and lists only (safe for ``torch.load(weights_only=True)``).
+    """
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
@@ -57,7 +87,7 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Inverse of :func:`capture_rng`."""
+    """Restore the RNG states captured by :func:`capture_rng` (into ``generator`` and the global RNGs)."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -19,11 +19,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from omicsclip.model.batchops import Augmentation, RawBatch, gather_rows, model_inputs, thin_counts
-from omicsclip.model.preprocess import PreprocessState, align_proteins, align_rna
+from omicsclip.model.alignment import align_proteins, align_rna
+from omicsclip.model.batchops import RawBatch, gather_rows
+from omicsclip.model.preprocess import PreprocessState
 
-__all__ = ["Augmentation", "DeviceBatches", "DeviceCells", "RawBatch", "StoreBatches", "epoch_permutation",
-           "load_cells", "model_inputs", "thin_counts"]
+__all__ = ["DeviceBatches", "DeviceCells", "StoreBatches", "epoch_permutation", "load_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,29 @@ class DeviceCells:
         self.prot = torch.as_tensor(np.asarray(prot, np.float32), device=self.device)
 
     def gather(self, idx: torch.Tensor) -> RawBatch:
-        """The cells ``idx`` (a tensor of positions on this device) as a raw batch."""
+        """Gather the cells ``idx`` (a tensor of positions on this device) as a raw batch."""
         return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))
 
 
 def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
                chunk_cells: int = 10_000) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
-    """Read the cells at positions ``rows`` (sorted) of a store, aligned to the model's features.
+    """Read the cells at positions ``rows`` of a store, aligned to the model's features.
 
-    Returns (RNA counts over model genes as CSR, library sizes over all genes, protein counts).
+    Parameters
+    ----------
+    store
+        Paired store.
+    rows
+        Cell positions (sorted here).
+    state
+        The model's preprocessing state (its genes and proteins).
+    chunk_cells
+        Cells read from the store at a time.
+
+    Returns
+    -------
+    rna, lib, prot
+        RNA counts over the model genes (CSR), library sizes over all genes, protein counts.
     """
     from omicsclip.io.store import iter_store, store_info
 
@@ -89,7 +103,17 @@ def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The order of the training cells in ``epoch`` (a pure function of seed and epoch)."""
+    """Return the order of the training cells in ``epoch`` (a pure function of seed and epoch).
+
+    Parameters
+    ----------
+    n
+        Number of training cells.
+    seed, epoch
+        The permutation's seed and epoch.
+    device
+        Where the permutation is returned.
+    """
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=g).to(device)
 
@@ -98,6 +122,17 @@ class DeviceBatches:
     """Batches of device-resident cells: every epoch a seeded permutation, cut into global batches.
 
     With several ranks every rank holds all training cells and takes its contiguous shard of each global batch.
+
+    Parameters
+    ----------
+    cells
+        The training cells on the device.
+    batch_size
+        Global batch size.
+    seed
+        Seed of the epoch permutations.
+    rank, world_size
+        This process's place in a data-parallel job.
     """
 
     def __init__(self, cells: DeviceCells, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
@@ -109,6 +144,7 @@ class DeviceBatches:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the last partial batch is dropped)."""
         return self.cells.n_cells // self.batch_size
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
@@ -125,6 +161,25 @@ class StoreBatches:
     Every epoch visits the store's chunks in a seeded order and shuffles the training cells within each chunk;
     the cells left over at the end of a chunk start the next one, so an epoch yields as many full batches as
     the device-resident source. Only one chunk (plus the carried-over cells) is in memory at a time.
+
+    Parameters
+    ----------
+    store
+        Paired store.
+    train_rows
+        Positions of the training cells in the store.
+    state
+        The model's preprocessing state (its genes and proteins).
+    batch_size
+        Global batch size.
+    seed
+        Seed of the chunk order and the shuffles.
+    device
+        Where the batches are built.
+    chunk_cells
+        Store cells read at a time (at least one batch).
+    rank, world_size
+        This process's place in a data-parallel job.
     """
 
     def __init__(self, store: str | Path, train_rows: np.ndarray, state: PreprocessState, batch_size: int,
@@ -149,6 +204,7 @@ class StoreBatches:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Full global batches per epoch."""
         return len(self.train_rows) // self.batch_size
 
     def _chunk(self, start: int, stop: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:

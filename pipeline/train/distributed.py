@@ -15,7 +15,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job (``world_size == 1``: a plain single process)."""
+    """The place of this process in the job (``world_size == 1``: a plain single process).
+
+    Attributes
+    ----------
+    rank, world_size, local_rank
+        As torchrun sets them (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -23,22 +29,27 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether several processes take part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes files)."""
         return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
-    """True when the torchrun environment variables describe a job of several processes."""
+    """Return whether the torchrun environment variables describe a job of several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group described by torchrun's environment (no-op for a single process).
 
-    The backend is NCCL for CUDA devices and gloo otherwise.
+    Parameters
+    ----------
+    device
+        This process's device: the backend is NCCL for CUDA devices and gloo otherwise.
     """
     if not launched_by_torchrun():
         return DistInfo()
@@ -66,7 +77,7 @@ def shutdown(info: DistInfo, *, clean: bool = True) -> None:
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum of ``x`` over ranks (a copy; ``x`` itself is unchanged)."""
+    """Return the sum of ``x`` over ranks (a copy; ``x`` itself is unchanged)."""
     if not info.enabled:
         return x
     y = x.detach().clone()
@@ -75,7 +86,7 @@ def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank (used to stop all ranks at the same step)."""
+    """Return whether ``flag`` is true on any rank (used to stop all ranks at the same step)."""
     if not info.enabled:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -84,7 +95,7 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` (in-process pickling between our own ranks only)."""
+    """Gather ``[obj of rank 0, obj of rank 1, ...]`` (in-process pickling between our own ranks only)."""
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size
@@ -93,5 +104,6 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op for a single process)."""
     if info.enabled:
         dist.barrier()

@@ -24,14 +24,15 @@ import torch
 
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import atomic_path, check_writable
-from omicsclip.io.jsonfile import read_json
+from omicsclip.io.jsonfile import read_json, write_json
 from omicsclip.io.split import make_split, read_split, write_split
+from omicsclip.model.batchops import model_inputs
 from omicsclip.model.device import resolve_device
 from omicsclip.model.encoders import build_model
 from omicsclip.model.modelio import SPLIT, store_fingerprint, write_model_files
 from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor, fit_preprocessing
 from omicsclip.train.checkpoint import LAST, load_checkpoint
-from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, load_cells, model_inputs
+from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, load_cells
 from omicsclip.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from omicsclip.train.trainer import Trainer, TrainSettings
 
@@ -52,8 +53,21 @@ def _check_train_cfg(train: dict[str, Any], world_size: int) -> None:
 
 
 def run_fingerprint(cfg: dict[str, Any], data_fingerprint: str) -> str:
-    """Identifies what a checkpoint belongs to: config (without runtime-only keys) and data."""
-    c = json.loads(json.dumps({k: cfg.get(k) for k in ("split", "preprocess", "model", "train")}))
+    """Return what identifies a checkpoint's run: the config (without runtime-only keys) and the data.
+
+    Parameters
+    ----------
+    cfg
+        The full, validated config (sections ``split``, ``preprocess``, ``model``, ``train`` count).
+    data_fingerprint
+        The store's fingerprint (:func:`omicsclip.model.modelio.store_fingerprint`).
+
+    Returns
+    -------
+    str
+        A sha256 hex digest.
+    """
+    c = json.loads(json.dumps({k: cfg[k] for k in ("split", "preprocess", "model", "train")}))
     for k in _RUNTIME_KEYS:
         c["train"].pop(k, None)
     return hashlib.sha256(json.dumps([c, data_fingerprint], sort_keys=True).encode()).hexdigest()
@@ -115,8 +129,8 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
-        max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section.get("n_pcs", 0),
-        depth_features=section.get("depth_features", False), protein_genes=section.get("protein_genes", 0),
+        max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section["n_pcs"],
+        depth_features=section["depth_features"], protein_genes=section["protein_genes"],
     )
 
 
@@ -190,7 +204,7 @@ def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any]
     train = cfg["train"]
     # pinned now and re-applied before training: libraries imported on the way (numba through scanpy) may
     # change the OpenMP thread count, and CPU reductions (LayerNorm backward) depend on it
-    threads = int(train.get("num_threads") or 0) or torch.get_num_threads()
+    threads = int(train["num_threads"]) or torch.get_num_threads()
     torch.set_num_threads(threads)
     device = resolve_device(train["device"])
     dist = init_distributed(device)
@@ -235,7 +249,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     if dist.is_main and not (work / PREPROCESS_STATE).exists():
         state = _fit_state(store, rows["train"], info, cfg["preprocess"], train["seed"])
         with atomic_path(work / PREPROCESS_STATE, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(state.to_dict()))
+            write_json(tmp, state.to_dict())
     barrier(dist)
     state = PreprocessState.from_dict(read_json(work / PREPROCESS_STATE))
     pre = TorchPreprocessor(state, device)

@@ -1,5 +1,8 @@
-"""The training loop: AdamW, warmup + cosine schedule, bf16 autocast, validation retrieval, early stopping,
-checkpoints every N steps and on SIGTERM/SIGINT, exact resumes, optional DDP (``torchrun``)."""
+"""The training loop of the dual encoder.
+
+AdamW, warmup + cosine schedule, bf16 autocast, validation retrieval, early stopping, checkpoints every N steps
+and on SIGTERM/SIGINT, exact resumes, optional DDP (``torchrun``).
+"""
 
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ import torch
 from torch import nn
 
 from omicsclip.errors import InputError, OmicsclipError
+from omicsclip.model.batchops import Augmentation, model_inputs
 from omicsclip.model.encoders import DualEncoder
 from omicsclip.model.loss import ClipLoss
 from omicsclip.model.preprocess import TorchPreprocessor
 from omicsclip.train.checkpoint import LAST, capture_rng, restore_rng, save_checkpoint
-from omicsclip.train.data import Augmentation, DeviceBatches, StoreBatches, model_inputs
+from omicsclip.train.data import DeviceBatches, StoreBatches
 from omicsclip.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier
+from omicsclip.train.validation import EarlyStopping, embed_inputs, retrieval_scores
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +46,62 @@ class TrainingInterrupted(OmicsclipError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The parts of the ``train`` config section the loop needs."""
+    """The parts of the ``train`` config section the loop needs (no defaults: build it with :meth:`from_config`).
 
-    epochs: int = 200
-    min_steps: int = 0
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    thinning: float = 1.0
-    feature_dropout: float = 0.0
-    prot_feature_dropout: float = 0.0
-    patience: int = 15
-    eval_every: int = 1
-    checkpoint_every: int = 200
-    logit_chunk_size: int = 0
-    bf16: bool = False
-    seed: int = 0
-    monitor: str = "foscttm"
-    ema_decay: float = 0.0
+    Attributes
+    ----------
+    epochs, min_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
+        The ``train`` config keys of the same names (documented in ``configs/default.yaml``).
+    bf16
+        Whether the forward pass runs under bf16 autocast (resolved from ``train.precision`` and the device).
+    """
+
+    epochs: int
+    min_steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    thinning: float
+    feature_dropout: float
+    prot_feature_dropout: float
+    patience: int
+    eval_every: int
+    checkpoint_every: int
+    logit_chunk_size: int
+    bf16: bool
+    seed: int
+    monitor: str
+    ema_decay: float
 
     @classmethod
     def from_config(cls, train: dict[str, Any], *, bf16: bool) -> TrainSettings:
-        keys = {f for f in cls.__dataclass_fields__} - {"bf16"}
-        return cls(bf16=bf16, **{k: train[k] for k in keys if k in train})
+        """Take the loop's settings from the validated ``train`` config section.
+
+        Parameters
+        ----------
+        train
+            The ``train`` section (every key the loop needs is present in a validated config).
+        bf16
+            Run the forward pass under bf16 autocast.
+        """
+        keys = [f for f in cls.__dataclass_fields__ if f != "bf16"]
+        return cls(bf16=bf16, **{k: train[k] for k in keys})
 
 
 SIGNAL_CHECK_EVERY = 8  # steps between the ranks' collective check for SIGTERM/SIGINT under DDP
 
 
 def logit_chunk(chunk_size: int, batch_size: int) -> int:
-    """``train.logit_chunk_size``; 0 = auto: the whole batch up to 16,384 rows, chunks of 8,192 above."""
+    """Resolve ``train.logit_chunk_size``: 0 = auto, the whole batch up to 16,384 rows, chunks of 8,192 above.
+
+    Parameters
+    ----------
+    chunk_size
+        The configured chunk size.
+    batch_size
+        The global batch size.
+    """
     if chunk_size:
         return int(chunk_size)
     return 0 if batch_size <= 16_384 else 8_192
@@ -81,6 +111,13 @@ class WarmupCosine:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` steps.
 
     A callable object (not a closure) so that ``LambdaLR.state_dict`` stores its plain attributes.
+
+    Parameters
+    ----------
+    warmup
+        Warmup steps.
+    total
+        Total optimiser steps of the run.
     """
 
     def __init__(self, warmup: int, total: int) -> None:
@@ -88,67 +125,11 @@ class WarmupCosine:
         self.total = max(int(total), 1)
 
     def __call__(self, step: int) -> float:
+        """Return the LR multiplier at optimiser step ``step`` (0-based)."""
         if step < self.warmup:
             return (step + 1) / self.warmup
         span = max(self.total - self.warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup, span) / span))
-
-
-def retrieval_scores(a: torch.Tensor, b: torch.Tensor, k: int = 10, chunk: int = 2048) -> tuple[float, float]:
-    """(recall@k, FOSCTTM) of true partners, averaged over both directions (cosine; rows of a pair with b).
-
-    Ties count half for FOSCTTM and pessimistically for recall, like :mod:`omicsclip.evaluation.metrics`.
-    """
-    n = a.shape[0]
-    if n < 2:
-        return float("nan"), float("nan")
-    a, b = nn.functional.normalize(a.float(), dim=1), nn.functional.normalize(b.float(), dim=1)
-    hits, fos = 0.0, 0.0
-    for q, c in ((a, b), (b, a)):
-        for start in range(0, n, chunk):
-            sims = q[start : start + chunk] @ c.t()
-            rows = torch.arange(sims.shape[0], device=sims.device)
-            true = sims[rows, start + rows][:, None]
-            closer = (sims > true).sum(1).double()
-            ties = (sims == true).sum(1).double() - 1
-            hits += float(((closer + ties) < k).sum())
-            fos += float(((closer + 0.5 * ties) / (n - 1)).sum())
-    return hits / (2 * n), fos / (2 * n)
-
-
-class EarlyStopping:
-    """Tracks the best validation score, its weights, and the evaluations without improvement."""
-
-    def __init__(self, patience: int, monitor: str) -> None:
-        if monitor not in ("foscttm", "recall_at_10"):
-            raise InputError(f"train.monitor: expected foscttm or recall_at_10, got {monitor!r}")
-        self.patience = patience
-        self.monitor = monitor
-        self.best: float | None = None
-        self.best_epoch = -1
-        self.bad = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def update(self, recall: float, fos: float, epoch: int, model: nn.Module) -> bool:
-        """Record one evaluation; True when it improved on the best."""
-        score = fos if self.monitor == "foscttm" else -recall
-        if self.best is None or score < self.best:
-            self.best, self.best_epoch, self.bad = score, epoch, 0
-            self.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-            return True
-        self.bad += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "best_state": self.best_state}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad = d["best"], d["best_epoch"], d["bad"]
-        self.best_state = d["best_state"]
 
 
 class _StopFlag:
@@ -185,21 +166,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
             if p.requires_grad:
                 (decay if p.ndim - extra >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def embed_inputs(model: DualEncoder, x_rna: torch.Tensor, x_prot: torch.Tensor, *, bf16: bool,
-                 batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode embeddings of preprocessed inputs (float32, on the inputs' device)."""
-    was_training = model.training
-    model.eval()
-    out_a, out_b = [], []
-    with torch.autocast(device_type=x_rna.device.type, dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, x_rna.shape[0], batch):
-            out_a.append(model.encode_rna(x_rna[start : start + batch]).float())
-            out_b.append(model.encode_prot(x_prot[start : start + batch]).float())
-    model.train(was_training)
-    return torch.cat(out_a), torch.cat(out_b)
 
 
 class Trainer:
@@ -286,6 +252,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Return the full training state (collective under DDP: gathers every rank's RNG state)."""
         rng = all_gather_objects(capture_rng(self.gen), self.dist)
         return {
             "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "world_size": self.dist.world_size,
@@ -297,6 +264,7 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Write a checkpoint (rank 0) of the current state; all ranks take part."""
         state = self.state_dict()  # collective (RNG states of every rank)
         if self.dist.is_main:
             save_checkpoint(state, self.ckpt_dir / LAST)
@@ -304,6 +272,13 @@ class Trainer:
         barrier(self.dist)
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
+        """Resume from a checkpoint written by :meth:`save` (same config, data and number of processes).
+
+        Raises
+        ------
+        InputError
+            The checkpoint belongs to another format, config/data or number of processes.
+        """
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise InputError(f"checkpoint format {ck.get('format')} is not supported")
         if ck["fingerprint"] != self.fingerprint:

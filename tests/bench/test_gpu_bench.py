@@ -20,16 +20,19 @@ def gpu_train():
     return mod
 
 
-@pytest.mark.parametrize("extra, n_pcs, genes_in", [([], 30, 200), (["--n-pcs", "0", "--feature-dropout", "0.1"], 0, 0)])
+@pytest.mark.parametrize(("extra", "n_pcs", "genes_in"), [([], 30, 200), (["--n-pcs", "0", "--feature-dropout", "0.1"], 0, 0)])
 def test_gpu_bench_small_runs_on_cpu(gpu_train, tmp_path, extra, n_pcs, genes_in):
     out = tmp_path / "g.json"
     report = gpu_train.main(["--small", "--steps", "1", "--device", "cpu", "--out", str(out), *extra])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert report["rna_input"]["n_pcs"] == n_pcs and report["rna_input"]["protein_genes"] == genes_in
+    assert report["rna_input"]["n_pcs"] == n_pcs
+    assert report["rna_input"]["protein_genes"] == genes_in
     assert [r["batch"] for r in report["results"]] == [256, 1024]
     assert report["results"][1]["logit_chunk"] == 512  # the larger batch takes the chunked-logits path
     for r in report["results"]:
-        assert r["cells_per_s"] > 0 and r["pipeline_cells_per_s"] > 0 and r["model_cells_per_s"] > 0
+        assert r["cells_per_s"] > 0
+        assert r["pipeline_cells_per_s"] > 0
+        assert r["model_cells_per_s"] > 0
 
 
 def test_input_axes_are_pcs_then_gene_indicators(gpu_train):
@@ -39,7 +42,8 @@ def test_input_axes_are_pcs_then_gene_indicators(gpu_train):
     assert axes.shape == (12, 50)
     torch.testing.assert_close(axes[:5] @ axes[:5].T, torch.eye(5), atol=1e-5, rtol=0)
     ind = axes[5:]
-    assert torch.all(ind.sum(1) == 1) and torch.all(ind.sum(0) <= 1)  # distinct genes, one per row
+    assert torch.all(ind.sum(1) == 1)
+    assert torch.all(ind.sum(0) <= 1)
     assert gpu_train.input_axes(50, 0, 7, torch.device("cpu")) is None
 
 

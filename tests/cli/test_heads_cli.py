@@ -56,18 +56,23 @@ def test_finetune_cli(emb, tmp_path):
                               "--ignore-label", "unknown", "--labels-per-class", "4", "--fusion", "late", *FAST])
     assert res.exit_code == 0, res.output
     printed = json.loads(res.stdout)
-    assert printed["classes"] == ["B", "NK", "T"] and "ece" in printed["metrics"]
+    assert printed["classes"] == ["B", "NK", "T"]
+    assert "ece" in printed["metrics"]
     meta = json.loads((out / "head.json").read_text())
-    assert meta["architecture"]["fusion"] == "late" and meta["n_train_cells"] == 12
+    assert meta["architecture"]["fusion"] == "late"
+    assert meta["n_train_cells"] == 12
     # an existing output is refused (exit 2, one line, no traceback)
     res = runner.invoke(app, ["finetune", str(emb), "--labels", "cell_type", "--out", str(out), *FAST])
-    assert res.exit_code == 2 and "already exists" in res.stderr and "Traceback" not in res.output
+    assert res.exit_code == 2
+    assert "already exists" in res.stderr
+    assert "Traceback" not in res.output
     res = runner.invoke(app, ["finetune", str(emb), "--labels", "celltype", "--out", str(tmp_path / "h2")])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [
         f"omicsclip: error: {emb}: obs has no label column 'celltype' (columns: cell_type, split)"]
     res = runner.invoke(app, ["finetune", str(emb), "--out", str(tmp_path / "h3"), "--fusion", "sum"])
-    assert res.exit_code == 2 and "finetune.fusion" in res.stderr
+    assert res.exit_code == 2
+    assert "finetune.fusion" in res.stderr
 
 
 def test_fewlabel_cli(emb, tmp_path):
@@ -77,9 +82,12 @@ def test_fewlabel_cli(emb, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["classes"] == ["B", "NK", "T"]  # evaluate.ignore_labels: [unknown] by default
-    assert doc["labels_per_class"] == [2, 5] and doc["n_draws"] == 2
+    assert doc["labels_per_class"] == [2, 5]
+    assert doc["n_draws"] == 2
     assert set(doc["methods"]) == {"early", "late", "gated", "uncertainty", "tensor", "rna", "prot"}
-    assert "| gated |" in res.stdout
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in res.stdout.splitlines()]
+    assert rows[0] == ["accuracy", "2/class", "5/class"]
+    assert [r[0] for r in rows[2:]] == doc["methods"]
 
 
 class _FakeModel:
@@ -122,15 +130,18 @@ def test_predict_cli_checks_fingerprint(emb, tmp_path, monkeypatch):
     monkeypatch.setattr(omicsclip.model.modelio, "load_model", lambda path, device="cpu": _FakeModel("other-model"))
     res = runner.invoke(app, ["predict", str(cells), "--model", str(tmp_path), "--head", str(head),
                               "--out", str(tmp_path / "p.tsv")])
-    assert res.exit_code == 2 and "trained on embeddings of model fp-cli" in res.stderr
+    assert res.exit_code == 2
+    assert "trained on embeddings of model fp-cli" in res.stderr
     assert not (tmp_path / "p.tsv").exists()
     monkeypatch.setattr(omicsclip.model.modelio, "load_model", lambda path, device="cpu": _FakeModel("fp-cli"))
     res = runner.invoke(app, ["predict", str(cells), "--model", str(tmp_path), "--head", str(head),
                               "--out", str(tmp_path / "p.tsv")])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "p.tsv", sep="\t")
-    assert len(df) == 30 and set(df["label"]) <= {"B", "NK", "T", "unknown"}
-    assert (df["has_rna"] == 1).all() and (df["has_prot"] == 1).all()
+    assert len(df) == 30
+    assert set(df["label"]) <= {"B", "NK", "T", "unknown"}
+    assert (df["has_rna"] == 1).all()
+    assert (df["has_prot"] == 1).all()
     assert json.loads(res.stdout)["cells_both"] == 30
 
 
@@ -146,4 +157,6 @@ def test_installed_entry_point(emb, tmp_path):
 
 def test_missing_embedding_is_one_line_error(tmp_path):
     res = runner.invoke(app, ["fewlabel", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "f.json")])
-    assert res.exit_code == 2 and res.stderr.startswith("omicsclip: error:") and "does not exist" in res.stderr
+    assert res.exit_code == 2
+    assert res.stderr.startswith("omicsclip: error:")
+    assert "does not exist" in res.stderr

@@ -51,14 +51,18 @@ def test_index_then_query_with_clirunner(trained, tmp_path):
     res = runner.invoke(app, ["index", str(trained / "emb.zarr"), "--out", str(idx), "--kind", "flat"])
     assert res.exit_code == 0, res.output
     meta = json.loads((idx / "meta.json").read_text())
-    assert meta["kind"] == "flat" and meta["n"] == 300 and meta["proteins"] and meta["label_keys"] == ["cell_type"]
+    assert meta["kind"] == "flat"
+    assert meta["n"] == 300
+    assert meta["proteins"]
+    assert meta["label_keys"] == ["cell_type"]
     out = tmp_path / "res"
     res = runner.invoke(app, ["query", str(trained / "new_rna.h5ad"), "--model", str(trained / "model"),
                               "--index", str(idx), "--out", str(out), "--k", "4"])
     assert res.exit_code == 0, res.output
     assert "rna->rna, rna->prot" in res.stdout
     nb = pd.read_parquet(out / "neighbours.parquet")
-    assert len(nb) == 40 * 2 * 4 and set(nb.query_id) == {f"new{i}" for i in range(40)}
+    assert len(nb) == 40 * 2 * 4
+    assert set(nb.query_id) == {f"new{i}" for i in range(40)}
     assert ad.read_h5ad(out / "imputed_protein.h5ad").shape == (40, 6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["k"] == summary["k_requested"] == 4
@@ -68,24 +72,30 @@ def test_index_then_query_with_clirunner(trained, tmp_path):
                               "--index", str(idx), "--out", str(big), "--k", "500"])
     assert res.exit_code == 0, res.output
     summary = json.loads((big / "summary.json").read_text())
-    assert summary["k"] == 300 and summary["k_requested"] == 500
+    assert summary["k"] == 300
+    assert summary["k_requested"] == 500
     assert len(pd.read_parquet(big / "neighbours.parquet")) == 40 * 2 * 300
     # refusing to overwrite is a clean one-line error with exit code 2
     res = runner.invoke(app, ["query", str(trained / "new_rna.h5ad"), "--model", str(trained / "model"),
                               "--index", str(idx), "--out", str(out)])
-    assert res.exit_code == 2 and "already exists" in res.output
+    assert res.exit_code == 2
+    assert "already exists" in res.output
 
 
 def test_bad_inputs_exit_2_with_one_line(trained, tmp_path):
     res = runner.invoke(app, ["query", str(trained / "new_rna.h5ad"), "--model", str(trained / "model"),
                               "--index", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "index folder not found" in res.output
+    assert res.exit_code == 2
+    assert "index folder not found" in res.output
     res = runner.invoke(app, ["index", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "i")])
-    assert res.exit_code == 2 and "embeddings not found" in res.output
+    assert res.exit_code == 2
+    assert "embeddings not found" in res.output
     res = runner.invoke(app, ["index", str(trained / "emb.zarr"), "--out", str(tmp_path / "i"),
                               "--set", "index.kind=annoy"])
-    assert res.exit_code == 2 and "index.kind" in res.output
-    assert not (tmp_path / "r").exists() and not (tmp_path / "i").exists()
+    assert res.exit_code == 2
+    assert "index.kind" in res.output
+    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "i").exists()
 
 
 @pytest.mark.slow
@@ -99,8 +109,11 @@ def test_installed_entry_point(trained, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_query_cells"] == 40 and summary["imputed_protein"] and summary["label_keys"] == ["cell_type"]
-    assert not (out / "neighbours.tsv").exists() and (out / "labels.tsv").exists()
+    assert summary["n_query_cells"] == 40
+    assert summary["imputed_protein"]
+    assert summary["label_keys"] == ["cell_type"]
+    assert not (out / "neighbours.tsv").exists()
+    assert (out / "labels.tsv").exists()
     assert "Traceback" not in run.stderr
 
 

@@ -31,7 +31,8 @@ def store(tmp_path_factory):
 def test_help_has_examples():
     for cmd in ("train", "embed"):
         r = runner.invoke(app, [cmd, "--help"])
-        assert r.exit_code == 0 and "Examples" in r.output
+        assert r.exit_code == 0
+        assert "Examples" in r.output
 
 
 def test_train_then_embed(store, tmp_path):
@@ -41,7 +42,8 @@ def test_train_then_embed(store, tmp_path):
     assert (model / "model.safetensors").exists()
     assert json.loads((model / "model.json").read_text())["config"]["train"]["device"] == "cpu"
     r = runner.invoke(app, ["train", str(store), "--out", str(model), *SETS])
-    assert r.exit_code == 2 and "already exists" in r.output
+    assert r.exit_code == 2
+    assert "already exists" in r.output
     r = runner.invoke(app, ["train", str(store), "--out", str(model), *SETS, "--resume"])
     assert r.exit_code == 0  # already complete: nothing to do
     emb = tmp_path / "emb.zarr"
@@ -52,12 +54,16 @@ def test_train_then_embed(store, tmp_path):
 
 def test_bad_inputs_exit_2_with_one_line(store, tmp_path):
     r = runner.invoke(app, ["train", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "m")])
-    assert r.exit_code == 2 and r.output.count("\n") == 1 and "store not found" in r.output
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1
+    assert "store not found" in r.output
     r = runner.invoke(app, ["train", str(store), "--out", str(tmp_path / "m"), "--set", "train.epochs=0"])
-    assert r.exit_code == 2 and "train.epochs" in r.output
+    assert r.exit_code == 2
+    assert "train.epochs" in r.output
     r = runner.invoke(app, ["embed", str(store), "--model", str(tmp_path / "nomodel"), "--out",
                             str(tmp_path / "e.zarr")])
-    assert r.exit_code == 2 and "model folder not found" in r.output
+    assert r.exit_code == 2
+    assert "model folder not found" in r.output
 
 
 @pytest.mark.slow
@@ -75,4 +81,6 @@ def test_installed_entry_point(store, tmp_path):
     assert ad.read_zarr(tmp_path / "emb.zarr").obsm["X_omicsclip_rna"].shape == (300, width)
     r = subprocess.run([_omicsclip(), "embed", str(store), "--model", str(model), "--out",
                         str(tmp_path / "emb.zarr")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.startswith("omicsclip: error:") and "Traceback" not in r.stderr
+    assert r.returncode == 2
+    assert r.stderr.startswith("omicsclip: error:")
+    assert "Traceback" not in r.stderr

@@ -12,8 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from omicsclip.config import default_config
 from omicsclip.errors import InputError
 from omicsclip.evaluation import evaluate as E
+
+CFG = default_config()
+# evaluate_arrays' settings from the config (imputation as `omicsclip query` does it)
+SETTINGS = {"fewlabel_fraction": CFG["evaluate"]["fewlabel_fraction"], "impute_k": CFG["query"]["impute_k"],
+            "impute_temperature": CFG["query"]["temperature"], "impute_from": CFG["query"]["transfer_from"]}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,7 @@ def _run(arrays, emb_rna, emb_prot, labels="default"):
     return E.evaluate_arrays(
         emb_rna=emb_rna, emb_prot=emb_prot, rna_input=arrays["rna_input"], prot_clr=arrays["prot_clr"],
         split=arrays["split"], labels=arrays["labels"] if labels == "default" else labels,
-        proteins=arrays["proteins"], n_pcs=20, seed=0,
+        proteins=arrays["proteins"], n_pcs=20, seed=0, **SETTINGS,
     )
 
 
@@ -56,21 +62,28 @@ def test_metrics_structure_and_baselines(arrays):
     for row in res["methods"].values():
         assert tuple(row) == E.METRIC_KEYS
     om, cca, ridge, pca = (res["methods"][m] for m in ("omicsclip", "cca", "ridge", "pca"))
-    assert om["foscttm"] == 0.0 and om["recall_at_1"] == 1.0 and om["celltype_match"] == 1.0
-    assert res["n_test_cells"] == int((arrays["split"] == "test").sum()) and res["seed"] == 0
+    assert om["foscttm"] == 0.0
+    assert om["recall_at_1"] == 1.0
+    assert om["celltype_match"] == 1.0
+    assert res["n_test_cells"] == int((arrays["split"] == "test").sum())
+    assert res["seed"] == 0
     # PCA cannot match across modalities and does not impute
     assert all(pca[k] is None for k in E.METRIC_KEYS if k != "fewlabel_accuracy")
     assert 0.4 < pca["fewlabel_accuracy"] <= 1.0
-    assert cca["protein_pearson"] is None and cca["protein_rmse"] is None
+    assert cca["protein_pearson"] is None
+    assert cca["protein_rmse"] is None
     # the synthetic protein is driven by RNA-visible state: the baselines beat chance clearly
     for row in (cca, ridge):
-        assert row["foscttm"] < 0.3 and row["recall_at_50"] > 50 / res["n_test_cells"]
+        assert row["foscttm"] < 0.3
+        assert row["recall_at_50"] > 50 / res["n_test_cells"]
         assert row["celltype_match"] > 0.4
-    assert ridge["protein_pearson"] > 0.3 and ridge["protein_rmse"] > 0
+    assert ridge["protein_pearson"] > 0.3
+    assert ridge["protein_rmse"] > 0
     assert set(res["protein_pearson_per_protein"]) == {"omicsclip", "ridge"}
     assert list(res["protein_pearson_per_protein"]["ridge"]) == arrays["proteins"]
     v = res["validation"]
-    assert v["n_val_cells"] == int((arrays["split"] == "val").sum()) and v["foscttm"] == 0.0
+    assert v["n_val_cells"] == int((arrays["split"] == "val").sum())
+    assert v["foscttm"] == 0.0
     assert set(res["match_temperature"]) == {"omicsclip", "cca", "ridge"}
 
 
@@ -94,10 +107,12 @@ def test_pcs_from_row_function_equal_pcs_from_array(arrays, monkeypatch):
     ref, _ = E.baseline_pcs(x, len(x), tr, 10, 0)
     got, pca = E.baseline_pcs(lambda idx: x[idx], len(x), tr, 10, 0)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    assert got.shape == (len(x), 10) and pca.n_components_ == 10
+    assert got.shape == (len(x), 10)
+    assert pca.n_components_ == 10
     monkeypatch.setattr(E, "PCA_FIT_MAX_CELLS", 50)  # fit on a subset of the training cells
     sub, pca = E.baseline_pcs(x, len(x), tr, 10, 0)
-    assert sub.shape == ref.shape and pca.n_samples_ == 50
+    assert sub.shape == ref.shape
+    assert pca.n_samples_ == 50
 
 
 def test_unlabelled_data_gives_null_label_metrics(arrays):
@@ -120,6 +135,18 @@ def test_write_metrics_is_atomic_json(tmp_path):
     E.write_metrics({"a": 1}, out, overwrite=True)
     assert json.loads(out.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_labels_follow_the_shared_unlabelled_rule():
+    """Missing, blank and NA-like labels are unlabelled (omicsclip.conventions); other values, "unknown"
+    included, are classes; no usable column gives None."""
+    import pandas as pd
+
+    obs = pd.DataFrame({"cell_type": ["B", None, float("nan"), "", " NA ", "nan", "unknown", " T "]})
+    assert list(E._labels(obs, "cell_type")) == ["B", None, None, None, None, None, "unknown", "T"]
+    assert E._labels(obs, "missing") is None
+    assert E._labels(obs, "") is None
+    assert E._labels(pd.DataFrame({"cell_type": ["", None]}), "cell_type") is None
 
 
 def test_split_alignment_refuses_foreign_store(tmp_path):
@@ -170,13 +197,18 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     got = json.loads(out.read_text())
     assert set(got["methods"]) == {"omicsclip", "cca", "ridge", "pca"}
     om = got["methods"]["omicsclip"]
-    assert 0 <= om["foscttm"] <= 1 and 0 <= om["recall_at_10"] <= 1 and om["fewlabel_accuracy"] is not None
+    assert 0 <= om["foscttm"] <= 1
+    assert 0 <= om["recall_at_10"] <= 1
+    assert om["fewlabel_accuracy"] is not None
     assert got["settings"]["n_pcs"] == 10
-    assert got["n_test_cells"] > 0 and got["validation"]["n_val_cells"] > 0
+    assert got["n_test_cells"] > 0
+    assert got["validation"]["n_val_cells"] > 0
     # refusing to overwrite is a bad-input error (exit 2) from the installed entry point, no traceback
     p = subprocess.run([_omicsclip_exe(), "evaluate", str(store), "--model", str(model), "--out", str(out)],
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert p.returncode == 2 and "already exists" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2
+    assert "already exists" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 @pytest.mark.slow
@@ -185,7 +217,8 @@ def test_evaluate_cli_missing_model_is_one_line(tmp_path):
                         str(tmp_path / "nomodel"), "--out", str(tmp_path / "m.json")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.startswith("omicsclip: error:") and "Traceback" not in p.stderr
+    assert p.stderr.startswith("omicsclip: error:")
+    assert "Traceback" not in p.stderr
 
 
 @pytest.mark.slow
@@ -197,14 +230,15 @@ def test_baselines_take_their_own_pcs_of_the_scaled_genes(trained):
 
     from omicsclip.evaluation.evaluate import evaluate, scaled_gene_rows
     from omicsclip.io.store import read_store
+    from omicsclip.model.alignment import align_rna
     from omicsclip.model.modelio import load_model
-    from omicsclip.model.preprocess import align_rna
 
     store, model_dir = trained
     model = load_model(model_dir)
     n_genes_in = len(model.state.protein_genes or [])
-    assert model.pre.rna_dim == 30 + n_genes_in + 1 and len(model.state.genes) == 150
-    got = evaluate(store, model_dir, n_pcs=40)
+    assert model.pre.rna_dim == 30 + n_genes_in + 1
+    assert len(model.state.genes) == 150
+    got = evaluate(store, model_dir, n_pcs=40, label_key=CFG["evaluate"]["label_key"], **SETTINGS)
     assert got["settings"]["n_pcs"] == 40
     data = read_store(store)
     x = scaled_gene_rows(model, data.rna, data.gene_names)(np.arange(20))

@@ -151,9 +151,12 @@ def test_fewlabel_accuracy_separable_and_fraction():
 def test_labelled_subset_is_stratified_and_sized():
     y = np.array(["a"] * 900 + ["b"] * 90 + ["c"] * 10)
     idx = M._labelled_subset(y, 20, np.random.default_rng(0))
-    assert len(idx) == 20 and len(set(idx)) == 20
+    assert len(idx) == 20
+    assert len(set(idx)) == 20
     got = {c: int((y[idx] == c).sum()) for c in "abc"}
-    assert got["c"] >= 1 and got["b"] >= 1 and got["a"] >= 16
+    assert got["c"] >= 1
+    assert got["b"] >= 1
+    assert got["a"] >= 16
 
 
 def test_protein_pearson_and_rmse():
@@ -164,7 +167,9 @@ def test_protein_pearson_and_rmse():
     pred[:, 2] = -true[:, 2]
     pred[:, 3] = 1.0  # constant prediction: undefined correlation
     r = M.protein_pearson(pred, true)
-    assert r[0] == pytest.approx(1) and r[1] == pytest.approx(1) and r[2] == pytest.approx(-1)
+    assert r[0] == pytest.approx(1)
+    assert r[1] == pytest.approx(1)
+    assert r[2] == pytest.approx(-1)
     assert np.isnan(r[3])
     ref = [np.corrcoef(pred[:, 4], true[:, 4])[0, 1]]
     assert r[4] == pytest.approx(ref[0])
@@ -207,3 +212,16 @@ def test_best_match_temperature_is_the_argmax_of_match_score():
         a, b = _pair(n=150, seed=seed)
         scores = [M.match_score(a, b, temperature=t, top_k=40) for t in M.TEMPERATURE_GRID]
         assert M.best_match_temperature(a, b, top_k=40) == M.TEMPERATURE_GRID[int(np.argmax(scores))]
+
+
+def test_celltype_match_uses_the_shared_unlabelled_rule():
+    """NaN and NA-like strings are unlabelled as everywhere else (omicsclip.conventions.is_unlabelled): their
+    matches are not scored, although here every one of them lands on an "x" cell."""
+    a, _ = _pair(n=60, seed=7)
+    b = a.copy()
+    b[2::3] = a[0::3]  # each third cell's partner looks exactly like an "x" cell
+    for missing in (None, float("nan"), "", "NA", "nan"):
+        labels = np.array(["x", "y", missing] * 20, dtype=object)
+        assert M.celltype_match(a, b, labels) == 1.0
+    assert M.celltype_match(a, b, np.array(["x", "y", "z"] * 20, dtype=object)) < 1.0  # a class is scored
+    assert M.celltype_match(a, a, np.array([None, "NA"] * 30, dtype=object)) is None

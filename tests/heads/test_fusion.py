@@ -7,18 +7,29 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from heads_data import ARCH
 
-from omicsclip.heads.fusion import (
+from omicsclip.heads import (
     FUSIONS,
     MULTIMODAL_FUSIONS,
     TensorFusionHead,
     UncertaintyFusionHead,
-    build_head,
     normalised_entropy,
     random_unit_vectors,
 )
+from omicsclip.heads import build_head as _build_head
 
 D_RNA, D_PROT, K = 6, 5, 4
+
+
+def build_head(fusion, d_rna, d_prot, n_classes, **overrides):
+    """build_head with the default config's architecture, ``overrides`` applied."""
+    return _build_head(fusion, d_rna, d_prot, n_classes, **{**ARCH, **overrides})
+
+
+def uncertainty_head() -> UncertaintyFusionHead:
+    return UncertaintyFusionHead(D_RNA, D_PROT, K, kind=ARCH["kind"], hidden=ARCH["hidden"], dropout=ARCH["dropout"],
+                                 members=ARCH["members"])
 
 
 def _inputs(n: int = 12, seed: int = 0):
@@ -67,7 +78,8 @@ def test_masked_modality_is_ignored_not_zero_filled(fusion):
     assert torch.allclose(a, b, atol=1e-6)
     if fusion in ("late", "gated", "uncertainty"):  # all weight on the present modality
         w = head.predict(zr_nan, zp_nan, mask, mc_samples=1)["weights"]
-        assert torch.allclose(w[:6, 0], torch.ones(6)) and torch.allclose(w[6:, 1], torch.ones(6))
+        assert torch.allclose(w[:6, 0], torch.ones(6))
+        assert torch.allclose(w[6:, 1], torch.ones(6))
 
 
 def test_early_fusion_uses_mask_as_input():
@@ -136,41 +148,10 @@ def test_uncertainty_weights_are_inverse_total_variance():
     assert not head.training  # MC passes switch dropout on only temporarily
 
 
-def test_uncertainty_calibration_sees_the_prediction_it_calibrates():
-    """calibrate() fits beta on out-of-bag predictions made as predict() makes them: with every member counted as
-    out-of-bag they are predict()'s fused log-probabilities (same MC-dropout passes, epistemic variance
-    included), and the MC passes change them (a single deterministic pass would calibrate another prediction)."""
-    torch.manual_seed(0)
-    head: UncertaintyFusionHead = build_head("uncertainty", D_RNA, D_PROT, K, dropout=0.3).eval()
-    with torch.no_grad():
-        for p in head.parameters():
-            p.normal_(0, 0.5)
-    zr, zp = _inputs(20)
-    mask = torch.ones(len(zr), 2)
-    everyone = torch.ones(head.members, len(zr))
-    torch.manual_seed(3)
-    want = head.predict(zr, zp, mask, mc_samples=6)["log_probs"]
-    torch.manual_seed(3)
-    got = head._oob_fused_log_probs(zr, zp, mask, everyone, mc_samples=6)
-    assert torch.allclose(got, want, atol=1e-6)
-    torch.manual_seed(3)
-    single = head._oob_fused_log_probs(zr, zp, mask, everyone, mc_samples=1)
-    assert not torch.allclose(single, want, atol=1e-3)
-    # out-of-bag: a cell's prediction uses only its selected members (member 0 alone here)
-    only0 = torch.zeros_like(everyone)
-    only0[0] = 1.0
-    torch.manual_seed(3)
-    mu, logvar = head._mc_passes(zr, zp, mask, 6)
-    a = head._mc_fuse(mu, logvar, mask, only0)
-    b = head._mc_fuse(mu[:, :1], logvar, mask, torch.ones(1, len(zr)))
-    assert torch.allclose(a[2], b[2]) and torch.allclose(a[1], b[1])
-    assert not head.training
-
-
 def test_uncertainty_fusion_is_precision_weighted_logit_average():
     """With no logit noise left (tiny fused variance) the fused class probabilities are the softmax of the
     inverse-variance weighted mean of the centred logits."""
-    head = UncertaintyFusionHead(D_RNA, D_PROT, K)
+    head = uncertainty_head()
     mu = torch.randn(5, 2, K) * 3
     var = torch.tensor([[1e-6, 4e-6]] * 5)
     lp, logw = head._fuse(mu, var, torch.ones(5, 2))
@@ -185,7 +166,7 @@ def test_uncertainty_fusion_is_precision_weighted_logit_average():
 
 
 def test_kendall_gal_noise_free_limit_is_softmax():
-    head = UncertaintyFusionHead(D_RNA, D_PROT, K)
+    head = uncertainty_head()
     mu = torch.randn(3, 2, K)
     tiny = torch.full((3, 2), -30.0)
     assert torch.allclose(head._noisy_log_probs(mu, tiny, 5), torch.log_softmax(mu, -1), atol=1e-5)
@@ -205,45 +186,3 @@ def test_unknown_fusion_rejected():
         build_head("concat", D_RNA, D_PROT, K)
     with pytest.raises(ValueError, match="kind"):
         build_head("late", D_RNA, D_PROT, K, kind="transformer")
-
-
-def test_inverse_temperature_fit_recovers_the_sharpness_of_the_labels():
-    from omicsclip.heads.fusion import fit_inverse_temperature
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(4000, K, generator=g)
-    y = torch.multinomial(torch.softmax(2.0 * z, 1), 1, generator=g)[:, 0]  # labels drawn at beta = 2
-    assert fit_inverse_temperature(z, y) == pytest.approx(2.0, rel=0.1)
-    assert fit_inverse_temperature(z, y, hi=1.5) == pytest.approx(1.5)  # bounded
-
-
-def test_uncertainty_calibration_in_blocks_of_cells(monkeypatch):
-    """calibrate() predicts the labelled cells in blocks (bounded memory): every block is used, and beta comes out
-    as with one block, up to the fused prediction's logit-noise draws."""
-    import omicsclip.heads.fusion as heads
-
-    torch.manual_seed(0)
-    head: UncertaintyFusionHead = build_head("uncertainty", D_RNA, D_PROT, K, dropout=0.3, members=3).eval()
-    with torch.no_grad():
-        for p in head.parameters():
-            p.normal_(0, 0.5)
-    zr, zp = _inputs(300)
-    mask = torch.ones(len(zr), 2)
-    y = torch.randint(0, K, (len(zr),), generator=torch.Generator().manual_seed(1))
-    head.bootstrap(y, torch.Generator().manual_seed(2))
-    seen = []
-    original = head._oob_fused_log_probs
-
-    def spy(*args, **kw):
-        seen.append(len(args[0]))
-        return original(*args, **kw)
-
-    torch.manual_seed(5)
-    head.calibrate(zr, zp, y, mask, mc_samples=4)
-    whole = float(head.beta)
-    monkeypatch.setattr(heads, "_CALIBRATE_BLOCK", 64)
-    monkeypatch.setattr(head, "_oob_fused_log_probs", spy)
-    torch.manual_seed(5)
-    head.calibrate(zr, zp, y, mask, mc_samples=4)
-    assert seen == [64, 64, 64, 64, 44]
-    assert float(head.beta) == pytest.approx(whole, rel=0.05)

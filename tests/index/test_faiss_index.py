@@ -60,7 +60,8 @@ def test_search_clips_k_to_reference_size_and_checks_dimension():
     x = ClusteredEmbeddings(16, seed=0).sample(5, seed=1)[0]
     index = build_index(x, resolve_params(5, 16, {"kind": "flat"}))
     sims, pos = search(index, x, 50)
-    assert pos.shape == (5, 5) and (pos[:, 0] == np.arange(5)).all()
+    assert pos.shape == (5, 5)
+    assert (pos[:, 0] == np.arange(5)).all()
     with pytest.raises(InputError, match=r"expected an \(n, 16\) array"):
         search(index, np.ones((3, 8), np.float32), 2)
     with pytest.raises(InputError, match="NaN"):
@@ -72,9 +73,11 @@ def test_resolve_params_auto_and_rules():
     big = resolve_params(1_000_000, 64, _section(exact_max_cells=10_000))
     assert big.kind == default_config()["index"]["approximate"]
     ivf = resolve_params(1_000_000, 64, _section(kind="ivf_flat"))
-    assert ivf.nlist == 4000 and factory_string(ivf) == "IVF4000,Flat"
+    assert ivf.nlist == 4000
+    assert factory_string(ivf) == "IVF4000,Flat"
     small = resolve_params(2000, 64, _section(kind="ivf_flat"))
-    assert small.nlist == 2000 // 39 and small.nprobe <= small.nlist
+    assert small.nlist == 2000 // 39
+    assert small.nprobe <= small.nlist
     assert factory_string(resolve_params(50_000, 64, _section(kind="ivf_pq"))) == "IVF894,PQ16x8np,RFlat"
     assert factory_string(resolve_params(50_000, 64, _section(kind="hnsw"))) == "HNSW32,Flat"
     with pytest.raises(InputError, match="must divide"):
@@ -116,9 +119,11 @@ def test_gpu_code_path_with_mocked_faiss(monkeypatch, tmp_path):
     monkeypatch.setattr(faiss, "index_gpu_to_cpu", gpu_to_cpu, raising=False)
     gen = ClusteredEmbeddings(16, seed=0)
     x, q = gen.sample(4000, seed=1)[0], gen.sample(50, seed=2)[0]
-    assert gpu_enabled("auto") and not gpu_enabled(False)
+    assert gpu_enabled("auto")
+    assert not gpu_enabled(False)
     index = build_index(x, resolve_params(len(x), 16, {"kind": "flat"}), use_gpu="auto")
-    assert calls[0][0] == "to_gpu" and calls[-1][0] == "to_cpu"
+    assert calls[0][0] == "to_gpu"
+    assert calls[-1][0] == "to_cpu"
     np.testing.assert_array_equal(search(index, q, 5)[1], brute_force(x, q, 5)[1])
     calls.clear()
     build_index(x, resolve_params(len(x), 16, {"kind": "hnsw"}), use_gpu="auto")
@@ -162,11 +167,17 @@ def test_index_folder_round_trip(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["meta.json", "cell_ids.tsv", "rna.faiss", "prot.faiss", "reference_protein.npy", "reference_obs.parquet"])
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["metric"] == "inner_product" and meta["dim"] == 16 and meta["n"] == 600
-    assert meta["kind"] == "flat" and meta["factory"] == "Flat" and meta["model_fingerprint"] == "abc123"
-    assert meta["params"]["kind"] == "flat" and meta["proteins"] == ref["protein_names"]
+    assert meta["metric"] == "inner_product"
+    assert meta["dim"] == 16
+    assert meta["n"] == 600
+    assert meta["kind"] == "flat"
+    assert meta["factory"] == "Flat"
+    assert meta["model_fingerprint"] == "abc123"
+    assert meta["params"]["kind"] == "flat"
+    assert meta["proteins"] == ref["protein_names"]
     loaded = ReferenceIndex.load(out, model_fingerprint="abc123")
-    assert list(loaded.cell_ids) == ref["cell_ids"] and loaded.modalities == ["rna", "prot"]
+    assert list(loaded.cell_ids) == ref["cell_ids"]
+    assert loaded.modalities == ["rna", "prot"]
     np.testing.assert_array_equal(np.asarray(loaded.protein), ref["protein"])
     pd.testing.assert_frame_equal(loaded.labels, ref["labels"])
     q = ref["embeddings"]["rna"][:20]

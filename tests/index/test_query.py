@@ -13,8 +13,10 @@ import scipy.sparse as sp
 
 from omicsclip.config import default_config, load_config
 from omicsclip.errors import InputError
+from omicsclip.index.engine import QuerySettings
 from omicsclip.index.impute import impute, neighbour_weights, vote
-from omicsclip.index.query import QuerySettings, match_report, query, run_query
+from omicsclip.index.matching import match_report
+from omicsclip.index.query import query, run_query
 from omicsclip.index.query_writers import H5adAppender
 from omicsclip.index.reference import ReferenceIndex, write_index_dir
 from omicsclip.io.paired import PairedData
@@ -103,7 +105,9 @@ def test_neighbour_weights_softmax_uniform_and_masked():
     np.testing.assert_allclose(w[0], np.exp(s[0] / 0.1) / np.exp(s[0] / 0.1).sum())
     np.testing.assert_allclose(neighbour_weights(s, 0.0), 1 / 3)
     wm = neighbour_weights(s, 0.1, valid=np.array([[True, False, True], [False, False, False]]))
-    assert wm[0, 1] == 0 and np.isclose(wm[0].sum(), 1) and (wm[1] == 0).all()
+    assert wm[0, 1] == 0
+    assert np.isclose(wm[0].sum(), 1)
+    assert (wm[1] == 0).all()
 
 
 def test_impute_and_vote_against_loops():
@@ -125,7 +129,10 @@ def test_impute_and_vote_against_loops():
 
 def test_match_report():
     rep = match_report(["b", "a", "x"], ["a", "b", "c"])
-    assert rep["n_shared"] == 2 and rep["n_missing"] == 1 and rep["n_extra"] == 1 and rep["reordered"]
+    assert rep["n_shared"] == 2
+    assert rep["n_missing"] == 1
+    assert rep["n_extra"] == 1
+    assert rep["reordered"]
     assert not match_report(["a", "b"], ["a", "b"])["reordered"]
 
 
@@ -135,7 +142,8 @@ def test_h5ad_appender_round_trip(tmp_path):
     w.append(["c"], np.array([[5, 6]]), {"confidence": np.array([1.0])})
     w.close()
     a = ad.read_h5ad(tmp_path / "x.h5ad")
-    assert list(a.obs_names) == ["a", "b", "c"] and list(a.var_names) == ["p1", "p2"]
+    assert list(a.obs_names) == ["a", "b", "c"]
+    assert list(a.var_names) == ["p1", "p2"]
     np.testing.assert_array_equal(a.X, [[1, 2], [3, 4], [5, 6]])
     np.testing.assert_array_equal(a.obs["confidence"], [0.5, 0.25, 1.0])
     assert a.uns["note"] == "x"
@@ -150,12 +158,14 @@ def test_rna_only_query_all_outputs(world):
     nb = res.neighbours
     assert list(nb.columns) == COLUMNS
     assert set(zip(nb.query_modality, nb.index_modality, strict=True)) == {("rna", "rna"), ("rna", "prot")}
-    assert len(nb) == 60 * 2 * 5 and set(nb["rank"]) == set(range(1, 6))
+    assert len(nb) == 60 * 2 * 5
+    assert set(nb["rank"]) == set(range(1, 6))
     for _, g in nb.groupby(["query_id", "index_modality"]):
         assert (np.diff(g.sort_values("rank").similarity.to_numpy()) <= 1e-6).all()
     # the imputation is the softmax-weighted mean of the transfer neighbours' CLR protein
     imp = res.imputed
-    assert imp.shape == (60, 6) and list(imp.var_names) == world["ref"].protein_names
+    assert imp.shape == (60, 6)
+    assert list(imp.var_names) == world["ref"].protein_names
     assert list(imp.obs_names) == world["new"].barcodes
     ref_prot = clr(world["ref"].prot)
     pos_of = {c: i for i, c in enumerate(world["ref"].barcodes)}
@@ -169,7 +179,8 @@ def test_rna_only_query_all_outputs(world):
     frac_cols = [c for c in lab.columns if c.startswith("cell_type_fraction_")]
     np.testing.assert_allclose(lab[frac_cols].sum(1), 1.0, atol=1e-5)
     assert (lab.cell_type_vote_fraction == lab[frac_cols].max(1)).all()
-    assert res.summary["imputed_protein"] and res.summary["transfer_direction"] == "rna->rna"
+    assert res.summary["imputed_protein"]
+    assert res.summary["transfer_direction"] == "rna->rna"
 
 
 def test_transfer_from_cross_uses_protein_index(world):
@@ -181,7 +192,9 @@ def test_transfer_from_cross_uses_protein_index(world):
 def test_protein_only_and_paired_queries(world):
     res = query(prot_only(world["new"]), world["model"], world["index"], k=3)
     pairs = set(zip(res.neighbours.query_modality, res.neighbours.index_modality, strict=True))
-    assert pairs == {("prot", "rna"), ("prot", "prot")} and res.imputed is None and res.labels is not None
+    assert pairs == {("prot", "rna"), ("prot", "prot")}
+    assert res.imputed is None
+    assert res.labels is not None
     both = query(world["new"], world["model"], world["index"], k=3)
     assert len(set(zip(both.neighbours.query_modality, both.neighbours.index_modality, strict=True))) == 4
     assert both.imputed is None  # measured protein exists: nothing to impute
@@ -195,7 +208,9 @@ def test_genes_reordered_extra_and_missing(world):
     shuffled = query(with_genes(new, perm, extra=7), world["model"], world["index"], k=5)
     pd.testing.assert_frame_equal(shuffled.neighbours, base)
     rep = shuffled.summary["feature_matching"]["rna"]
-    assert rep["reordered"] and rep["n_extra"] == 7 and rep["n_missing"] == 0
+    assert rep["reordered"]
+    assert rep["n_extra"] == 7
+    assert rep["n_missing"] == 0
     few_missing = query(with_genes(new, perm[: int(g * 0.9)]), world["model"], world["index"], k=5)
     assert few_missing.summary["feature_matching"]["rna"]["n_missing"] == g - int(g * 0.9)
     assert len(few_missing.neighbours) == len(base)
@@ -229,6 +244,23 @@ def test_empty_input_wrong_model_and_wrong_dimension(world):
         query(rna_only(world["new"]), wide, world["index"])
 
 
+def test_unlabelled_reference_cells_do_not_vote(world, tmp_path):
+    from omicsclip.conventions import is_unlabelled
+    from omicsclip.index.engine import QueryEngine
+
+    ref, model = world["ref"], world["model"]
+    labels = ref.obs["cell_type"].astype(str).to_numpy().copy()
+    blanks = ["", "nan", "None", "NA", "<NA>", " na "]
+    labels[: len(blanks) * 10] = np.repeat(blanks, 10)
+    emb = model.embed(ref.rna, ref.prot, genes=ref.gene_names, proteins=ref.protein_names)
+    write_index_dir(tmp_path / "i", embeddings=emb, cell_ids=ref.barcodes, model_fingerprint=model.fingerprint,
+                    section=default_config()["index"], labels=pd.DataFrame({"cell_type": labels}))
+    engine = QueryEngine(model, ReferenceIndex.load(tmp_path / "i"), QuerySettings())
+    assert engine.label_classes["cell_type"] == sorted({v for v in labels if not is_unlabelled(v)})
+    res = query(rna_only(world["new"]), model, tmp_path / "i", k=5)
+    assert not res.labels["cell_type"].map(is_unlabelled).any()
+
+
 def test_chunking_does_not_change_results(world):
     one = query(rna_only(world["new"]), world["model"], world["index"], section={"chunk_cells": 1000})
     many = query(rna_only(world["new"]), world["model"], world["index"], section={"chunk_cells": 7})
@@ -256,7 +288,8 @@ def test_run_query_writes_the_same_as_query(world, tmp_path):
     pq = pd.read_parquet(out / "neighbours.parquet")
     pd.testing.assert_frame_equal(pq, mem.neighbours, check_dtype=False)
     tsv = pd.read_csv(out / "neighbours.tsv", sep="\t", dtype={"query_id": str, "reference_id": str})
-    assert list(tsv.columns) == COLUMNS and len(tsv) == len(pq)
+    assert list(tsv.columns) == COLUMNS
+    assert len(tsv) == len(pq)
     np.testing.assert_allclose(tsv.similarity, pq.similarity, atol=1e-5)
     imp = ad.read_h5ad(out / "imputed_protein.h5ad")
     np.testing.assert_allclose(imp.X, mem.imputed.X)
@@ -264,7 +297,9 @@ def test_run_query_writes_the_same_as_query(world, tmp_path):
     labels = pd.read_csv(out / "labels.tsv", sep="\t")
     assert (labels.cell_type.to_numpy() == mem.labels.cell_type.to_numpy()).all()
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk == summary and summary["n_query_cells"] == 60 and summary["n_neighbour_rows"] == len(pq)
+    assert on_disk == summary
+    assert summary["n_query_cells"] == 60
+    assert summary["n_neighbour_rows"] == len(pq)
 
 
 def test_run_query_failure_leaves_nothing(world, tmp_path):
@@ -316,10 +351,12 @@ def test_real_model_index_and_query(real):
     ref = ReferenceIndex.load(tmp / "index", model_fingerprint=model.fingerprint)
     split = read_split(tmp / "model" / "split.tsv")
     in_ref = split[split.isin(["train", "val"])].index
-    assert ref.n == len(in_ref) and set(ref.cell_ids) == set(in_ref)
+    assert ref.n == len(in_ref)
+    assert set(ref.cell_ids) == set(in_ref)
     pos = pd.Index(data.barcodes).get_indexer(ref.cell_ids)
     np.testing.assert_allclose(np.asarray(ref.protein), clr(data.prot[pos]), atol=1e-5)
-    assert ref.protein_names == model.proteins and ref.labels.columns.tolist() == ["cell_type"]
+    assert ref.protein_names == model.proteins
+    assert ref.labels.columns.tolist() == ["cell_type"]
     test = data.subset(np.flatnonzero(split.reindex(data.barcodes).to_numpy() == "test"))
     res = query(rna_only(test), model, ref, k=5)
     assert len(res.neighbours) == test.n_cells * 2 * 5
@@ -354,7 +391,8 @@ def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
         index_embeddings(tmp / "emb.zarr", tmp / "index_y", cfg["index"])
     finally:
         shutil.move(moved, tmp / "model")
-    assert "is gone" in caplog.text and (tmp / "index_y" / "meta.json").exists()
+    assert "is gone" in caplog.text
+    assert (tmp / "index_y" / "meta.json").exists()
 
 
 def test_index_overwrite_never_deletes_the_recorded_store(tmp_path):

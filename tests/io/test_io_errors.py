@@ -35,7 +35,8 @@ def _fails(tmp_path, inputs, match, **kw):
     with pytest.raises(InputError, match=match) as err:
         ingest(inputs, out_dir / "s.zarr", **kw)
     msg = str(err.value)
-    assert "\n" not in msg and err.value.exit_code == 2
+    assert "\n" not in msg
+    assert err.value.exit_code == 2
     assert list(out_dir.iterdir()) == []
     return msg
 
@@ -44,14 +45,16 @@ def _with_rna(c, rna: np.ndarray):
     return dataclasses.replace(c, rna=sp.csr_matrix(rna.astype(np.float32)))
 
 
-@pytest.mark.parametrize("value,match", [(np.nan, "NaN/inf"), (np.inf, "NaN/inf"), (-2, "negative"),
+@pytest.mark.parametrize(("value", "match"), [(np.nan, "NaN/inf"), (np.inf, "NaN/inf"), (-2, "negative"),
                                          (0.5, "not integer counts.*--allow-normalized")])
 def test_bad_values_are_refused_mid_stream(cite, tmp_path, value, match):
     dense = cite.rna.toarray()
     dense[45, 7] = value  # in the third chunk: the partial store must be removed
     src = write_h5ad(_with_rna(cite, dense), tmp_path / "bad.h5ad")
     msg = _fails(tmp_path, [src], match, chunk_cells=20)
-    assert str(src) in msg and cite.barcodes[45] in msg and "GENE7" in msg
+    assert str(src) in msg
+    assert cite.barcodes[45] in msg
+    assert "GENE7" in msg
 
 
 def test_allow_normalized_accepts_and_records(cite, tmp_path):
@@ -60,7 +63,8 @@ def test_allow_normalized_accepts_and_records(cite, tmp_path):
     src = write_h5ad(_with_rna(cite, cite.rna.toarray() * 0.37), tmp_path / "norm.h5ad")
     out = ingest([src], tmp_path / "s.zarr", allow_normalized=True)
     prov = store_info(out)["uns"]["provenance"]
-    assert bool(prov["allow_normalized"]) is True and bool(prov["integer_counts"]) is False
+    assert bool(prov["allow_normalized"]) is True
+    assert bool(prov["integer_counts"]) is False
 
 
 def test_duplicate_barcodes(cite, tmp_path):
@@ -76,7 +80,8 @@ def test_duplicate_feature_names_error_or_make_unique(cite, tmp_path):
     from omicsclip.io.readers import open_input
 
     with open_input([src], make_unique=True) as s:
-        assert s.genes[-1] == "GENE0-1" and len(set(s.genes)) == len(s.genes)
+        assert s.genes[-1] == "GENE0-1"
+        assert len(set(s.genes)) == len(s.genes)
 
 
 def test_empty_matrix(cite, tmp_path):
@@ -204,7 +209,8 @@ def test_no_stray_files_after_failure(cite, tmp_path):
     src = write_h5ad(_with_rna(cite, dense), tmp_path / "bad.h5ad")
     with pytest.raises(InputError):
         ingest([src], tmp_path / "s.zarr", chunk_cells=10)
-    assert stray_files(tmp_path) == [] and not (tmp_path / "s.zarr").exists()
+    assert stray_files(tmp_path) == []
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_corrupt_10x_indices(cite, tmp_path):
@@ -233,7 +239,8 @@ def test_overwrite_never_deletes_an_input_or_the_working_directory(tmp_path, cit
     monkeypatch.chdir(src)
     with pytest.raises(InputError, match="would delete the working directory"):
         ingest([rna, prot], tmp_path / "data", overwrite=True)
-    assert (tmp_path / "data" / "keep.txt").exists() and rna.exists()
+    assert (tmp_path / "data" / "keep.txt").exists()
+    assert rna.exists()
 
 
 def test_damaged_store_is_a_one_line_error(tmp_path, cite):
@@ -262,4 +269,5 @@ def test_output_path_checks_are_one_line_errors_and_symlinks_are_not_followed(tm
     with atomic_path(link, overwrite=True) as tmp:
         tmp.write_text("new output")
     assert target.read_text() == "the user's file"  # the link was replaced, not the file it pointed to
-    assert not link.is_symlink() and link.read_text() == "new output"
+    assert not link.is_symlink()
+    assert link.read_text() == "new output"

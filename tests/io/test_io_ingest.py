@@ -38,7 +38,8 @@ def test_store_is_mudata_readable_and_chunked_by_cells(store, cite):
 
     _, out = store
     m = md.read_zarr(out)
-    assert set(m.mod) == {"rna", "prot"} and m.n_obs == len(cite.barcodes)
+    assert set(m.mod) == {"rna", "prot"}
+    assert m.n_obs == len(cite.barcodes)
     assert (m["rna"].X != cite.rna).nnz == 0
     np.testing.assert_array_equal(m["prot"].X.toarray(), cite.prot_kept)
     g = zarr.open_group(str(out / "mod" / "rna" / "X"), mode="r")
@@ -50,17 +51,23 @@ def test_provenance(store):
     prov = store_info(out)["uns"]["provenance"]
     inp = prov["inputs"]["input_0"]
     assert inp["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert inp["path"] == str(src.resolve()) and int(inp["bytes"]) == src.stat().st_size
-    assert prov["format"] == "10x-h5" and prov["version"] and prov["created"]
+    assert inp["path"] == str(src.resolve())
+    assert int(inp["bytes"]) == src.stat().st_size
+    assert prov["format"] == "10x-h5"
+    assert prov["version"]
+    assert prov["created"]
     assert list(prov["isotypes_removed"]) == ["IgG1_control", "Mouse_IgG2a_isotype"]
-    assert prov["options"]["pairing"] == "strict" and int(prov["options"]["chunk_cells"]) == 16
+    assert prov["options"]["pairing"] == "strict"
+    assert int(prov["options"]["chunk_cells"]) == 16
 
 
 def test_qc_summary_and_feature_totals(store, cite):
     _, out = store
     info = store_info(out)
     qc = info["uns"]["qc"]
-    assert int(qc["n_cells"]) == 60 and int(qc["n_genes"]) == 40 and int(qc["n_proteins"]) == len(PROTEINS)
+    assert int(qc["n_cells"]) == 60
+    assert int(qc["n_genes"]) == 40
+    assert int(qc["n_proteins"]) == len(PROTEINS)
     assert int(qc["n_genes_zero_counts"]) == 1  # GENE3 is all zero
     assert float(qc["median_counts_rna"]) == float(np.median(np.asarray(cite.rna.sum(axis=1)).ravel()))
     assert int(qc["nnz_rna"]) == cite.rna.nnz
@@ -72,17 +79,23 @@ def test_inspect_summary(store):
     _, out = store
     d = inspect_store(out)
     assert (d["n_cells"], d["n_genes"], d["n_proteins"]) == (60, 40, 5)
-    assert 0 < d["sparsity_rna"] < 1 and d["qc"]["n_cells"] == 60
+    assert 0 < d["sparsity_rna"] < 1
+    assert d["qc"]["n_cells"] == 60
     text = format_summary(d)
-    assert "cells      60" in text and "sha256" in text and "CD19" in text
+    assert "cells      60" in text
+    assert "sha256" in text
+    assert "CD19" in text
 
 
 def test_open_input_on_store(store, cite):
     _, out = store
     with open_input([out]) as s:
-        assert s.fmt == "zarr" and s.proteins == PROTEINS and s.genes == cite.genes
+        assert s.fmt == "zarr"
+        assert s.proteins == PROTEINS
+        assert s.genes == cite.genes
         d = s.read()
-    assert (d.rna != cite.rna).nnz == 0 and d.barcodes == cite.barcodes
+    assert (d.rna != cite.rna).nnz == 0
+    assert d.barcodes == cite.barcodes
 
 
 def test_min_counts_thresholds_and_overwrite(cite, tmp_path):

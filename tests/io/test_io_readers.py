@@ -71,7 +71,8 @@ def test_hashtags_recognised_by_name_among_antibodies(cite, tmp_path):
 
     c = dataclasses.replace(cite, antibodies=cite.antibodies[:-1] + ["HTO_3"])
     d = read_input([write_10x_h5(c, tmp_path / "m.h5")])
-    assert "HTO_3" not in d.protein_names and "hto_HTO_3" in d.obs
+    assert "HTO_3" not in d.protein_names
+    assert "hto_HTO_3" in d.obs
     np.testing.assert_array_equal(d.obs["hto_HTO_3"].to_numpy(), cite.prot[:, -1])
 
 
@@ -94,7 +95,7 @@ def test_10x_mtx_uncompressed(cite, tmp_path):
     assert_data_matches(read_input([write_10x_mtx(cite, tmp_path / "mtx", gz=False)]), cite)
 
 
-@pytest.mark.parametrize("names,genes_in_rows", [(("rna.csv", "adt.csv"), False),
+@pytest.mark.parametrize(("names", "genes_in_rows"), [(("rna.csv", "adt.csv"), False),
                                                   (("rna.tsv.gz", "adt.tsv.gz"), True)])
 def test_csv_tables_both_orientations(cite, tmp_path, names, genes_in_rows):
     paths = write_tables(cite, tmp_path / names[0], tmp_path / names[1], genes_in_rows=genes_in_rows)
@@ -121,7 +122,8 @@ def test_keep_isotypes(cite, tmp_path):
 def test_format_detected_from_content_without_extension(cite, tmp_path):
     renamed = write_10x_h5(cite, tmp_path / "matrix.h5").rename(tmp_path / "matrix.bin")
     with open_input([renamed]) as s:
-        assert s.fmt == "10x-h5" and s.n_cells == len(cite.barcodes)
+        assert s.fmt == "10x-h5"
+        assert s.n_cells == len(cite.barcodes)
 
 
 # ---- the API other stages use -------------------------------------------------------------------------------
@@ -129,11 +131,14 @@ def test_open_input_chunks_equal_read(cite, tmp_path):
     with open_input([write_h5ad(cite, tmp_path / "cells.h5ad")]) as s:
         whole = s.read()
         chunks = list(s.iter_chunks(16))
-        assert s.proteins == PROTEINS and s.genes == cite.genes and s.n_cells == 60
+        assert s.proteins == PROTEINS
+        assert s.genes == cite.genes
+        assert s.n_cells == 60
     assert [c.n_cells for c in chunks] == [16, 16, 16, 12]
     assert (sp.vstack([c.rna for c in chunks]) != whole.rna).nnz == 0
     np.testing.assert_array_equal(np.vstack([c.prot for c in chunks]), whole.prot)
-    assert whole.rna.dtype == np.float32 and whole.prot.dtype == np.float32
+    assert whole.rna.dtype == np.float32
+    assert whole.prot.dtype == np.float32
 
 
 def test_open_input_rna_only_h5ad_when_any(cite, tmp_path):
@@ -143,15 +148,18 @@ def test_open_input_rna_only_h5ad_when_any(cite, tmp_path):
     a.obs_names = cite.barcodes
     a.write_h5ad(tmp_path / "rna.h5ad")
     with open_input([tmp_path / "rna.h5ad"], require="any") as s:
-        assert s.proteins is None and s.genes == [str(g) for g in a.var_names]
+        assert s.proteins is None
+        assert s.genes == [str(g) for g in a.var_names]
         d = s.read()
-    assert d.prot is None and (d.rna != cite.rna).nnz == 0
+    assert d.prot is None
+    assert (d.rna != cite.rna).nnz == 0
 
 
 def test_open_input_protein_only_table(cite, tmp_path):
     _, prot = write_tables(cite, tmp_path / "rna.csv", tmp_path / "adt.csv")
     with open_input([prot], require="any", modality="prot") as s:
-        assert s.genes is None and s.proteins == PROTEINS
+        assert s.genes is None
+        assert s.proteins == PROTEINS
         np.testing.assert_array_equal(s.read().prot, cite.prot_kept)
 
 

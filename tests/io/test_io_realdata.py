@@ -26,7 +26,8 @@ def test_shared_h5ad_ingests_identically(name, tmp_path):
     d = read_store(out)
 
     assert d.barcodes == list(a.obs_names)
-    assert d.rna.shape == a.shape and (d.rna != sp.csr_matrix(a.X)).nnz == 0
+    assert d.rna.shape == a.shape
+    assert (d.rna != sp.csr_matrix(a.X)).nnz == 0
     prot = a.obsm["protein"]
     iso = match_names(list(prot.columns), DEFAULT_ISOTYPE_PATTERNS)
     kept = [c for c, i in zip(prot.columns, iso, strict=True) if not i]
@@ -41,4 +42,5 @@ def test_shared_h5ad_ingests_identically(name, tmp_path):
             np.testing.assert_array_equal(d.obs[f"hto_{col}"], a.obsm["hto"][col].to_numpy())
             assert col not in d.protein_names
     if name == "eccite_pbmc_citefuse":
-        assert len(kept) == 47 and {"IgG1", "IgG2a"} == set(prot.columns[iso])
+        assert len(kept) == 47
+        assert {"IgG1", "IgG2a"} == set(prot.columns[iso])

@@ -8,14 +8,28 @@ import pytest
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
-from omicsclip.io.features import DEFAULT_ISOTYPE_PATTERNS, make_unique, match_names
+from omicsclip.io.features import DEFAULT_ISOTYPE_PATTERNS, check_unique_features, match_names
 from omicsclip.io.formats import detect_format
 from omicsclip.io.validate import check_counts
 
 
+def _unique(names):
+    return list(check_unique_features(pd.Index(names), path="f.h5ad", what="gene", unique=True))
+
+
 def test_make_unique_like_anndata():
-    assert make_unique(["A", "B", "A", "A", "A-1"]) == ["A", "B", "A-2", "A-3", "A-1"]
-    assert make_unique(["x", "y"]) == ["x", "y"]
+    import anndata as ad
+
+    with pytest.warns(UserWarning, match="Suffix used"):  # anndata warns when a suffix is already a name
+        assert _unique(["A", "B", "A", "A", "A-1"]) == ["A", "B", "A-2", "A-3", "A-1"]
+    assert _unique(["x", "y"]) == ["x", "y"]
+    assert _unique(["g", "g", "h", "g"]) == ["g", "g-1", "h", "g-2"]
+    with pytest.warns(UserWarning, match="not unique"):
+        a = ad.AnnData(np.zeros((1, 4)), var=pd.DataFrame(index=["g", "g", "h", "g"]))
+    a.var_names_make_unique()
+    assert _unique(["g", "g", "h", "g"]) == list(a.var_names)
+    with pytest.raises(InputError, match=r"f.h5ad: 1 duplicate gene names \(e.g. 'g'\); pass --make-unique"):
+        check_unique_features(pd.Index(["g", "g"]), path="f.h5ad", what="gene", unique=False)
 
 
 def test_isotype_patterns_on_real_panel_names():
@@ -59,7 +73,9 @@ def test_reader_options_from_config_section():
     from omicsclip.io.readers import open_input, reader_options
 
     opts = reader_options(load_config(None, ["ingest.make_unique=true"])["ingest"])
-    assert opts["make_unique"] is True and "layer" not in opts and "min_counts_rna" not in opts
+    assert opts["make_unique"] is True
+    assert "layer" not in opts
+    assert "min_counts_rna" not in opts
     import inspect
 
     assert set(opts) <= set(inspect.signature(open_input).parameters)

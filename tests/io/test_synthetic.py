@@ -12,15 +12,18 @@ def test_reproducible_and_realistic():
     a = make_synthetic(1500, 400, 12, n_types=5, n_batches=2, n_isotypes=2, seed=7)
     b = make_synthetic(1500, 400, 12, n_types=5, n_batches=2, n_isotypes=2, seed=7)
     c = make_synthetic(1500, 400, 12, n_types=5, n_batches=2, n_isotypes=2, seed=8)
-    assert (a.rna != b.rna).nnz == 0 and np.array_equal(a.prot, b.prot)
+    assert (a.rna != b.rna).nnz == 0
+    assert np.array_equal(a.prot, b.prot)
     assert (a.rna != c.rna).nnz > 0
     # raw integer counts, sparse like droplet data, library sizes vary between cells
-    assert np.all(a.rna.data == np.round(a.rna.data)) and a.rna.data.min() > 0
+    assert np.all(a.rna.data == np.round(a.rna.data))
+    assert a.rna.data.min() > 0
     density = a.rna.nnz / np.prod(a.rna.shape)
     assert 0.05 < density < 0.75
     lib = np.asarray(a.rna.sum(axis=1)).ravel()
     assert lib.std() / lib.mean() > 0.3
-    assert a.obs["cell_type"].nunique() == 5 and a.obs["batch"].nunique() == 2
+    assert a.obs["cell_type"].nunique() == 5
+    assert a.obs["batch"].nunique() == 2
     assert a.obs.index.is_unique
     # isotypes: ambient only, far below the specific antibodies
     iso = a.proteins["isotype_control"].to_numpy()

@@ -28,14 +28,17 @@ def setup(tmp_path_factory):
 def test_embed_contract(setup):
     _, model_dir, d = setup
     m = load_model(model_dir)
-    assert len(m.fingerprint) == 64 and m.genes and len(m.proteins) == 6
+    assert len(m.fingerprint) == 64
+    assert m.genes
+    assert len(m.proteins) == 6
     assert m.config["model"]["embed_dim"] == 8
     width = 8 * m.config["model"]["members"]  # an ensemble's members sit side by side
     assert m.embed_dim == width
     e = m.embed(d.rna, d.prot, genes=d.gene_names, proteins=d.protein_names)
     assert set(e) == {"rna", "prot"}
     for x in e.values():
-        assert x.dtype == np.float32 and x.shape == (d.n_cells, width)
+        assert x.dtype == np.float32
+        assert x.shape == (d.n_cells, width)
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     assert m.last_report["rna"]["n_missing"] == 0
     dense = m.embed(rna=d.rna.toarray(), genes=d.gene_names, batch_size=7)  # dense input, small batches
@@ -62,7 +65,8 @@ def test_missing_features_reported_or_refused(setup, caplog):
     drop = set(m.genes[:2])  # 5% of 40 model genes
     keep = [i for i, g in enumerate(d.gene_names) if g not in drop]
     e = m.embed(d.rna[:, keep], genes=[d.gene_names[i] for i in keep])
-    assert m.last_report["rna"]["n_missing"] == 2 and "lacks 2" in caplog.text
+    assert m.last_report["rna"]["n_missing"] == 2
+    assert "lacks 2" in caplog.text
     assert np.isfinite(e["rna"]).all()
     drop = set(m.genes[:20])
     keep = [i for i, g in enumerate(d.gene_names) if g not in drop]
@@ -86,7 +90,8 @@ def test_embed_store_writes_anndata(setup, tmp_path):
     store, model_dir, d = setup
     out = embed_store(store, model_dir, tmp_path / "emb.zarr", batch_size=50, chunk_cells=70)
     a = ad.read_zarr(out)
-    assert a.n_obs == d.n_cells and list(a.obs_names) == d.barcodes
+    assert a.n_obs == d.n_cells
+    assert list(a.obs_names) == d.barcodes
     assert {OBSM_RNA, OBSM_PROT, OBSM_JOINT} <= set(a.obsm)
     m = load_model(model_dir)
     e = m.embed(d.rna, d.prot, genes=d.gene_names, proteins=d.protein_names)
@@ -131,4 +136,5 @@ def test_projection_model_embeds_like_validation(tmp_path):
     keep = [i for i, g in enumerate(d.gene_names) if g != drop]
     part = m.embed(rna=d.rna[:, keep], genes=[d.gene_names[i] for i in keep])["rna"]
     assert m.last_report["rna"]["missing"] == [drop]
-    assert np.isfinite(part).all() and not np.allclose(part, full)
+    assert np.isfinite(part).all()
+    assert not np.allclose(part, full)

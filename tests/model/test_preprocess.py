@@ -12,17 +12,25 @@ import scanpy as sc
 import scipy.sparse as sp
 import torch
 
+from omicsclip.config import default_config
 from omicsclip.errors import InputError
+from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.preprocess import (
     PreprocessState,
     TorchPreprocessor,
-    align_proteins,
-    align_rna,
     clr,
     fit_preprocessing,
     log_normalize,
     select_protein_genes,
 )
+
+# the config's preprocess section with the plain model input (the scaled genes: no PCs, protein genes or depth)
+PLAIN = {**default_config()["preprocess"], "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+
+
+def fit(rna, prot, genes, proteins, **kw):
+    """``fit_preprocessing`` with :data:`PLAIN` settings, ``kw`` overriding them."""
+    return fit_preprocessing(rna, prot, genes, proteins, **{**PLAIN, **kw})
 
 
 def _data(n=300, g=120, p=6, seed=0):
@@ -38,7 +46,7 @@ def _data(n=300, g=120, p=6, seed=0):
 @pytest.fixture(scope="module")
 def fitted():
     rna, prot, genes, prots = _data()
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, target_sum=1e4, max_value=10.0)
+    state = fit(rna, prot, genes, prots, n_hvg=40, target_sum=1e4, max_value=10.0)
     return rna, prot, genes, prots, state
 
 
@@ -64,7 +72,7 @@ def test_hvg_are_scanpy_seurat_and_keep_store_order(fitted):
 def test_n_hvg_zero_keeps_all_expressed_genes():
     rna, prot, genes, prots = _data(g=20)
     rna = sp.csr_matrix(rna.toarray() * (np.arange(20) != 3))  # gene 3 never expressed
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=0)
+    state = fit(rna, prot, genes, prots, n_hvg=0)
     expressed = np.asarray(rna.sum(0)).ravel() > 0
     assert "G3" not in state.genes
     assert state.genes == [g for i, g in enumerate(genes) if expressed[i]]
@@ -75,7 +83,7 @@ def test_scaling_is_fitted_on_given_cells_only(fitted):
     x = log_normalize(rna, 1e4)[:, [genes.index(g) for g in state.genes]].toarray()
     np.testing.assert_allclose(state.rna_mean, x.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state.rna_std, x.std(0), rtol=1e-4, atol=1e-5)
-    other = fit_preprocessing(rna[:100], prot[:100], genes, prots, n_hvg=40)
+    other = fit(rna[:100], prot[:100], genes, prots, n_hvg=40)
     assert not np.allclose(other.prot_mean, state.prot_mean)
 
 
@@ -120,7 +128,8 @@ def test_missing_genes_zero_filled_and_reported(fitted, caplog):
     keep = [i for i, g in enumerate(genes) if g not in drop]
     with caplog.at_level(logging.WARNING):
         counts, lib, report = align_rna(rna[:, keep], [genes[i] for i in keep], state)
-    assert report.n_missing == 4 and sorted(report.missing) == sorted(drop)
+    assert report.n_missing == 4
+    assert sorted(report.missing) == sorted(drop)
     assert report.missing_fraction == pytest.approx(0.1)
     assert "lacks 4" in caplog.text
     assert counts[:, :4].nnz == 0
@@ -166,7 +175,8 @@ def test_proteins_partial_overlap_and_no_overlap(fitted):
 def test_state_json_roundtrip(fitted):
     *_, state = fitted
     back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert back.genes == state.genes and back.proteins == state.proteins
+    assert back.genes == state.genes
+    assert back.proteins == state.proteins
     np.testing.assert_allclose(back.rna_std, state.rna_std)
     with pytest.raises(InputError):
         PreprocessState.from_dict({"genes": []})
@@ -174,8 +184,9 @@ def test_state_json_roundtrip(fitted):
 
 def test_no_scaling_options():
     rna, prot, genes, prots = _data()
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=10, scale_rna=False, scale_prot=False)
-    assert state.rna_mean is None and state.prot_mean is None
+    state = fit(rna, prot, genes, prots, n_hvg=10, scale_rna=False, scale_prot=False)
+    assert state.rna_mean is None
+    assert state.prot_mean is None
     pre = TorchPreprocessor(state)
     c, lib, _ = align_rna(rna, genes, state)
     x = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib))
@@ -186,7 +197,7 @@ def test_principal_axes_projection(fitted):
     from sklearn.decomposition import PCA
 
     rna, prot, genes, prots, _ = fitted
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5)
+    state = fit(rna, prot, genes, prots, n_hvg=40, n_pcs=5)
     assert state.rna_pcs.shape == (5, 40)
     x = np.clip((log_normalize(rna, 1e4)[:, [genes.index(g) for g in state.genes]].toarray() - state.rna_mean)
                 / state.rna_std, -10, 10)
@@ -195,7 +206,8 @@ def test_principal_axes_projection(fitted):
     pre = TorchPreprocessor(state)
     c, lib, _ = align_rna(rna, genes, state)
     z = pre.rna(torch.as_tensor(c.toarray()), torch.as_tensor(lib))
-    assert pre.rna_dim == 5 and z.shape == (rna.shape[0], 5)
+    assert pre.rna_dim == 5
+    assert z.shape == (rna.shape[0], 5)
     np.testing.assert_allclose(z.numpy(), x @ state.rna_pcs.T, rtol=1e-3, atol=1e-3)
     back = PreprocessState.from_dict(json.loads(json.dumps(state.to_dict())))
     np.testing.assert_allclose(back.rna_pcs, state.rna_pcs)
@@ -203,7 +215,7 @@ def test_principal_axes_projection(fitted):
 
 def test_depth_features_append_standardised_log_totals(fitted):
     rna, prot, genes, prots, _ = fitted
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5, depth_features=True)
+    state = fit(rna, prot, genes, prots, n_hvg=40, n_pcs=5, depth_features=True)
     lr = np.log1p(np.asarray(rna.sum(1)).ravel())
     lp = np.log1p(prot.sum(1))
     np.testing.assert_allclose(state.depth, [lr.mean(), lr.std(), lp.mean(), lp.std()], rtol=1e-5)
@@ -230,7 +242,9 @@ def test_select_protein_genes_is_top_abs_pearson_per_protein():
         r = np.abs([np.corrcoef(x[:, g], y[:, p])[0, 1] if x[:, g].std() > 0 else 0.0 for g in range(30)])
         ref += [int(g) for g in np.argsort(-r, kind="stable")[:2] if g not in ref]
     assert got.tolist() == ref
-    assert got[0] == 3 and 11 in got.tolist() and 7 not in got.tolist()
+    assert got[0] == 3
+    assert 11 in got.tolist()
+    assert 7 not in got.tolist()
     assert len(set(got.tolist())) == len(got)  # a gene picked twice enters once
 
 
@@ -241,7 +255,8 @@ def test_select_protein_genes_budget_keeps_every_proteins_best_genes():
     full = select_protein_genes(x, y, 4)
     assert full.tolist() == [10 * p + i for p in range(6) for i in range(4)]  # by protein, best first
     cut = select_protein_genes(x, y, 4, max_genes=15)
-    assert len(cut) == 15 and set(cut.tolist()) <= set(full.tolist())
+    assert len(cut) == 15
+    assert set(cut.tolist()) <= set(full.tolist())
     assert {g // 10 for g in cut.tolist() if g % 10 < 2} == set(range(6))  # every protein's two best kept
 
 
@@ -249,9 +264,11 @@ def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted, caplog):
     rna, _, genes, prots, _ = fitted
     lognorm = log_normalize(rna, 1e4).toarray()
     prot = np.round(np.expm1(lognorm[:, :6]) * 3 + 5).astype(np.float32)  # protein p follows gene p
-    state = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=5, protein_genes=1, depth_features=True)
+    state = fit(rna, prot, genes, prots, n_hvg=40, n_pcs=5, protein_genes=1, depth_features=True)
     pg = state.protein_genes
-    assert pg and len(pg) <= 6 and set(pg) <= set(state.genes)
+    assert pg
+    assert len(pg) <= 6
+    assert set(pg) <= set(state.genes)
     x = np.clip((lognorm[:, [genes.index(g) for g in state.genes]] - state.rna_mean) / state.rna_std, -10, 10)
     assert pg == [state.genes[i] for i in select_protein_genes(x, clr(prot), 1)]  # picked on the scaled HVGs
     pre = TorchPreprocessor(state)
@@ -276,18 +293,30 @@ def test_protein_genes_enter_the_rna_input_beside_the_pcs(fitted, caplog):
     present = torch.ones(len(state.genes))
     present[state.genes.index(pg[0])] = 0
     z2 = pre.rna(torch.as_tensor(c2.toarray()), torch.as_tensor(lib2), present).numpy()
-    assert report.missing == [pg[0]] and np.all(z2[:, 5] == 0)
+    assert report.missing == [pg[0]]
+    assert np.all(z2[:, 5] == 0)
 
 
 def test_protein_genes_need_pcs_and_old_states_have_none(fitted):
     rna, prot, genes, prots, state = fitted
-    no_pcs = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, protein_genes=3)
-    assert no_pcs.protein_genes is None and no_pcs.rna_projection is None  # every HVG is an input already
+    no_pcs = fit(rna, prot, genes, prots, n_hvg=40, protein_genes=3)
+    assert no_pcs.protein_genes is None
+    assert no_pcs.rna_projection is None
     d = state.to_dict()
     d.pop("protein_genes")  # a model saved before the option existed
     assert PreprocessState.from_dict(d).protein_genes is None
-    with_pcs = fit_preprocessing(rna, prot, genes, prots, n_hvg=40, n_pcs=3, protein_genes=2)
+    with_pcs = fit(rna, prot, genes, prots, n_hvg=40, n_pcs=3, protein_genes=2)
     bad = with_pcs.to_dict()
     bad["protein_genes"] = ["not-a-model-gene"]
     with pytest.raises(InputError, match="protein_genes"):
         TorchPreprocessor(PreprocessState.from_dict(bad))
+
+
+def test_fit_preprocessing_takes_every_setting_from_the_config_section():
+    """One keyword per key of the ``preprocess`` section and no default in code (configs/default.yaml has them)."""
+    import inspect
+
+    params = inspect.signature(fit_preprocessing).parameters
+    keyword = {name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keyword == set(default_config()["preprocess"])
+    assert all(params[name].default is inspect.Parameter.empty for name in keyword)

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from omicsclip.cli.main import app
 from omicsclip.errors import InputError
-from omicsclip.evaluation.selection import select_best, validation_metrics, write_selection
-from omicsclip.report.render import ReportInputs, fewlabel_curves, read_train_log, render_report, write_report
+from omicsclip.evaluation.selection import read_train_log, select_best, validation_metrics, write_selection
+from omicsclip.report import ReportInputs, fewlabel_curves, render_report, write_report
 
 TYPES = ["B", "CD4 T", "CD8 T", "NK", "Mono"]
 PROTEINS = [f"CD{i}" for i in range(1, 9)]
@@ -110,7 +110,9 @@ def test_select_uses_validation_not_test(tmp_path: Path) -> None:
     m["methods"]["omicsclip"]["recall_at_10"] = 0.99
     (b / "metrics.json").write_text(json.dumps(m))
     sel = select_best([a / "metrics.json", b / "metrics.json"])
-    assert sel["selected"] == "0.05" and sel["temperature"] == 0.05 and sel["source"] == "validation"
+    assert sel["selected"] == "0.05"
+    assert sel["temperature"] == 0.05
+    assert sel["source"] == "validation"
     assert [r["rank"] for r in sel["runs"]] == [1, 2]
     assert "n_val_cells" in validation_metrics(a / "metrics.json")  # counts are kept but never ranked on
     assert select_best([a / "metrics.json", b / "metrics.json"], metric="foscttm")["selected"] == "0.05"
@@ -136,7 +138,9 @@ def test_fewlabel_curves_aggregates_draws() -> None:
     data = {"records": [{"method": "omicsclip", "labels_per_class": 5, "accuracy": a} for a in (0.5, 0.7)]}
     curves = fewlabel_curves(data)
     ((n, mean, sd),) = curves["accuracy"]["omicsclip"]
-    assert n == 5 and mean == pytest.approx(0.6) and sd == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert n == 5
+    assert mean == pytest.approx(0.6)
+    assert sd == pytest.approx(np.std([0.5, 0.7], ddof=1))
     nested = fewlabel_curves({"omicsclip": {"1": {"accuracy": {"mean": 0.4, "std": 0.1}}}})
     assert nested["accuracy"]["omicsclip"] == [(1.0, 0.4, 0.1)]
     with pytest.raises(InputError):
@@ -154,11 +158,12 @@ def test_read_train_log_names_bad_line(tmp_path: Path) -> None:
 
 
 def test_metrics_without_numbers_is_a_note_not_a_traceback() -> None:
-    from omicsclip.report.render import Figures, RunData, _guard, _section_metrics
+    from omicsclip.evaluation.selection import RunData
+    from omicsclip.report.render import Figures, _guard, _section_metrics
 
     run = RunData(label="0.1", temperature=0.1, log=[], metrics={"methods": {"omicsclip": {}}}, model_meta={})
-    html = _guard("Metrics", _section_metrics, run, Figures(None))
-    assert "no numeric metrics" in html
+    section = _guard("Metrics", _section_metrics, run, Figures(None))
+    assert "no numeric metrics" in section["note"]
 
 
 @pytest.mark.slow
@@ -168,12 +173,14 @@ def test_report_is_self_contained(fake_outputs: dict) -> None:
     write_selection(sel, f["root"] / "selection.json")
     inputs = ReportInputs(dataset="fake", runs=f["runs"], inspect=f["inspect"], selection=f["root"] / "selection.json",
                           embeddings=f["emb"], query=f["query"], fewlabel=f["fewlabel"],
-                          config={"train": {"epochs": 6}})
+                          config={"train": {"epochs": 6}}, label_key="cell_type")
     out = write_report(inputs, f["root"] / "report.html", figures_dir=f["root"] / "figures", max_umap_cells=150)
     text = out.read_text()
     # self-contained: no external resources of any kind
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", text)
-    assert "<script" not in text and "@import" not in text and "url(" not in text
+    assert "<script" not in text
+    assert "@import" not in text
+    assert "url(" not in text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     expected = {"cell_types", "training_curves", "temperature_sweep", "retrieval_vs_baselines", "umap",
                 "imputation", "fewlabel"}
@@ -185,7 +192,9 @@ def test_report_is_self_contained(fake_outputs: dict) -> None:
         assert heading in text
     assert 'class="note"' not in text  # every section rendered
     assert "selected temperature <b>0.1</b>" in text  # 0.62 > 0.55 on validation
-    assert "sha256" in text and "ab" * 32 in text and "epochs: 6" in text  # provenance
+    assert "sha256" in text
+    assert "ab" * 32 in text
+    assert "epochs: 6" in text
 
 
 @pytest.mark.slow
@@ -194,7 +203,8 @@ def test_report_degrades_to_notes(fake_outputs: dict) -> None:
     (f["query"] / "imputed_protein.h5ad").unlink()
     html = render_report(ReportInputs(dataset="fake", runs=f["runs"][:1], query=f["query"]))
     assert "imputed_protein.h5ad: not found" in html
-    assert "No few-label results" in html and "No embeddings were given" in html
+    assert "No few-label results" in html
+    assert "No embeddings were given" in html
     assert html.count("data:image/png;base64,") == 2  # training curves + metrics bars
     with pytest.raises(InputError, match="at least one run"):
         render_report(ReportInputs(dataset="fake", runs=[]))
@@ -206,10 +216,12 @@ def test_select_and_report_cli(fake_outputs: dict) -> None:
     res = runner.invoke(app, ["select", *[str(r / "metrics.json") for r in f["runs"]],
                               "--out", str(f["root"] / "sel.json"), "--copy-model-to", str(f["root"] / "best")])
     assert res.exit_code == 0, res.output
-    assert "selected 0.1" in res.output and (f["root"] / "best" / "model.json").exists()
+    assert "selected 0.1" in res.output
+    assert (f["root"] / "best" / "model.json").exists()
     res = runner.invoke(app, ["select", str(f["runs"][0] / "metrics.json"), "--metric", "nope",
                               "--out", str(f["root"] / "x.json")])
-    assert res.exit_code == 2 and "choose one of" in res.output
+    assert res.exit_code == 2
+    assert "choose one of" in res.output
     # the installed entry point: report with only the runs (no UMAP -> fast)
     out = f["root"] / "r.html"
     proc = subprocess.run([_omicsclip(), "report", "--dataset", "fake", "--run", str(f["runs"][0]),
@@ -220,7 +232,8 @@ def test_select_and_report_cli(fake_outputs: dict) -> None:
     assert "Temperature sweep" in out.read_text()
     proc = subprocess.run([_omicsclip(), "report", "--run", str(f["runs"][0]), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert proc.returncode == 2
+    assert "already exists" in proc.stderr
 
 
 @pytest.mark.slow
@@ -228,20 +241,21 @@ def test_umap_separates_clusters_in_two_dimensions() -> None:
     """UMAP of three blobs: finite 2-D coordinates, clusters separated, each cluster a 2-D cloud."""
     from sklearn.metrics import silhouette_score
 
-    from omicsclip.report.render import umap_coords
+    from omicsclip.report.projection import umap_coords
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 16)) * 3
     y = np.repeat(np.arange(3), 100)
     xy = umap_coords(centres[y] + rng.normal(size=(300, 16)), seed=0)
-    assert xy.shape == (300, 2) and np.isfinite(xy).all()
+    assert xy.shape == (300, 2)
+    assert np.isfinite(xy).all()
     assert silhouette_score(xy, y) > 0.5
     for k in range(3):
         s = np.linalg.svd(xy[y == k] - xy[y == k].mean(0), compute_uv=False)
         assert s[1] / s[0] > 0.25
 
 
-@pytest.mark.parametrize("field, value, key", [
+@pytest.mark.parametrize(("field", "value", "key"), [
     ("n_cells", "many", "n_cells"), ("proteins", "CD3", "proteins"), ("obs", {"cell_type": [1, 2]}, "obs.cell_type"),
     ("obs", {"cell_type": {"T": "ten"}}, "obs.cell_type"), ("qc", [1], "qc"), ("n_genes", 500.0, "n_genes"),
     ("obs", {"batch": {"n_levels": "many"}}, "obs.batch.n_levels"), ("provenance", [1], "provenance"),
@@ -253,3 +267,20 @@ def test_report_refuses_inspect_json_of_the_wrong_shape(fake_outputs: dict, fiel
     f["inspect"].write_text(json.dumps(info))
     with pytest.raises(InputError, match=f"'{key}' must be"):
         render_report(ReportInputs(dataset="fake", runs=f["runs"][:1], inspect=f["inspect"]))
+
+
+def test_untrusted_names_are_escaped(fake_outputs: dict) -> None:
+    """Dataset names, labels and table cells may hold '<': the page shows them, it does not parse them."""
+    f = fake_outputs
+    info = json.loads(f["inspect"].read_text())
+    info["obs"]["cell_type"] = {"<script>x</script>": 3, "B": 4}
+    f["inspect"].write_text(json.dumps(info))
+    (f["query"] / "summary.json").write_text(json.dumps({"<b>key</b>": "a<b"}))
+    html = render_report(ReportInputs(dataset="d<i>s</i>", runs=f["runs"][:1], inspect=f["inspect"],
+                                      query=f["query"], label_key="cell_type"))
+    assert "<script" not in html
+    assert "<i>" not in html
+    assert "<b>key</b>" not in html
+    assert "d&lt;i&gt;s&lt;/i&gt;" in html
+    assert "&lt;script&gt;x&lt;/script&gt; (3)" in html
+    assert "a&lt;b" in html

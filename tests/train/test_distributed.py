@@ -148,9 +148,11 @@ def test_torchrun_sigterm_checkpoints_all_ranks_then_resume_matches_uninterrupte
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, "the run finished before it could be interrupted"
-    assert "rerun with --resume" in err and not out.exists()
+    assert "rerun with --resume" in err
+    assert not out.exists()
     step = load_checkpoint(tmp_path / "m.partial" / "checkpoints" / "last.pt")["global_step"]
-    assert 0 < step < 40 * 3 and step % SIGNAL_CHECK_EVERY == 0
+    assert 0 < step < 40 * 3
+    assert step % SIGNAL_CHECK_EVERY == 0
     r = subprocess.run(torchrun(out, "--resume"), env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sha256_file(out / "model.safetensors") == sha256_file(tmp_path / "ref" / "model.safetensors")

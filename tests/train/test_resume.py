@@ -17,7 +17,7 @@ from conftest import TINY, tiny_store
 
 from omicsclip.config import load_config
 from omicsclip.errors import InputError
-from omicsclip.model.modelio import sha256_file
+from omicsclip.io.hashing import sha256_file
 from omicsclip.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from omicsclip.train.run import train_model
 from omicsclip.train.trainer import Trainer, TrainingInterrupted
@@ -63,7 +63,8 @@ def test_signal_checkpoint_then_resume_is_bit_exact(store, reference, tmp_path, 
         train_model(store, out, load_config(None, RESUME))
     monkeypatch.undo()
     partial = tmp_path / "m.partial"
-    assert not out.exists() and (partial / "checkpoints" / "last.pt").exists()
+    assert not out.exists()
+    assert (partial / "checkpoints" / "last.pt").exists()
     ck = load_checkpoint(partial / "checkpoints" / "last.pt")
     assert ck["global_step"] == step
     train_model(store, out, load_config(None, RESUME), resume=True)
@@ -82,7 +83,8 @@ def test_unfinished_run_needs_resume_or_overwrite(store, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="another config"):
         train_model(store, out, load_config(None, RESUME + ["train.lr=0.01"]), resume=True)
     train_model(store, out, load_config(None, RESUME + ["train.epochs=1"]), overwrite=True)
-    assert (out / "model.json").exists() and not (tmp_path / "m.partial").exists()
+    assert (out / "model.json").exists()
+    assert not (tmp_path / "m.partial").exists()
 
 
 def test_checkpoint_is_weights_only_and_atomic(tmp_path):
@@ -136,7 +138,8 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(store, tmp_p
         if proc.poll() is None:
             proc.kill()
     assert rc == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not out.exists() and ckpt.exists()
+    assert not out.exists()
+    assert ckpt.exists()
     killed_at = load_checkpoint(ckpt)["global_step"]
     assert 0 < killed_at < 15 * 3
     r = subprocess.run([_omicsclip(), "train", str(store), "--out", str(out), "--resume", *sets], env=env,

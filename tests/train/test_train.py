@@ -12,21 +12,25 @@ import scipy.sparse as sp
 import torch
 from conftest import TINY, tiny_store
 
-from omicsclip.config import load_config
+from omicsclip.config import default_config, load_config
 from omicsclip.errors import InputError
+from omicsclip.io.hashing import sha256_file
 from omicsclip.io.split import make_split, read_split, write_split
-from omicsclip.model.modelio import load_model, sha256_file
+from omicsclip.model.batchops import Augmentation, model_inputs, thin_counts
+from omicsclip.model.modelio import load_model
 from omicsclip.model.preprocess import TorchPreprocessor, fit_preprocessing
-from omicsclip.train.data import (
-    Augmentation,
-    DeviceBatches,
-    DeviceCells,
-    StoreBatches,
-    model_inputs,
-    thin_counts,
-)
+from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches
 from omicsclip.train.run import train_model
-from omicsclip.train.trainer import EarlyStopping, WarmupCosine, retrieval_scores
+from omicsclip.train.trainer import TrainSettings, WarmupCosine
+from omicsclip.train.validation import EarlyStopping, retrieval_scores
+
+# the config's preprocess section with the plain model input (the scaled genes: no PCs, protein genes or depth)
+PLAIN = {**default_config()["preprocess"], "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+
+
+def fit(rna, prot, genes, proteins, **kw):
+    """``fit_preprocessing`` with :data:`PLAIN` settings, ``kw`` overriding them."""
+    return fit_preprocessing(rna, prot, genes, proteins, **{**PLAIN, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +52,13 @@ def test_split_is_stratified_seeded_and_complete():
     s1 = make_split(obs, test_fraction=0.2, val_fraction=0.1, seed=3)
     s2 = make_split(obs, test_fraction=0.2, val_fraction=0.1, seed=3)
     s3 = make_split(obs, test_fraction=0.2, val_fraction=0.1, seed=4)
-    assert s1.equals(s2) and not s1.equals(s3)
+    assert s1.equals(s2)
+    assert not s1.equals(s3)
     assert list(s1.index) == list(obs.index)
     for label, n in (("a", 500), ("b", 300), ("c", 200)):
         counts = s1[obs["cell_type"] == label].value_counts()
-        assert counts["test"] == round(0.2 * n) and counts["val"] == round(0.1 * n)
+        assert counts["test"] == round(0.2 * n)
+        assert counts["val"] == round(0.1 * n)
 
 
 def test_split_tiny_strata_keep_training_cells_and_unstratified_fallback():
@@ -75,8 +81,10 @@ def test_split_roundtrip(tmp_path):
 # ------------------------------------------------------------------------------------------------ pieces
 def test_warmup_cosine_schedule():
     f = WarmupCosine(warmup=10, total=110)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
 
 
 def _brute(a, b, k=10):
@@ -98,9 +106,11 @@ def test_retrieval_scores_match_brute_force():
     b = a + rng.normal(scale=0.8, size=a.shape)
     r, f = retrieval_scores(torch.tensor(a), torch.tensor(b), k=10, chunk=37)
     rr, ff = _brute(a, b)
-    assert r == pytest.approx(rr) and f == pytest.approx(ff)
+    assert r == pytest.approx(rr)
+    assert f == pytest.approx(ff)
     r, f = retrieval_scores(torch.tensor(a), torch.tensor(a))
-    assert r == 1.0 and f == 0.0
+    assert r == 1.0
+    assert f == 0.0
 
 
 def test_early_stopping_tracks_best_weights():
@@ -109,9 +119,12 @@ def test_early_stopping_tracks_best_weights():
     assert es.update(0.1, 0.30, 1, m)
     with torch.no_grad():
         m.weight.add_(1.0)
-    assert not es.update(0.2, 0.31, 2, m) and not es.should_stop
-    assert not es.update(0.2, 0.35, 3, m) and es.should_stop
-    assert es.best_epoch == 1 and not torch.equal(es.best_state["weight"], m.weight)
+    assert not es.update(0.2, 0.31, 2, m)
+    assert not es.should_stop
+    assert not es.update(0.2, 0.35, 3, m)
+    assert es.should_stop
+    assert es.best_epoch == 1
+    assert not torch.equal(es.best_state["weight"], m.weight)
     es2 = EarlyStopping(patience=2, monitor="recall_at_10")
     es2.update(0.1, 0.3, 1, m)
     assert es2.update(0.2, 0.9, 2, m)  # higher recall is better even if FOSCTTM is worse
@@ -141,7 +154,7 @@ def test_device_cells_gather_is_an_index_gather():
 
 def test_model_inputs_without_augmentation_equal_preprocessing():
     rna, lib, prot = _cells()
-    state = fit_preprocessing(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0)
+    state = fit(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0)
     pre = TorchPreprocessor(state)
     x, y = model_inputs(DeviceCells(rna, lib, prot, "cpu").gather(torch.arange(40)), pre)
     torch.testing.assert_close(x, pre.rna(torch.as_tensor(rna.toarray()), torch.as_tensor(lib, dtype=torch.float32)))
@@ -152,7 +165,8 @@ def test_binomial_thinning_statistics():
     g = torch.Generator().manual_seed(0)
     c = torch.full((20000,), 10.0)
     t = thin_counts(c, torch.tensor(0.3), g)
-    assert torch.all(t <= c) and torch.all(t == t.round())
+    assert torch.all(t <= c)
+    assert torch.all(t == t.round())
     assert t.mean().item() == pytest.approx(3.0, abs=0.05)
     assert t.var().item() == pytest.approx(10 * 0.3 * 0.7, rel=0.05)
     assert torch.equal(thin_counts(c, torch.tensor(1.0), g), c)
@@ -160,14 +174,16 @@ def test_binomial_thinning_statistics():
 
 def test_augmentation_is_seeded_and_changes_inputs():
     rna, lib, prot = _cells()
-    state = fit_preprocessing(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0)
+    state = fit(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0)
     pre = TorchPreprocessor(state)
     batch = DeviceCells(rna, lib, prot, "cpu").gather(torch.arange(40))
     aug = Augmentation(thinning=0.5, feature_dropout=0.2)
     x1, y1 = model_inputs(batch, pre, aug, torch.Generator().manual_seed(1))
     x2, y2 = model_inputs(batch, pre, aug, torch.Generator().manual_seed(1))
     x0, _ = model_inputs(batch, pre)
-    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x0)
+    assert torch.equal(x1, x2)
+    assert torch.equal(y1, y2)
+    assert not torch.equal(x1, x0)
     assert 0.1 < (x1 == 0).float().mean().item() < 0.4
 
 
@@ -187,13 +203,14 @@ def test_store_batches_stream_the_training_cells(store):
 
     d = read_store(store)
     rows = np.arange(0, d.n_cells, 2)
-    state = fit_preprocessing(d.rna[rows], d.prot[rows], d.gene_names, d.protein_names, n_hvg=0)
+    state = fit(d.rna[rows], d.prot[rows], d.gene_names, d.protein_names, n_hvg=0)
     src = StoreBatches(store, rows, state, batch_size=32, seed=0, device="cpu", chunk_cells=50)
     batches = list(src.epoch(0))
     assert len(batches) == src.steps_per_epoch == len(rows) // 32
     got = torch.cat([b.prot for b in batches]).numpy()
     want = {tuple(r) for r in d.prot[rows]}
-    assert all(tuple(r) in want for r in got) and len({tuple(r) for r in got}) == len(got)
+    assert all(tuple(r) in want for r in got)
+    assert len({tuple(r) for r in got}) == len(got)
     later = list(src.epoch(0, start_step=2))
     assert torch.equal(later[0].prot, batches[2].prot)
     assert not torch.equal(list(src.epoch(1))[0].prot, batches[0].prot)
@@ -206,7 +223,8 @@ def test_train_writes_model_folder(trained, store):
     assert not trained.with_name("m.partial").exists()
     meta = json.loads((trained / "model.json").read_text())
     assert meta["model_fingerprint"] == sha256_file(trained / "model.safetensors")
-    assert len(meta["data_fingerprint"]) == 64 and meta["preprocessing"]["genes"]
+    assert len(meta["data_fingerprint"]) == 64
+    assert meta["preprocessing"]["genes"]
     assert meta["config"]["model"]["embed_dim"] == 8
     log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
@@ -215,7 +233,8 @@ def test_train_writes_model_folder(trained, store):
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     model = load_model(trained)
     split = model.split
-    assert set(split) == {"train", "val", "test"} and len(split) == 300
+    assert set(split) == {"train", "val", "test"}
+    assert len(split) == 300
     assert meta["n_cells"]["test"] == int((split == "test").sum())
 
 
@@ -242,7 +261,8 @@ def test_streamed_chunked_bf16_variants_run(store, tmp_path):
                                     "train.precision=bf16", "train.learnable_temperature=true"])
     out = train_model(store, tmp_path / "m", cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert len(log) == 2 and all(math.isfinite(r["train_loss"]) for r in log)
+    assert len(log) == 2
+    assert all(math.isfinite(r["train_loss"]) for r in log)
     assert load_model(out).meta["training"]["bf16"] is True
 
 
@@ -268,7 +288,7 @@ def test_sparse_projection_path_equals_dense():
     from omicsclip.model.batchops import gather_rows  # noqa: F401  (the path model_inputs takes with a projection)
 
     rna, lib, prot = _cells(n=30, g=12)
-    state = fit_preprocessing(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0, n_pcs=4)
+    state = fit(rna, prot, [f"g{i}" for i in range(12)], ["a", "b", "c"], n_hvg=0, n_pcs=4)
     pre = TorchPreprocessor(state)
     batch = DeviceCells(rna, lib, prot, "cpu").gather(torch.arange(30))
     x, _ = model_inputs(batch, pre)  # sparse path
@@ -288,14 +308,17 @@ def test_ema_weights_are_the_ones_kept(store, tmp_path):
     plain = train_model(store, tmp_path / "plain", load_config(None, base))
     ema = train_model(store, tmp_path / "ema", load_config(None, base + ["train.ema_decay=0.9"]))
     w0, w1 = load_file(str(plain / "model.safetensors")), load_file(str(ema / "model.safetensors"))
-    assert w0.keys() == w1.keys() and not all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert w0.keys() == w1.keys()
+    assert not all(torch.equal(w0[k], w1[k]) for k in w0)
     assert all(torch.isfinite(v).all() for v in w1.values())
 
 
 def test_logit_chunk_auto():
     from omicsclip.train.trainer import logit_chunk
 
-    assert logit_chunk(0, 512) == 0 and logit_chunk(0, 65_536) == 8_192 and logit_chunk(100, 512) == 100
+    assert logit_chunk(0, 512) == 0
+    assert logit_chunk(0, 65_536) == 8_192
+    assert logit_chunk(100, 512) == 100
 
 
 def test_min_steps_extends_training_of_small_data(store, tmp_path):
@@ -304,4 +327,16 @@ def test_min_steps_extends_training_of_small_data(store, tmp_path):
                                                                        "train.patience=100"]))
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
     steps_per_epoch = log[0]["step"]
-    assert len(log) == math.ceil(10 / steps_per_epoch) and log[-1]["step"] >= 10
+    assert len(log) == math.ceil(10 / steps_per_epoch)
+    assert log[-1]["step"] >= 10
+
+
+def test_train_settings_come_from_the_config_only():
+    """TrainSettings has no defaults of its own: every field is the train section's value (or bf16)."""
+    train = default_config()["train"]
+    s = TrainSettings.from_config(train, bf16=False)
+    assert all(getattr(s, k) == train[k] for k in s.__dataclass_fields__ if k != "bf16")
+    with pytest.raises(TypeError):
+        TrainSettings()  # no fallback values
+    with pytest.raises(KeyError):
+        TrainSettings.from_config({k: v for k, v in train.items() if k != "lr"}, bf16=False)

@@ -50,12 +50,15 @@ def test_default_config_is_the_demo(tmp_path: Path) -> None:
     counts = job_counts(res.stdout)
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     n_temps = len(demo["train"]["temperatures"])
-    assert counts["synth"] == 1 and counts["train"] == n_temps and counts["evaluate"] == n_temps
+    assert counts["synth"] == 1
+    assert counts["train"] == n_temps
+    assert counts["evaluate"] == n_temps
     assert all(counts[s] == 1 for s in STAGES - {"evaluate"})
-    assert "results/demo/t0.05/model" in res.stdout and "results/demo/report.html" in res.stdout
+    assert "results/demo/t0.05/model" in res.stdout
+    assert "results/demo/report.html" in res.stdout
 
 
-@pytest.mark.parametrize("name, data", [("pbmc10k", "pbmc10k_protein_v3"), ("bremsc", "bremsc_inhouse_pbmc")])
+@pytest.mark.parametrize(("name", "data"), [("pbmc10k", "pbmc10k_protein_v3"), ("bremsc", "bremsc_inhouse_pbmc")])
 def test_real_data_configs_dry_run(tmp_path: Path, name: str, data: str) -> None:
     h5ad = shared_h5ad(data)
     cfg_path = REPO / "configs" / f"{name}.yaml"
@@ -64,7 +67,8 @@ def test_real_data_configs_dry_run(tmp_path: Path, name: str, data: str) -> None
     res = smk(["-n", "--configfile", str(cfg_path)], tmp_path)
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
-    assert "synth" not in counts and "demo" not in res.stdout  # the demo config is replaced, not merged
+    assert "synth" not in counts
+    assert "demo" not in res.stdout
     assert counts["train"] == len(cfg["train"]["temperatures"])
     assert str(h5ad.resolve()) in res.stdout
 
@@ -78,9 +82,13 @@ def test_two_datasets_and_learnable_temperature(tmp_path: Path) -> None:
     res = smk(["-n", "--configfile", str(cfg)], tmp_path)
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
-    assert counts["synth"] == 2 and counts["train"] == 2 and counts["report"] == 2
-    assert counts["finetune"] == 1 and counts["fewlabel"] == 1  # b is unlabelled
-    assert "out/a/tlearn/model" in res.stdout and "out/b/report.html" in res.stdout
+    assert counts["synth"] == 2
+    assert counts["train"] == 2
+    assert counts["report"] == 2
+    assert counts["finetune"] == 1
+    assert counts["fewlabel"] == 1
+    assert "out/a/tlearn/model" in res.stdout
+    assert "out/b/report.html" in res.stdout
 
 
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
@@ -90,11 +98,16 @@ def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     blocks = res.stdout.split("\n\n")
     train = [b for b in blocks if re.search(r"^\s*rule train:", b, re.M)]
     ingest = [b for b in blocks if re.search(r"^\s*rule ingest:", b, re.M)]
-    assert len(train) == 3 and ingest
+    assert len(train) == 3
+    assert ingest
     for b in train:
-        assert "gpu=1" in b and "slurm_partition=<gpu-partition>" in b and re.search(r"runtime=\d+", b)
-        assert re.search(r"mem_mb=\d+", b) and "threads: 8" in b
-    assert "slurm_partition=<cpu-partition>" in ingest[0] and "gpu=" not in ingest[0]
+        assert "gpu=1" in b
+        assert "slurm_partition=<gpu-partition>" in b
+        assert re.search(r"runtime=\d+", b)
+        assert re.search(r"mem_mb=\d+", b)
+        assert "threads: 8" in b
+    assert "slurm_partition=<cpu-partition>" in ingest[0]
+    assert "gpu=" not in ingest[0]
 
 
 def test_local_profile_dry_run(tmp_path: Path) -> None:
@@ -118,7 +131,8 @@ def test_train_params_carry_the_config(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     trains = [line for line in res.stdout.splitlines() if "omicsclip train" in line]
     assert len(trains) == 2
-    assert any('"temperature": 0.07,' in t for t in trains) and any('"temperature": 1.0e-05,' in t for t in trains)
+    assert any('"temperature": 0.07,' in t for t in trains)
+    assert any('"temperature": 1.0e-05,' in t for t in trains)
     assert all('"weight_decay": 1.0e-05' in t and "temperatures" not in t for t in trains)
     assert "results/d/t1e-05/model" in res.stdout
 
@@ -127,7 +141,12 @@ def load_common(cfg: dict) -> dict:
     """Execute workflow/rules/common.smk as the Snakefile does (merge with defaults, validate); its namespace."""
     ns = {"workflow": SimpleNamespace(basedir=str(REPO), configfiles=["bad.yaml"]), "config": cfg}
     path = REPO / "workflow" / "rules" / "common.smk"
-    exec(compile(path.read_text(), str(path), "exec"), ns)  # noqa: S102 - the workflow's own helper file
+    saved = dict(os.environ)
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), ns)  # noqa: S102 - the workflow's own helper file
+    finally:  # common.smk exports OMICSCLIP_PIP_SPEC for --sdm conda; keep this process's environment as it was
+        os.environ.clear()
+        os.environ.update(saved)
     return ns
 
 
@@ -150,7 +169,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg, message", BAD_CONFIGS, ids=[
+@pytest.mark.parametrize(("cfg", "message"), BAD_CONFIGS, ids=[
     "unknown-key", "wrong-type", "empty-sweep", "results-dir-type", "missing-input", "three-inputs",
     "input-and-synthetic", "no-input", "no-datasets", "range", "unknown-synthetic-key", "dataset-name"])
 def test_config_validation_messages(cfg: dict, message: str) -> None:
@@ -159,7 +178,8 @@ def test_config_validation_messages(cfg: dict, message: str) -> None:
     with pytest.raises(WorkflowError) as info:
         load_common(cfg)
     text = str(info.value)
-    assert message in text and "\n" not in text.strip()  # one line naming the file and the key
+    assert message in text
+    assert "\n" not in text.strip()
 
 
 def test_valid_config_helpers() -> None:
@@ -175,9 +195,54 @@ def test_valid_config_helpers() -> None:
                   {"a": [1.5e-07, "x y"]}):
         assert yaml.safe_load(yv(value)) == value
     opts = ns["train_opts"]("a", "0.05")
-    assert '"temperature": 0.05' in opts and "temperatures" not in opts and '"learnable_temperature": false' in opts
-    assert '"stratify": "cell_type"' in opts and '"stratify": "celltype_l1"' in ns["train_opts"]("b", "learn")
-    assert ns["labelled"]("a") and ns["labelled"]("b")
+    assert '"temperature": 0.05' in opts
+    assert "temperatures" not in opts
+    assert '"learnable_temperature": false' in opts
+    assert '"stratify": "cell_type"' in opts
+    assert '"stratify": "celltype_l1"' in ns["train_opts"]("b", "learn")
+    assert ns["labelled"]("a")
+    assert ns["labelled"]("b")
+
+
+YAML_VALUES = [1e-05, 0.1, 1.0, -0.0, 1e20, 2.5e-300, 3, -7, 0, True, False, None, "auto", "(?i)^igg", "1e-5",
+               "1.0", "yes", "no", "null", "~", "", " lead", "x y", "it's", 'say "hi"', "a: b", "#c", "[x]", "{y}",
+               "a\nb", "tab\tc", "ünï", "$HOME", "`x`", "a=b", [512, 256], [], {}, [[1, 2.0], ["s"]],
+               {"a": [1.5e-07, "x y"], "k y": {"n": None}, "3": 3}]
+
+
+@pytest.mark.parametrize("value", YAML_VALUES, ids=[repr(v)[:24] for v in YAML_VALUES])
+def test_yaml_value_round_trips_through_the_shell(value: object) -> None:
+    """A config value reaches the CLI's `--set key=VALUE` (parsed with yaml.safe_load) unchanged: one line,
+    floats stay floats, strings stay strings, shell quoting is harmless."""
+    import shlex
+
+    from omicsclip.config import parse_override
+
+    text = load_common({"datasets": SYN})["yaml_value"](value)
+    assert "\n" not in text
+    assert not text.endswith("...")
+    assert yaml.safe_load(text) == value
+    assert type(yaml.safe_load(text)) is type(value)
+    if isinstance(value, float):
+        assert "." in text.split("e")[0]
+    (arg,) = shlex.split(shlex.quote(f"s.k={text}"))  # what the rule's shell passes on
+    assert parse_override(arg) == {"s": {"k": value}}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), [1.0, float("nan")],
+                                   {"a": {"b": float("inf")}}])
+def test_yaml_value_refuses_non_finite(value: object) -> None:
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match=r"config value -?(nan|inf) cannot be passed to the CLI"):
+        load_common({"datasets": SYN})["yaml_value"](value)
+
+
+def test_yaml_value_refuses_other_types() -> None:
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="config value of type object cannot be passed to the CLI"):
+        load_common({"datasets": SYN})["yaml_value"](object())
 
 
 def test_unknown_key_is_refused_by_snakemake(tmp_path: Path) -> None:
@@ -185,7 +250,8 @@ def test_unknown_key_is_refused_by_snakemake(tmp_path: Path) -> None:
     bad = write_config(tmp_path / "bad.yaml", {"datasets": SYN, "train": {"epoch": 4}})
     res = smk(["-n", "--configfile", str(bad)], tmp_path)
     out = res.stdout + res.stderr
-    assert res.returncode != 0 and "Traceback" not in out
+    assert res.returncode != 0
+    assert "Traceback" not in out
     assert f"config {bad}: train: Additional properties are not allowed ('epoch' was unexpected)" in out
 
 
@@ -209,7 +275,27 @@ def test_failed_job_leaves_no_output(tmp_path: Path) -> None:
     assert not (ds / "store.zarr").exists()
     assert not [p.name for p in ds.iterdir() if p.name.startswith(".store.zarr")]  # no half-written temporary
     log = (ds / "logs" / "ingest.log").read_text()
-    assert "omicsclip: error:" in log and "Traceback" not in log
+    assert "omicsclip: error:" in log
+    assert "Traceback" not in log
     # the failure is not remembered as a success: a dry run still wants to ingest
     again = smk(["results/broken/store.zarr", "-n", "--configfile", str(cfg)], tmp_path)
     assert job_counts(again.stdout).get("ingest") == 1
+
+
+def test_packaged_snakefile_takes_relative_inputs_from_the_working_directory(tmp_path: Path) -> None:
+    """The packaged workflow/Snakefile (what an installed wheel runs) has no repository root: relative dataset
+    inputs are taken from --directory; the checkout's top-level Snakefile keeps taking them from the root."""
+    from omicsclip.workflow import snakefile
+
+    cfg = write_config(tmp_path / "c.yaml", {"datasets": {"d": {"input": "data/cells.h5ad"}}})
+    env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+    cmd = [str(SNAKEMAKE), "--snakefile", str(snakefile()), "--directory", str(tmp_path), "-n", "--configfile",
+           str(cfg)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode != 0
+    assert f"resolved to {tmp_path}/data/cells.h5ad" in res.stdout + res.stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cells.h5ad").write_text("")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert str(tmp_path / "data" / "cells.h5ad") in res.stdout

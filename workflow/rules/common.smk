@@ -1,19 +1,33 @@
 # Helper Python for the omicsclip workflow: config merging and validation, dataset inputs, run names,
 # per-stage `--set` options and resource estimates. Rules live in the other .smk files.
 
-import json
 import math
 import os
 import shlex
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 
 from omicsclip.config import deep_merge, default_config, validate_config
 from omicsclip.errors import InputError
+from omicsclip import workflow as workflow_package
+from omicsclip.workflow.install import ENV_VAR, pip_spec
 
-REPO = Path(workflow.basedir)
+# Relative dataset inputs: from the repository root when run through the checkout's top-level Snakefile (the
+# shipped configs name ../shared/data/...), from the working directory (--directory) when run through the
+# packaged workflow/Snakefile (an installed wheel has no repository).
+PACKAGED = Path(workflow.basedir).resolve() == Path(workflow_package.__file__).resolve().parent
+REPO = Path(os.getcwd()) if PACKAGED else Path(workflow.basedir)
 CONFIG_SOURCE = "config " + (", ".join(map(str, workflow.configfiles)) or "(--config)")
+
+# --sdm conda: envs/omicsclip.post-deploy.sh installs into the rules' environment the omicsclip running this
+# workflow (its wheel, its checkout or its release), with the pip arguments exported here.
+try:
+    os.environ[ENV_VAR] = pip_spec()
+except PackageNotFoundError:  # omicsclip importable but not installed: the post-deploy script says so
+    pass
 
 
 def merged_config(user_config):
@@ -38,7 +52,7 @@ def merged_config(user_config):
 
 
 def resolve_input(path):
-    """Relative dataset inputs are taken from the repository root (where the Snakefile is)."""
+    """Relative dataset inputs are taken from REPO (the repository root, or the working directory)."""
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else Path(os.path.normpath(REPO / p))
 
@@ -96,27 +110,30 @@ def run_names(cfg):
     return names
 
 
+class _FlowDumper(yaml.SafeDumper):
+    """Safe YAML whose strings (keys too) are double-quoted: one line, JSON-like, never read as another type."""
+
+
+_FlowDumper.add_representer(
+    str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"'))
+
+
+def _check_finite(value):
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        raise WorkflowError(f"config value {value} cannot be passed to the CLI")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _check_finite(item)
+
+
 def yaml_value(value):
-    """Serialise a config value as flow YAML that PyYAML reads back identically (floats keep a dot)."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        if math.isinf(value) or math.isnan(value):
-            raise WorkflowError(f"config value {value} cannot be passed to the CLI")
-        text = repr(value)
-        if "e" in text and "." not in text.split("e")[0]:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}.0e{exponent}"
-        return text
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {yaml_value(v)}" for k, v in value.items()) + "}"
-    raise WorkflowError(f"config value of type {type(value).__name__} cannot be passed to the CLI")
+    """Serialise a config value as one line of flow YAML that PyYAML reads back identically (floats keep a dot)."""
+    _check_finite(value)
+    try:
+        text = yaml.dump(value, Dumper=_FlowDumper, default_flow_style=True, width=math.inf, allow_unicode=True,
+                         sort_keys=False)
+    except yaml.YAMLError:
+        raise WorkflowError(f"config value of type {type(value).__name__} cannot be passed to the CLI") from None
+    return text.removesuffix("\n").removesuffix("\n...")  # a plain top-level scalar ends with "..."
 
 
 def set_opts(*sections, **overrides):

@@ -1,0 +1,121 @@
+"""Light encoder fine-tuning: the encoders' last layers, trained with a head from a store's raw counts.
+
+The tuned layers are saved with the head and applied to the loaded model at prediction time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from omicsclip.conventions import MODALITIES
+from omicsclip.errors import InputError
+from omicsclip.heads.base import FusionHead, as_tensor
+from omicsclip.heads.fit import HeadParams, LastLayerTuner, fit_head_with_encoders
+from omicsclip.heads.inputs import Embedding
+
+
+def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], proteins: list[str],
+                         batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Return the outputs of the (frozen) layers below each encoder's projection, with the model's preprocessing.
+
+    Parameters
+    ----------
+    model
+        A :class:`omicsclip.model.modelio.TrainedModel`.
+    rna, prot
+        Raw counts (cells x genes CSR, cells x proteins).
+    genes, proteins
+        Their feature names (matched to the model's by name).
+    batch_size
+        Cells per forward pass.
+    """
+    from omicsclip.model.alignment import align_proteins, align_rna
+
+    counts, lib, rep = align_rna(rna, genes, model.state)
+    present = torch.ones(len(model.state.genes))
+    if rep.missing:
+        present[torch.as_tensor(pd.Index(model.state.genes).get_indexer(rep.missing))] = 0
+    pcounts, ppresent, _ = align_proteins(prot, proteins, model.state)
+    enc = model.model.eval()
+    hr, hp = [], []
+    with torch.no_grad():
+        for s in range(0, counts.shape[0], batch_size):
+            sl = slice(s, s + batch_size)
+            xr = model.pre.rna(torch.as_tensor(counts[sl].toarray()), torch.as_tensor(lib[sl]), present)
+            xp = model.pre.prot(torch.as_tensor(pcounts[sl]), torch.as_tensor(ppresent))
+            hr.append(enc.rna.body(xr).float().numpy())
+            hp.append(enc.prot.body(xp).float().numpy())
+    return np.concatenate(hr), np.concatenate(hp)
+
+
+def apply_encoder_layers(model: Any, tensors: dict[str, torch.Tensor]) -> bool:
+    """Load fine-tuned last encoder layers (``encoder.*`` tensors of a head) into a loaded model, in place.
+
+    Returns whether any were applied.
+    """
+    applied = False
+    for mod in MODALITIES:
+        state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"encoder.{mod}.proj.")}
+        if state:
+            try:
+                getattr(model.model, mod).proj.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise InputError(f"fine-tuned {mod} encoder layer does not fit the model ({exc})") from None
+            applied = True
+    return applied
+
+
+def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: Embedding, idx: np.ndarray,
+                   y: np.ndarray, n_classes: int, params: HeadParams, eval_rows: np.ndarray,
+                   pool_rows: np.ndarray) -> tuple[FusionHead, dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Fit a head and the encoders' last layers from the store's raw counts of an embedding's cells.
+
+    Parameters
+    ----------
+    store, model_dir
+        The paired store and the model folder the embedding was made with (both required).
+    emb
+        The embedding (its cells' barcodes and model fingerprint).
+    idx, y, n_classes, params
+        Rows of the labelled cells in ``emb``, their classes, the number of classes, the hyper-parameters.
+    eval_rows, pool_rows
+        Rows to embed with the tuned layers (held-out evaluation) and unlabelled training rows.
+
+    Returns
+    -------
+    tuple
+        The head, the tuned layers' tensors and the tuned embeddings of ``eval_rows`` (``rna``, ``prot``).
+    """
+    from omicsclip.io.store import read_store
+    from omicsclip.model.modelio import load_model
+
+    if store is None or model_dir is None:
+        raise InputError("finetune.finetune_encoder needs --store STORE and --model MODEL_DIR")
+    model = load_model(model_dir)
+    if emb.fingerprint is not None and emb.fingerprint != model.fingerprint:
+        raise InputError(f"{emb.path}: embedding was made by model {emb.fingerprint}, "
+                         f"not by {model_dir} ({model.fingerprint})")
+    data = read_store(store)
+    rows = np.unique(np.concatenate([idx, eval_rows, pool_rows]))
+    pos = pd.Index(data.barcodes).get_indexer([str(b) for b in emb.obs.index[rows]])
+    if (pos < 0).any():
+        raise InputError(f"{store}: {int((pos < 0).sum())} cells of {emb.path} are not in the store")
+    hr, hp = penultimate_features(model, data.rna[pos], data.prot[pos], genes=data.gene_names,
+                                  proteins=data.protein_names)
+    where = {r: i for i, r in enumerate(rows)}
+
+    def take(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = np.array([where[i] for i in r], dtype=np.int64)
+        return hr[k], hp[k]
+
+    tuner = LastLayerTuner(model.model.rna.proj, model.model.prot.proj, model.model.members)
+    head = fit_head_with_encoders(*take(idx), y, n_classes, params, tuner,
+                                  unlabelled=take(pool_rows) if len(pool_rows) else None)
+    with torch.no_grad():
+        er, ep = tuner(*(as_tensor(a) for a in take(eval_rows)))
+    return head, tuner.tensors(), {"rna": er.numpy(), "prot": ep.numpy()}

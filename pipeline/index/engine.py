@@ -1,0 +1,177 @@
+"""The per-chunk query engine: embed query cells, search the reference, impute protein and vote labels.
+
+:class:`QueryEngine` turns one chunk of cells into a :class:`ChunkResult`; :mod:`omicsclip.index.query` drives it
+over a whole input (in memory or streamed to files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from omicsclip.conventions import MODALITIES, is_unlabelled
+from omicsclip.errors import InputError
+from omicsclip.index.impute import confidence, impute, neighbour_weights, vote
+from omicsclip.index.reference import ReferenceIndex
+from omicsclip.io.paired import PairedData
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """The ``query:`` config section, resolved.
+
+    Attributes
+    ----------
+    k
+        Neighbours reported per query cell and direction.
+    impute_k
+        Neighbours used for imputation and label transfer.
+    temperature
+        Softmax temperature of the neighbour weights (``<= 0``: equal weights).
+    transfer_from
+        Which reference index gives the neighbours for imputation/labels: ``same`` (query modality's own
+        index, e.g. RNA -> RNA) or ``cross`` (the other modality, e.g. RNA -> protein).
+    chunk_cells
+        Query cells per chunk (bounds memory).
+    """
+
+    k: int = 10
+    impute_k: int = 20
+    temperature: float = 0.05
+    transfer_from: str = "same"
+    chunk_cells: int = 20_000
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None, **overrides: Any) -> QuerySettings:
+        """From a ``query:`` config section; keyword overrides that are not ``None`` win."""
+        d = {k: v for k, v in dict(section or {}).items() if k in cls.__dataclass_fields__}
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**d)
+        if s.k < 1 or s.impute_k < 1 or s.chunk_cells < 1:
+            raise InputError(f"query: k, impute_k and chunk_cells must be >= 1 (got {s.k}, {s.impute_k}, "
+                             f"{s.chunk_cells})")
+        if s.transfer_from not in ("same", "cross"):
+            raise InputError(f"query.transfer_from={s.transfer_from!r}: expected 'same' or 'cross'")
+        return s
+
+
+@dataclass
+class ChunkResult:
+    """Results for one chunk of query cells."""
+
+    ids: list[str]
+    neighbours: pd.DataFrame
+    imputed: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    top_similarity: np.ndarray | None = None
+    labels: pd.DataFrame | None = None
+
+
+
+class QueryEngine:
+    """Embed chunks of query cells with a model and look them up in a reference index.
+
+    Parameters
+    ----------
+    model
+        A :class:`omicsclip.model.modelio.TrainedModel` (or anything with ``fingerprint``, ``genes``, ``proteins``,
+        ``config`` and ``embed``).
+    ref
+        The loaded reference index (built from the same model).
+    settings
+        Query settings.
+    """
+
+    def __init__(self, model: Any, ref: ReferenceIndex, settings: QuerySettings) -> None:
+        if str(model.fingerprint) != ref.fingerprint:
+            raise InputError(f"{ref.path}: index was built with model {ref.fingerprint[:16]}, not with this model "
+                             f"({str(model.fingerprint)[:16]}); rebuild the index with this model")
+        dim = getattr(model, "embed_dim", None)
+        if dim is not None and int(dim) != ref.dim:
+            raise InputError(f"{ref.path}: index dimension {ref.dim} differs from the model's embedding "
+                             f"dimension {dim}")
+        self.model = model
+        self.ref = ref
+        self.settings = settings
+        self.label_classes: dict[str, list[str]] = {}
+        self._codes: dict[str, np.ndarray] = {}
+        if ref.labels is not None:
+            for key in ref.labels.columns:
+                values = ref.labels[key].astype(str).to_numpy()
+                labelled = np.array([not is_unlabelled(v) for v in values], dtype=bool)
+                classes = sorted(set(values[labelled].tolist()))
+                if classes:
+                    self._codes[key] = np.where(labelled, pd.Categorical(values, categories=classes).codes, -1)
+                    self.label_classes[key] = classes
+
+    def transfer_modality(self, query_mod: str) -> str:
+        """Return the reference index whose neighbours impute protein and transfer labels for ``query_mod`` queries."""
+        other = "prot" if query_mod == "rna" else "rna"
+        want = query_mod if self.settings.transfer_from == "same" else other
+        return want if want in self.ref.indices else next(iter(self.ref.indices))
+
+    def process(self, chunk: PairedData, genes: Sequence[str] | None,
+                proteins: Sequence[str] | None) -> ChunkResult:
+        """Embed, search, impute and vote for one chunk of cells."""
+        ids = chunk.barcodes
+        emb = self.model.embed(rna=chunk.rna, prot=chunk.prot, genes=genes, proteins=proteins)
+        s = self.settings
+        frames = []
+        primary = "rna" if "rna" in emb else "prot"
+        transfer = None
+        for qm in MODALITIES:
+            if qm not in emb:
+                continue
+            if emb[qm].shape[1] != self.ref.dim:
+                raise InputError(f"{self.ref.path}: index dimension {self.ref.dim} differs from the model's "
+                                 f"{qm} embedding dimension {emb[qm].shape[1]}")
+            for im in self.ref.modalities:
+                is_transfer = qm == primary and im == self.transfer_modality(primary)
+                k = max(s.k, s.impute_k) if is_transfer else s.k
+                sims, pos = self.ref.search(im, emb[qm], k)
+                if is_transfer:
+                    transfer = (sims[:, :s.impute_k], pos[:, :s.impute_k])
+                frames.append(self._neighbour_frame(ids, qm, im, sims[:, :s.k], pos[:, :s.k]))
+        table = pd.concat(frames, ignore_index=True)
+        # query-major row order (cell, then direction, then rank): the same table whatever the chunking
+        order = np.argsort(table.pop("_cell").to_numpy(), kind="stable")
+        out = ChunkResult(ids=ids, neighbours=table.iloc[order].reset_index(drop=True))
+        if transfer is None:
+            return out
+        sims, pos = transfer
+        valid = pos >= 0
+        weights = neighbour_weights(sims, s.temperature, valid)
+        if "rna" in emb and "prot" not in emb and self.ref.protein is not None:
+            out.imputed = impute(self.ref.protein, np.where(valid, pos, 0), weights)
+            out.confidence = confidence(np.where(valid, sims, 0.0), weights)
+            out.top_similarity = np.where(valid[:, 0], sims[:, 0], np.nan).astype(np.float32)
+        if self._codes:
+            lab = pd.DataFrame({"query_id": ids, "query_modality": primary})
+            for key, classes in self.label_classes.items():
+                frac = vote(self._codes[key], len(classes), np.where(valid, pos, 0), weights)
+                best = frac.argmax(axis=1)
+                top = frac[np.arange(len(best)), best]
+                lab[key] = np.where(top > 0, np.asarray(classes, dtype=object)[best], "")
+                lab[f"{key}_vote_fraction"] = top
+                for j, c in enumerate(classes):
+                    lab[f"{key}_fraction_{c}"] = frac[:, j]
+            out.labels = lab
+        return out
+
+    def _neighbour_frame(self, ids: Sequence[str], qm: str, im: str, sims: np.ndarray,
+                         pos: np.ndarray) -> pd.DataFrame:
+        n, k = pos.shape
+        keep = (pos >= 0).ravel()
+        return pd.DataFrame({
+            "_cell": np.repeat(np.arange(n), k)[keep],
+            "query_id": np.repeat(np.asarray(ids, dtype=object), k)[keep],
+            "query_modality": qm,
+            "index_modality": im,
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep],
+            "reference_id": self.ref.cell_ids[pos.ravel()[keep]],
+            "similarity": sims.ravel()[keep].astype(np.float32),
+        })

@@ -1,0 +1,164 @@
+"""Match new cells' features to a fitted model by name: genes and proteins reordered into the model's order.
+
+Missing features are reported (:class:`FeatureReport`) and left empty, which the preprocessing turns into the
+training mean; an RNA input missing more than ``max_missing_gene_fraction`` of the model's genes is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from omicsclip.errors import InputError
+from omicsclip.model.preprocess import PreprocessState, library_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureReport:
+    """How a new input's features matched the model's.
+
+    Attributes
+    ----------
+    modality
+        ``rna`` or ``prot``.
+    n_model
+        Number of model features of that modality.
+    missing
+        Model features absent from the input.
+    """
+
+    modality: str
+    n_model: int
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def n_missing(self) -> int:
+        """Number of model features the input lacks."""
+        return len(self.missing)
+
+    @property
+    def missing_fraction(self) -> float:
+        """Fraction of the model's features the input lacks."""
+        return self.n_missing / max(self.n_model, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-serialisable dict."""
+        return {"modality": self.modality, "n_model": self.n_model, "n_missing": self.n_missing,
+                "missing_fraction": self.missing_fraction, "missing": list(self.missing)}
+
+
+def _check_names(names: Sequence[str], what: str) -> list[str]:
+    names = [str(n) for n in names]
+    dup = pd.Index(names)[pd.Index(names).duplicated()]
+    if len(dup):
+        raise InputError(f"{what} names are not unique (e.g. {', '.join(map(str, dup[:3]))})")
+    return names
+
+
+def align_rna(
+    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
+) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
+    """Match new cells' genes to the model's by name.
+
+    Parameters
+    ----------
+    rna
+        Cells x genes raw counts (CSR or dense).
+    genes
+        Column names of ``rna``; ``None`` means the training store's gene order (or the model's genes when the
+        width equals the number of model genes).
+    state
+        The model's preprocessing state.
+
+    Returns
+    -------
+    counts, lib, report
+        Raw counts in model gene order (CSR, missing genes empty), the library size of every cell over *all*
+        its input genes, and the matching report.
+    """
+    rna = sp.csr_matrix(rna, dtype=np.float32)
+    if genes is None:
+        if rna.shape[1] == len(state.all_genes):
+            genes = state.all_genes
+        elif rna.shape[1] == len(state.genes):
+            log.warning("RNA input without gene names has the model's %d genes: library sizes use only these",
+                        len(state.genes))
+            genes = state.genes
+        else:
+            raise InputError(
+                f"RNA input has {rna.shape[1]} columns and no gene names; the model expects "
+                f"{len(state.all_genes)} (training genes) or {len(state.genes)} (model genes)"
+            )
+    genes = _check_names(genes, "gene")
+    if len(genes) != rna.shape[1]:
+        raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
+    pos = pd.Index(genes).get_indexer(state.genes)
+    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
+    report = FeatureReport("rna", len(state.genes), missing)
+    if report.missing_fraction > state.max_missing_gene_fraction:
+        raise InputError(
+            f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
+            f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
+            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}"
+        )
+    if missing:
+        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
+                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
+        lost = sorted(set(missing) & set(state.protein_genes or []))
+        if lost:
+            log.warning("%d of the missing genes are protein genes of the model (inputs picked for their "
+                        "correlation with a protein): %s", len(lost), ", ".join(lost[:10]))
+    present = np.flatnonzero(pos >= 0)
+    sel = sp.csr_matrix(
+        (np.ones(present.size, np.float32), (pos[present], present)), shape=(rna.shape[1], len(state.genes))
+    )
+    counts = sp.csr_matrix(rna @ sel)
+    counts.sort_indices()
+    return counts, library_size(rna), report
+
+
+def align_proteins(
+    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState
+) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
+    """Match new cells' proteins to the model's by name.
+
+    Returns
+    -------
+    counts, present, report
+        Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
+        in the input, and the matching report.
+    """
+    if isinstance(prot, pd.DataFrame):
+        proteins = list(prot.columns) if proteins is None else proteins
+        prot = prot.to_numpy()
+    prot = np.asarray(prot.toarray() if sp.issparse(prot) else prot, dtype=np.float32)
+    if proteins is None:
+        if prot.shape[1] != len(state.proteins):
+            raise InputError(f"protein input has {prot.shape[1]} columns and no names; the model expects "
+                             f"{len(state.proteins)}")
+        proteins = state.proteins
+    proteins = _check_names(proteins, "protein")
+    if len(proteins) != prot.shape[1]:
+        raise InputError(f"protein input has {prot.shape[1]} columns but {len(proteins)} protein names")
+    pos = pd.Index(proteins).get_indexer(state.proteins)
+    present = pos >= 0
+    if not present.any():
+        raise InputError(
+            f"protein input shares no protein with the model (model: {', '.join(state.proteins[:5])}...; "
+            f"input: {', '.join(proteins[:5])}...)"
+        )
+    missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
+    if missing:
+        log.warning("protein input lacks %d of the model's %d proteins; filled with zeros (%s)",
+                    len(missing), len(state.proteins), ", ".join(missing[:5]))
+    out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
+    out[:, present] = prot[:, pos[present]]
+    return out, present, FeatureReport("prot", len(state.proteins), missing)
