@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.io.jsonfile import dumps_json
 
 FUSION_HELP = "early | late | gated | uncertainty | tensor | rna | prot (overrides finetune.fusion)."
 IgnoreOpt = Annotated[
@@ -61,7 +61,7 @@ def finetune(
     meta = finetune_embedding(emb, out, label_key=labels or ev["label_key"], section=cfg["finetune"],
                               labels_per_class=labels_per_class, ignore_labels=ignore_label or ev["ignore_labels"],
                               seed=seed, store=store, model=model, overwrite=overwrite)
-    typer.echo(json.dumps({"head": str(out), "classes": meta["classes"], "metrics": meta["metrics"]}, indent=2))
+    typer.echo(dumps_json({"head": str(out), "classes": meta["classes"], "metrics": meta["metrics"]}), nl=False)
 
 
 @guarded
@@ -95,7 +95,7 @@ def predict(
     cfg = load_cfg(config, set_)
     summary = predict_cells(inputs, model, head, out, fmt=fmt, modality=modality, reader=cfg["ingest"],
                             chunk_cells=cfg["query"]["chunk_cells"], overwrite=overwrite)
-    typer.echo(json.dumps({"predictions": str(out), **summary}, indent=2))
+    typer.echo(dumps_json({"predictions": str(out), **summary}), nl=False)
 
 
 @guarded

@@ -84,7 +84,7 @@ def _iter_results(src: Any, engine: QueryEngine, chunk_cells: int) -> Iterator[C
     if n == 0:
         raise InputError("query input has no cells")
     bar = tqdm(total=n, unit="cell", desc="query", disable=not sys.stderr.isatty())
-    with _quiet(["omicsclip.model.preprocess", "omicsclip.model.modelio"]), bar:
+    with _quiet(["omicsclip.model.alignment", "omicsclip.model.modelio"]), bar:
         for chunk in src.iter_chunks(chunk_cells):
             if chunk.rna is None and chunk.prot is None:
                 raise InputError("query input has neither RNA nor protein counts")

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pandas as pd
 from omicsclip.conventions import EMBEDDING_KEYS, OBSM_JOINT, OBSM_PROT, OBSM_RNA
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import atomic_path
+from omicsclip.io.jsonfile import dumps_json
 from omicsclip.model.modelio import joint_embedding, load_model
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         adata.obsm[OBSM_JOINT] = joint_embedding(emb_rna, emb_prot)
         adata.uns["omicsclip"] = {
             "model_fingerprint": model.fingerprint, "model_dir": str(Path(model_dir).resolve()),
-            "store": str(Path(store).resolve()), "embed_dim": d, "feature_report_json": json.dumps(report),
+            "store": str(Path(store).resolve()), "embed_dim": d, "feature_report_json": dumps_json(report, compact=True),
         }
         with ad.settings.override(zarr_write_format=2), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Writing zarr v2", category=UserWarning)

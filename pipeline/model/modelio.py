@@ -208,7 +208,7 @@ class TrainedModel:
         prot
             Cells x proteins raw counts (array, sparse or DataFrame with protein columns), or ``None``.
         genes, proteins
-            Column names; matched to the model's features by name (see :func:`omicsclip.model.preprocess.align_rna`).
+            Column names; matched to the model's features by name (see :func:`omicsclip.model.alignment.align_rna`).
         batch_size
             Cells per forward pass.
 

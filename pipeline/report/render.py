@@ -336,7 +336,8 @@ def _section_imputation(inputs: ReportInputs, figs: Figures, max_cells: int, see
     idx = subsample(len(imputed), max_cells, seed)
     summary_path = Path(inputs.query) / "summary.json"
     summ = read_json_object(summary_path) if summary_path.exists() else {}
-    flat = {k: v for k, v in summ.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    flat = {k: v for k, v in summ.items()  # null (a non-finite number) shows as "–"
+            if v is None or (isinstance(v, int | float | str) and not isinstance(v, bool))}
     return {"img": figs.img(plots.imputation_scatter(imputed[idx], measured[idx], proteins, space=space),
                             "imputation", "imputed vs measured protein"),
             "n_cells": len(imputed), "who": "held-out test cells" if cells is not None else "query cells",
