@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from omicsclip.errors import InputError
 
@@ -15,13 +16,13 @@ from omicsclip.errors import InputError
 def jsonable(obj: Any) -> Any:
     """Return ``obj`` as plain JSON values.
 
-    Numpy scalars and arrays become Python numbers and lists, paths strings, mapping keys strings, and
-    non-finite floats ``None`` (strict JSON has no NaN).
+    Numpy scalars and arrays (and pandas indexes) become Python numbers and lists, paths strings, bytes decoded
+    strings, mapping keys strings, and non-finite floats ``None`` (strict JSON has no NaN).
 
     Parameters
     ----------
     obj
-        Nested dicts, lists, tuples, arrays and scalars.
+        Nested dicts, lists, tuples, arrays and scalars (e.g. an AnnData ``uns`` read from a store).
 
     Returns
     -------
@@ -30,12 +31,14 @@ def jsonable(obj: Any) -> Any:
     """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | np.ndarray):
+    if isinstance(obj, list | tuple | np.ndarray | pd.Index):
         return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, bytes):
+        return obj.decode(errors="replace")
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj

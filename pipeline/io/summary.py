@@ -8,30 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omicsclip.io.jsonfile import dumps_json
+from omicsclip.io.jsonfile import dumps_json, jsonable
 from omicsclip.io.store import store_info
 
 _MAX_LEVELS = 30
-
-
-def plain(value: Any) -> Any:
-    """Numpy/pandas values from ``uns`` as JSON-serialisable Python values."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray | list | tuple | pd.Index):
-        return [plain(v) for v in list(value)]
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        v = float(value)
-        return v if np.isfinite(v) else str(v)
-    if isinstance(value, bytes):
-        return value.decode()
-    if value is None or isinstance(value, int | str):
-        return value
-    return str(value)
 
 
 def _obs_summary(obs: pd.DataFrame) -> dict[str, Any]:
@@ -66,12 +46,14 @@ def inspect_store(path: str | Path) -> dict[str, Any]:
         "proteins": [str(x) for x in info["proteins"].index],
         "genes_head": [str(x) for x in info["genes"].index[:10]],
         "obs": _obs_summary(info["obs"]),
-        "qc": plain(uns.get("qc", {})),
-        "provenance": plain(uns.get("provenance", {})),
+        "qc": jsonable(uns.get("qc", {})),
+        "provenance": jsonable(uns.get("provenance", {})),
     }
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # also a non-finite number (strict JSON)
+        return "-"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float):

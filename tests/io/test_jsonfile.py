@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from omicsclip.errors import InputError
@@ -40,6 +41,12 @@ def test_dumps_json_is_what_json_dumps_writes_for_plain_values():
     assert dumps_json(obj) == json.dumps(obj, indent=2) + "\n"
     assert dumps_json(obj, compact=True) == json.dumps(obj)
     assert jsonable(np.arange(3)) == [0, 1, 2]
+
+
+def test_jsonable_takes_what_a_store_uns_holds():
+    """``omicsclip inspect`` passes the store's uns (QC, provenance) through the same converter."""
+    uns = {"qc": {"n": np.int64(5), "frac": np.float64("nan")}, "genes": pd.Index(["A", "B"]), "raw": b"x\xff"}
+    assert jsonable(uns) == {"qc": {"n": 5, "frac": None}, "genes": ["A", "B"], "raw": "x\ufffd"}
 
 
 def test_unserialisable_value_is_refused():
