@@ -271,7 +271,7 @@ def main() -> None:
         x = np.concatenate(list(gen.iter_chunks(args.n, 100_000, seed=1)))
         q = gen.sample(args.queries, seed=2)[0]
         print(f"reference {x.shape}, queries {q.shape}, k={args.k}, threads={args.threads}", flush=True)
-        flat, build_s = timed(lambda: build_index(x, resolve_params(len(x), args.dim, {"kind": "flat"}),
+        flat, build_s = timed(lambda: build_index(x, resolve_params(len(x), args.dim, {**section, "kind": "flat"}),
                                                   use_gpu=False))
         (_, truth), search_s = timed(lambda: search(flat, q, args.k), REPEATS)
         del flat

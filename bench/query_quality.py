@@ -72,9 +72,9 @@ def omicsclip_grid(model, ref, data, rows_val: np.ndarray, clr_val: np.ndarray) 
 
 def partner_recall(emb_q: np.ndarray, emb_ref: np.ndarray, partner: np.ndarray, k: int = 10) -> float:
     """Fraction of queries whose true partner (row ``partner[i]`` of ``emb_ref``) is among the top ``k``."""
-    from omicsclip.index.faiss_index import build_index, resolve_params, search
+    from omicsclip.index.faiss_index import IndexParams, build_index, search
 
-    index = build_index(emb_ref, resolve_params(len(emb_ref), emb_ref.shape[1], {"kind": "flat"}), use_gpu=False)
+    index = build_index(emb_ref, IndexParams(kind="flat"), use_gpu=False)
     pos = search(index, emb_q, k)[1]
     return float((pos == partner[:, None]).any(axis=1).mean())
 

@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OMICSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def load_bench(name: str):
+    """Import ``bench/<name>.py`` (benchmark scripts and their helpers are not part of the package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_h5ad(name: str) -> Path:
     """Path of ``../shared/data/<name>/<name>.h5ad``; skips the test when it is absent."""
     p = SHARED_DATA / name / f"{name}.h5ad"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from omicsclip.heads import (
 )
 from omicsclip.io.atomic import atomic_path
 from omicsclip.io.jsonfile import write_json
+from omicsclip.model.embed import open_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -344,18 +344,6 @@ def rna_pcs_from_store(store: str | Path, model_dir: str | Path, barcodes: list[
     return baseline_pcs(rows, len(pos), train_rows, n_pcs, seed)[0].astype(np.float32)
 
 
-def _obsm_pcs(emb_path: str | Path, n_pcs: int) -> np.ndarray | None:
-    """Return the first ``n_pcs`` columns of ``obsm["X_pca_rna"]`` of an embeddings file, ``None`` if absent."""
-    # open_embeddings reads only the omicsclip embeddings; this optional array is read on its own, alone
-    import h5py
-    import zarr
-    from anndata.io import read_elem
-
-    path, key = Path(emb_path), f"obsm/{PCS_KEY}"
-    with h5py.File(path, "r") if path.suffix == ".h5ad" else nullcontext(zarr.open_group(str(path), mode="r")) as f:
-        return np.asarray(read_elem(f[key]), np.float32)[:, :n_pcs] if key in f else None
-
-
 def run_fewlabel(
     emb_path: str | Path,
     out: str | Path,
@@ -410,7 +398,8 @@ def run_fewlabel(
     if (store is None) != (model is None):
         raise InputError("the RNA-PC baseline needs both --store and --model")
     params = HeadParams.from_section(section)
-    emb = read_embedding(emb_path)
+    opened = open_embeddings(emb_path)
+    emb = read_embedding(opened)
     if emb.split is None:
         raise InputError(f"{emb_path}: obs has no 'split' column (train/val/test); is this an `omicsclip embed` output?")
     labels = label_array(emb.obs, label_key, ignore_labels, source=str(emb_path))
@@ -419,7 +408,7 @@ def run_fewlabel(
         pcs = rna_pcs_from_store(store, model, [str(b) for b in emb.obs.index], n_pcs, emb.split, seed)
         pcs_source = f"computed from {store} with the preprocessing of {model} (PCA fitted on training cells)"
     else:
-        pcs = _obsm_pcs(emb_path, n_pcs)
+        pcs = opened.obsm(PCS_KEY)[:, :n_pcs] if PCS_KEY in opened.obsm_keys else None
         if pcs is not None:
             pcs_source = f"obsm[{PCS_KEY!r}] of {emb_path}"
         else:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from omicsclip.model.embed import open_embeddings
+from omicsclip.model.embed import Embeddings, open_embeddings
 
 
 def presence_mask(z_rna: np.ndarray | None, z_prot: np.ndarray | None, n: int | None = None) -> np.ndarray:
@@ -60,7 +60,7 @@ class Embedding:
         return self.obs["split"].astype(str).to_numpy() if "split" in self.obs.columns else None
 
 
-def read_embedding(path: str | Path) -> Embedding:
+def read_embedding(path: str | Path | Embeddings) -> Embedding:
     """Read the RNA and protein embeddings of an ``omicsclip embed`` output, with their presence mask.
 
     The file is opened with :func:`omicsclip.model.embed.open_embeddings`, the one embeddings reader.
@@ -68,9 +68,10 @@ def read_embedding(path: str | Path) -> Embedding:
     Parameters
     ----------
     path
-        The embeddings file; one missing embedding is an :class:`~omicsclip.errors.InputError` naming it.
+        The embeddings file, or one already opened; one missing embedding is an
+        :class:`~omicsclip.errors.InputError` naming it.
     """
-    emb = open_embeddings(path)
+    emb = path if isinstance(path, Embeddings) else open_embeddings(path)
     emb.require("rna", "prot")
     z_rna, z_prot = emb.matrix("rna"), emb.matrix("prot")
     return Embedding(z_rna=z_rna, z_prot=z_prot, mask=presence_mask(z_rna, z_prot), obs=emb.obs,

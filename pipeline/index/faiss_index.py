@@ -91,20 +91,20 @@ def resolve_params(n: int, dim: int, section: Mapping[str, Any]) -> IndexParams:
     """
     if n < 1:
         raise InputError("index: no reference cells to index")
-    kind = str(section.get("kind", "auto"))
+    kind = str(section["kind"])
     if kind == "auto":
-        kind = "flat" if n <= int(section.get("exact_max_cells", 200_000)) else str(section.get("approximate", "ivf_flat"))
+        kind = "flat" if n <= int(section["exact_max_cells"]) else str(section["approximate"])
     if kind not in KINDS:
         raise InputError(f"index.kind: unknown index kind {kind!r} (choose from {', '.join(KINDS)}, auto)")
     p = IndexParams(
         kind=kind,
-        nlist=int(section.get("nlist", 0)),
-        nprobe=int(section.get("nprobe", 16)),
-        pq_m=int(section.get("pq_m", 16)),
-        pq_refine=int(section.get("pq_refine", 16)),
-        hnsw_m=int(section.get("hnsw_m", 32)),
-        ef_construction=int(section.get("ef_construction", 80)),
-        ef_search=int(section.get("ef_search", 128)),
+        nlist=int(section["nlist"]),
+        nprobe=int(section["nprobe"]),
+        pq_m=int(section["pq_m"]),
+        pq_refine=int(section["pq_refine"]),
+        hnsw_m=int(section["hnsw_m"]),
+        ef_construction=int(section["ef_construction"]),
+        ef_search=int(section["ef_search"]),
     )
     if kind in ("ivf_flat", "ivf_pq"):
         nlist = p.nlist or int(round(4 * math.sqrt(n)))

@@ -106,10 +106,9 @@ def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, 
     k, temperature
         ``query.impute_k`` and ``query.temperature``.
     """
-    from omicsclip.index.faiss_index import build_index, resolve_params, search
+    from omicsclip.index.faiss_index import IndexParams, build_index, search
 
     reference = np.ascontiguousarray(reference, dtype=np.float32)
-    index = build_index(reference, resolve_params(len(reference), reference.shape[1], {"kind": "flat"}),
-                        use_gpu=False)
+    index = build_index(reference, IndexParams(kind="flat"), use_gpu=False)  # exact search
     sims, pos = search(index, np.ascontiguousarray(query, dtype=np.float32), k)
     return impute(values, pos, neighbour_weights(sims, temperature))

@@ -74,7 +74,7 @@ def check_features(genes: Sequence[str] | None, proteins: Sequence[str] | None, 
     out: dict[str, Any] = {}
     if genes is not None:
         rep = match_report(genes, model.genes)
-        limit = float(model.config.get("preprocess", {}).get("max_missing_gene_fraction", 0.2))
+        limit = float(model.config["preprocess"]["max_missing_gene_fraction"])
         if rep["missing_fraction"] > limit:
             raise InputError(
                 f"{source}: lacks {rep['n_missing']} of the model's {rep['n_model']} genes "

@@ -118,8 +118,8 @@ def write_index_dir(
         raise InputError(f"{out_dir}: {len(labels)} label rows for {n} reference cells")
 
     params = resolve_params(n, dim, section)
-    use_gpu = section.get("use_gpu", "auto")
-    seed = int(section.get("seed", 0))
+    use_gpu = section["use_gpu"]
+    seed = int(section["seed"])
     built: dict[str, Any] = {}
     timings: dict[str, float] = {}
     for m in mods:
@@ -355,8 +355,6 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     from omicsclip.model.embed import open_embeddings
 
     emb_path = Path(emb_path)
-    if not emb_path.exists():  # say "not found" like the other inputs of `omicsclip index`
-        raise InputError(f"{emb_path}: embeddings not found")
     emb = open_embeddings(emb_path)  # obs and uns only: cheap
     obs = emb.obs
     recorded = emb.uns.get("omicsclip")
@@ -372,7 +370,7 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     if not present:
         raise InputError(f"{emb_path}: no obsm {' or '.join(EMBEDDING_KEYS[m] for m in MODALITIES)}")
     keep = np.ones(len(obs), bool)
-    splits = [str(s) for s in section.get("splits", []) or []]
+    splits = [str(s) for s in section["splits"]]
     if splits:
         if "split" not in obs.columns:
             raise InputError(f"{emb_path}: index.splits={splits} but obs has no 'split' column")
@@ -404,7 +402,7 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     else:
         log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
                     "(pass --store)")
-    label_key = str(section.get("label_key", "cell_type") or "")
+    label_key = str(section["label_key"] or "")
     labels = None
     if label_key and label_key in obs.columns:
         labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]})

@@ -96,13 +96,19 @@ class Embeddings:
 
     Use :func:`open_embeddings` to open one. ``modalities`` lists the embeddings present (``rna``, ``prot``,
     ``joint``, in that order); :meth:`matrix` reads one, optionally only some rows (bounded memory).
+    :meth:`obsm` reads any other dense ``obsm`` array the file holds (e.g. ``X_pca_rna``), listed in ``obsm_keys``.
     """
 
     path: Path
     obs: pd.DataFrame
     uns: dict[str, Any]
     modalities: list[str]
-    _arrays: dict[str, Any] = field(repr=False, default_factory=dict)
+    _obsm: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def obsm_keys(self) -> list[str]:
+        """The dense ``obsm`` arrays of the file (the embeddings and any others)."""
+        return list(self._obsm)
 
     @property
     def n_cells(self) -> int:
@@ -134,14 +140,31 @@ class Embeddings:
             Row selection (sorted indices or a slice); ``None`` reads every cell.
         """
         self.require(modality)
-        arr = self._arrays[modality]
+        return self.obsm(EMBEDDING_KEYS[modality], rows)
+
+    def obsm(self, key: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Read the dense ``obsm[key]`` array as float32: all rows, or only ``rows``.
+
+        Parameters
+        ----------
+        key
+            One of :attr:`obsm_keys`.
+        rows
+            Row selection (sorted indices or a slice); ``None`` reads every cell.
+        """
+        if key not in self._obsm:
+            raise InputError(f"{self.path}: no obsm[{key!r}]")
+        arr = self._obsm[key]
         if rows is None:
             rows = slice(None)
-        if isinstance(rows, slice) or not hasattr(arr, "get_orthogonal_selection"):
-            out = arr[rows]
-        else:
-            out = arr.get_orthogonal_selection((np.asarray(rows), slice(None)))
-        return np.asarray(out, dtype=np.float32)
+        try:
+            if isinstance(rows, slice) or not hasattr(arr, "get_orthogonal_selection"):
+                out = arr[rows]
+            else:
+                out = arr.get_orthogonal_selection((np.asarray(rows), slice(None)))
+            return np.asarray(out, dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk is a bad input file, one line
+            raise InputError(f"{self.path}: cannot read obsm[{key!r}] ({type(exc).__name__}: {exc})") from None
 
 
 def open_embeddings(path: str | Path) -> Embeddings:
@@ -154,7 +177,7 @@ def open_embeddings(path: str | Path) -> Embeddings:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: embeddings file does not exist")
+        raise InputError(f"{path}: embeddings not found (the file does not exist)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -163,7 +186,7 @@ def open_embeddings(path: str | Path) -> Embeddings:
 
                 adata = ad.read_h5ad(path)
                 obs, uns = adata.obs, dict(adata.uns)
-                arrays = {mod: adata.obsm[key] for mod, key in EMBEDDING_KEYS.items() if key in adata.obsm}
+                obsm = {key: np.asarray(a) for key, a in adata.obsm.items() if isinstance(a, np.ndarray)}
             else:
                 import zarr
                 from anndata.io import read_elem
@@ -171,9 +194,11 @@ def open_embeddings(path: str | Path) -> Embeddings:
                 root = zarr.open_group(str(path), mode="r")
                 obs = read_elem(root["obs"])
                 uns = read_elem(root["uns"]) if "uns" in root else {}
-                arrays = {mod: root[f"obsm/{key}"] for mod, key in EMBEDDING_KEYS.items() if f"obsm/{key}" in root}
+                obsm = dict(root["obsm"].arrays()) if "obsm" in root else {}
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file, one line
         raise InputError(f"{path}: cannot read as embeddings (AnnData zarr) ({type(exc).__name__}: {exc})") from None
+    obsm = {key: a for key, a in obsm.items() if len(a.shape) == 2}
+    arrays = {mod: obsm[key] for mod, key in EMBEDDING_KEYS.items() if key in obsm}
     if not arrays:
         raise InputError(f"{path}: no obsm key of {', '.join(EMBEDDING_KEYS.values())}; "
                          "is this an `omicsclip embed` output?")
@@ -184,4 +209,4 @@ def open_embeddings(path: str | Path) -> Embeddings:
     obs = obs.copy()
     obs.index = obs.index.astype(str)
     return Embeddings(path=path, obs=obs, uns=uns if isinstance(uns, dict) else {}, modalities=list(arrays),
-                      _arrays=arrays)
+                      _obsm=obsm)

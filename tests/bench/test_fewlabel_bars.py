@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from omicsclip.config import load_config
 from omicsclip.evaluation.fewlabel import BASELINE, fewlabel_arrays
 from omicsclip.heads import HeadParams
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "fewlabel.py"
-
 
 @pytest.fixture(scope="module")
 def fewlabel_bench():
-    spec = importlib.util.spec_from_file_location("fewlabel_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("fewlabel")
 
 
 def _result(acc: dict[str, float], drops: dict[str, float]) -> dict:

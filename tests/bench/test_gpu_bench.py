@@ -3,21 +3,15 @@ data pipeline, the default projection input and the dense-gene input, chunked In
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_train.py"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def gpu_train():
-    spec = importlib.util.spec_from_file_location("gpu_train_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("gpu_train")
 
 
 @pytest.mark.parametrize(("extra", "n_pcs", "genes_in"), [([], 30, 200), (["--n-pcs", "0", "--feature-dropout", "0.1"], 0, 0)])

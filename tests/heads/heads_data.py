@@ -6,9 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import torch
 
 from omicsclip.config import load_config
-from omicsclip.heads import HeadParams, predict_head
+from omicsclip.heads import HeadParams, predict_head, random_unit_vectors
+from omicsclip.heads import build_head as _build_head
 
 #: The validated default ``finetune:`` section (configs/default.yaml): the one source of the defaults.
 FINETUNE = load_config(None)["finetune"]
@@ -20,6 +22,19 @@ ARCH = {"kind": FINETUNE["head"], "hidden": FINETUNE["hidden"], "dropout": FINET
 
 D = 16
 FAST = {"epochs": 80}
+#: Small head dimensions for the modules' unit tests.
+D_RNA, D_PROT, K = 6, 5, 4
+
+
+def build_head(fusion, d_rna, d_prot, n_classes, **overrides):
+    """:func:`omicsclip.heads.build_head` with the default config's architecture, ``overrides`` applied."""
+    return _build_head(fusion, d_rna, d_prot, n_classes, **{**ARCH, **overrides})
+
+
+def unit_inputs(n: int = 12, seed: int = 0):
+    """``n`` random unit RNA (D_RNA) and protein (D_PROT) embeddings as tensors."""
+    g = torch.Generator().manual_seed(seed)
+    return random_unit_vectors(n, D_RNA, g), random_unit_vectors(n, D_PROT, g)
 
 
 def params(**overrides) -> HeadParams:

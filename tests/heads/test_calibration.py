@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from heads_data import ARCH
+from heads_data import D_PROT, D_RNA, K, build_head, unit_inputs
 
 from omicsclip.heads import (
     UncertaintyFusionHead,
@@ -14,21 +14,8 @@ from omicsclip.heads import (
     classification_metrics,
     expected_calibration_error,
     fit_inverse_temperature,
-    random_unit_vectors,
     reliability_bins,
 )
-from omicsclip.heads import build_head as _build_head
-
-D_RNA, D_PROT, K = 6, 5, 4
-
-
-def build_head(fusion, d_rna, d_prot, n_classes, **overrides):
-    return _build_head(fusion, d_rna, d_prot, n_classes, **{**ARCH, **overrides})
-
-
-def _inputs(n: int = 12, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return random_unit_vectors(n, D_RNA, g), random_unit_vectors(n, D_PROT, g)
 
 
 def _two_class(conf: float, n: int, n_correct: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +74,7 @@ def test_uncertainty_calibration_sees_the_prediction_it_calibrates():
     with torch.no_grad():
         for p in head.parameters():
             p.normal_(0, 0.5)
-    zr, zp = _inputs(20)
+    zr, zp = unit_inputs(20)
     mask = torch.ones(len(zr), 2)
     everyone = torch.ones(head.members, len(zr))
     torch.manual_seed(3)
@@ -128,7 +115,7 @@ def test_uncertainty_calibration_in_blocks_of_cells(monkeypatch):
     with torch.no_grad():
         for p in head.parameters():
             p.normal_(0, 0.5)
-    zr, zp = _inputs(300)
+    zr, zp = unit_inputs(300)
     mask = torch.ones(len(zr), 2)
     y = torch.randint(0, K, (len(zr),), generator=torch.Generator().manual_seed(1))
     head.bootstrap(y, torch.Generator().manual_seed(2))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from heads_data import ARCH
+from heads_data import ARCH, D_PROT, D_RNA, K, build_head, unit_inputs
 
 from omicsclip.heads import (
     FUSIONS,
@@ -17,14 +17,6 @@ from omicsclip.heads import (
     normalised_entropy,
     random_unit_vectors,
 )
-from omicsclip.heads import build_head as _build_head
-
-D_RNA, D_PROT, K = 6, 5, 4
-
-
-def build_head(fusion, d_rna, d_prot, n_classes, **overrides):
-    """build_head with the default config's architecture, ``overrides`` applied."""
-    return _build_head(fusion, d_rna, d_prot, n_classes, **{**ARCH, **overrides})
 
 
 def uncertainty_head() -> UncertaintyFusionHead:
@@ -32,16 +24,11 @@ def uncertainty_head() -> UncertaintyFusionHead:
                                  members=ARCH["members"])
 
 
-def _inputs(n: int = 12, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return random_unit_vectors(n, D_RNA, g), random_unit_vectors(n, D_PROT, g)
-
-
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_forward_shapes_and_probabilities(fusion):
     torch.manual_seed(0)
     head = build_head(fusion, D_RNA, D_PROT, K, kind="mlp", hidden=8).eval()
-    zr, zp = _inputs()
+    zr, zp = unit_inputs()
     mask = torch.ones(len(zr), 2)
     out = head.predict(zr, zp, mask, mc_samples=3)
     assert out["log_probs"].shape == (len(zr), K)
@@ -60,7 +47,7 @@ def test_masked_modality_is_ignored_not_zero_filled(fusion):
     """A masked modality may hold anything (NaN, noise): the prediction must not depend on it."""
     torch.manual_seed(0)
     head = build_head(fusion, D_RNA, D_PROT, K, hidden=8).eval()
-    zr, zp = _inputs()
+    zr, zp = unit_inputs()
     mask = torch.ones(len(zr), 2)
     mask[:6, 1] = 0  # first half: RNA only
     mask[6:, 0] = 0  # second half: protein only
@@ -88,7 +75,7 @@ def test_early_fusion_uses_mask_as_input():
     head = build_head("early", D_RNA, D_PROT, K).eval()
     with torch.no_grad():
         head.missing_prot.fill_(0.5)
-    zr, zp = _inputs(4)
+    zr, zp = unit_inputs(4)
     mask = torch.tensor([[1.0, 0.0]] * 4)
     out = head(zr, zp, mask)["log_probs"]
     lin = head.clf[1]
@@ -99,7 +86,7 @@ def test_early_fusion_uses_mask_as_input():
 def test_late_fusion_averages_probabilities():
     torch.manual_seed(0)
     head = build_head("late", D_RNA, D_PROT, K).eval()
-    zr, zp = _inputs()
+    zr, zp = unit_inputs()
     out = head(zr, zp, torch.ones(len(zr), 2))
     p_r = torch.softmax(head.experts[0](zr * math.sqrt(D_RNA)), 1)
     p_p = torch.softmax(head.experts[1](zp * math.sqrt(D_PROT)), 1)
@@ -109,7 +96,7 @@ def test_late_fusion_averages_probabilities():
 def test_gated_fusion_is_weighted_mixture_of_experts():
     torch.manual_seed(0)
     head = build_head("gated", D_RNA, D_PROT, K).eval()
-    zr, zp = _inputs()
+    zr, zp = unit_inputs()
     out = head(zr, zp, torch.ones(len(zr), 2))
     w = out["weights"]
     p = out["expert_log_probs"].exp()
@@ -121,7 +108,7 @@ def test_lmf_matches_full_outer_product_tensor():
     rank-r weight tensor sum_i w_i W_rna^(i) (x) W_prot^(i) (Liu et al. 2018)."""
     torch.manual_seed(0)
     head: TensorFusionHead = build_head("tensor", D_RNA, D_PROT, K, hidden=7, tensor_rank=3).eval()
-    zr, zp = _inputs(5)
+    zr, zp = unit_inputs(5)
     xr = torch.cat([zr * math.sqrt(D_RNA), torch.ones(5, 1)], 1)
     xp = torch.cat([zp * math.sqrt(D_PROT), torch.ones(5, 1)], 1)
     outer = torch.einsum("ni,nj->nij", xr, xp)
@@ -137,7 +124,7 @@ def test_uncertainty_weights_are_inverse_total_variance():
     with torch.no_grad():  # untrained heads start with zero logits and unit variance: give them some
         for p in head.parameters():
             p.normal_(0, 0.5)
-    zr, zp = _inputs()
+    zr, zp = unit_inputs()
     torch.manual_seed(1)
     out = head.predict(zr, zp, torch.ones(len(zr), 2), mc_samples=8)
     total = out["aleatoric_var"] + out["epistemic_var"]

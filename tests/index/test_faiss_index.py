@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import faiss
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import load_bench
 
 from omicsclip.config import default_config
 from omicsclip.errors import InputError
@@ -24,8 +23,7 @@ from omicsclip.index.faiss_index import (
 )
 from omicsclip.index.reference import ReferenceIndex, write_index_dir
 
-sys.path.insert(0, str(REPO / "bench"))  # the benchmarks' generator of clustered embeddings
-from index_synth import ClusteredEmbeddings  # noqa: E402
+ClusteredEmbeddings = load_bench("index_synth").ClusteredEmbeddings  # the benchmarks' generator
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +46,7 @@ def _section(**kw):
 def test_flat_returns_numpy_brute_force():
     gen = ClusteredEmbeddings(32, seed=3)
     x, q = gen.sample(3000, seed=4)[0], gen.sample(100, seed=5)[0]
-    index = build_index(x, resolve_params(len(x), 32, {"kind": "flat"}))
+    index = build_index(x, resolve_params(len(x), 32, _section(kind="flat")))
     sims, pos = search(index, q, 10)
     ref_sims, ref_pos = brute_force(x, q, 10)
     np.testing.assert_array_equal(pos, ref_pos)
@@ -58,7 +56,7 @@ def test_flat_returns_numpy_brute_force():
 
 def test_search_clips_k_to_reference_size_and_checks_dimension():
     x = ClusteredEmbeddings(16, seed=0).sample(5, seed=1)[0]
-    index = build_index(x, resolve_params(5, 16, {"kind": "flat"}))
+    index = build_index(x, resolve_params(5, 16, _section(kind="flat")))
     sims, pos = search(index, x, 50)
     assert pos.shape == (5, 5)
     assert (pos[:, 0] == np.arange(5)).all()
@@ -83,9 +81,9 @@ def test_resolve_params_auto_and_rules():
     with pytest.raises(InputError, match="must divide"):
         resolve_params(50_000, 60, _section(kind="ivf_pq", pq_m=16))
     with pytest.raises(InputError, match="unknown index kind"):
-        resolve_params(100, 8, {"kind": "annoy"})
+        resolve_params(100, 8, _section(kind="annoy"))
     with pytest.raises(InputError, match="no reference cells"):
-        resolve_params(0, 8, {})
+        resolve_params(0, 8, _section())
 
 
 @pytest.mark.parametrize("kind", ["ivf_flat", "hnsw", pytest.param("ivf_pq", marks=pytest.mark.slow)])
@@ -121,12 +119,12 @@ def test_gpu_code_path_with_mocked_faiss(monkeypatch, tmp_path):
     x, q = gen.sample(4000, seed=1)[0], gen.sample(50, seed=2)[0]
     assert gpu_enabled("auto")
     assert not gpu_enabled(False)
-    index = build_index(x, resolve_params(len(x), 16, {"kind": "flat"}), use_gpu="auto")
+    index = build_index(x, resolve_params(len(x), 16, _section(kind="flat")), use_gpu="auto")
     assert calls[0][0] == "to_gpu"
     assert calls[-1][0] == "to_cpu"
     np.testing.assert_array_equal(search(index, q, 5)[1], brute_force(x, q, 5)[1])
     calls.clear()
-    build_index(x, resolve_params(len(x), 16, {"kind": "hnsw"}), use_gpu="auto")
+    build_index(x, resolve_params(len(x), 16, _section(kind="hnsw")), use_gpu="auto")
     assert calls == []  # HNSW has no GPU implementation: stays on the CPU
     write_index_dir(tmp_path / "idx", embeddings={"rna": x}, cell_ids=[str(i) for i in range(len(x))],
                     model_fingerprint="m", section=_section(kind="flat"))

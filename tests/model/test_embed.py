@@ -12,7 +12,7 @@ from conftest import TINY, tiny_store
 from omicsclip.config import load_config
 from omicsclip.errors import InputError
 from omicsclip.io.store import read_store
-from omicsclip.model.embed import OBSM_JOINT, OBSM_PROT, OBSM_RNA, embed_store
+from omicsclip.model.embed import OBSM_JOINT, OBSM_PROT, OBSM_RNA, embed_store, open_embeddings
 from omicsclip.model.modelio import joint_embedding, load_model
 from omicsclip.train.run import train_model
 
@@ -76,6 +76,45 @@ def test_missing_features_reported_or_refused(setup, caplog):
         m.embed(prot=d.prot, proteins=[f"X{i}" for i in range(6)])
     with pytest.raises(InputError):
         m.embed()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5ad"])
+def test_open_embeddings_reads_lazily_what_anndata_reads(setup, tmp_path, suffix):
+    """The one embeddings reader: obs, fingerprint, every embedding (all rows or some), other obsm arrays."""
+    store, model_dir, _ = setup
+    a = ad.read_zarr(embed_store(store, model_dir, tmp_path / "emb.zarr"))
+    a.obsm["X_pca_rna"] = np.arange(a.n_obs * 3, dtype=np.float32).reshape(a.n_obs, 3)
+    path = tmp_path / f"emb2{suffix}"
+    a.write_zarr(path) if suffix == ".zarr" else a.write_h5ad(path)
+    emb = open_embeddings(path)
+    assert emb.modalities == ["rna", "prot", "joint"]
+    assert {OBSM_RNA, "X_pca_rna"} <= set(emb.obsm_keys)
+    assert list(emb.obs.index) == list(a.obs_names)
+    assert emb.fingerprint == a.uns["omicsclip"]["model_fingerprint"]
+    rows = np.array([0, 5, 17])
+    np.testing.assert_array_equal(emb.matrix("prot"), a.obsm[OBSM_PROT])
+    np.testing.assert_array_equal(emb.matrix("rna", rows), a.obsm[OBSM_RNA][rows])
+    np.testing.assert_array_equal(emb.obsm("X_pca_rna", slice(2, 4)), a.obsm["X_pca_rna"][2:4])
+    with pytest.raises(InputError, match="no obsm"):
+        emb.obsm("X_umap")
+
+
+def test_open_embeddings_refuses_bad_files_in_one_line(setup, tmp_path):
+    store, model_dir, _ = setup
+    with pytest.raises(InputError, match="embeddings not found"):
+        open_embeddings(tmp_path / "missing.zarr")
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(InputError, match="cannot read as embeddings"):
+        open_embeddings(tmp_path / "junk.zarr")
+    a = ad.read_zarr(embed_store(store, model_dir, tmp_path / "emb.zarr"))
+    a.obsm = {}
+    a.write_zarr(tmp_path / "bare.zarr")
+    with pytest.raises(InputError, match="no obsm key"):
+        open_embeddings(tmp_path / "bare.zarr")
+    a.obsm[OBSM_RNA] = np.zeros((a.n_obs, 4), np.float32)
+    a.write_zarr(tmp_path / "rna_only.zarr")
+    with pytest.raises(InputError, match="prot embedding"):
+        open_embeddings(tmp_path / "rna_only.zarr").require("rna", "prot")
 
 
 def test_joint_embedding_is_normalised_mean():
