@@ -18,6 +18,7 @@ from omicsclip.io.split import SPLITS, make_split, read_split, write_split
 from omicsclip.io.store import StoreWriter, iter_store, read_store, store_info, write_store
 from omicsclip.io.summary import format_summary, inspect_store
 from omicsclip.io.synthetic import SynthParams, iter_synthetic, make_synthetic, write_synthetic_h5ad
+from omicsclip.io.tsv import read_tsv, to_tsv
 
 __all__ = [
     "DEFAULT_HTO_PATTERNS",
@@ -46,10 +47,12 @@ __all__ = [
     "read_json_object",
     "read_split",
     "read_store",
+    "read_tsv",
     "reader_options",
     "sha256_file",
     "sha256_tree",
     "store_info",
+    "to_tsv",
     "write_json",
     "write_split",
     "write_store",
