@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -36,23 +40,63 @@ def fail(message: str, code: int) -> None:
     code
         The exit status.
     """
-    typer.echo(f"omicsclip: error: {message}", err=True)
+    typer.echo(f"omicsclip: error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(message: str) -> str:
+    r"""Return ``message`` with line breaks and other control characters shown as escapes (``\n``, ``\x1b``).
+
+    A name or value quoted in an error (a file name, a label, a config value) may hold them; the refusal must stay
+    one line and must not drive the terminal.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(message).strip())
+
+
+class Terminated(BaseException):  # noqa: N818 - named after the signal's effect, like KeyboardInterrupt
+    """SIGTERM during a command: unwinds like ``KeyboardInterrupt`` so temporaries are removed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """For the block, SIGTERM raises :class:`Terminated` (training replaces it with its checkpointing handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def guarded(func: F) -> F:
-    """Turn library exceptions into one clear line and an exit code (2 bad input, 1 failure)."""
+    """Turn library exceptions into one clear line and an exit code (2 bad input, 1 failure).
+
+    SIGINT and SIGTERM unwind the command (temporaries are removed) and exit 130 and 143.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _sigterm_unwinds():
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except OmicsclipError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except Terminated:
+            fail("terminated", 143)
         except Exception as exc:  # noqa: BLE001 - last line of defence: no tracebacks for users
             if os.environ.get("OMICSCLIP_DEBUG"):
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli._common import ConfigOpt, SetOpt, Terminated, guarded, load_cfg
 from omicsclip.errors import InputError, OmicsclipError
 
 DEMO_SINGLE_THREADED = ("ingest", "train", "evaluate", "embed", "index", "query")
@@ -51,13 +52,28 @@ def write_overrides(overrides: list[str] | None, path: Path) -> Path:
 
 
 def run_workflow(cmd: list[str]) -> None:
-    """Run Snakemake with this environment's bin folder first on PATH (so rules call this ``omicsclip``)."""
+    """Run Snakemake with this environment's bin folder first on PATH (so rules call this ``omicsclip``).
+
+    SIGTERM (:class:`~omicsclip.cli._common.Terminated` under :func:`~omicsclip.cli._common.guarded`) is passed
+    on to Snakemake, which stops its jobs and removes their incomplete outputs; once it has ended, the command
+    ends as terminated (exit 143). A second SIGTERM ends this process at once.
+    """
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(_venv_bin()), env.get("PATH", "")])
     try:
-        rc = subprocess.run(cmd, env=env, check=False).returncode
+        proc = subprocess.Popen(cmd, env=env)
     except FileNotFoundError:
         raise OmicsclipError(f"{cmd[0]}: snakemake is not installed in this environment") from None
+    try:
+        rc = proc.wait()
+    except Terminated:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+    except BaseException:  # e.g. Ctrl-C: as subprocess.run does
+        proc.kill()
+        proc.wait()
+        raise
     if rc != 0:
         raise OmicsclipError(f"snakemake failed (exit {rc}); the failing rule's log is named above")
 

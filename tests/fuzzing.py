@@ -18,11 +18,13 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from typer.testing import CliRunner
 
 _EXAMPLES = int(os.environ.get("OMICSCLIP_FUZZ_EXAMPLES", "15"))
-_COMMON = dict(deadline=None, print_blob=True,
+_PHASES = tuple(Phase) if os.environ.get("OMICSCLIP_FUZZ_SHRINK", "1") != "0" else (
+    Phase.explicit, Phase.reuse, Phase.generate)  # OMICSCLIP_FUZZ_SHRINK=0: report failures unshrunk (debugging)
+_COMMON = dict(deadline=None, print_blob=True, phases=_PHASES,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                       HealthCheck.data_too_large, HealthCheck.filter_too_much])
 settings.register_profile("fast", max_examples=_EXAMPLES, derandomize=True, database=None, **_COMMON)

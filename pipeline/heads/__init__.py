@@ -43,8 +43,8 @@ from omicsclip.heads.fusion import (
 from omicsclip.heads.headio import HEAD_FORMAT, HEAD_FORMAT_VERSION, check_fingerprint, load_head, save_head
 from omicsclip.heads.inputs import Embedding, presence_mask, read_embedding
 from omicsclip.heads.labels import label_array, sample_per_class, unlabelled_pool
-from omicsclip.heads.predict import predict_cells, predict_head, prediction_frame
-from omicsclip.heads.run import finetune_embedding
+from omicsclip.heads.predict import iter_predictions, predict_cells, predict_head, prediction_frame
+from omicsclip.heads.run import finetune_embedding, fit_embedding_head
 from omicsclip.heads.tuning import apply_encoder_layers, fit_with_store, penultimate_features
 
 __all__ = [
@@ -73,10 +73,12 @@ __all__ = [
     "classification_metrics",
     "expected_calibration_error",
     "finetune_embedding",
+    "fit_embedding_head",
     "fit_head",
     "fit_head_with_encoders",
     "fit_inverse_temperature",
     "fit_with_store",
+    "iter_predictions",
     "label_array",
     "load_head",
     "make_classifier",

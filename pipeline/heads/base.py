@@ -2,7 +2,11 @@
 
 Every head takes the per-modality embeddings ``z_rna`` (n x d_rna) and ``z_prot`` (n x d_prot) and an explicit
 presence ``mask`` (n x 2 float, columns rna, prot; 1 = present). A missing modality is never silently zero-filled:
-rows whose mask is 0 are ignored whatever they hold (NaN included), and each head uses the mask explicitly.
+rows whose mask is 0 are ignored whatever they hold (NaN included), and each head uses the mask explicitly. A mask
+value between 0 and 1 is a present modality of reduced reliability (a protein embedding from a panel lacking some
+of the model's proteins: :func:`omicsclip.heads.inputs.reliability_mask`); the heads that weigh modalities
+multiply that modality's weight by it (:func:`masked_log_weights`), so 1 behaves exactly as present and the limit
+0 as absent.
 
 ``forward`` returns a dict of tensors:
 
@@ -121,8 +125,14 @@ def mix_experts(expert_log_probs: torch.Tensor, log_weights: torch.Tensor) -> to
 
 
 def masked_log_weights(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return the log-softmax of per-modality ``scores`` (n, 2) over the present modalities only."""
-    return torch.log_softmax(scores.masked_fill(mask <= 0, _NEG), dim=1)
+    """Return the log-softmax of per-modality ``scores + log(mask)`` (n, 2) over the present modalities only.
+
+    A mask of 1 leaves a score as it is and 0 removes the modality, as a hard mask does; a soft mask ``r`` in
+    (0, 1) (a modality of reduced reliability) multiplies that modality's weight by ``r`` before renormalising.
+    """
+    present = mask > 0
+    log_mask = torch.log(torch.where(present, mask, torch.ones_like(mask)))
+    return torch.log_softmax(torch.where(present, scores + log_mask, torch.full_like(scores, _NEG)), dim=1)
 
 
 def nan_weights(n: int, like: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,8 @@ def _oob_mixture(expert_p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class GatedFusionHead(BootstrapMixin, FusionHead):
     """Per-modality experts (small bootstrap ensembles) mixed by per-cell weights from a gate.
 
-    Gate weights = softmax(prior + detector(cell)), masked to the present modalities:
+    Gate weights = softmax(prior + detector(cell) + log(mask)), masked to the present modalities (a soft mask,
+    e.g. a protein panel lacking some of the model's proteins, lowers that modality's weight):
 
     - the detector: one small network per modality scoring how much its embedding looks like a real cell's,
       trained label-free on augmented cells (labelled and unlabelled training cells): all weight on the clean
@@ -202,8 +203,9 @@ class UncertaintyFusionHead(BootstrapMixin, FusionHead):
     Prediction runs ``mc_samples`` MC-dropout passes of every member. Per modality: aleatoric = the noise
     variance, epistemic = the MC-dropout variance of the logits (mean over members and classes), total = their
     sum (logit units). The modalities' (centred, member-averaged) logits are fused by inverse-variance weighting —
-    weights = normalised 1/total, the product of the two Gaussian logit beliefs — and the fused variance
-    1/sum(1/total) is propagated as logit noise into the class probabilities. Finally the fused log-probabilities
+    weights = normalised mask/total, the product of the two Gaussian logit beliefs (a soft mask ``r``, a degraded
+    protein panel, reads as variance total/r) — and the fused variance 1/sum(mask/total) is propagated as logit
+    noise into the class probabilities. Finally the fused log-probabilities
     are sharpened by ``beta`` (1 while training), which :func:`~omicsclip.heads.calibration.calibrate_out_of_bag` fits on the out-of-bag fused
     predictions of the labelled cells, as in the gated head.
     """

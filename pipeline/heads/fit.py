@@ -247,7 +247,8 @@ def fit_head(
     params
         Head and training hyper-parameters.
     mask
-        (n, 2) presence mask (default: from finiteness of the rows).
+        (n, 2) presence mask (default: from finiteness of the rows); values in (0, 1) are a modality of reduced
+        reliability (:func:`omicsclip.heads.inputs.reliability_mask`).
     unlabelled, unlabelled_mask
         Optional (z_rna, z_prot) of unlabelled cells (training split; labels never used) and their mask. The gated
         and uncertainty heads use them, augmented, to learn what a corrupted modality looks like (gate

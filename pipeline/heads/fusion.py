@@ -7,7 +7,8 @@ probabilities averaged); ``gated`` (per-modality bootstrap-ensemble experts mixe
 
 Each head uses the presence mask explicitly: learned "missing" tokens plus mask features (early), masked averages
 (late), a masked softmax gate (gated), masked inverse-variance weights (uncertainty), the LMF appended-1 unimodal
-terms (tensor). The interface they share is :class:`omicsclip.heads.base.FusionHead`; the gated and uncertainty
+terms (tensor). A soft mask value (a degraded protein panel) scales that modality's weight in the late, gated and
+uncertainty heads (:func:`~omicsclip.heads.base.masked_log_weights`). The interface they share is :class:`omicsclip.heads.base.FusionHead`; the gated and uncertainty
 heads live in :mod:`omicsclip.heads.ensemble`.
 """
 

@@ -1,4 +1,9 @@
-"""What the heads read: the per-modality embeddings of an ``omicsclip embed`` file and their presence mask."""
+"""What the heads read: the per-modality embeddings of an ``omicsclip embed`` file and their presence mask.
+
+The mask says how much each modality of a cell is to be trusted: 0 = absent, 1 = present; a protein embedding made
+from a panel that lacked some of the model's proteins gets ``1 - fraction missing`` (:func:`reliability_mask`),
+which the heads use as a soft weight (:func:`omicsclip.heads.base.masked_log_weights`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from omicsclip.errors import InputError
 from omicsclip.model.embed import Embeddings, open_embeddings
 
 
@@ -29,6 +35,33 @@ def presence_mask(z_rna: np.ndarray | None, z_prot: np.ndarray | None, n: int | 
     return mask
 
 
+def reliability_mask(mask: np.ndarray, prot_missing: np.ndarray | None) -> np.ndarray:
+    """Return ``mask`` with its protein column weighted by ``1 - prot_missing`` (a soft mask in [0, 1]).
+
+    A cell whose panel lacked a fraction ``f`` of the model's proteins gets protein weight ``1 - f``: 1 (all
+    proteins) is today's present modality, 0 today's absent one; in between the gated and uncertainty heads move
+    weight to RNA (:func:`omicsclip.heads.base.masked_log_weights`).
+
+    Parameters
+    ----------
+    mask
+        (n, 2) presence mask (:func:`presence_mask`).
+    prot_missing
+        (n,) per-cell fraction of the model's proteins missing (``Embeddings.prot_missing_fraction``), or ``None``
+        (every protein there: ``mask`` unchanged).
+    """
+    mask = np.array(mask, np.float32)
+    if prot_missing is None:
+        return mask
+    frac = np.asarray(prot_missing, np.float32).ravel()
+    if frac.shape != (len(mask),):
+        raise InputError(f"protein missing fractions: {frac.size} values for {len(mask)} cells")
+    if not (np.isfinite(frac) & (frac >= 0) & (frac <= 1)).all():
+        raise InputError("protein missing fractions must lie in [0, 1]")
+    mask[:, 1] *= 1.0 - frac
+    return mask
+
+
 @dataclass
 class Embedding:
     """The RNA and protein embeddings of an ``omicsclip embed`` output, in memory, with their presence mask.
@@ -38,7 +71,10 @@ class Embedding:
     z_rna, z_prot
         (n, d) float32 embeddings.
     mask
-        (n, 2) presence mask (:func:`presence_mask`).
+        (n, 2) soft presence mask: :func:`presence_mask` with the protein column weighted by ``1 - prot_missing``
+        (:func:`reliability_mask`).
+    prot_missing
+        (n,) per-cell fraction of the model's proteins missing from the panel the protein embedding was made from.
     obs
         The cells' annotations (labels, ``split``).
     fingerprint
@@ -50,6 +86,7 @@ class Embedding:
     z_rna: np.ndarray
     z_prot: np.ndarray
     mask: np.ndarray
+    prot_missing: np.ndarray
     obs: pd.DataFrame
     fingerprint: str | None
     path: Path
@@ -61,9 +98,10 @@ class Embedding:
 
 
 def read_embedding(path: str | Path | Embeddings) -> Embedding:
-    """Read the RNA and protein embeddings of an ``omicsclip embed`` output, with their presence mask.
+    """Read the RNA and protein embeddings of an ``omicsclip embed`` output, with their (soft) presence mask.
 
-    The file is opened with :func:`omicsclip.model.embed.open_embeddings`, the one embeddings reader.
+    The file is opened with :func:`omicsclip.model.embed.open_embeddings`, the one embeddings reader; the per-cell
+    fraction of missing proteins comes from :meth:`~omicsclip.model.embed.Embeddings.prot_missing_fraction`.
 
     Parameters
     ----------
@@ -74,5 +112,6 @@ def read_embedding(path: str | Path | Embeddings) -> Embedding:
     emb = path if isinstance(path, Embeddings) else open_embeddings(path)
     emb.require("rna", "prot")
     z_rna, z_prot = emb.matrix("rna"), emb.matrix("prot")
-    return Embedding(z_rna=z_rna, z_prot=z_prot, mask=presence_mask(z_rna, z_prot), obs=emb.obs,
-                     fingerprint=emb.fingerprint, path=emb.path)
+    missing = emb.prot_missing_fraction()
+    return Embedding(z_rna=z_rna, z_prot=z_prot, mask=reliability_mask(presence_mask(z_rna, z_prot), missing),
+                     prot_missing=missing, obs=emb.obs, fingerprint=emb.fingerprint, path=emb.path)

@@ -1,12 +1,14 @@
 """Predict with a head: per-cell class probabilities, modality weights and uncertainties.
 
-:func:`predict_head` works on embeddings in memory; :func:`predict_cells` is the ``predict`` command (raw counts of
-new cells in any ingest format -> one TSV row per cell).
+:func:`predict_head` works on embeddings in memory; :func:`iter_predictions` embeds and labels the cells of an input
+source chunk by chunk; :func:`predict_cells` is the ``predict`` command (raw counts of new cells in any ingest
+format -> one TSV row per cell).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ from omicsclip.errors import InputError
 from omicsclip.heads.base import FusionHead, as_tensor, normalised_entropy, one_thread
 from omicsclip.heads.ensemble import UncertaintyFusionHead
 from omicsclip.heads.headio import check_fingerprint, load_head
-from omicsclip.heads.inputs import presence_mask
+from omicsclip.heads.inputs import presence_mask, reliability_mask
 from omicsclip.heads.tuning import apply_encoder_layers
 from omicsclip.io.atomic import atomic_path
 from omicsclip.io.readers import reader_options
+from omicsclip.io.tsv import to_tsv
+from omicsclip.model.alignment import protein_missing_fraction
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,9 @@ def predict_head(
     z_rna, z_prot
         (n, d) embeddings, or ``None`` when a modality is absent for every cell.
     mask
-        (n, 2) presence mask (default: finiteness of the rows; an absent array means absent for all cells).
+        (n, 2) presence mask (default: finiteness of the rows; an absent array means absent for all cells); a
+        protein value below 1 is a degraded panel's reliability
+        (:func:`~omicsclip.heads.inputs.reliability_mask`).
     mc_samples
         MC-dropout passes (uncertainty head only).
     seed
@@ -128,9 +134,66 @@ def prediction_frame(pred: dict[str, np.ndarray], classes: list[str], barcodes: 
         "uncertainty_prot": pred["modality_uncertainty"][:, 1],
         "has_rna": (mask[:, 0] > 0).astype(int),
         "has_prot": (mask[:, 1] > 0).astype(int),
+        # the protein column of the mask is 1 - the fraction missing (0 for a cell without protein: all missing)
+        "prot_missing_fraction": 1.0 - np.clip(mask[:, 1], 0.0, 1.0),
     })
     df.loc[none, ["weight_rna", "weight_prot"]] = np.nan
     return df
+
+
+def iter_predictions(src: Any, model: Any, head: FusionHead, meta: dict[str, Any], *, chunk_cells: int,
+                     head_name: str = "head") -> Iterator[pd.DataFrame]:
+    """Embed and label the cells of an open source chunk by chunk: the loop of ``predict`` and the notebook API.
+
+    A cell is predicted from the modalities it has (non-zero counts); a protein panel lacking some of the model's
+    proteins weighs the protein embedding by 1 minus the fraction missing
+    (:func:`~omicsclip.heads.inputs.reliability_mask`). Chunk ``k`` seeds its MC-dropout with ``seed + k``.
+
+    Parameters
+    ----------
+    src
+        An open :class:`~omicsclip.io.readers.InputSource` (files or data in memory), RNA, protein or both.
+    model
+        The :class:`~omicsclip.model.modelio.TrainedModel` whose embeddings the head classifies (with the head's
+        fine-tuned encoder layers applied, if any).
+    head, meta
+        The head and its ``head.json`` (:func:`~omicsclip.heads.headio.load_head`).
+    chunk_cells
+        Cells read, embedded and predicted at a time.
+    head_name
+        How to name the head in messages (its folder).
+
+    Yields
+    ------
+    pandas.DataFrame
+        The ``predict`` table of one chunk (:func:`prediction_frame`; columns: see :func:`predict_cells`).
+
+    Raises
+    ------
+    InputError
+        A single-modality head given cells without that modality, or a source without cells.
+    """
+    from omicsclip.io.ingest import source_name
+
+    classes = list(meta["classes"])
+    hp = meta["params"]
+    k = -1
+    for k, chunk in enumerate(src.iter_chunks(chunk_cells)):
+        m = chunk.n_cells
+        mask = np.stack([_has_counts(chunk.rna, m), _has_counts(chunk.prot, m)], 1).astype(np.float32)
+        if head.fusion in MODALITIES and not mask[:, MODALITIES.index(head.fusion)].all():
+            missing = int((mask[:, MODALITIES.index(head.fusion)] == 0).sum())
+            raise InputError(f"head {head_name} uses {head.fusion} only, but {missing} cells of "
+                             f"{source_name(src)} have no {head.fusion} counts; use a fusion head")
+        emb = model.embed(chunk.rna, chunk.prot, genes=chunk.gene_names if chunk.rna is not None else None,
+                          proteins=chunk.protein_names if chunk.prot is not None else None)
+        if "prot" in emb:  # a degraded panel: the protein embedding weighs 1 - the fraction missing
+            mask = reliability_mask(mask, protein_missing_fraction(model.last_report["prot"], m))
+        pred = predict_head(head, emb.get("rna"), emb.get("prot"), mask=mask, mc_samples=int(hp["mc_samples"]),
+                            seed=int(hp["seed"]) + k)
+        yield prediction_frame(pred, classes, chunk.barcodes)
+    if k < 0:
+        raise InputError(f"{source_name(src)}: no cells to predict")
 
 
 def predict_cells(
@@ -152,7 +215,12 @@ def predict_cells(
     which have none), ``uncertainty`` (normalised entropy of the prediction, 0..1), ``uncertainty_rna``/
     ``uncertainty_prot`` (per-modality: total predictive variance for the uncertainty head, normalised entropy of
     the modality's expert for the others; NaN where undefined), ``has_rna``/``has_prot`` (the modality was given
-    for the cell: present in the input with non-zero counts; an absent modality is masked, not zero-filled).
+    for the cell: present in the input with non-zero counts; an absent modality is masked, not zero-filled),
+    ``prot_missing_fraction`` (fraction of the model's proteins the cell's panel lacks, 1 without protein; the
+    heads weigh its protein embedding by 1 minus it). Text fields are escaped (:func:`omicsclip.io.tsv.to_tsv`):
+    one line per cell whatever the labels and barcodes hold.
+
+    An input lacking more than the model's ``max_missing_protein_fraction`` of its proteins is refused.
 
     Parameters
     ----------
@@ -187,37 +255,23 @@ def predict_cells(
     head, meta, extra = load_head(head_dir)
     model = load_model(model_dir)
     check_fingerprint(meta, model.fingerprint, head_dir=head_dir)
-    if apply_encoder_layers(model, extra):
+    if apply_encoder_layers(model, extra, source=str(Path(head_dir) / "head.safetensors")):
         log.info("using the head's fine-tuned last encoder layers")
-    classes = list(meta["classes"])
-    hp = meta["params"]
     counts: dict[str, int] = {}
     n = 0
     with open_input([str(p) for p in inputs], fmt, require="any", modality=modality,
                     **reader_options(reader)) as src, atomic_path(out, overwrite=overwrite) as tmp:
         with open(tmp, "w", newline="") as fh:
-            for k, chunk in enumerate(src.iter_chunks(chunk_cells)):
-                m = chunk.n_cells
-                mask = np.stack([_has_counts(chunk.rna, m), _has_counts(chunk.prot, m)], 1).astype(np.float32)
-                if head.fusion in MODALITIES and not mask[:, MODALITIES.index(head.fusion)].all():
-                    missing = int((mask[:, MODALITIES.index(head.fusion)] == 0).sum())
-                    raise InputError(f"head {head_dir} uses {head.fusion} only, but {missing} cells of "
-                                     f"{inputs[0]} have no {head.fusion} counts; use a fusion head")
-                emb = model.embed(chunk.rna, chunk.prot, genes=chunk.gene_names if chunk.rna is not None else None,
-                                  proteins=chunk.protein_names if chunk.prot is not None else None)
-                pred = predict_head(head, emb.get("rna"), emb.get("prot"), mask=mask,
-                                    mc_samples=int(hp["mc_samples"]), seed=int(hp["seed"]) + k)
-                df = prediction_frame(pred, classes, chunk.barcodes)
-                df.to_csv(fh, sep="\t", index=False, header=(k == 0), float_format="%.6g")
-                n += m
+            for k, df in enumerate(iter_predictions(src, model, head, meta, chunk_cells=chunk_cells,
+                                                    head_name=str(head_dir))):
+                to_tsv(df, fh, header=(k == 0), float_format="%.6g")
+                n += len(df)
                 for lab, c in df["label"].value_counts().items():
                     counts[str(lab)] = counts.get(str(lab), 0) + int(c)
                 code = np.bincount(2 * df["has_rna"].to_numpy(int) + df["has_prot"].to_numpy(int), minlength=4)
                 for key, c in zip(("none", "prot_only", "rna_only", "both"), code.tolist(), strict=True):
                     if c:
                         counts[f"cells_{key}"] = counts.get(f"cells_{key}", 0) + c
-            if n == 0:
-                raise InputError(f"{inputs[0]}: no cells to predict")
     n_none = counts.get("cells_none", 0)
     if n_none:
         log.warning("%d cells have neither RNA nor protein counts: no label", n_none)

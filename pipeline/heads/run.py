@@ -1,4 +1,7 @@
-"""The ``finetune`` command: fit a head on the labelled training cells of an embeddings file and save it."""
+"""The ``finetune`` command: fit a head on the labelled training cells of an embeddings file and save it.
+
+:func:`fit_embedding_head` fits in memory (the notebook API stops there); :func:`finetune_embedding` also saves.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 
 from omicsclip.errors import InputError
+from omicsclip.heads.base import FusionHead
 from omicsclip.heads.calibration import classification_metrics
 from omicsclip.heads.fit import HeadParams, fit_head
 from omicsclip.heads.headio import save_head
@@ -20,13 +24,13 @@ from omicsclip.heads.labels import label_array, sample_per_class, unlabelled_poo
 from omicsclip.heads.predict import predict_head
 from omicsclip.heads.tuning import fit_with_store
 from omicsclip.io.jsonfile import read_json_object
+from omicsclip.model.embed import Embeddings
 
 log = logging.getLogger(__name__)
 
 
-def finetune_embedding(
-    emb_path: str | Path,
-    out: str | Path,
+def fit_embedding_head(
+    emb_path: str | Path | Embeddings,
     *,
     label_key: str,
     section: dict[str, Any],
@@ -35,9 +39,8 @@ def finetune_embedding(
     seed: int | None = None,
     store: str | Path | None = None,
     model: str | Path | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Fit a head on an embedding's labelled training cells and save it (the ``finetune`` command).
+) -> tuple[FusionHead, dict[str, Any], dict[str, torch.Tensor]]:
+    """Fit a head on an embedding's labelled training cells, in memory (what ``finetune`` saves).
 
     Labels come from ``obs[label_key]`` (NaN/empty/``ignore_labels`` = unlabelled). Cells of the ``train`` split
     are used (all cells when the file has no ``split`` column); ``labels_per_class`` draws that many per class
@@ -47,9 +50,8 @@ def finetune_embedding(
     Parameters
     ----------
     emb_path
-        Embedding AnnData zarr from ``omicsclip embed``.
-    out
-        New head folder (``head.safetensors``, ``head.json``).
+        Embedding AnnData zarr from ``omicsclip embed``, or embeddings already opened or held in memory (an
+        :class:`~omicsclip.model.embed.Embeddings`, named by its ``path`` in messages and ``head.json``).
     label_key
         obs column holding the labels.
     section
@@ -62,22 +64,24 @@ def finetune_embedding(
         Seed of the label draw and the head (default: ``section["seed"]``).
     store, model
         Paired store and model folder; needed only with ``finetune_encoder: true`` (light fine-tuning of the
-        encoders' last layers, saved with the head and applied by ``predict``).
-    overwrite
-        Replace an existing ``out``.
+        encoders' last layers, kept with the head and applied by ``predict``).
 
     Returns
     -------
-    dict
-        The saved ``head.json`` contents.
+    tuple
+        The fitted head, its ``head.json`` description (classes, parameters, held-out metrics, model
+        fingerprint) and the fine-tuned encoder tensors (empty unless ``finetune_encoder``), as
+        :func:`omicsclip.heads.headio.save_head` takes them.
     """
-    from omicsclip.io.atomic import check_writable
-
-    check_writable(Path(out), overwrite=overwrite, inputs=(emb_path, store, model))
     params = HeadParams.from_section(section)
     if seed is not None:
         params = replace(params, seed=int(seed))
     emb = read_embedding(emb_path)
+    emb_path = emb.path
+    degraded = emb.prot_missing > 0
+    if degraded.any():
+        log.info("%d cells' protein panel lacks some of the model's proteins (up to %.0f%%): their protein "
+                 "embedding weighs 1 - the fraction missing", int(degraded.sum()), 100 * float(emb.prot_missing.max()))
     labels = label_array(emb.obs, label_key, ignore_labels, source=str(emb_path))
     split = emb.split
     if split is not None and not (split == "train").any():  # e.g. cells of another store ("unseen")
@@ -144,6 +148,45 @@ def finetune_embedding(
     }
     if emb.fingerprint is None:
         log.warning("%s: no uns['omicsclip']['model_fingerprint']; `predict` will refuse this head", emb_path)
+    return head, meta, extra
+
+
+def finetune_embedding(
+    emb_path: str | Path | Embeddings,
+    out: str | Path,
+    *,
+    label_key: str,
+    section: dict[str, Any],
+    labels_per_class: int | None = None,
+    ignore_labels: tuple[str, ...] | list[str] = (),
+    seed: int | None = None,
+    store: str | Path | None = None,
+    model: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Fit a head with :func:`fit_embedding_head` and save it (the ``finetune`` command).
+
+    Parameters
+    ----------
+    emb_path, label_key, section, labels_per_class, ignore_labels, seed, store, model
+        As for :func:`fit_embedding_head`.
+    out
+        New head folder (``head.safetensors``, ``head.json``); checked before any work is done.
+    overwrite
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    dict
+        The saved ``head.json`` contents.
+    """
+    from omicsclip.io.atomic import check_writable
+
+    source = emb_path.path if isinstance(emb_path, Embeddings) else emb_path
+    check_writable(Path(out), overwrite=overwrite, inputs=(source, store, model))
+    head, meta, extra = fit_embedding_head(emb_path, label_key=label_key, section=section,
+                                           labels_per_class=labels_per_class, ignore_labels=ignore_labels,
+                                           seed=seed, store=store, model=model)
     save_head(out, head, meta, extra_tensors=extra, overwrite=overwrite)
     log.info("wrote %s", out)
     return read_json_object(Path(out) / "head.json")

@@ -53,10 +53,10 @@ def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], p
     return np.concatenate(hr), np.concatenate(hp)
 
 
-def apply_encoder_layers(model: Any, tensors: dict[str, torch.Tensor]) -> bool:
+def apply_encoder_layers(model: Any, tensors: dict[str, torch.Tensor], source: str = "head") -> bool:
     """Load fine-tuned last encoder layers (``encoder.*`` tensors of a head) into a loaded model, in place.
 
-    Returns whether any were applied.
+    ``source`` names the head's weights file in a refusal. Returns whether any were applied.
     """
     applied = False
     for mod in MODALITIES:
@@ -65,7 +65,8 @@ def apply_encoder_layers(model: Any, tensors: dict[str, torch.Tensor]) -> bool:
             try:
                 getattr(model.model, mod).proj.load_state_dict(state, strict=True)
             except RuntimeError as exc:
-                raise InputError(f"fine-tuned {mod} encoder layer does not fit the model ({exc})") from None
+                why = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+                raise InputError(f"{source}: fine-tuned {mod} encoder layer does not fit the model ({why})") from None
             applied = True
     return applied
 

@@ -22,6 +22,10 @@ import numpy as np
 from omicsclip.errors import InputError
 
 log = logging.getLogger(__name__)
+# faiss' loader reports at INFO each instruction set it tries, e.g. ModuleNotFoundError('No module named
+# 'faiss.swigfaiss_avx512'): not an error (it falls back to the next build), so only its warnings are shown.
+# Set here, before any ``import faiss`` (every module that imports faiss imports this one first).
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 METRIC = "inner_product"

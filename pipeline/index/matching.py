@@ -69,7 +69,8 @@ def check_features(genes: Sequence[str] | None, proteins: Sequence[str] | None, 
     Raises
     ------
     InputError
-        More than the model's ``max_missing_gene_fraction`` of its genes missing, or no protein shared.
+        More than the model's ``max_missing_gene_fraction`` of its genes or ``max_missing_protein_fraction`` of its
+        proteins missing, or no protein shared.
     """
     out: dict[str, Any] = {}
     if genes is not None:
@@ -91,6 +92,13 @@ def check_features(genes: Sequence[str] | None, proteins: Sequence[str] | None, 
         if rep["n_shared"] == 0:
             raise InputError(f"{source}: shares no protein with the model (model: "
                              f"{', '.join(model.proteins[:5])}...; input: {', '.join(map(str, proteins[:5]))}...)")
+        limit = float(model.state.max_missing_protein_fraction)  # the state: old model.json configs lack the key
+        if rep["missing_fraction"] > limit:
+            raise InputError(
+                f"{source}: lacks {rep['n_missing']} of the model's {rep['n_model']} proteins "
+                f"({rep['missing_fraction']:.0%} > max_missing_protein_fraction={limit:g}); "
+                f"e.g. {', '.join(rep['missing_examples'][:3])}"
+            )
         level = logging.WARNING if rep["n_missing"] else logging.INFO
         log.log(level, "%s proteins vs model: %d of %d missing (zero-filled), %d extra (ignored)", source,
                 rep["n_missing"], rep["n_model"], rep["n_extra"])

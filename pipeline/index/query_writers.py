@@ -12,11 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from omicsclip.io.tsv import to_tsv
+
 NEIGHBOUR_COLUMNS = ("query_id", "query_modality", "index_modality", "rank", "reference_id", "similarity")
 
 
 class TableWriter:
     """Append DataFrame chunks to a parquet file and a TSV file with the same columns.
+
+    The TSV goes through :func:`omicsclip.io.tsv.to_tsv`: names and labels holding tabs, newlines, backslashes or
+    other control characters are escaped, so the file stays one record per line (:func:`omicsclip.io.tsv.read_tsv`
+    gives the original text back); the parquet file keeps the text as it is.
 
     Parameters
     ----------
@@ -44,10 +50,10 @@ class TableWriter:
                 self._pq = pq.ParquetWriter(self.stem.with_suffix(".parquet"), table.schema)
             self._pq.write_table(table.cast(self._pq.schema))
         if self.tsv:
-            if self._fh is None:
-                self._fh = open(self.stem.with_suffix(".tsv"), "w", newline="")
-                self._fh.write("\t".join(map(str, df.columns)) + "\n")
-            df.to_csv(self._fh, sep="\t", header=False, index=False, float_format="%.6g", lineterminator="\n")
+            first = self._fh is None
+            if first:
+                self._fh = open(self.stem.with_suffix(".tsv"), "w", newline="", encoding="utf-8")
+            to_tsv(df, self._fh, header=first, float_format="%.6g")
         self.n_rows += len(df)
 
     def close(self) -> list[str]:

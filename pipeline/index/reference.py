@@ -34,14 +34,14 @@ from omicsclip.index.faiss_index import (
     set_search_params,
     to_gpu,
 )
+from omicsclip.index.refmeta import FORMAT_VERSION, IDS, META, OBS, PROTEIN, kind_of, read_ids, read_meta
 from omicsclip.io.atomic import atomic_path, check_writable
 from omicsclip.io.hashing import sha256_file
-from omicsclip.io.jsonfile import read_json_object, write_json
+from omicsclip.io.jsonfile import write_json
+from omicsclip.io.tsv import to_tsv
+from omicsclip.model.statecheck import one_line, show
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-META, IDS, PROTEIN, OBS = "meta.json", "cell_ids.tsv", "reference_protein.npy", "reference_obs.parquet"
 
 
 def _version() -> str:
@@ -65,118 +65,39 @@ def write_index_dir(
 ) -> Path:
     """Build one index per modality and write the reference folder atomically.
 
+    :meth:`ReferenceIndex.build`, then :meth:`ReferenceIndex.save`.
+
     Parameters
     ----------
     out_dir
         The index folder to create.
-    embeddings
-        ``{"rna": (n, d), "prot": (n, d)}`` L2-normalised embeddings of the same cells (at least one modality).
-    cell_ids
-        The ``n`` reference cell ids, in row order.
-    model_fingerprint
-        Fingerprint of the model that produced the embeddings; queries with another model are refused.
-    section
-        The ``index:`` config section.
-    protein, protein_names
-        Optional ``(n, P)`` CLR-normalised reference protein and its column names (enables imputation).
-    labels
-        Optional frame of label columns (``n`` rows, row order = ``cell_ids``) for label transfer.
-    source
-        Free-form provenance recorded in ``meta.json``.
+    embeddings, cell_ids, model_fingerprint, section, protein, protein_names, labels, source
+        As in :meth:`ReferenceIndex.build`.
     overwrite
         Replace an existing folder.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
     """
-    mods = [m for m in MODALITIES if m in embeddings]
-    if not mods:
-        raise InputError(f"{out_dir}: no embeddings to index (expected keys {MODALITIES})")
-    ids = [str(c) for c in cell_ids]
-    n = len(ids)
-    if n == 0:
-        raise InputError(f"{out_dir}: no reference cells to index")
-    if len(set(ids)) != n:
-        raise InputError(f"{out_dir}: reference cell ids are not unique")
-    dims = {m: np.shape(embeddings[m]) for m in mods}
-    for m, shape in dims.items():
-        if len(shape) != 2 or shape[0] != n:
-            raise InputError(f"{out_dir}: {m} embeddings have shape {shape}, expected ({n}, d)")
-    dim = dims[mods[0]][1]
-    if any(s[1] != dim for s in dims.values()):
-        raise InputError(f"{out_dir}: modality embeddings differ in dimension {dims}")
-    for m in mods:  # inner product = cosine similarity only for finite unit vectors
-        norms = np.linalg.norm(np.asarray(embeddings[m], dtype=np.float32), axis=1)
-        bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
-        if bad.any():
-            raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
-                             f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
-                             f"omicsclip embeddings")
-    if protein is not None:
-        protein = np.ascontiguousarray(protein, dtype=np.float32)
-        if protein.shape[0] != n or protein_names is None or protein.shape[1] != len(protein_names):
-            raise InputError(f"{out_dir}: reference protein shape {protein.shape} does not match {n} cells "
-                             f"x {0 if protein_names is None else len(protein_names)} protein names")
-    if labels is not None and len(labels) != n:
-        raise InputError(f"{out_dir}: {len(labels)} label rows for {n} reference cells")
-
-    params = resolve_params(n, dim, section)
-    use_gpu = section["use_gpu"]
-    seed = int(section["seed"])
-    built: dict[str, Any] = {}
-    timings: dict[str, float] = {}
-    for m in mods:
-        t0 = time.perf_counter()
-        built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed)
-        timings[m] = round(time.perf_counter() - t0, 3)
-        log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
-
-    import faiss
-
-    with atomic_path(out_dir, overwrite=overwrite) as tmp:
-        tmp.mkdir()
-        for m in mods:
-            faiss.write_index(built[m], str(tmp / f"{m}.faiss"))
-        pd.DataFrame({"cell_id": ids}).to_csv(tmp / IDS, sep="\t", index=False)
-        if protein is not None:
-            np.save(tmp / PROTEIN, protein)
-        label_keys: list[str] = []
-        if labels is not None and labels.shape[1] > 0:
-            lab = labels.reset_index(drop=True).astype(str)
-            lab.columns = [str(c) for c in lab.columns]
-            label_keys = list(lab.columns)
-            lab.to_parquet(tmp / OBS, index=False)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "metric": METRIC,
-            "dim": int(dim),
-            "n": n,
-            "kind": params.kind,
-            "factory": factory_string(params),
-            "params": params.to_dict(),
-            "modalities": mods,
-            "model_fingerprint": str(model_fingerprint),
-            "proteins": None if protein is None else [str(p) for p in protein_names],
-            "protein_normalisation": None if protein is None else "clr",
-            "label_keys": label_keys,
-            "build_seconds": timings,
-            "files": files,
-            "omicsclip_version": _version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source": dict(source or {}),
-        }
-        write_json(tmp / META, meta)
-    log.info("wrote index folder %s (%s, n=%d, dim=%d)", out_dir, params.kind, n, dim)
-    return Path(out_dir)
+    ref = ReferenceIndex.build(embeddings=embeddings, cell_ids=cell_ids, model_fingerprint=model_fingerprint,
+                               section=section, protein=protein, protein_names=protein_names, labels=labels,
+                               source=source, name=str(out_dir))
+    return ref.save(out_dir, overwrite=overwrite)
 
 
 class ReferenceIndex:
-    """A loaded reference folder: searchable indices, cell ids, reference protein and labels.
+    """A reference: searchable indices, cell ids, reference protein and labels.
 
-    Use :meth:`load`; ``protein`` is memory-mapped so large references do not need to fit in memory twice.
+    :meth:`load` opens an index folder (``protein`` memory-mapped, so large references do not need to fit in memory
+    twice); :meth:`build` makes one in memory from embeddings and :meth:`save` writes it as a folder.
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], indices: dict[str, Any], cell_ids: np.ndarray,
-                 protein: np.ndarray | None, labels: pd.DataFrame | None) -> None:
+                 protein: np.ndarray | None, labels: pd.DataFrame | None, *, backing: Path | None = None) -> None:
         self.path = path
+        self._backing = backing  # the folder whose files this reference still reads (memory-mapped protein)
         self.meta = meta
         self.indices = indices
         self.cell_ids = cell_ids
@@ -210,6 +131,156 @@ class ReferenceIndex:
         return self.meta.get("proteins")
 
     @classmethod
+    def build(
+        cls,
+        *,
+        embeddings: Mapping[str, np.ndarray],
+        cell_ids: Sequence[str],
+        model_fingerprint: str,
+        section: Mapping[str, Any],
+        protein: np.ndarray | None = None,
+        protein_names: Sequence[str] | None = None,
+        labels: pd.DataFrame | None = None,
+        source: Mapping[str, Any] | None = None,
+        name: str = "<in memory>",
+        search_gpu: bool | str = False,
+    ) -> ReferenceIndex:
+        """Build one index per modality in memory: a reference to search now and :meth:`save` when wanted.
+
+        Parameters
+        ----------
+        embeddings
+            ``{"rna": (n, d), "prot": (n, d)}`` L2-normalised embeddings of the same cells (at least one modality).
+        cell_ids
+            The ``n`` reference cell ids, in row order.
+        model_fingerprint
+            Fingerprint of the model that produced the embeddings; queries with another model are refused.
+        section
+            The ``index:`` config section (``use_gpu`` decides where the indices are built).
+        protein, protein_names
+            Optional ``(n, P)`` CLR-normalised reference protein and its column names (enables imputation).
+        labels
+            Optional frame of label columns (``n`` rows, row order = ``cell_ids``) for label transfer.
+        source
+            Free-form provenance recorded in ``meta.json``.
+        name
+            The reference's ``path`` in messages until it is saved (e.g. the folder it will be written to).
+        search_gpu
+            ``auto`` | ``True`` | ``False``: move flat/IVF indices to a GPU for searching, as :meth:`load` does.
+
+        Returns
+        -------
+        ReferenceIndex
+            ``meta`` as ``meta.json`` will hold it, less the files' sha256 (written by :meth:`save`).
+        """
+        out_dir = name
+        mods = [m for m in MODALITIES if m in embeddings]
+        if not mods:
+            raise InputError(f"{out_dir}: no embeddings to index (expected keys {MODALITIES})")
+        ids = [str(c) for c in cell_ids]
+        n = len(ids)
+        if n == 0:
+            raise InputError(f"{out_dir}: no reference cells to index")
+        if len(set(ids)) != n:
+            raise InputError(f"{out_dir}: reference cell ids are not unique")
+        dims = {m: np.shape(embeddings[m]) for m in mods}
+        for m, shape in dims.items():
+            if len(shape) != 2 or shape[0] != n:
+                raise InputError(f"{out_dir}: {m} embeddings have shape {shape}, expected ({n}, d)")
+        dim = dims[mods[0]][1]
+        if any(s[1] != dim for s in dims.values()):
+            raise InputError(f"{out_dir}: modality embeddings differ in dimension {dims}")
+        for m in mods:  # inner product = cosine similarity only for finite unit vectors
+            norms = np.linalg.norm(np.asarray(embeddings[m], dtype=np.float32), axis=1)
+            bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+            if bad.any():
+                raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
+                                 f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
+                                 f"omicsclip embeddings")
+        if protein is not None:
+            protein = np.ascontiguousarray(protein, dtype=np.float32)
+            if protein.shape[0] != n or protein_names is None or protein.shape[1] != len(protein_names):
+                raise InputError(f"{out_dir}: reference protein shape {protein.shape} does not match {n} cells "
+                                 f"x {0 if protein_names is None else len(protein_names)} protein names")
+        if labels is not None and len(labels) != n:
+            raise InputError(f"{out_dir}: {len(labels)} label rows for {n} reference cells")
+
+        params = resolve_params(n, dim, section)
+        use_gpu = section["use_gpu"]
+        seed = int(section["seed"])
+        built: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        for m in mods:
+            t0 = time.perf_counter()
+            built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed)
+            timings[m] = round(time.perf_counter() - t0, 3)
+            log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
+        lab, label_keys = None, []
+        if labels is not None and labels.shape[1] > 0:
+            lab = labels.reset_index(drop=True).astype(str)
+            lab.columns = [str(c) for c in lab.columns]
+            label_keys = list(lab.columns)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "metric": METRIC,
+            "dim": int(dim),
+            "n": n,
+            "kind": params.kind,
+            "factory": factory_string(params),
+            "params": params.to_dict(),
+            "modalities": mods,
+            "model_fingerprint": str(model_fingerprint),
+            "proteins": None if protein is None else [str(p) for p in protein_names],
+            "protein_normalisation": None if protein is None else "clr",
+            "label_keys": label_keys,
+            "build_seconds": timings,
+            "omicsclip_version": _version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": dict(source or {}),
+        }
+        if gpu_enabled(search_gpu):  # as load does: search on a GPU copy, with the same search parameters
+            built = {m: to_gpu(index) for m, index in built.items()}
+            for index in built.values():
+                set_search_params(index, params)
+        return cls(Path(name), meta, built, np.asarray(ids, dtype=object), protein, lab, backing=None)
+
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the reference as an index folder (atomically; what :meth:`load` reads) and name it by it.
+
+        Parameters
+        ----------
+        out_dir
+            The index folder to create; never one holding the folder this reference was loaded from.
+        overwrite
+            Replace an existing folder.
+
+        Returns
+        -------
+        Path
+            ``out_dir``.
+        """
+        import faiss
+
+        out_dir = Path(out_dir)
+        with atomic_path(out_dir, overwrite=overwrite, inputs=(self._backing,)) as tmp:
+            tmp.mkdir()
+            for m, index in self.indices.items():
+                on_gpu = isinstance(index, getattr(faiss, "GpuIndex", ())) or type(index).__name__.startswith("Gpu")
+                faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, str(tmp / f"{m}.faiss"))
+            ids = pd.DataFrame({"cell_id": [str(c) for c in self.cell_ids]})
+            to_tsv(ids, tmp / IDS)  # escaped: one id per line, whatever it holds
+            if self.protein is not None:
+                np.save(tmp / PROTEIN, np.ascontiguousarray(self.protein, dtype=np.float32))
+            if self.labels is not None:
+                self.labels.to_parquet(tmp / OBS, index=False)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+            meta = {**{k: v for k, v in self.meta.items() if k != "files"}, "files": files}
+            write_json(tmp / META, meta)
+        self.path, self.meta = out_dir, meta
+        log.info("wrote index folder %s (%s, n=%d, dim=%d)", out_dir, self.params.kind, self.n, self.dim)
+        return out_dir
+
+    @classmethod
     def load(cls, path: str | Path, *, model_fingerprint: str | None = None, use_gpu: bool | str = "auto",
              verify: bool = True, model_name: str = "the given model") -> ReferenceIndex:
         """Open ``path``; refuse an index built by another model, a missing or corrupt file.
@@ -230,13 +301,13 @@ class ReferenceIndex:
         import faiss
 
         path = Path(path)
-        meta = _read_meta(path)
+        meta = read_meta(path)
         if model_fingerprint is not None and str(model_fingerprint) != meta["model_fingerprint"]:
             raise InputError(
                 f"{path}: index was built with model {meta['model_fingerprint'][:16]}, but {model_name} is "
                 f"{str(model_fingerprint)[:16]}; rebuild the index with this model (omicsclip embed + index)"
             )
-        files = meta.get("files", {})
+        files = meta["files"]
         for name in files:
             f = path / name
             if not f.exists():
@@ -250,55 +321,49 @@ class ReferenceIndex:
             f = path / f"{m}.faiss"
             try:
                 index = faiss.read_index(str(f))
-            except Exception as exc:  # faiss raises RuntimeError with a C++ message
+            except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError with a C++ message
                 first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise InputError(f"{f}: corrupt index file ({first[:160]})") from None
+                raise InputError(f"{f}: corrupt index file ({one_line(first)})") from None
             if index.d != meta["dim"] or index.ntotal != meta["n"]:
                 raise InputError(f"{f}: index has {index.ntotal} x {index.d}, meta.json says "
                                  f"{meta['n']} x {meta['dim']}; rebuild the index")
+            if kind_of(faiss, index) != params.kind:
+                raise InputError(f"{path / META}: kind {params.kind!r} does not match {f.name} (a "
+                                 f"{kind_of(faiss, index)} index); rebuild the index")
             if gpu:
                 index = to_gpu(index)
             set_search_params(index, params)
             indices[m] = index
-        try:
-            ids = pd.read_csv(path / IDS, sep="\t", dtype=str, keep_default_na=False)["cell_id"].to_numpy()
-        except Exception as exc:
-            raise InputError(f"{path / IDS}: cannot read cell ids ({type(exc).__name__})") from None
-        if len(ids) != meta["n"]:
-            raise InputError(f"{path / IDS}: {len(ids)} cell ids, meta.json says {meta['n']}")
+        ids = read_ids(path / IDS, meta["n"])
         protein = None
         if (path / PROTEIN).exists():
-            protein = np.load(path / PROTEIN, mmap_mode="r")
-            if protein.shape != (meta["n"], len(meta.get("proteins") or [])):
-                raise InputError(f"{path / PROTEIN}: shape {protein.shape} disagrees with meta.json")
-        labels = pd.read_parquet(path / OBS) if (path / OBS).exists() else None
-        if labels is not None and len(labels) != meta["n"]:
-            raise InputError(f"{path / OBS}: {len(labels)} rows, meta.json says {meta['n']}")
-        return cls(path, meta, indices, ids, protein, labels)
+            try:
+                protein = np.load(path / PROTEIN, mmap_mode="r")
+            except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError/EOFError for bad headers
+                raise InputError(f"{path / PROTEIN}: unreadable ({one_line(exc, 100)})") from None
+            if protein.shape != (meta["n"], len(meta["proteins"] or [])) or protein.dtype != np.float32:
+                raise InputError(f"{path / PROTEIN}: shape {protein.shape} ({protein.dtype}) disagrees with "
+                                 f"meta.json ({meta['n']} x {len(meta['proteins'] or [])} float32)")
+        elif meta["proteins"] is not None:
+            raise InputError(f"{path / META}: proteins are listed but {PROTEIN} is missing")
+        labels = None
+        if (path / OBS).exists():
+            try:
+                labels = pd.read_parquet(path / OBS)
+            except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
+                raise InputError(f"{path / OBS}: unreadable ({one_line(exc, 100)})") from None
+            if len(labels) != meta["n"]:
+                raise InputError(f"{path / OBS}: {len(labels)} rows, meta.json says {meta['n']}")
+        if [str(c) for c in (labels.columns if labels is not None else [])] != meta["label_keys"]:
+            raise InputError(f"{path / META}: label_keys {show(meta['label_keys'])} disagree with "
+                             f"{OBS if labels is not None else 'the missing ' + OBS}")
+        return cls(path, meta, indices, ids, protein, labels, backing=path)
 
     def search(self, modality: str, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarity, position) of query embeddings ``q`` in the ``modality`` index."""
         if modality not in self.indices:
             raise InputError(f"{self.path}: no {modality} index (has {', '.join(self.indices)})")
         return search(self.indices[modality], q, k)
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise InputError(f"{path}: index folder not found")
-    f = path / META
-    if not f.exists():
-        raise InputError(f"{f}: not found; {path} is not an omicsclip index folder")
-    meta = read_json_object(f)
-    need = ("format_version", "metric", "dim", "n", "kind", "params", "modalities", "model_fingerprint")
-    missing = [k for k in need if k not in meta]
-    if missing:
-        raise InputError(f"{f}: missing keys {missing}; rebuild the index")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise InputError(f"{f}: index format {meta['format_version']} is not supported (expected {FORMAT_VERSION})")
-    if meta["metric"] != METRIC:
-        raise InputError(f"{f}: metric {meta['metric']!r} is not supported (expected {METRIC})")
-    return meta
 
 
 # ------------------------------------------------------------------------------------ from an embeddings zarr

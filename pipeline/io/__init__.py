@@ -6,11 +6,12 @@ from the submodules (``omicsclip.io.readers``) so that no import cycle can form.
 stage.
 """
 
+from omicsclip.io.anndata_input import MatrixTable, natural_chunk_rows, open_anndata
 from omicsclip.io.atomic import atomic_path, check_writable
 from omicsclip.io.features import DEFAULT_HTO_PATTERNS, DEFAULT_ISOTYPE_PATTERNS
 from omicsclip.io.formats import FORMATS, detect_format
 from omicsclip.io.hashing import sha256_file, sha256_tree
-from omicsclip.io.ingest import ingest, ingest_from_config
+from omicsclip.io.ingest import ingest, ingest_from_config, ingest_source
 from omicsclip.io.jsonfile import dumps_json, jsonable, read_json, read_json_object, write_json
 from omicsclip.io.paired import PairedData
 from omicsclip.io.readers import InputSource, open_input, reader_options
@@ -26,6 +27,7 @@ __all__ = [
     "FORMATS",
     "SPLITS",
     "InputSource",
+    "MatrixTable",
     "PairedData",
     "StoreWriter",
     "SynthParams",
@@ -36,12 +38,15 @@ __all__ = [
     "format_summary",
     "ingest",
     "ingest_from_config",
+    "ingest_source",
     "inspect_store",
     "iter_store",
     "iter_synthetic",
     "jsonable",
     "make_split",
     "make_synthetic",
+    "natural_chunk_rows",
+    "open_anndata",
     "open_input",
     "read_json",
     "read_json_object",

@@ -21,7 +21,7 @@ def _compile(patterns: Sequence[str], *, key: str) -> list[re.Pattern[str]]:
         try:
             out.append(re.compile(p))
         except re.error as exc:
-            raise InputError(f"ingest.{key}: invalid regular expression {p!r} ({exc})") from None
+            raise InputError(f"ingest.{key}: invalid regular expression {p!r} ({str(exc).splitlines()[0]})") from None
     return out
 
 
@@ -34,6 +34,12 @@ def match_names(names: Sequence[str], patterns: Sequence[str], *, key: str = "is
 def examples(values: Sequence[str], k: int = 3) -> str:
     """Format a few values for one-line error messages: ``'a', 'b', 'c', ...``."""
     shown = ", ".join(repr(str(v)) for v in list(values)[:k])
+    return shown + (", ..." if len(values) > k else "")
+
+
+def name_list(values: Sequence[str], k: int = 8) -> str:
+    """Join names for a one-line message, control characters escaped: ``adt, rna`` (``...`` after ``k``)."""
+    shown = ", ".join(repr(str(v))[1:-1] for v in list(values)[:k])
     return shown + (", ..." if len(values) > k else "")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 from omicsclip.errors import InputError
@@ -12,13 +13,35 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_EXT = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 
+#: What h5py, zarr, pandas, gzip and numpy raise on a damaged file (h5py: RuntimeError for a broken heap or link,
+#: OSError for bad blocks, KeyError/ValueError/TypeError for inconsistent metadata; zlib.error for a damaged
+#: deflate stream inside a .gz).
+READ_ERRORS = (OSError, EOFError, RuntimeError, KeyError, ValueError, TypeError, IndexError, zlib.error)
+
+
+def one_line(exc: BaseException) -> str:
+    """Return the first non-empty line of an exception's message (its type name if none), for one-line errors.
+
+    Parameters
+    ----------
+    exc
+        The exception raised by a library (h5py, pandas, zarr, ...), whose message may span lines.
+
+    Returns
+    -------
+    str
+        One line of text.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
 
 def _head(path: Path, n: int = 8) -> bytes:
     try:
         with open(path, "rb") as fh:
             return fh.read(n)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise InputError(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
 
 
 def is_hdf5(path: Path) -> bool:
@@ -58,16 +81,81 @@ def mtx_file(folder: Path) -> Path | None:
     return find_member(folder, "matrix.mtx")
 
 
+#: Seconds the structure of an HDF5 input may take to read in :func:`probe_hdf5` (metadata only).
+PROBE_SECONDS = 30.0
+_PROBED: dict[tuple[str, int, int, int], None] = {}
+
+
+#: Run by :func:`probe_hdf5` in a fresh interpreter: read every attribute and every small dataset (what the
+#: readers read besides the counts). Exit 0 when read, 3 when h5py raised (left to the readers to report).
+_WALK_HDF5 = """
+import sys
+import h5py
+
+def visit(_name, obj):
+    for k in obj.attrs:
+        obj.attrs[k]
+    if isinstance(obj, h5py.Dataset) and obj.size * obj.dtype.itemsize <= 1 << 20:
+        obj[()]
+
+try:
+    with h5py.File(sys.argv[1], "r") as f:
+        visit("", f)
+        f.visititems(visit)
+except Exception:
+    sys.exit(3)
+"""
+
+
+def probe_hdf5(path: Path) -> None:
+    """Refuse an HDF5 file whose structure the HDF5 library cannot read without hanging or crashing.
+
+    Some damage (a zeroed object header, a looping heap) sends the HDF5 C library into an endless loop or a
+    crash that no Python code can catch. The file's attributes and small datasets are therefore read first in
+    a separate interpreter (a subprocess: safe whatever threads this process runs, unlike ``fork``) with a time
+    limit (:data:`PROBE_SECONDS`); errors that it raises are left to the readers, which report them. A file is
+    probed once per size and modification time.
+
+    Parameters
+    ----------
+    path
+        The HDF5 input.
+
+    Raises
+    ------
+    InputError
+        The child did not finish in time or was killed by a signal.
+    """
+    import subprocess
+    import sys
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _PROBED:
+        return
+    try:
+        done = subprocess.run([sys.executable, "-c", _WALK_HDF5, str(path)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=PROBE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{path}: damaged HDF5 file (reading its structure did not finish in "
+                         f"{PROBE_SECONDS:g} s)") from None
+    if done.returncode < 0:
+        raise InputError(f"{path}: damaged HDF5 file (reading its structure crashes the HDF5 library: "
+                         f"signal {-done.returncode})")
+    _PROBED[key] = None
+
+
 def _hdf5_kind(path: Path) -> str:
     """Classify an HDF5 file by its top-level groups: 10x-h5, h5mu or h5ad."""
     import h5py
 
+    probe_hdf5(path)
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
             enc = str(f.attrs.get("encoding-type", ""))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {exc})") from None
+    except READ_ERRORS as exc:
+        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {one_line(exc)})") from None
     if "matrix" in keys:
         return "10x-h5"
     if "mod" in keys or enc == "MuData":
@@ -75,6 +163,11 @@ def _hdf5_kind(path: Path) -> str:
     if "obs" in keys or "X" in keys:
         return "h5ad"
     raise InputError(f"{path}: HDF5 file with groups {sorted(keys)[:6]} is not a 10x .h5, .h5ad or .h5mu file")
+
+
+def is_gzip(path: Path) -> bool:
+    """Return whether the file starts with the gzip signature (whatever its name)."""
+    return _head(path, 2) == _GZIP_MAGIC
 
 
 def text_like(path: Path) -> bool:
@@ -158,6 +251,7 @@ def require_hdf5(path: Path, fmt: str) -> None:
         raise InputError(f"{path}: is a folder, but format {fmt} expects an HDF5 file")
     if not is_hdf5(path):
         raise InputError(f"{path}: not an HDF5 file (format {fmt} expects HDF5; wrong format or corrupt file)")
+    probe_hdf5(path)
 
 
 def require_text(path: Path, fmt: str) -> None:
@@ -170,5 +264,5 @@ def require_text(path: Path, fmt: str) -> None:
         try:
             with gzip.open(path, "rb") as fh:
                 fh.read(1)
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{path}: corrupt gzip file ({exc})") from None
+        except READ_ERRORS as exc:
+            raise InputError(f"{path}: corrupt gzip file ({one_line(exc)})") from None

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from omicsclip.errors import InputError
-from omicsclip.io.formats import require_hdf5
+from omicsclip.io.features import name_list
+from omicsclip.io.formats import READ_ERRORS, one_line, require_hdf5
 from omicsclip.io.raw import RawInput
 from omicsclip.io.tables import ColumnsTable, CountTable, CsrArraysTable, DenseTable, MemoryTable, View
 
@@ -36,7 +37,11 @@ def _open_h5(path: Path, fmt: str):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {exc})") from None
+        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {one_line(exc)})") from None
+
+
+def _corrupt(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{path}: cannot read (truncated or corrupt file: {type(exc).__name__}: {one_line(exc)})")
 
 
 def _read_elem(path: Path, elem: Any, what: str) -> Any:
@@ -47,8 +52,7 @@ def _read_elem(path: Path, elem: Any, what: str) -> Any:
             warnings.simplefilter("ignore")
             return read_elem(elem)
     except Exception as exc:  # noqa: BLE001 - corrupt or unsupported element
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read {what} (corrupt file or unsupported layout: {msg})") from None
+        raise InputError(f"{path}: cannot read {what} (corrupt file or unsupported layout: {one_line(exc)})") from None
 
 
 def _frame(path: Path, group: Any, what: str) -> pd.DataFrame:
@@ -150,7 +154,7 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     mkey = f"layers/{layer}" if layer else "X"
     if mkey not in g:
         have = sorted(g["layers"].keys()) if "layers" in g else []
-        raise InputError(f"{path}: no {pre}{mkey} (layers: {', '.join(have) or 'none'}; "
+        raise InputError(f"{path}: no {pre}{mkey} (layers: {name_list(have) or 'none'}; "
                          "choose one with --set ingest.layer=NAME)")
     obs = _frame(path, g["obs"], f"{pre}obs")
     var = _frame(path, g["var"], f"{pre}var")
@@ -190,6 +194,9 @@ def open_h5ad(path: Path, *, modality: str | None = None, protein_key: str | Non
     f = _open_h5(path, "h5ad")
     try:
         raw = read_anndata_group(path, f, modality=modality, protein_key=protein_key, layer=layer)
+    except READ_ERRORS as exc:
+        f.close()
+        raise _corrupt(path, exc) from None
     except BaseException:
         f.close()
         raise
@@ -224,7 +231,7 @@ def _mudata(path: Path, root: Any, fmt: str, rna_modality: str, prot_modality: s
     raw = RawInput(fmt=fmt, files=[path])
     for which, name in (("rna", rna_modality), ("prot", prot_modality)):
         if name not in mods:
-            raw.missing[which] = (f"no modality {name!r} (has: {', '.join(mods)}); set "
+            raw.missing[which] = (f"no modality {name!r} (has: {name_list(mods)}); set "
                                   f"--set ingest.{which}_modality=NAME")
             continue
         part = read_anndata_group(path, root[f"mod/{name}"], modality=which, protein_key=protein_key,
@@ -246,6 +253,9 @@ def open_h5mu(path: Path, *, rna_modality: str = "rna", prot_modality: str = "pr
     f = _open_h5(path, "h5mu")
     try:
         raw = _mudata(path, f, "h5mu", rna_modality, prot_modality, protein_key, layer)
+    except READ_ERRORS as exc:
+        f.close()
+        raise _corrupt(path, exc) from None
     except BaseException:
         f.close()
         raise
@@ -260,5 +270,8 @@ def open_store(path: Path) -> RawInput:
     try:
         root = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - not a zarr folder / corrupt metadata
-        raise InputError(f"{path}: cannot open as a zarr store ({type(exc).__name__}: {exc})") from None
-    return _mudata(path, root, "zarr", "rna", "prot", None)
+        raise InputError(f"{path}: cannot open as a zarr store ({type(exc).__name__}: {one_line(exc)})") from None
+    try:
+        return _mudata(path, root, "zarr", "rna", "prot", None)
+    except READ_ERRORS as exc:
+        raise _corrupt(path, exc) from None

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from omicsclip.errors import InputError
+from omicsclip.io.tsv import read_tsv, to_tsv
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +82,34 @@ def make_split(
 
 
 def write_split(split: pd.Series, path: str | Path) -> None:
-    """Write ``barcode<TAB>split`` with a header line."""
-    split.rename_axis("barcode").rename("split").to_csv(path, sep="\t", header=True)
+    """Write ``barcode<TAB>split`` with a header line (escaped by :func:`omicsclip.io.tsv.to_tsv`: one cell a line)."""
+    to_tsv(pd.DataFrame({"barcode": split.index.astype(str), "split": split.astype(str).to_numpy()}), path)
 
 
 def read_split(path: str | Path) -> pd.Series:
-    """Read a split written by :func:`write_split`."""
+    """Read a split written by :func:`write_split` (barcodes exactly as written, whatever characters they hold).
+
+    Raises
+    ------
+    InputError
+        The file is unreadable, has other columns, unknown split labels or a barcode twice (one line).
+    """
     path = Path(path)
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read split ({exc})") from None
+        df = read_tsv(path, dtype=str)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
+        raise InputError(f"{path}: cannot read split ({type(exc).__name__}: {_one_line(exc)})") from None
     if list(df.columns) != ["barcode", "split"]:
-        raise InputError(f"{path}: expected columns barcode, split; got {list(df.columns)}")
+        raise InputError(f"{path}: expected columns barcode, split; got {_one_line(list(df.columns))}")
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
-        raise InputError(f"{path}: unknown split labels {bad}")
+        raise InputError(f"{path}: unknown split labels {_one_line(bad)}")
+    if df["barcode"].duplicated().any():
+        raise InputError(f"{path}: barcode {_one_line(repr(df['barcode'][df['barcode'].duplicated()].iloc[0]))} "
+                         f"is listed twice")
     return pd.Series(df["split"].to_numpy(), index=pd.Index(df["barcode"], name=None), name="split")
+
+
+def _one_line(text: object, limit: int = 120) -> str:
+    s = " ".join(str(text).split()).encode("unicode_escape").decode("ascii")
+    return s if len(s) <= limit else s[: limit - 3] + "..."

@@ -49,7 +49,9 @@ def _clean_frame(df: pd.DataFrame) -> pd.DataFrame:
 class StoreWriter:
     """Append cell chunks to a new paired store, then :meth:`close` renames it into place.
 
-    Use as a context manager: an exception inside the block removes the partial store.
+    Use as a context manager: an exception inside the block (also ``KeyboardInterrupt`` or the CLI's SIGTERM)
+    removes the partial store. From construction to :meth:`close` the writer holds the output's lock
+    (:func:`omicsclip.io.atomic.atomic_path`), so a second writer of the same store is refused.
     """
 
     def __init__(
@@ -64,8 +66,13 @@ class StoreWriter:
         self.genes = _clean_frame(genes)
         self.proteins = _clean_frame(proteins)
         self._stack = ExitStack()
+        # holds the output's lock until close(); the temporary store is removed on any error, also here
         self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=overwrite))
-        self._root = _zarr_group(self._tmp, "w")
+        try:
+            self._root = _zarr_group(self._tmp, "w")
+        except BaseException as exc:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self._obs: list[pd.DataFrame] = []
         self._started = False
         self._closed = False
@@ -253,18 +260,26 @@ def _corrupt_store(path: str | Path) -> Iterator[None]:
 
 
 def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp.csr_matrix, np.ndarray, slice]]:
-    """Yield (rna CSR, protein dense, cell slice) chunks without loading the whole store."""
+    """Yield (rna CSR, protein dense, cell slice) chunks without loading the whole store.
+
+    The counts are read by row ranges through :class:`~omicsclip.io.anndata_input.MatrixTable`, the table
+    behind in-memory, backed and lazy AnnData inputs.
+    """
     from anndata.io import sparse_dataset
+
+    from omicsclip.io.anndata_input import MatrixTable
 
     root = _open(path)
     with _corrupt_store(path):
-        rna = sparse_dataset(root["mod/rna/X"])
-        prot = sparse_dataset(root["mod/prot/X"])
-    n = rna.shape[0]
+        rna = MatrixTable(sparse_dataset(root["mod/rna/X"]), path=path, what="mod/rna/X")
+        prot = MatrixTable(sparse_dataset(root["mod/prot/X"]), path=path, what="mod/prot/X")
+    n = rna.n_rows
+    if prot.n_rows != n:
+        raise InputError(f"{path}: corrupt store (mod/rna/X has {n} cells, mod/prot/X {prot.n_rows})")
     for start in range(0, n, chunk_cells):
         sl = slice(start, min(start + chunk_cells, n))
         with _corrupt_store(path):
-            chunk = sp.csr_matrix(rna[sl]), np.asarray(prot[sl].toarray(), dtype=np.float32), sl
+            chunk = rna.read_range(sl.start, sl.stop), prot.read_range(sl.start, sl.stop).toarray(), sl
         yield chunk
 
 

@@ -91,6 +91,11 @@ def format_summary(d: dict[str, Any]) -> str:
         for k, v in prov.items():
             if k == "inputs" and isinstance(v, dict):
                 for name, inp in v.items():
+                    if "object" in inp:  # data given in memory (omicsclip.io.ingest.object_inputs): no file
+                        lines.append(f"  {name:32s} in-memory {inp['object']} {_fmt(inp.get('n_obs'))} x "
+                                     f"{_fmt(inp.get('n_vars'))}, obs names sha256 "
+                                     f"{str(inp.get('obs_names_sha256'))[:16]}...")
+                        continue
                     lines.append(f"  {name:32s} {inp.get('path')} sha256 {str(inp.get('sha256'))[:16]}... "
                                  f"({_fmt(inp.get('bytes'))} bytes)")
             elif k == "options" and isinstance(v, dict):

@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
+from omicsclip.io.formats import READ_ERRORS, one_line
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class CountTable:
             m = self._read_range(int(lo), int(hi))
         except InputError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError, IndexError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except READ_ERRORS as exc:
+            msg = one_line(exc)
             raise InputError(
                 f"{self.path}: cannot read {self.what} rows {lo}-{hi} (truncated or corrupt file: {msg})"
             ) from None
@@ -107,8 +108,8 @@ class CsrArraysTable(CountTable):
         self._indices = _converting(indices, np.int32) if small else indices
         try:
             self._indptr = np.asarray(indptr[:], dtype=np.int64)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise InputError(f"{path}: cannot read {what}/indptr (truncated or corrupt file: {exc})") from None
+        except READ_ERRORS as exc:
+            raise InputError(f"{path}: cannot read {what}/indptr (truncated or corrupt file: {one_line(exc)})") from None
         self._on_close = on_close
         self.sort_indices = False  # sort column indices within rows (inputs whose rows may be unordered)
         n = self.n_rows

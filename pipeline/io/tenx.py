@@ -7,6 +7,7 @@ barcode with a counting sort when needed), so memory stays bounded by the chunk 
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 import shutil
@@ -18,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from omicsclip.errors import InputError
-from omicsclip.io.formats import find_member, mtx_file, require_hdf5
+from omicsclip.io.features import name_list
+from omicsclip.io.formats import READ_ERRORS, find_member, is_gzip, mtx_file, one_line, require_hdf5
 from omicsclip.io.raw import RawInput
 from omicsclip.io.tables import CsrArraysTable, View
 
@@ -41,7 +43,7 @@ def split_feature_types(table: CsrArraysTable, raw: RawInput) -> RawInput:
         if len(cols):
             setattr(raw, which, View(table, cols))
         elif which != "hto":
-            raw.missing[which] = f"no '{kind}' features (feature types: {', '.join(sorted(set(types)))})"
+            raw.missing[which] = f"no '{kind}' features (feature types: {name_list(sorted(set(types)))})"
     other = sorted(set(types) - {GEX, ADT, MULTIPLEX})
     if other:
         raw.notes.append(f"ignored feature types: {', '.join(other)}")
@@ -57,15 +59,15 @@ def open_10x_h5(path: Path) -> RawInput:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {exc})") from None
+        raise InputError(f"{path}: cannot open as HDF5 (truncated or corrupt file: {one_line(exc)})") from None
     try:
         raw = _read_10x_h5(path, f)
     except InputError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except READ_ERRORS as exc:
         f.close()
-        raise InputError(f"{path}: cannot read the 10x matrix (truncated or corrupt file: {exc})") from None
+        raise InputError(f"{path}: cannot read the 10x matrix (truncated or corrupt file: {one_line(exc)})") from None
     raw.closers.append(f.close)
     return raw
 
@@ -112,18 +114,20 @@ def _find(folder: Path, *names: str) -> Path:
 
 def _read_tsv(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False)
+        # Cell Ranger never quotes: a '"' is part of a name
+        return pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+                           encoding="utf-8", compression="gzip" if is_gzip(path) else None)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file") from None
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(f"{path}: cannot read (truncated or corrupt file: {exc})") from None
+    except READ_ERRORS as exc:
+        raise InputError(f"{path}: cannot read (truncated or corrupt file: {one_line(exc)})") from None
 
 
 def _mtx_header(path: Path) -> tuple[tuple[int, int, int], int, str]:
     """((rows, cols, nnz), number of header lines, field) of a coordinate Matrix Market file."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+    opener = gzip.open if is_gzip(path) else open
     try:
-        with opener(path, "rt") as fh:
+        with opener(path, "rt", encoding="utf-8") as fh:
             first = fh.readline()
             if not first.startswith("%%MatrixMarket"):
                 raise InputError(f"{path}: not a Matrix Market file (first line {first[:40]!r})")
@@ -139,8 +143,8 @@ def _mtx_header(path: Path) -> tuple[tuple[int, int, int], int, str]:
             size = tuple(int(x) for x in line.split())
     except InputError:
         raise
-    except (OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the Matrix Market header (truncated or corrupt: {exc})") from None
+    except READ_ERRORS as exc:
+        raise InputError(f"{path}: cannot read the Matrix Market header (truncated or corrupt: {one_line(exc)})") from None
     if len(size) != 3:
         raise InputError(f"{path}: bad Matrix Market size line {line.strip()!r}")
     return size, n + 1, parts[3]
@@ -156,7 +160,8 @@ def _mtx_to_csr(path: Path, size: tuple[int, int, int], skip: int, tmp: Path):
     k, last, ordered = 0, -1, True
     try:
         reader = pd.read_csv(path, sep=r"\s+", header=None, skiprows=skip, chunksize=_MTX_CHUNK,
-                             dtype={0: np.int64, 1: np.int64, 2: np.float64}, engine="c")
+                             dtype={0: np.int64, 1: np.int64, 2: np.float64}, engine="c",
+                             compression="gzip" if is_gzip(path) else None)
         for block in reader:
             if block.shape[1] != 3:
                 raise InputError(f"{path}: entries must have 3 columns (row col value), got {block.shape[1]}")
@@ -176,9 +181,8 @@ def _mtx_to_csr(path: Path, size: tuple[int, int, int], skip: int, tmp: Path):
             k += len(r)
     except InputError:
         raise
-    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read entries (truncated or corrupt file: {msg})") from None
+    except READ_ERRORS as exc:
+        raise InputError(f"{path}: cannot read entries (truncated or corrupt file: {one_line(exc)})") from None
     if k != nnz:
         raise InputError(f"{path}: {k} entries but the header declares {nnz} (truncated file)")
     indptr = np.concatenate([[0], np.cumsum(counts)])

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
-from omicsclip.io.formats import require_text
+from omicsclip.io.formats import READ_ERRORS, is_gzip, one_line, require_text
 from omicsclip.io.raw import RawInput
 from omicsclip.io.tables import CountTable, MemoryTable, View
 
@@ -28,47 +28,109 @@ _BLOCK = 5_000  # rows per parsed block
 _IN_MEMORY_BYTES = 32 << 20  # tables smaller than this on disk are simply loaded
 
 
-def _first_line(path: Path) -> str:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _open_text(path: Path):
+    """Text handle on a table (gzip by content, not name), for the csv module (``newline=""``)."""
+    opener = gzip.open if is_gzip(path) else open
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def _header(path: Path) -> tuple[str, list[str]]:
+    """Separator and header fields (the first non-blank record; quoted fields may span lines)."""
     try:
-        with opener(path, "rt") as fh:
-            return fh.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read (truncated or corrupt file: {exc})") from None
+        with _open_text(path) as fh:
+            first = ""
+            while not first.strip():
+                first = fh.readline()
+                if not first:
+                    raise InputError(f"{path}: empty table")
+            sep = _sep(path, first)
+            fh.seek(0)
+            for rec in csv.reader(fh, delimiter=sep):
+                if not _blank(rec, sep):
+                    return sep, rec
+    except InputError:
+        raise
+    except (*READ_ERRORS, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read (truncated or corrupt file: {one_line(exc)})") from None
+    raise InputError(f"{path}: empty table")
 
 
 def _sep(path: Path, line: str) -> str:
+    """Tab for ``.tsv``, comma for ``.csv`` (unless the header has none of it but the other); else the more common."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".tsv", ".csv")):
+        sep, other = ("\t", ",") if name.endswith(".tsv") else (",", "\t")
+        return other if sep not in line and other in line else sep
     return "\t" if line.count("\t") > line.count(",") else ","
 
 
-def _wrap(path: Path, exc: Exception) -> InputError:
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _blank(rec: list[str], sep: str) -> bool:
+    """Return whether pandas skips this record: an empty line, or one of spaces (and tabs, unless tab separates fields)."""
+    return not rec or (len(rec) == 1 and not rec[0].strip(" " if sep == "\t" else " \t"))
+
+
+def _bad_line(path: Path, sep: str, n: int) -> InputError | None:
+    """Return the error for the first record with other than ``n`` fields (numbered by physical line, the header is line 1)."""
+    try:
+        with _open_text(path) as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            seen_header = False
+            for rec in reader:
+                if _blank(rec, sep):
+                    continue
+                if seen_header and len(rec) != n:
+                    return InputError(f"{path}: line {reader.line_num} has {len(rec)} field"
+                                      f"{'' if len(rec) == 1 else 's'}, expected {n}")
+                seen_header = True
+    except (*READ_ERRORS, csv.Error):
+        return None
+    return None
+
+
+def _wrap(path: Path, exc: Exception, sep: str, n: int) -> InputError:
+    msg = one_line(exc)
+    if isinstance(exc, pd.errors.ParserError) and "fields" in msg:
+        bad = _bad_line(path, sep, n)
+        if bad is not None:
+            return bad
     if isinstance(exc, ValueError) and ("convert" in msg or "could not" in msg):
         return InputError(f"{path}: non-numeric value in the count table ({msg})")
     return InputError(f"{path}: cannot parse the table (truncated or corrupt file: {msg})")
 
 
-def _reader(path: Path, sep: str, names: list[str], **kw) -> Iterator[pd.DataFrame]:
+def _values(path: Path, sep: str, n: int, block: pd.DataFrame, checked: list[bool]) -> np.ndarray:
+    """Return the counts of a block; a short row is reported as that row (not as NaN values).
+
+    The file's rows are counted once (``checked``) at the first missing value; if all have ``n`` fields, the
+    missing values are empty fields, which validation reports by cell and feature.
+    """
+    vals = block.iloc[:, 1:].to_numpy(dtype=np.float32, na_value=np.nan)
+    if not checked[0] and np.isnan(vals).any():
+        bad = _bad_line(path, sep, n)
+        if bad is not None:
+            raise bad
+        checked[0] = True
+    return vals
+
+
+_NA = ["", "NA", "NaN", "nan"]
+
+
+def _reader(path: Path, sep: str, n: int) -> Iterator[pd.DataFrame]:
     # positional column names: the real ones may repeat (validation reports duplicates; pandas would rename them)
-    pos = ["__rowname__", *(f"_{i}" for i in range(1, len(names)))]
-    dtype = {n: np.float32 for n in pos[1:]}
+    pos = ["__rowname__", *(f"_{i}" for i in range(1, n))]
+    dtype = {c: np.float32 for c in pos[1:]}
     dtype[pos[0]] = str
     return pd.read_csv(path, sep=sep, header=0, names=pos, dtype=dtype, chunksize=_BLOCK, engine="c",
-                       na_values=["", "NA", "NaN", "nan"], keep_default_na=False, **kw)
+                       na_values={c: _NA for c in pos[1:]}, keep_default_na=False, encoding="utf-8",
+                       compression="gzip" if is_gzip(path) else None)
 
 
-def _columns(path: Path, sep: str, line: str) -> list[str]:
-    """Column names from the header ``line`` as written (duplicates kept, unlike pandas' header parsing)."""
-    if not line.strip():
-        raise InputError(f"{path}: empty table")
-    try:
-        cols = next(csv.reader([line.rstrip("\r\n")], delimiter=sep))
-    except csv.Error as exc:
-        raise _wrap(path, exc) from None
-    if len(cols) < 2:
+def _columns(path: Path, header: list[str]) -> list[str]:
+    """Column names of the header as written (duplicates kept, unlike pandas' header parsing)."""
+    if len(header) < 2:
         raise InputError(f"{path}: table has no count columns (is the separator right?)")
-    first = "__rowname__"
-    return [first, *[str(c) for c in cols[1:]]]
+    return ["__rowname__", *header[1:]]
 
 
 class StreamedRowsTable(CountTable):
@@ -76,13 +138,14 @@ class StreamedRowsTable(CountTable):
 
     def __init__(self, path: Path, sep: str, names: list[str], barcodes: pd.Index) -> None:
         super().__init__(path, "table", barcodes, pd.DataFrame(index=pd.Index(names[1:])))
-        self._sep, self._names = sep, names
+        self._sep, self._n = sep, len(names)
+        self._checked = [False]  # rows counted (see _values)
         self._it: Iterator[pd.DataFrame] | None = None
         self._buf: sp.csr_matrix | None = None
         self._next = 0  # row index of the first row in the buffer / iterator
 
     def _restart(self) -> None:
-        self._it = _reader(self.path, self._sep, self._names)
+        self._it = _reader(self.path, self._sep, self._n)
         self._buf = sp.csr_matrix((0, self.n_cols), dtype=np.float32)
         self._next = 0
 
@@ -91,9 +154,9 @@ class StreamedRowsTable(CountTable):
             block = next(self._it)
         except StopIteration:
             raise InputError(f"{self.path}: table ended early (truncated file)") from None
-        except (OSError, EOFError, ValueError, pd.errors.ParserError) as exc:
-            raise _wrap(self.path, exc) from None
-        vals = block.iloc[:, 1:].to_numpy(dtype=np.float32, na_value=np.nan)
+        except READ_ERRORS as exc:
+            raise _wrap(self.path, exc, self._sep, self._n) from None
+        vals = _values(self.path, self._sep, self._n, block, self._checked)
         self._buf = sp.vstack([self._buf, sp.csr_matrix(vals)], format="csr")
 
     def _read_range(self, lo: int, hi: int) -> sp.csr_matrix:
@@ -107,33 +170,33 @@ class StreamedRowsTable(CountTable):
         return out
 
 
-def _barcodes(path: Path, sep: str) -> pd.Index:
+def _barcodes(path: Path, sep: str, n: int) -> pd.Index:
     try:
-        col = pd.read_csv(path, sep=sep, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0]
-    except (OSError, EOFError, ValueError, pd.errors.ParserError) as exc:
-        raise _wrap(path, exc) from None
+        col = pd.read_csv(path, sep=sep, usecols=[0], dtype=str, keep_default_na=False, encoding="utf-8",
+                          compression="gzip" if is_gzip(path) else None).iloc[:, 0]
+    except READ_ERRORS as exc:
+        raise _wrap(path, exc, sep, n) from None
     return pd.Index(col.to_numpy())
 
 
 def _load_rows(path: Path, sep: str, names: list[str]) -> tuple[pd.Index, sp.csr_matrix]:
-    ids, blocks = [], []
+    ids, blocks, n, checked = [], [], len(names), [False]
     try:
-        for block in _reader(path, sep, names):
+        for block in _reader(path, sep, n):
             ids.append(block.iloc[:, 0].to_numpy())
-            blocks.append(sp.csr_matrix(block.iloc[:, 1:].to_numpy(dtype=np.float32, na_value=np.nan)))
-    except (OSError, EOFError, ValueError, pd.errors.ParserError) as exc:
-        raise _wrap(path, exc) from None
+            blocks.append(sp.csr_matrix(_values(path, sep, n, block, checked)))
+    except READ_ERRORS as exc:
+        raise _wrap(path, exc, sep, n) from None
     if not blocks:
-        return pd.Index([]), sp.csr_matrix((0, len(names) - 1), dtype=np.float32)
+        return pd.Index([]), sp.csr_matrix((0, n - 1), dtype=np.float32)
     return pd.Index(np.concatenate(ids)), sp.vstack(blocks, format="csr")
 
 
 def open_table(path: Path, *, genes_in_rows: bool) -> CountTable:
     """One count table as a cells x features :class:`CountTable`."""
     require_text(path, "csv")
-    line = _first_line(path)
-    sep = _sep(path, line)
-    names = _columns(path, sep, line)
+    sep, header = _header(path)
+    names = _columns(path, header)
     if genes_in_rows:
         features, m = _load_rows(path, sep, names)
         barcodes = pd.Index(names[1:])
@@ -141,7 +204,7 @@ def open_table(path: Path, *, genes_in_rows: bool) -> CountTable:
     if path.stat().st_size <= _IN_MEMORY_BYTES:
         barcodes, m = _load_rows(path, sep, names)
         return MemoryTable(path, "table", barcodes, pd.DataFrame(index=pd.Index(names[1:])), m)
-    return StreamedRowsTable(path, sep, names, _barcodes(path, sep))
+    return StreamedRowsTable(path, sep, names, _barcodes(path, sep, len(names)))
 
 
 def open_tables(paths: list[Path], *, genes_in_rows: bool, modality: str | None) -> RawInput:

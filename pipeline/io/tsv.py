@@ -2,10 +2,11 @@ r"""Tab-separated outputs that stay one record per line, whatever the names and 
 
 Every TSV omicsclip writes goes through :func:`to_tsv` (or :func:`escape` for hand-written lines). Text fields
 and column names are escaped the way PostgreSQL's ``COPY ... TEXT`` format does: a backslash becomes ``\\``, a
-tab ``\t``, a newline ``\n``, a carriage return ``\r`` and any other control character ``\xNN``. So a file is
-always one record per line for ``cut``/``wc``/``awk`` users, ``pandas.read_csv(path, sep="\t")`` reads it with
-the right shape, and :func:`read_tsv` (or :func:`unescape` on each field) gives back the original text exactly.
-Double quotes are left to pandas' CSV quoting (a field holding ``"`` is quoted), which ``read_csv`` undoes.
+tab ``\t``, a newline ``\n``, a carriage return ``\r`` and any other control character (C0, DEL and C1, among
+them the NEL U+0085 that some tools take for a line break) ``\xNN``. So a file is always one record per line for
+``cut``/``wc``/``awk`` users, ``pandas.read_csv(path, sep="\t")`` reads it with the right shape, and
+:func:`read_tsv` (or :func:`unescape` on each field) gives back the original text exactly. Double quotes are left
+to pandas' CSV quoting (a field holding ``"`` is quoted), which ``read_csv`` undoes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-_SPECIAL = re.compile(r"[\\\x00-\x1f\x7f]")
+_SPECIAL = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")  # backslash, C0, DEL, C1 (NEL \x85 too)
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _ESCAPED = re.compile(r"\\(\\|t|n|r|x[0-9a-fA-F]{2})")
 _UNNAMED = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}

@@ -1,7 +1,10 @@
 """Match new cells' features to a fitted model by name: genes and proteins reordered into the model's order.
 
 Missing features are reported (:class:`FeatureReport`) and left empty, which the preprocessing turns into the
-training mean; an RNA input missing more than ``max_missing_gene_fraction`` of the model's genes is refused.
+training mean; an RNA input missing more than ``max_missing_gene_fraction`` of the model's genes, or a protein input
+missing more than ``max_missing_protein_fraction`` of its proteins, is refused. Below the protein limit, the
+fraction missing is kept per cell (:func:`protein_missing_fraction`): the few-label heads down-weight the protein
+embedding of a degraded panel by it.
 """
 
 from __future__ import annotations
@@ -130,11 +133,26 @@ def align_proteins(
 ) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
     """Match new cells' proteins to the model's by name.
 
+    Parameters
+    ----------
+    prot
+        Cells x proteins raw counts (array, sparse or DataFrame with protein columns).
+    proteins
+        Column names of ``prot``; ``None``: the model's proteins, in model order (the width must match).
+    state
+        The model's preprocessing state.
+
     Returns
     -------
     counts, present, report
         Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
         in the input, and the matching report.
+
+    Raises
+    ------
+    InputError
+        No protein shared with the model, more than ``state.max_missing_protein_fraction`` of the model's
+        proteins missing, duplicate names or inconsistent shapes.
     """
     if isinstance(prot, pd.DataFrame):
         proteins = list(prot.columns) if proteins is None else proteins
@@ -156,9 +174,38 @@ def align_proteins(
             f"input: {', '.join(proteins[:5])}...)"
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
+    report = FeatureReport("prot", len(state.proteins), missing)
+    if report.missing_fraction > state.max_missing_protein_fraction:
+        raise InputError(
+            f"protein input lacks {report.n_missing} of the model's {report.n_model} proteins "
+            f"({report.missing_fraction:.0%} > max_missing_protein_fraction="
+            f"{state.max_missing_protein_fraction:g}); e.g. {', '.join(missing[:3])}"
+        )
     if missing:
-        log.warning("protein input lacks %d of the model's %d proteins; filled with zeros (%s)",
-                    len(missing), len(state.proteins), ", ".join(missing[:5]))
+        log.warning("protein input lacks %d of the model's %d proteins (%.0f%%); left out of the CLR, their model "
+                    "inputs set to the training mean, the heads down-weight the protein embedding (e.g. %s)",
+                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:5]))
     out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
     out[:, present] = prot[:, pos[present]]
-    return out, present, FeatureReport("prot", len(state.proteins), missing)
+    return out, present, report
+
+
+def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:
+    """Per cell, the fraction of the model's proteins its protein input lacked (float32, ``n_cells``).
+
+    Every cell of one input shares its panel, so this is the report's ``missing_fraction`` for each cell; kept per
+    cell so that embeddings of inputs with different panels can be put together. The heads' protein reliability is
+    ``1 - fraction`` (:func:`omicsclip.heads.inputs.reliability_mask`).
+
+    Parameters
+    ----------
+    report
+        The protein :class:`FeatureReport` of the input (or its :meth:`~FeatureReport.to_dict`, as in
+        ``TrainedModel.last_report["prot"]``); ``None``: no protein input, every protein missing (1.0).
+    n_cells
+        Number of cells of the input.
+    """
+    if report is None:
+        return np.ones(n_cells, np.float32)
+    frac = report.missing_fraction if isinstance(report, FeatureReport) else float(report["missing_fraction"])
+    return np.full(n_cells, frac, np.float32)

@@ -1,6 +1,7 @@
 """Embeddings files: write them (:func:`embed_store`) and read them (:func:`open_embeddings`).
 
-``embed_store`` writes RNA, protein and joint embeddings of every cell of a store as an AnnData zarr;
+``embed_store`` writes RNA, protein and joint embeddings of every cell of a store as an AnnData zarr, with each
+cell's fraction of the model's proteins missing from its panel (obs :data:`PROT_MISSING_COLUMN`);
 :func:`open_embeddings` is the one reader every later stage (index, heads, report) uses.
 """
 
@@ -19,11 +20,15 @@ from omicsclip.conventions import EMBEDDING_KEYS, OBSM_JOINT, OBSM_PROT, OBSM_RN
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import atomic_path
 from omicsclip.io.jsonfile import dumps_json
+from omicsclip.model.alignment import protein_missing_fraction
 from omicsclip.model.modelio import joint_embedding, load_model
 
 log = logging.getLogger(__name__)
 
 UNSEEN = "unseen"  # split label of cells that are not in the model's split (another store)
+#: obs column of an embeddings file: per cell, the fraction of the model's proteins its panel lacked (0 = all there);
+#: the few-label heads weigh the protein embedding by 1 minus it.
+PROT_MISSING_COLUMN = "omicsclip_prot_missing_fraction"
 
 
 def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, overwrite: bool = False,
@@ -38,7 +43,8 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         Trained model folder.
     out
         Output ``.zarr``: obs = the store's obs plus ``split`` (train/val/test, or ``"unseen"`` for cells the
-        model's split does not list); obsm ``X_omicsclip_rna``, ``X_omicsclip_prot``, ``X_omicsclip_joint``;
+        model's split does not list) and :data:`PROT_MISSING_COLUMN` (the fraction of the model's proteins the
+        store's panel lacks); obsm ``X_omicsclip_rna``, ``X_omicsclip_prot``, ``X_omicsclip_joint``;
         ``uns["omicsclip"]`` with the model fingerprint and the feature matching report.
     overwrite
         Replace an existing output.
@@ -58,13 +64,14 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         info = store_info(store)
         genes = [str(g) for g in info["genes"].index]
         proteins = [str(p) for p in info["proteins"].index]
-        rna_parts, prot_parts = [], []
+        rna_parts, prot_parts, missing_parts = [], [], []
         report: dict = {}
         for rna, prot, _ in iter_store(store, chunk_cells):
             e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
             rna_parts.append(e["rna"])
             prot_parts.append(e["prot"])
             report = model.last_report
+            missing_parts.append(protein_missing_fraction(report["prot"], len(e["prot"])))
         d = model.embed_dim
         emb_rna = np.concatenate(rna_parts) if rna_parts else np.zeros((0, d), np.float32)
         emb_prot = np.concatenate(prot_parts) if prot_parts else np.zeros((0, d), np.float32)
@@ -75,6 +82,7 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
             log.info("%d of %d cells are not in the model's split (labelled %r)", int((split == UNSEEN).sum()),
                      len(obs), UNSEEN)
         obs["split"] = pd.Categorical(split.to_numpy(), categories=["train", "val", "test", UNSEEN])
+        obs[PROT_MISSING_COLUMN] = np.concatenate(missing_parts) if missing_parts else np.zeros(0, np.float32)
         adata = ad.AnnData(obs=obs)
         adata.obsm[OBSM_RNA] = emb_rna
         adata.obsm[OBSM_PROT] = emb_prot
@@ -121,6 +129,34 @@ class Embeddings:
         meta = self.uns.get("omicsclip")
         fp = meta.get("model_fingerprint") if isinstance(meta, dict) else None
         return None if fp is None else str(fp)
+
+    def prot_missing_fraction(self) -> np.ndarray:
+        """Per cell, the fraction of the model's proteins missing from its panel (float32; 0 = all there).
+
+        Read from obs :data:`PROT_MISSING_COLUMN`. Files written before the column existed: the panel-level
+        ``missing_fraction`` of the protein feature report in ``uns["omicsclip"]`` for every cell; a file with
+        neither (not written by ``omicsclip embed``) has no record of missing proteins and gets 0 (every protein
+        there, the heads' behaviour before the column existed).
+        """
+        if PROT_MISSING_COLUMN in self.obs.columns:
+            frac = pd.to_numeric(self.obs[PROT_MISSING_COLUMN], errors="coerce").to_numpy(np.float64)
+            bad = ~np.isfinite(frac) | (frac < 0) | (frac > 1)
+            if bad.any():
+                raise InputError(f"{self.path}: obs[{PROT_MISSING_COLUMN!r}] has {int(bad.sum())} values outside "
+                                 "[0, 1] (a fraction of missing proteins)")
+            return frac.astype(np.float32)
+        meta = self.uns.get("omicsclip")
+        raw = meta.get("feature_report_json") if isinstance(meta, dict) else None
+        if raw is not None:
+            import json
+
+            try:
+                prot = json.loads(str(raw)).get("prot")
+                return protein_missing_fraction(prot, self.n_cells) if prot else np.zeros(self.n_cells, np.float32)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise InputError(f"{self.path}: uns['omicsclip']['feature_report_json'] is not a feature report "
+                                 f"({type(exc).__name__}: {exc})") from None
+        return np.zeros(self.n_cells, np.float32)
 
     def require(self, *modalities: str) -> None:
         """Raise :class:`InputError` naming the file unless every one of ``modalities`` is present."""

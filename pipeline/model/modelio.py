@@ -24,6 +24,16 @@ from omicsclip.io.split import read_split
 from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.encoders import DualEncoder, build_model
 from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor
+from omicsclip.model.statecheck import (
+    Fields,
+    check_model_config,
+    check_preprocessing,
+    meta_shapes,
+    one_line,
+    shape_mismatch,
+    show,
+    weight_shapes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +248,7 @@ class TrainedModel:
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """Read ``model.json`` of a model folder, checked for format.
+    """Read ``model.json`` of a model folder, checked by key (format, config, architecture, preprocessing).
 
     Parameters
     ----------
@@ -248,7 +258,8 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     Raises
     ------
     InputError
-        The folder or ``model.json`` is missing, or it is not an omicsclip model description.
+        The folder or ``model.json`` is missing, it is not an omicsclip model description, or a field is missing,
+        of the wrong type or inconsistent with another (one line naming the file and the key).
     """
     model_dir = Path(model_dir)
     path = model_dir / META
@@ -258,16 +269,33 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"{model_dir}: not a complete omicsclip model (no {META})")
     meta = read_json_object(path)
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: not an omicsclip model (format {meta.get('format')!r} "
-                         f"v{meta.get('format_version')})")
+        raise InputError(f"{path}: not an omicsclip model (format {show(meta.get('format'))} "
+                         f"v{show(meta.get('format_version'))})")
     missing = [k for k in ("model_fingerprint", "config", "architecture", "preprocessing") if k not in meta]
     if missing:
         raise InputError(f"{path}: incomplete model description (no {', '.join(missing)})")
+    f = Fields(path, meta)
+    f.text("model_fingerprint")
+    check_model_config(path, meta["config"])
+    arch = f.sub("architecture")
+    n_rna, n_prot = arch.integer("n_rna_inputs", 1), arch.integer("n_prot_inputs", 1)
+    rna_width, prot_width = check_preprocessing(path, meta["preprocessing"])
+    if (n_rna, n_prot) != (rna_width, prot_width):
+        key, have, want = (("n_rna_inputs", n_rna, rna_width) if n_rna != rna_width
+                           else ("n_prot_inputs", n_prot, prot_width))
+        raise arch.fail(key, f"is {have}, but the preprocessing makes {want} inputs")
+    try:
+        PreprocessState.from_dict(meta["preprocessing"])
+    except InputError as exc:
+        raise InputError(f"{path}: {one_line(exc)}") from None
     return meta
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Load a trained model for inference (weights via safetensors; integrity checked by fingerprint).
+
+    ``model.json`` is validated by key (:func:`read_meta`) and the architecture it describes is compared with the
+    tensors of ``model.safetensors`` (names and shapes, from the file's header) before anything is allocated.
 
     Parameters
     ----------
@@ -275,6 +303,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         Folder written by ``omicsclip train``.
     device
         Where to run the encoders.
+
+    Raises
+    ------
+    InputError
+        A missing, corrupt or inconsistent file: one line naming it.
     """
     from safetensors.torch import load_file
 
@@ -285,16 +318,24 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         raise InputError(f"{model_dir}: {WEIGHTS} is missing")
     if sha256_file(weights) != meta["model_fingerprint"]:
         raise InputError(f"{weights}: weights do not match the fingerprint in {META} (corrupt or replaced)")
+    cfg, arch = meta["config"], meta["architecture"]
+
+    def build() -> DualEncoder:
+        return build_model(arch["n_rna_inputs"], arch["n_prot_inputs"], cfg["model"], cfg["train"])
+
+    found = weight_shapes(weights, what="re-run omicsclip train")
     try:
-        cfg = meta["config"]
-        arch = meta["architecture"]
-        model = build_model(int(arch["n_rna_inputs"]), int(arch["n_prot_inputs"]), cfg["model"], cfg["train"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{model_dir / META}: incomplete model description ({type(exc).__name__}: {exc})") from None
+        expected = meta_shapes(build)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{model_dir / META}: config cannot build the encoders ({one_line(exc, 100)})") from None
+    mismatch = shape_mismatch(found, expected)
+    if mismatch:
+        raise InputError(f"{model_dir / META}: architecture does not match {WEIGHTS} ({mismatch})")
+    model = build()
     try:
         model.load_state_dict(load_file(str(weights)))
-    except Exception as exc:  # safetensors raises its own error type for a malformed file
-        raise InputError(f"{weights}: weights do not fit the architecture in {META} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
+        raise InputError(f"{weights}: weights do not fit the architecture in {META} ({one_line(exc, 100)})") from None
     device = torch.device(device)
     split_path = model_dir / SPLIT
     split = read_split(split_path) if split_path.exists() else pd.Series(dtype=str, name="split")

@@ -6,8 +6,9 @@ highly variable genes chosen by scanpy on the training cells, per-gene centring/
 centring/scaling.
 
 New cells are matched to the model by feature name (:mod:`omicsclip.model.alignment`). Missing genes/proteins are
-filled with zeros *in the model's input space* (= the training mean after scaling) and reported; too many missing
-genes is an error.
+filled with zeros *in the model's input space* (= the training mean after scaling) and reported; more than
+``max_missing_gene_fraction`` of the model's genes or ``max_missing_protein_fraction`` of its proteins missing is
+an error.
 
 The numeric transform is written once, in torch (:class:`omicsclip.model.batchops.CountTransform`, fitted here as
 :class:`TorchPreprocessor`), and shared by training batches, validation and embedding, so training and inference
@@ -27,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from omicsclip.config import default_config
 from omicsclip.errors import InputError
 from omicsclip.model.batchops import CountTransform
 
@@ -47,8 +49,10 @@ class PreprocessState:
         All genes of the training store, in store order (lets inputs without gene names be recognised).
     proteins
         Model input proteins, in model order.
-    target_sum, max_value, max_missing_gene_fraction
-        As fitted (the ``preprocess`` config section of the training run).
+    target_sum, max_value, max_missing_gene_fraction, max_missing_protein_fraction
+        As fitted (the ``preprocess`` config section of the training run). A ``model.json`` written before
+        ``max_missing_protein_fraction`` existed gets the value of configs/default.yaml, with a warning
+        (:meth:`from_dict`).
     rna_mean, rna_std
         Per model gene, of the log-normalised training values; ``None`` when RNA is not scaled.
     rna_pcs
@@ -71,6 +75,7 @@ class PreprocessState:
     target_sum: float
     max_value: float
     max_missing_gene_fraction: float
+    max_missing_protein_fraction: float
     rna_mean: np.ndarray | None = None
     rna_std: np.ndarray | None = None
     prot_mean: np.ndarray | None = None
@@ -107,6 +112,7 @@ class PreprocessState:
             "rna_mean": arr(self.rna_mean), "rna_std": arr(self.rna_std),
             "prot_mean": arr(self.prot_mean), "prot_std": arr(self.prot_std),
             "max_missing_gene_fraction": float(self.max_missing_gene_fraction),
+            "max_missing_protein_fraction": float(self.max_missing_protein_fraction),
             "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
             "depth": None if self.depth is None else [float(x) for x in self.depth],
             "protein_genes": None if self.protein_genes is None else [str(g) for g in self.protein_genes],
@@ -114,7 +120,12 @@ class PreprocessState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessState:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        A state without ``max_missing_protein_fraction`` (a model trained before the key existed) takes the value
+        of configs/default.yaml's ``preprocess`` section and says so in a warning: such a model is held to the
+        same protein limit as a newly trained one with the default config.
+        """
 
         def arr(a: list[float] | None) -> np.ndarray | None:
             return None if a is None else np.asarray(a, dtype=np.float32)
@@ -126,12 +137,23 @@ class PreprocessState:
                 max_value=float(d["max_value"]), rna_mean=arr(d["rna_mean"]), rna_std=arr(d["rna_std"]),
                 prot_mean=arr(d["prot_mean"]), prot_std=arr(d["prot_std"]),
                 max_missing_gene_fraction=float(d["max_missing_gene_fraction"]),
+                max_missing_protein_fraction=float(_protein_limit(d)),
                 rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
                 depth=None if d.get("depth") is None else [float(x) for x in d["depth"]],
                 protein_genes=None if d.get("protein_genes") is None else [str(g) for g in d["protein_genes"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
+
+
+def _protein_limit(d: dict[str, Any]) -> Any:
+    """``max_missing_protein_fraction`` of a state dict; configs/default.yaml's for states written before it."""
+    if "max_missing_protein_fraction" in d:
+        return d["max_missing_protein_fraction"]
+    limit = default_config()["preprocess"]["max_missing_protein_fraction"]
+    log.warning("preprocessing state has no max_missing_protein_fraction (a model trained before the setting "
+                "existed): using the default %g of configs/default.yaml", limit)
+    return limit
 
 
 # ---------------------------------------------------------------------------------------------------- fitting
@@ -278,6 +300,7 @@ def fit_preprocessing(
     max_value: float,
     scale_prot: bool,
     max_missing_gene_fraction: float,
+    max_missing_protein_fraction: float,
     n_pcs: int,
     depth_features: bool,
     protein_genes: int,
@@ -292,7 +315,7 @@ def fit_preprocessing(
         Training cells x proteins, raw counts.
     genes, proteins
         Feature names (columns of ``rna`` / ``prot``).
-    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, n_pcs, depth_features, protein_genes
+    n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, max_missing_protein_fraction, n_pcs, depth_features, protein_genes
         The ``preprocess`` config section, one argument per key:
         ``n_pcs > 0``: the RNA input is projected on this many principal axes of the scaled training values;
         ``depth_features``: each encoder also sees its cell's standardised log total counts;
@@ -339,7 +362,7 @@ def fit_preprocessing(
         genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
         target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
         prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
-        rna_pcs=rna_pcs, depth=depth, protein_genes=prot_genes,
+        max_missing_protein_fraction=float(max_missing_protein_fraction), rna_pcs=rna_pcs, depth=depth, protein_genes=prot_genes,
     )
 
 

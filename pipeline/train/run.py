@@ -1,7 +1,10 @@
 """``train_model``: split, fit preprocessing on training cells, train the dual encoder, write the model folder.
 
 The run works in ``<out>.partial/`` (split, preprocessing state, ``checkpoints/``, ``train_log.jsonl``) so that an
-interrupted run can be resumed; the folder is renamed to ``<out>`` only once the model is complete.
+interrupted run can be resumed; the folder is renamed to ``<out>`` only once the model is complete. Rank 0 holds
+the output's lock (:func:`omicsclip.io.atomic.claim_output`) for the whole run, so a second run on the same output
+is refused. A run that fails before its first checkpoint removes its ``.partial``; one left without a checkpoint
+(a killed run) is removed by the next run instead of blocking it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import random
 import shutil
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from omicsclip.errors import InputError
-from omicsclip.io.atomic import atomic_path, check_writable
+from omicsclip.io.atomic import atomic_path, check_writable, claim_output, replace_output
 from omicsclip.io.jsonfile import read_json, write_json
 from omicsclip.io.split import make_split, read_split, write_split
 from omicsclip.model.batchops import model_inputs
@@ -74,17 +77,20 @@ def run_fingerprint(cfg: dict[str, Any], data_fingerprint: str) -> str:
 
 
 def _prepare_dirs(out_dir: Path, store: Path, *, resume: bool, overwrite: bool) -> tuple[Path, bool]:
-    """Return (work dir, whether a checkpoint should be resumed). Rank 0 only."""
+    """Return (work dir, whether a checkpoint should be resumed). Rank 0 only, with the output's lock held."""
     work = out_dir.with_name(out_dir.name + ".partial")
     check_writable(out_dir, overwrite=overwrite or resume, inputs=(store,))  # before any training
     if work.exists():
-        if resume and (work / "checkpoints" / LAST).exists():
+        checkpoint = (work / "checkpoints" / LAST).exists()
+        if resume and checkpoint:
             return work, True
-        if not (resume or overwrite):
+        if checkpoint and not (resume or overwrite):
             raise InputError(f"{work}: an unfinished run is there; pass --resume to continue it or "
                              f"--overwrite to start over")
         if resume:  # no checkpoint: its split/preprocessing may be from other settings, so start over
             log.warning("no checkpoint in %s; starting a new run", work)
+        elif not checkpoint:  # we hold the lock, so its run is over (killed before its first checkpoint)
+            log.info("removing %s: an unfinished run without a checkpoint (nothing to resume)", work)
         shutil.rmtree(work)
     elif resume:
         log.warning("nothing to resume in %s; starting a new run", work)
@@ -96,12 +102,7 @@ def _promote(work: Path, out_dir: Path, store: Path, *, overwrite: bool) -> None
     """Rename the finished work folder to ``out_dir`` (replacing an old one only with ``overwrite``)."""
     if out_dir.exists():
         check_writable(out_dir, overwrite=overwrite, inputs=(store,))
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-        os.replace(work, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out_dir)
+    replace_output(work, Path(os.path.abspath(out_dir)), overwrite=overwrite)
 
 
 def _seed_everything(seed: int) -> None:
@@ -129,7 +130,8 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
-        max_missing_gene_fraction=section["max_missing_gene_fraction"], n_pcs=section["n_pcs"],
+        max_missing_gene_fraction=section["max_missing_gene_fraction"],
+        max_missing_protein_fraction=section["max_missing_protein_fraction"], n_pcs=section["n_pcs"],
         depth_features=section["depth_features"], protein_genes=section["protein_genes"],
     )
 
@@ -223,7 +225,6 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     from omicsclip.io.store import store_info
 
     t_start = time.time()
-    train = cfg["train"]
     info = store_info(store)
     data_fp = store_fingerprint(store)
     run_fp = run_fingerprint(cfg, data_fp)
@@ -231,11 +232,29 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     if resume and out_dir.exists() and not work.exists():
         log.info("%s is already complete; nothing to resume", out_dir)
         return out_dir
-    if dist.is_main:
-        work, do_resume = _prepare_dirs(out_dir, store, resume=resume, overwrite=overwrite)
-        if not do_resume:
-            split = make_split(info["obs"], **cfg["split"])
-            write_split(split, work / SPLIT)
+    with ExitStack() as held:
+        fresh = False
+        if dist.is_main:
+            held.enter_context(claim_output(out_dir, overwrite=overwrite or resume, inputs=(store,)))
+            work, do_resume = _prepare_dirs(out_dir, store, resume=resume, overwrite=overwrite)
+            fresh = not do_resume
+        try:
+            return _run(store, out_dir, work, cfg, info, data_fp, run_fp, device, dist, threads,
+                        fresh=fresh, resume=resume, overwrite=overwrite, t_start=t_start)
+        except BaseException:
+            if fresh and work.exists() and not (work / "checkpoints" / LAST).exists():
+                shutil.rmtree(work, ignore_errors=True)  # failed before its first checkpoint: leave nothing
+            raise
+
+
+def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict[str, Any], data_fp: str,
+         run_fp: str, device: torch.device, dist: DistInfo, threads: int, *, fresh: bool, resume: bool,
+         overwrite: bool, t_start: float) -> Path:
+    """Run the training in ``work`` and promote it (rank 0: ``fresh`` when ``work`` was just created)."""
+    train = cfg["train"]
+    if dist.is_main and fresh:
+        split = make_split(info["obs"], **cfg["split"])
+        write_split(split, work / SPLIT)
     barrier(dist)
     do_resume = (work / "checkpoints" / LAST).exists() and resume
     split = read_split(work / SPLIT)
@@ -264,7 +283,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
     trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,
                       run_fp)
     if do_resume:
-        trainer.load_state_dict(load_checkpoint(work / "checkpoints" / LAST))
+        trainer.load_state_dict(load_checkpoint(work / "checkpoints" / LAST, model))
     summary = trainer.fit()
 
     if dist.is_main:

@@ -99,6 +99,7 @@ class _FakeModel:
 
     def embed(self, rna=None, prot=None, *, genes=None, proteins=None, batch_size=4096):
         out = {}
+        self.last_report = {"prot": {"missing_fraction": 0.0}} if prot is not None else {}
         for key, x in (("rna", rna), ("prot", prot)):
             if x is not None:
                 x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float64)

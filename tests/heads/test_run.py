@@ -82,7 +82,7 @@ def tiny_model(tmp_path_factory):
 
 CHUNK = load_config(None)["query"]["chunk_cells"]
 COLUMNS = ["barcode", "label", "probability", "weight_rna", "weight_prot", "uncertainty", "uncertainty_rna",
-           "uncertainty_prot", "has_rna", "has_prot"]
+           "uncertainty_prot", "has_rna", "has_prot", "prot_missing_fraction"]
 
 
 @pytest.mark.slow

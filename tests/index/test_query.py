@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import anndata as ad
 import faiss
@@ -34,13 +35,15 @@ def _faiss_threads():
 class FakeModel:
     """Stand-in for TrainedModel: features matched by name, log counts through fixed random projections."""
 
-    def __init__(self, genes, proteins, dim=8, seed=0, fingerprint="fake-model", max_missing=0.2):
+    def __init__(self, genes, proteins, dim=8, seed=0, fingerprint="fake-model", max_missing=0.2,
+                 max_missing_protein=0.4):
         rng = np.random.default_rng(seed)
         self.genes, self.proteins = [str(g) for g in genes], [str(p) for p in proteins]
         self.w_rna = rng.normal(size=(len(self.genes), dim)).astype(np.float32)
         self.w_prot = rng.normal(size=(len(self.proteins), dim)).astype(np.float32)
         self.fingerprint, self.embed_dim = fingerprint, dim
         self.config = {"preprocess": {"max_missing_gene_fraction": max_missing}}
+        self.state = SimpleNamespace(max_missing_protein_fraction=max_missing_protein)
         self.calls = 0
 
     @staticmethod
@@ -220,11 +223,17 @@ def test_genes_reordered_extra_and_missing(world):
 
 def test_protein_panel_partial_overlap_and_none(world):
     new = world["new"]
-    keep = [0, 2, 3]
-    part = PairedData(rna=None, prot=new.prot[:, keep], obs=new.obs, genes=pd.DataFrame(),
-                      proteins=pd.DataFrame(index=[new.protein_names[i] for i in keep]))
-    res = query(part, world["model"], world["index"], k=3)
-    assert res.summary["feature_matching"]["prot"]["n_missing"] == 3
+    def panel(keep):
+        return PairedData(rna=None, prot=new.prot[:, keep], obs=new.obs, genes=pd.DataFrame(),
+                          proteins=pd.DataFrame(index=[new.protein_names[i] for i in keep]))
+
+    res = query(panel([0, 2, 3, 5]), world["model"], world["index"], k=3)
+    assert res.summary["feature_matching"]["prot"]["n_missing"] == 2
+    # 3 of 6 missing: past max_missing_protein_fraction (0.4), refused before any cell is embedded
+    calls = world["model"].calls
+    with pytest.raises(InputError, match=r"lacks 3 of the model's 6 proteins \(50% > max_missing_protein_fraction=0.4\)"):
+        query(panel([0, 2, 3]), world["model"], world["index"], k=3)
+    assert world["model"].calls == calls
     other = PairedData(rna=None, prot=new.prot, obs=new.obs, genes=pd.DataFrame(),
                        proteins=pd.DataFrame(index=[f"X{i}" for i in range(6)]))
     with pytest.raises(InputError, match="shares no protein with the model"):

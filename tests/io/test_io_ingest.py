@@ -111,3 +111,69 @@ def test_min_counts_thresholds_and_overwrite(cite, tmp_path):
     qc = d.uns["qc"]
     assert int(qc["n_cells_below_min_counts_rna"]) == int((~keep).sum())
     assert stray_files(tmp_path) == []
+
+
+def _mudata(c):
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+    from cite_files import to_anndata
+
+    p = ad.AnnData(X=c.prot.copy(), obs=pd.DataFrame(index=c.barcodes), var=pd.DataFrame(index=c.antibodies))
+    return md.MuData({"rna": to_anndata(c, protein="none"), "prot": p})
+
+
+def test_ingest_source_in_memory_writes_what_the_file_ingest_writes(cite, store, tmp_path):
+    """MuData in memory -> the one ingest loop: the same store as its file, provenance describing the object."""
+    from omicsclip.io.anndata_input import open_anndata
+    from omicsclip.io.ingest import ingest_source, object_inputs
+
+    mdata = _mudata(cite)
+    options = {"min_counts_rna": 0.0, "min_counts_prot": 0.0, "chunk_cells": 16}
+    with open_anndata(mdata) as src:
+        assert src.files == []
+        summary = ingest_source(src, tmp_path / "m.zarr", options=options, inputs=object_inputs(mdata))
+    assert summary["n_cells"] == len(cite.barcodes)
+    assert_store_matches(tmp_path / "m.zarr", cite)
+    a, b = read_store(tmp_path / "m.zarr"), read_store(store[1])
+    assert a.barcodes == b.barcodes
+    assert (a.rna != b.rna).nnz == 0
+    np.testing.assert_array_equal(a.prot, b.prot)
+    prov = store_info(tmp_path / "m.zarr")["uns"]["provenance"]
+    assert prov["format"] == "mudata"
+    assert list(prov["isotypes_removed"]) == ["IgG1_control", "Mouse_IgG2a_isotype"]
+    inp = prov["inputs"]["input_0"]
+    assert inp["object"] == "MuData"
+    assert int(inp["n_obs"]) == len(cite.barcodes)
+    assert inp["obs_names_sha256"] == hashlib.sha256("".join(f"{b}\n" for b in cite.barcodes).encode()).hexdigest()
+    assert set(inp["modalities"]) == {"rna", "prot"}
+    assert "path" not in inp  # nothing invented: there is no file
+    assert "sha256" not in inp
+    assert "in-memory MuData 60 x" in format_summary(inspect_store(tmp_path / "m.zarr"))
+
+
+def test_ingest_takes_objects_in_memory(cite, tmp_path):
+    from cite_files import to_anndata
+
+    from omicsclip.io.ingest import ingest_from_config
+
+    out = ingest_from_config(to_anndata(cite), tmp_path / "a.zarr", {"min_counts_rna": 0, "min_counts_prot": 0,
+                                                                    "chunk_cells": 7})
+    assert_store_matches(out, cite)
+    prov = store_info(out)["uns"]["provenance"]
+    assert prov["inputs"]["input_0"]["object"] == "AnnData"
+    assert "fmt" not in prov["options"]
+    assert int(prov["options"]["chunk_cells"]) == 7
+    assert stray_files(tmp_path) == []
+
+
+def test_empty_in_memory_input_is_named(cite, tmp_path):
+    from cite_files import to_anndata
+
+    from omicsclip.errors import InputError
+
+    adata = to_anndata(cite)
+    adata.X = adata.X * 0
+    with pytest.raises(InputError, match="^the in-memory AnnData: all RNA counts are zero"):
+        ingest(adata, tmp_path / "e.zarr")
+    assert stray_files(tmp_path) == []

@@ -98,7 +98,7 @@ def test_checkpoint_is_weights_only_and_atomic(tmp_path):
     restore_rng(back["rng"], gen2)
     assert torch.equal(torch.rand(4, generator=gen2), expected)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read checkpoint"):
+    with pytest.raises(InputError, match="not a readable omicsclip checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
