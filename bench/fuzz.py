@@ -67,13 +67,14 @@ def run_pytest(args: argparse.Namespace, report: Path) -> tuple[int, str, float]
 
 
 def table(counts: dict[str, dict[str, int]]) -> str:
-    rows = [("entry point", "cases", "exit 0", "exit 2")]
+    """Cases per entry point: exit 0 / exit 2 for CLI cases; for kill -9 trials, output absent / complete after the kill."""
+    rows = [("entry point", "cases", "exit 0 | absent", "exit 2 | complete")]
     for entry in sorted(counts):
         c = counts[entry]
-        rows.append((entry, str(sum(c.values())), str(c.get("exit0", 0)), str(c.get("exit2", 0))))
+        a, b = ("absent", "complete") if entry.startswith("kill9:") else ("exit0", "exit2")
+        rows.append((entry, str(sum(c.values())), str(c.get(a, 0)), str(c.get(b, 0))))
     tot = {k: sum(c.get(k, 0) for c in counts.values()) for k in ("exit0", "exit2")}
-    rows.append(("total", str(sum(sum(c.values()) for c in counts.values())), str(tot["exit0"]),
-                 str(tot["exit2"])))
+    rows.append(("total CLI cases", str(tot["exit0"] + tot["exit2"]), str(tot["exit0"]), str(tot["exit2"])))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     fmt = lambda r: "  ".join(x.ljust(w[0]) if i == 0 else x.rjust(w[i]) for i, x in enumerate(r))  # noqa: E731
     return "\n".join([fmt(rows[0]), "  ".join("-" * n for n in w), *(fmt(r) for r in rows[1:])])

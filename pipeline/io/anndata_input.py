@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
-from omicsclip.io.h5ad import _ADT_TYPES, _GEX_TYPES, HTO_OBSM_KEYS, PROTEIN_OBSM_KEYS
+from omicsclip.io.h5ad import HTO_OBSM_KEYS, PROTEIN_OBSM_KEYS, split_feature_types
 from omicsclip.io.raw import RawInput
 from omicsclip.io.readers import REQUIRE, InputSource, open_input
 from omicsclip.io.tables import CountTable, CsrArraysTable, View
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: keyword options of :func:`open_anndata` passed on to :class:`InputSource` (the rest are read here)
 SOURCE_KEYS = ("isotype_patterns", "keep_isotypes", "hto_patterns", "pairing", "allow_normalized", "make_unique")
 _IGNORED_KEYS = ("genes_in_rows",)  # file-only reader options (accepted so a config section passes through)
-_FEATURE_TYPE_COLS = ("feature_types", "feature_type")
 
 
 def _is_dask(x: Any) -> bool:
@@ -292,14 +291,7 @@ def _anndata_raw(adata: Any, *, modality: str | None, protein_key: str | None, l
     if modality == "prot":
         raw.prot = View(table)
         return raw
-    ftcol = next((c for c in _FEATURE_TYPE_COLS if c in var.columns), None)
-    if modality is None and ftcol is not None and var[ftcol].astype(str).isin(_ADT_TYPES).any():
-        types = var[ftcol].astype(str).to_numpy()
-        raw.rna = View(table, np.flatnonzero(np.isin(types, _GEX_TYPES)))
-        raw.prot = View(table, np.flatnonzero(np.isin(types, _ADT_TYPES)))
-        hto = np.flatnonzero(types == "Multiplexing Capture")
-        raw.hto = View(table, hto) if len(hto) else None
-        raw.notes.append(f"{mkey} split by var['{ftcol}'] into Gene Expression and Antibody Capture")
+    if modality is None and split_feature_types(raw, table, var, mkey):
         return raw
     raw.rna = View(table)
     if modality == "rna":

@@ -139,6 +139,37 @@ def _feature_type_col(var: pd.DataFrame) -> str | None:
     return next((c for c in _FEATURE_TYPE_COLS if c in var.columns), None)
 
 
+def split_feature_types(raw: RawInput, table: CountTable, var: pd.DataFrame, what: str) -> bool:
+    """Split one matrix into RNA, protein and hashtag views by ``var['feature_types']`` (as 10x writes it).
+
+    Parameters
+    ----------
+    raw
+        The input being built; its ``rna``, ``prot``, ``hto`` and ``notes`` are set when the split applies.
+    table
+        The matrix (all features).
+    var
+        Its feature annotations.
+    what
+        How to name the matrix in the note (e.g. ``X``).
+
+    Returns
+    -------
+    bool
+        Whether ``var`` has a feature-type column with antibody features (and the split was made).
+    """
+    ftcol = _feature_type_col(var)
+    if ftcol is None or not var[ftcol].astype(str).isin(_ADT_TYPES).any():
+        return False
+    types = var[ftcol].astype(str).to_numpy()
+    raw.rna = View(table, np.flatnonzero(np.isin(types, _GEX_TYPES)))
+    raw.prot = View(table, np.flatnonzero(np.isin(types, _ADT_TYPES)))
+    hto = np.flatnonzero(types == "Multiplexing Capture")
+    raw.hto = View(table, hto) if len(hto) else None
+    raw.notes.append(f"{what} split by var['{ftcol}'] into Gene Expression and Antibody Capture")
+    return True
+
+
 def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key: str | None,
                        label: str = "", layer: str | None = None) -> RawInput:
     """Modalities of one AnnData group (root of an ``.h5ad`` or ``mod/<name>`` of an ``.h5mu``/store).
@@ -163,14 +194,7 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     if modality == "prot":
         raw.prot = View(table)
         return raw
-    ftcol = _feature_type_col(var)
-    if modality is None and ftcol is not None and var[ftcol].astype(str).isin(_ADT_TYPES).any():
-        types = var[ftcol].astype(str).to_numpy()
-        raw.rna = View(table, np.flatnonzero(np.isin(types, _GEX_TYPES)))
-        raw.prot = View(table, np.flatnonzero(np.isin(types, _ADT_TYPES)))
-        hto = np.flatnonzero(types == "Multiplexing Capture")
-        raw.hto = View(table, hto) if len(hto) else None
-        raw.notes.append(f"{pre}{mkey} split by var['{ftcol}'] into Gene Expression and Antibody Capture")
+    if modality is None and split_feature_types(raw, table, var, f"{pre}{mkey}"):
         return raw
     raw.rna = View(table)
     if modality == "rna":

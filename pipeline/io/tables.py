@@ -179,6 +179,13 @@ class MemoryTable(CountTable):
         if matrix.shape != (len(barcodes), len(features)):
             raise InputError(f"{path}: {what} has shape {matrix.shape} but {len(barcodes)} barcodes x "
                              f"{len(features)} features (shape mismatch)")
+        if isinstance(matrix, sp.csr_matrix | sp.csc_matrix | sp.csr_array | sp.csc_array):
+            try:  # scipy's conversions trust indptr/indices: a damaged file would crash them (segfault)
+                matrix.check_format(full_check=True)
+            except (ValueError, TypeError, IndexError) as exc:
+                raise InputError(f"{path}: {what} is not a valid sparse matrix (corrupt file: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+                                 ) from None
         self._m = sp.csr_matrix(matrix, dtype=np.float32)
 
     def _read_range(self, lo: int, hi: int) -> sp.csr_matrix:

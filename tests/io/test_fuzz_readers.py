@@ -616,3 +616,22 @@ def test_feature_types_with_control_characters_stay_on_one_line(tmp_path):
     msg = _refusal([src, "--out", tmp_path / "s.zarr"])
     assert msg.endswith("no 'Antibody Capture' features (feature types: Gene Expression, Peaks\\nx); "
                         "both RNA and protein are needed")
+
+
+@pytest.mark.parametrize("damage", ["index", "indptr"])
+def test_csc_matrix_with_damaged_structure_is_an_input_error(tmp_path, damage):
+    """Found by the long fuzz run: a CSC X whose indices point past the matrix crashed scipy's tocsr (segfault)."""
+    import anndata as ad
+
+    a = ad.AnnData(X=sp.csc_matrix(np.arange(1, 13, dtype=np.float32).reshape(4, 3)),
+                   obs=pd.DataFrame(index=[f"c{i}" for i in range(4)]), var=pd.DataFrame(index=["G0", "G1", "G2"]))
+    a.obsm["protein"] = pd.DataFrame(np.ones((4, 2), np.float32), index=a.obs_names, columns=["CD3", "CD4"])
+    path = tmp_path / "x.h5ad"
+    a.write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        if damage == "index":
+            f["X/indices"][1] = 1_000_000
+        else:
+            f["X/indptr"][1] = 20  # past the 12 stored values, then decreasing
+    msg = _refusal([path, "--out", tmp_path / "s.zarr"])
+    assert f"{path}: X is not a valid sparse matrix (corrupt file: " in msg
