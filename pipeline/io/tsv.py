@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 _SPECIAL = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")  # backslash, C0, DEL, C1 (NEL \x85 too)
@@ -60,6 +61,16 @@ def unescape(text: str) -> str:
     return _ESCAPED.sub(lambda m: _UNNAMED.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), text)
 
 
+def _escape_series(s: pd.Series) -> pd.Series:
+    """Escape a text column: once per distinct value (query ids repeat k times, reference ids many more)."""
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    escaped = np.array([escape(u) for u in uniques], dtype=object)
+    out = np.full(len(s), np.nan, dtype=object)
+    present = codes >= 0
+    out[present] = escaped[codes[present]]
+    return pd.Series(out, index=s.index, name=s.name)
+
+
 def escape_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Return a copy of ``df`` with escaped column names and escaped text (object, string, category) columns.
 
@@ -78,7 +89,7 @@ def escape_frame(df: pd.DataFrame) -> pd.DataFrame:
         s = df.iloc[:, i]
         if (isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(s.dtype)
                 or pd.api.types.is_string_dtype(s.dtype)):
-            s = s.astype(object).map(escape, na_action="ignore")
+            s = _escape_series(s)
         cols[i] = s
     out = pd.DataFrame(cols, index=df.index)
     out.columns = [escape(c) for c in df.columns]
