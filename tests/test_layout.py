@@ -1,7 +1,7 @@
 """The package's layering and layout, read from the source with ``ast`` (nothing is imported).
 
-Imports only go down: base (errors, config, conventions, configs) -> io -> model -> train -> index | heads ->
-evaluation -> report -> api -> cli. ``index`` and ``heads`` do not import each other. The workflow package sits
+Imports only go down: base (errors, config, conventions, configs, progress) -> io -> model -> train ->
+index | heads -> evaluation -> report -> api -> cli. ``index`` and ``heads`` do not import each other. The workflow package sits
 outside the library and may import anything; of the library only the CLI imports it. The library never imports
 typer or Snakemake; the encoders and the loss import nothing but torch, numpy and the standard library.
 """
@@ -20,8 +20,8 @@ from conftest import REPO
 # source folder -> import package (pyproject's [tool.setuptools.package-dir])
 ROOTS = {"pipeline": "omicsclip", "cli": "omicsclip.cli", "workflow": "omicsclip.workflow",
          "configs": "omicsclip.configs"}
-RANK = {"errors": 0, "config": 0, "conventions": 0, "configs": 0, "io": 1, "model": 2, "train": 3, "index": 4,
-        "heads": 4, "evaluation": 5, "report": 6, "api": 7, "cli": 8, "workflow": 9}
+RANK = {"errors": 0, "config": 0, "conventions": 0, "configs": 0, "progress": 0, "io": 1, "model": 2, "train": 3,
+        "index": 4, "heads": 4, "evaluation": 5, "report": 6, "api": 7, "cli": 8, "workflow": 9}
 BASE = 0
 NOT_LIBRARY = {"cli", "workflow"}
 MAX_LINES = 500

@@ -39,6 +39,7 @@ from omicsclip.heads.ensemble import BootstrapMixin
 from omicsclip.heads.fusion import build_head
 from omicsclip.heads.inputs import presence_mask
 from omicsclip.model.encoders import normalize_members
+from omicsclip.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,15 @@ def _train(
     pool_mask: torch.Tensor | None,
     gen: torch.Generator,
     tuner: LastLayerTuner | None = None,
+    *,
+    progress: bool = False,
 ) -> float:
     """Train ``head`` (and ``tuner``'s layers, when given) in place; return the last loss.
 
     Each step: the labelled cells, repeated to at least ``_MIN_ROWS`` rows, with fresh augmentations (modality
     dropout for the multimodal heads, noise corruption for the gated/uncertainty heads); plus, for heads that use
-    them, ``_MIN_ROWS`` augmented unlabelled pool cells (label-free loss).
+    them, ``_MIN_ROWS`` augmented unlabelled pool cells (label-free loss). With ``progress``, the full-batch
+    epochs are reported (:class:`omicsclip.progress.Progress`).
     """
     corrupt_prob = params.corrupt_prob if params.fusion in CORRUPTION_FUSIONS else 0.0
     drop = params.modality_dropout if params.fusion in MULTIMODAL_FUSIONS else 0.0
@@ -203,22 +207,30 @@ def _train(
     head.bootstrap(y, gen)
     head.train()
     loss = torch.zeros(())
-    for _ in range(params.epochs):
-        zr, zp = labelled()
-        a_r, a_p, a_m, corrupted = augment(zr[idx], zp[idx], mask[idx], modality_dropout=drop,
-                                           corrupt_prob=corrupt_prob, generator=gen)
-        loss = head.loss(head(a_r, a_p, a_m), y[idx], a_m, corrupted, idx)
-        if use_pool:
-            pi = torch.randint(0, len(pool_mask), (_MIN_ROWS,), generator=gen)
-            c_r, c_p = pool(pi)
-            u_r, u_p, u_m, u_c = augment(c_r, c_p, pool_mask[pi], modality_dropout=drop,
-                                         corrupt_prob=corrupt_prob, generator=gen)
-            loss = loss + head.unlabelled_loss((c_r, c_p), (u_r, u_p), u_m, u_c)
-        if params.weight_decay > 0:  # logistic-regression style: C = 1 / weight_decay on the summed loss
-            loss = loss + 0.5 * params.weight_decay / len(y) * sum((p * p).sum() for p in decayed)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    def current_loss() -> float:
+        return float(loss.detach())
+
+    reporter = Progress(params.epochs, f"finetune {params.fusion} head", "epoch", logger=log, enabled=progress,
+                        rate_scale=len(idx), rate_unit="cells")
+    with reporter:
+        for _ in range(params.epochs):
+            zr, zp = labelled()
+            a_r, a_p, a_m, corrupted = augment(zr[idx], zp[idx], mask[idx], modality_dropout=drop,
+                                               corrupt_prob=corrupt_prob, generator=gen)
+            loss = head.loss(head(a_r, a_p, a_m), y[idx], a_m, corrupted, idx)
+            if use_pool:
+                pi = torch.randint(0, len(pool_mask), (_MIN_ROWS,), generator=gen)
+                c_r, c_p = pool(pi)
+                u_r, u_p, u_m, u_c = augment(c_r, c_p, pool_mask[pi], modality_dropout=drop,
+                                             corrupt_prob=corrupt_prob, generator=gen)
+                loss = loss + head.unlabelled_loss((c_r, c_p), (u_r, u_p), u_m, u_c)
+            if params.weight_decay > 0:  # logistic-regression style: C = 1 / weight_decay on the summed loss
+                loss = loss + 0.5 * params.weight_decay / len(y) * sum((p * p).sum() for p in decayed)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            reporter.update(1, loss=current_loss)
     head.eval()
     return float(loss.detach())
 
@@ -233,6 +245,7 @@ def fit_head(
     mask: np.ndarray | None = None,
     unlabelled: tuple[np.ndarray, np.ndarray] | None = None,
     unlabelled_mask: np.ndarray | None = None,
+    progress: bool = False,
 ) -> FusionHead:
     """Train the head ``params.fusion`` on frozen labelled embeddings (full batch, Adam + L2 penalty, seeded).
 
@@ -253,6 +266,9 @@ def fit_head(
         Optional (z_rna, z_prot) of unlabelled cells (training split; labels never used) and their mask. The gated
         and uncertainty heads use them, augmented, to learn what a corrupted modality looks like (gate
         supervision / variance branch with pseudo-labels).
+    progress
+        Report the training epochs (:class:`omicsclip.progress.Progress`; off for the many small fits of the
+        few-label evaluation).
 
     Returns
     -------
@@ -277,7 +293,7 @@ def fit_head(
         head = build_head(params.fusion, zr.shape[1], zp.shape[1], n_classes, kind=params.head,
                           hidden=params.hidden, dropout=params.dropout, tensor_rank=params.tensor_rank, members=params.ensemble)
         last = _train(head, params, torch.as_tensor(y, dtype=torch.long), as_tensor(mask), lambda: (zr, zp),
-                      pool, pool_mask, torch.Generator().manual_seed(params.seed))
+                      pool, pool_mask, torch.Generator().manual_seed(params.seed), progress=progress)
         if isinstance(head, BootstrapMixin):  # post-hoc, on out-of-bag predictions of the labelled cells
             calibrate_out_of_bag(head, zr, zp, torch.as_tensor(y, dtype=torch.long), as_tensor(mask),
                                  params.mc_samples)
@@ -297,6 +313,7 @@ def fit_head_with_encoders(
     mask: np.ndarray | None = None,
     unlabelled: tuple[np.ndarray, np.ndarray] | None = None,
     unlabelled_mask: np.ndarray | None = None,
+    progress: bool = False,
 ) -> FusionHead:
     """Train a head as :func:`fit_head` does, also fine-tuning the encoders' last layers.
 
@@ -316,6 +333,8 @@ def fit_head_with_encoders(
         (n, 2) presence mask (default: both present).
     unlabelled, unlabelled_mask
         Penultimate features of unlabelled training cells and their mask, as in :func:`fit_head`.
+    progress
+        Report the training epochs, as in :func:`fit_head`.
     """
     y = np.asarray(y)
     mask = np.ones((len(y), 2), np.float32) if mask is None else np.asarray(mask, np.float32)
@@ -337,7 +356,8 @@ def fit_head_with_encoders(
                           tensor_rank=params.tensor_rank, members=params.ensemble)
         tuner.train()
         last = _train(head, params, torch.as_tensor(y, dtype=torch.long), as_tensor(mask),
-                      lambda: tuner(hr, hp), pool, pool_mask, torch.Generator().manual_seed(params.seed), tuner)
+                      lambda: tuner(hr, hp), pool, pool_mask, torch.Generator().manual_seed(params.seed), tuner,
+                      progress=progress)
         tuner.eval()
     # no post-hoc calibration here: the tuned encoder layers saw every labelled cell, so no prediction is out-of-bag
     log.debug("fitted %s head + last encoder layers on %d cells (final loss %.4f)", params.fusion, len(y), last)

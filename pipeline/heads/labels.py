@@ -68,6 +68,38 @@ def sample_per_class(
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
+def cap_cells(idx: np.ndarray, labels: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Return at most ``max_cells`` of the cells ``idx``, a class-stratified draw (sorted; ``max_cells=0``: all).
+
+    Every class keeps its share of ``max_cells`` (its fraction of ``idx``, rounded up) and at least
+    ``min(its size, 50)`` cells, so rare classes are never thinned away.
+
+    Parameters
+    ----------
+    idx
+        Positions of the labelled cells.
+    labels
+        (n,) label per cell (indexed by ``idx``).
+    max_cells
+        The cap (0 = no cap).
+    rng
+        The draw's random generator.
+    """
+    idx = np.asarray(idx, np.int64)
+    if not max_cells or len(idx) <= max_cells:
+        return idx
+    lab = np.asarray([labels[i] for i in idx], dtype=object)
+    picked = []
+    for c in sorted(set(lab)):
+        pool = idx[lab == c]
+        quota = min(len(pool), max(int(np.ceil(max_cells * len(pool) / len(idx))), min(len(pool), 50)))
+        picked.append(rng.choice(pool, size=quota, replace=False))
+    out = np.sort(np.concatenate(picked))
+    log.info("fitting on a class-stratified sample of %d of %d labelled cells (finetune.max_cells=%d)", len(out),
+             len(idx), max_cells)
+    return out
+
+
 def unlabelled_pool(split: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """Return the training cells the gated and uncertainty heads see without labels (a seeded subset if many).
 

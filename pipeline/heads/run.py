@@ -20,7 +20,7 @@ from omicsclip.heads.calibration import classification_metrics
 from omicsclip.heads.fit import HeadParams, fit_head
 from omicsclip.heads.headio import save_head
 from omicsclip.heads.inputs import read_embedding
-from omicsclip.heads.labels import label_array, sample_per_class, unlabelled_pool
+from omicsclip.heads.labels import cap_cells, label_array, sample_per_class, unlabelled_pool
 from omicsclip.heads.predict import predict_head
 from omicsclip.heads.tuning import fit_with_store
 from omicsclip.io.jsonfile import read_json_object
@@ -98,6 +98,7 @@ def fit_embedding_head(
         idx = sample_per_class(labels, fit_cells, labels_per_class, np.random.default_rng(params.seed))
     else:
         idx = np.flatnonzero(fit_cells & has_label)
+    idx = cap_cells(idx, labels, section["max_cells"], np.random.default_rng([params.seed, 1]))
     if len(idx) == 0:
         raise InputError(f"{emb_path}: no labelled training cells in obs[{label_key!r}]")
     classes = sorted({labels[i] for i in idx})
@@ -119,7 +120,8 @@ def fit_embedding_head(
         if store is not None or model is not None:
             log.warning("--store/--model are only used with finetune.finetune_encoder=true; ignored")
         head = fit_head(emb.z_rna[idx], emb.z_prot[idx], y, len(classes), params, mask=emb.mask[idx],
-                        unlabelled=(emb.z_rna[pool], emb.z_prot[pool]), unlabelled_mask=emb.mask[pool])
+                        unlabelled=(emb.z_rna[pool], emb.z_prot[pool]), unlabelled_mask=emb.mask[pool],
+                        progress=True)
         z_test = (emb.z_rna[test], emb.z_prot[test])
     metrics: dict[str, Any] = {}
     if len(test):

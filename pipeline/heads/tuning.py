@@ -116,7 +116,7 @@ def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: 
 
     tuner = LastLayerTuner(model.model.rna.proj, model.model.prot.proj, model.model.members)
     head = fit_head_with_encoders(*take(idx), y, n_classes, params, tuner,
-                                  unlabelled=take(pool_rows) if len(pool_rows) else None)
+                                  unlabelled=take(pool_rows) if len(pool_rows) else None, progress=True)
     with torch.no_grad():
         er, ep = tuner(*(as_tensor(a) for a in take(eval_rows)))
     return head, tuner.tensors(), {"rna": er.numpy(), "prot": ep.numpy()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from omicsclip.errors import InputError
+from omicsclip.progress import Progress, format_duration
 
 log = logging.getLogger(__name__)
 # faiss' loader reports at INFO each instruction set it tries, e.g. ModuleNotFoundError('No module named
@@ -32,6 +34,7 @@ METRIC = "inner_product"
 _GPU_KINDS = ("flat", "ivf_flat", "ivf_pq")
 _MIN_POINTS_PER_LIST = 39  # faiss warns (and k-means degrades) below this many training points per list
 _TRAIN_POINTS_PER_LIST = 64  # IVF training sample: this many points per list at most
+_ADD_CHUNK = 100_000  # vectors added to an index per call (bounded temporary memory, a progress step each)
 
 
 def _faiss():
@@ -182,8 +185,12 @@ def as_query_matrix(x: np.ndarray, dim: int, *, what: str = "embeddings") -> np.
     return x
 
 
-def build_index(x: np.ndarray, params: IndexParams, *, use_gpu: bool | str = "auto", seed: int = 0) -> Any:
+def build_index(x: np.ndarray, params: IndexParams, *, use_gpu: bool | str = "auto", seed: int = 0,
+                desc: str = "index") -> Any:
     """Build a CPU faiss index over unit vectors ``x`` (n x d) with inner-product metric.
+
+    IVF training (k-means) is logged as one phase; vectors are added in chunks of ``_ADD_CHUNK`` with progress
+    (:class:`omicsclip.progress.Progress`).
 
     Parameters
     ----------
@@ -195,6 +202,8 @@ def build_index(x: np.ndarray, params: IndexParams, *, use_gpu: bool | str = "au
         ``auto`` | ``True`` | ``False``: train and fill the index on a GPU when one is used.
     seed
         Seeds the IVF training sample and k-means.
+    desc
+        Label of the progress and log lines (e.g. ``index rna``).
 
     Returns
     -------
@@ -222,10 +231,15 @@ def build_index(x: np.ndarray, params: IndexParams, *, use_gpu: bool | str = "au
     if not work.is_trained:
         n_train = min(n, _TRAIN_POINTS_PER_LIST * params.nlist)
         sample = x if n_train == n else x[np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))]
+        t0 = time.perf_counter()
+        log.info("%s: training %s (k-means, %d lists) on %d cells", desc, factory_string(params), params.nlist,
+                 n_train)
         work.train(sample)
-    step = 100_000
-    for start in range(0, n, step):
-        work.add(x[start:start + step])
+        log.info("%s: trained in %s", desc, format_duration(time.perf_counter() - t0))
+    with Progress(n, desc, "cells", logger=log) as progress:
+        for start in range(0, n, _ADD_CHUNK):
+            work.add(x[start:start + _ADD_CHUNK])
+            progress.update(min(_ADD_CHUNK, n - start))
     index = _faiss().index_gpu_to_cpu(work) if gpu else work
     set_search_params(index, params)
     return index

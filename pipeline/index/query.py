@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from omicsclip.index.query_writers import H5adAppender, TableWriter
 from omicsclip.index.reference import ReferenceIndex
 from omicsclip.io.atomic import atomic_path
 from omicsclip.io.jsonfile import write_json
+from omicsclip.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,17 @@ def _quiet(logger_names: Sequence[str]) -> Iterator[None]:
 
 
 def _iter_results(src: Any, engine: QueryEngine, chunk_cells: int) -> Iterator[ChunkResult]:
-    from tqdm.auto import tqdm
-
     n = int(src.n_cells)
     if n == 0:
         raise InputError("query input has no cells")
-    bar = tqdm(total=n, unit="cell", desc="query", disable=not sys.stderr.isatty())
-    with _quiet(["omicsclip.model.alignment", "omicsclip.model.modelio"]), bar:
+    progress = Progress(n, "query", "cells", logger=log)
+    with _quiet(["omicsclip.model.alignment", "omicsclip.model.modelio"]), progress:
         for chunk in src.iter_chunks(chunk_cells):
             if chunk.rna is None and chunk.prot is None:
                 raise InputError("query input has neither RNA nor protein counts")
-            yield engine.process(chunk, src.genes, src.proteins)
-            bar.update(chunk.n_cells)
+            result = engine.process(chunk, src.genes, src.proteins)
+            progress.update(chunk.n_cells)
+            yield result
 
 
 def _peak_rss_mb() -> float:

@@ -212,7 +212,7 @@ class ReferenceIndex:
         timings: dict[str, float] = {}
         for m in mods:
             t0 = time.perf_counter()
-            built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed)
+            built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed, desc=f"index {m}")
             timings[m] = round(time.perf_counter() - t0, 3)
             log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
         lab, label_keys = None, []

@@ -71,20 +71,109 @@ def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
     starts = indptr[idx]
     lens = indptr[idx + 1] - starts
     n = idx.numel()
-    rows = torch.repeat_interleave(torch.arange(n, device=idx.device), lens)
-    first = torch.cumsum(lens, 0) - lens
-    pos = starts[rows] + (torch.arange(rows.numel(), device=idx.device) - first[rows])
-    return RawBatch(n=n, row=rows, col=indices[pos].long(), val=values[pos], other=other[idx], prot=prot[idx])
+    total = int(lens.sum())
+    rows = torch.repeat_interleave(torch.arange(n, device=idx.device), lens, output_size=total)
+    # position in the CSR arrays = position in the batch + (row start in the CSR - row start in the batch);
+    # 1-D index_select, not advanced indexing: several times faster on the CPU
+    shift = starts - (torch.cumsum(lens, 0) - lens)
+    pos = torch.arange(total, device=idx.device) + torch.repeat_interleave(shift, lens, output_size=total)
+    return RawBatch(n=n, row=rows, col=indices.index_select(0, pos).long(), val=values.index_select(0, pos),
+                    other=other[idx], prot=prot[idx])
 
 
 def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return low + (1.0 - low) * torch.rand(n, generator=gen, device=device)
 
 
-def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``)."""
+EXPAND_MAX = 16  # CPU thinning: integer counts up to this are thinned molecule by molecule, larger ones by binomial
+
+
+def thin_counts_reference(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Binomial thinning with ``torch.binomial`` (the plain reference of :func:`thin_counts`)."""
     counts = counts.float()
     return torch.binomial(counts, keep.float().expand_as(counts).contiguous(), generator=gen)
+
+
+def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``).
+
+    On the CPU ``torch.binomial`` costs ~100-200 ns a draw, so integer counts up to ``EXPAND_MAX`` (the vast
+    majority of RNA counts) are thinned as what they are, a sum of independent ``Bernoulli(keep)`` molecules: one
+    uniform draw per molecule. The rest (large or non-integer counts) and every count on other devices go through
+    ``torch.binomial``. Same distribution as :func:`thin_counts_reference`, another random stream.
+    """
+    counts = counts.float()
+    if counts.device.type != "cpu":
+        return thin_counts_reference(counts, keep, gen)
+    c = counts.reshape(-1)
+    q = keep.float().expand_as(counts).reshape(-1)
+    small = (c <= EXPAND_MAX) & (c == c.floor())
+    n_mol = torch.where(small, c, 0.0).long()
+    ends = torch.cumsum(n_mol, 0)
+    total = int(ends[-1]) if ends.numel() else 0
+    hit = torch.rand(total, generator=gen) < torch.repeat_interleave(q, n_mol, output_size=total)
+    kept = torch.zeros(total + 1, dtype=torch.int32)
+    torch.cumsum(hit, 0, dtype=torch.int32, out=kept[1:])
+    out = (kept.index_select(0, ends) - kept.index_select(0, ends - n_mol)).float()
+    big = torch.nonzero(~small).squeeze(1)
+    if big.numel():
+        out[big] = torch.binomial(c[big], q[big].contiguous(), generator=gen)
+    return out.reshape(counts.shape)
+
+
+class _ProjectionPlan:
+    """``S @ P.T`` for a sparse ``S`` (cells x genes, CSR parts) and a projection ``P`` (rows x genes).
+
+    Rows of ``P`` that hold a single 1 (indicator rows: one gene's value passed through) take the entries of their
+    gene by a scatter; the other rows take a sparse-dense product with those rows only.
+    """
+
+    def __init__(self, proj: torch.Tensor) -> None:
+        self.proj = proj
+        n_rows, n_genes = proj.shape
+        nonzero = proj != 0
+        gene = proj.abs().argmax(dim=1)
+        indicator = (nonzero.sum(dim=1) == 1) & (proj.gather(1, gene[:, None]).squeeze(1) == 1)
+        seen: set[int] = set()
+        for r in torch.nonzero(indicator).squeeze(1).tolist():  # a gene with two indicator rows: the second is dense
+            g = int(gene[r])
+            indicator[r] = g not in seen
+            seen.add(g)
+        slot = torch.full((n_genes,), -1, dtype=torch.int64, device=proj.device)
+        self.ind_rows = torch.nonzero(indicator).squeeze(1)
+        self.dense_rows = torch.nonzero(~indicator).squeeze(1)
+        slot[gene[self.ind_rows]] = torch.arange(self.ind_rows.numel(), device=proj.device)
+        self.slot = slot  # gene -> its indicator row's position among the indicator rows (-1: none)
+        self.dense_t = proj[self.dense_rows].t().contiguous()  # genes x dense rows
+        order = torch.cat([self.dense_rows, self.ind_rows])
+        self.inverse = None if torch.equal(order, torch.arange(n_rows, device=proj.device)) else torch.argsort(order)
+
+    def base(self, c: torch.Tensor) -> torch.Tensor:
+        """``c @ P.T`` for the zeros' scaled values ``c`` (cached for the last ``c`` seen: they change rarely)."""
+        cached = getattr(self, "_base", None)
+        if cached is None or (cached[0] is not c and not torch.equal(cached[0], c)):
+            cached = self._base = (c, c @ self.proj.t())
+        return cached[1]
+
+    def apply(self, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, n: int) -> torch.Tensor:
+        """``S @ P.T`` (n x rows) for ``S`` given by sorted ``row``, ``col``, ``val``."""
+        n_genes = self.slot.numel()
+        parts = []
+        if self.dense_rows.numel():
+            crow = torch.searchsorted(row, torch.arange(n + 1, device=row.device, dtype=row.dtype))
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                s = torch.sparse_csr_tensor(crow, col, val, size=(n, n_genes), check_invariants=False)
+                parts.append(torch.sparse.mm(s, self.dense_t))
+        if self.ind_rows.numel():
+            k = self.ind_rows.numel()
+            slot = self.slot.index_select(0, col)
+            # entries of other genes go to one spare element past the end (no host sync for a selection)
+            at = torch.where(slot >= 0, row * k + slot, n * k)
+            ind = torch.zeros(n * k + 1, dtype=val.dtype, device=val.device).index_add_(0, at, val)
+            parts.append(ind[:-1].reshape(n, k))
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return out if self.inverse is None else out.index_select(1, self.inverse)
 
 
 class CountTransform:
@@ -107,6 +196,7 @@ class CountTransform:
         self.rna_mean, self.rna_std = rna_mean, rna_std
         self.prot_mean, self.prot_std = prot_mean, prot_std
         self.rna_proj = rna_proj
+        self._plan: _ProjectionPlan | None = None
 
     @property
     def rna_dim(self) -> int:
@@ -160,6 +250,13 @@ class CountTransform:
             x = self._with_depth(x, lib, self.depth[0], self.depth[1])
         return x
 
+    def _projection_plan(self) -> _ProjectionPlan:
+        """Return the projection split into dense and indicator rows (cached per ``rna_proj`` tensor)."""
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan.proj is not self.rna_proj:
+            plan = self._plan = _ProjectionPlan(self.rna_proj)
+        return plan
+
     def rna_sparse(self, row: torch.Tensor, col: torch.Tensor, val: torch.Tensor, lib: torch.Tensor, n: int,
                    keep: torch.Tensor | None = None) -> torch.Tensor:
         """Compute :meth:`rna` with a projection from the non-zeros only (``row`` sorted, cells ``0..n-1``).
@@ -168,30 +265,29 @@ class CountTransform:
 
         Zero counts all map to the same scaled value ``c_g``, so ``x @ P.T = (c * keep) @ P.T + S @ P.T`` where
         ``S`` holds ``x - c`` at the non-zeros: no dense cells x genes work unless ``keep`` (feature dropout) is
-        given.
+        given. Indicator rows of ``P`` (one gene's scaled value, the protein genes) are filled by a scatter of
+        their genes' entries of ``S``, not by the sparse product.
         """
         proj = self.rna_proj
-        assert proj is not None
-        z = torch.log1p(val.float() * (self.target_sum / lib.float().clamp_min(1.0))[row])
+        if proj is None:
+            raise ValueError("CountTransform.rna_sparse needs a projection (rna_proj)")
+        plan = self._projection_plan()
+        z = torch.log1p(val.float() * (self.target_sum / lib.float().clamp_min(1.0)).index_select(0, row))
         if self.rna_mean is not None:
             c = (-self.rna_mean / self.rna_std).clamp(-self.max_value, self.max_value)
-            z = ((z - self.rna_mean[col]) / self.rna_std[col]).clamp_(-self.max_value, self.max_value)
-            delta = z - c[col]
+            mean, std = self.rna_mean.index_select(0, col), self.rna_std.index_select(0, col)
+            z = ((z - mean) / std).clamp_(-self.max_value, self.max_value)
+            delta = z - c.index_select(0, col)
         else:
             c, delta = None, z
         if keep is not None:  # (genes,) present mask or (cells, genes) dropout mask
-            delta = delta * (keep[col] if keep.dim() == 1 else keep[row, col]).to(delta.dtype)
+            delta = delta * (keep.index_select(0, col) if keep.dim() == 1 else keep[row, col]).to(delta.dtype)
             base = (keep.to(proj.dtype) * c) @ proj.t() if c is not None else None
             if base is not None and base.dim() == 1:
                 base = base.expand(n, -1)
         else:
-            base = (c @ proj.t()).expand(n, -1) if c is not None else None
-        crow = torch.zeros(n + 1, dtype=torch.int64, device=val.device)
-        crow[1:] = torch.cumsum(torch.bincount(row, minlength=n), 0)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            s = torch.sparse_csr_tensor(crow, col, delta, size=(n, self.n_genes), check_invariants=False)
-            out = torch.sparse.mm(s, proj.t().contiguous())
+            base = plan.base(c).expand(n, -1) if c is not None else None
+        out = plan.apply(row, col, delta, n)
         out = out if base is None else out + base
         if self.depth is not None:
             out = self._with_depth(out, lib, self.depth[0], self.depth[1])
@@ -225,26 +321,36 @@ class CountTransform:
         return x
 
 
-def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation | None = None,
-                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment (training) and transform a raw batch into the encoders' inputs (float32, on the batch's device).
+def thin_batch(batch: RawBatch, aug: Augmentation | None, gen: torch.Generator | None, *,
+               reference: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the batch's counts as float32, thinned if ``aug`` says so: RNA non-zeros, other totals, proteins.
 
-    Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
-    draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
-    consistent. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
-    (= the training mean, i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order, so runs and resumed
-    runs are repeatable.
+    ``reference`` thins the RNA counts with :func:`thin_counts_reference` (``torch.binomial``) instead of
+    :func:`thin_counts`.
     """
-    device = batch.val.device
     val, other, prot = batch.val.float(), batch.other.float(), batch.prot.float()
     if aug is not None and aug.thinning < 1.0:
         if gen is None:
             raise ValueError("augmentation needs a generator")
+        device = batch.val.device
         q = _keep_prob(batch.n, aug.thinning, gen, device)
-        val = thin_counts(val, q[batch.row], gen)
-        other = thin_counts(other, q, gen)
+        val = (thin_counts_reference if reference else thin_counts)(val, q.index_select(0, batch.row), gen)
+        # other-gene totals and protein counts: a few large counts per cell, where torch.binomial is cheaper
+        other = thin_counts_reference(other, q, gen)
         qp = _keep_prob(batch.n, aug.thinning, gen, device)
-        prot = thin_counts(prot, qp[:, None], gen)
+        prot = thin_counts_reference(prot, qp[:, None], gen)
+    return val, other, prot
+
+
+def transform_batch(batch: RawBatch, val: torch.Tensor, other: torch.Tensor, prot: torch.Tensor,
+                    transform: CountTransform, aug: Augmentation | None = None, gen: torch.Generator | None = None,
+                    *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature dropout and the count transform of (thinned) counts: the encoders' inputs.
+
+    ``reference`` computes the RNA input from dense cells x genes counts (:meth:`CountTransform.rna`, the plain
+    reference) instead of from the non-zeros (:meth:`CountTransform.rna_sparse`, with a projection).
+    """
+    device = val.device
     lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
     keep_rna = keep_prot = None
     if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0):
@@ -254,13 +360,27 @@ def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation |
             keep_rna = torch.rand(batch.n, transform.n_genes, generator=gen, device=device) >= aug.feature_dropout
         if aug.prot_feature_dropout > 0.0:
             keep_prot = torch.rand(prot.shape, generator=gen, device=device) >= aug.prot_feature_dropout
-    if transform.rna_proj is not None:
+    if transform.rna_proj is not None and not reference:
         x_rna = transform.rna_sparse(batch.row, batch.col, val, lib, batch.n, keep_rna)
     else:
-        dense = torch.zeros(batch.n, transform.n_genes, device=device)
-        dense[batch.row, batch.col] = val
-        x_rna = transform.rna(dense, lib, keep_rna)
+        counts = torch.zeros(batch.n, transform.n_genes, device=device)
+        counts[batch.row, batch.col] = val
+        x_rna = transform.rna(counts, lib, keep_rna)
     x_prot = transform.prot(prot)
-    if keep_prot is not None:
-        x_prot = x_prot * keep_prot
+    if keep_prot is not None:  # the proteins' columns, not the depth feature appended after them
+        x_prot = torch.cat([x_prot[:, : prot.shape[1]] * keep_prot, x_prot[:, prot.shape[1] :]], dim=1)
     return x_rna, x_prot
+
+
+def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation | None = None,
+                 gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment (training) and transform a raw batch into the encoders' inputs (float32, on the batch's device).
+
+    Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
+    draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
+    consistent. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
+    (= the training mean, i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order,
+    so runs and resumed runs are repeatable.
+    """
+    val, other, prot = thin_batch(batch, aug, gen)
+    return transform_batch(batch, val, other, prot, transform, aug, gen)

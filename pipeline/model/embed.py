@@ -22,6 +22,7 @@ from omicsclip.io.atomic import atomic_path
 from omicsclip.io.jsonfile import dumps_json
 from omicsclip.model.alignment import protein_missing_fraction
 from omicsclip.model.modelio import joint_embedding, load_model
+from omicsclip.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ PROT_MISSING_COLUMN = "omicsclip_prot_missing_fraction"
 
 def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, overwrite: bool = False,
                 device: str = "cpu", batch_size: int = 4096, chunk_cells: int = 20_000) -> Path:
-    """Embed every cell of a paired store and write an AnnData zarr (atomically).
+    """Embed every cell of a paired store and write an AnnData zarr (atomically; progress per chunk).
 
     Parameters
     ----------
@@ -66,12 +67,14 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         proteins = [str(p) for p in info["proteins"].index]
         rna_parts, prot_parts, missing_parts = [], [], []
         report: dict = {}
-        for rna, prot, _ in iter_store(store, chunk_cells):
-            e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
-            rna_parts.append(e["rna"])
-            prot_parts.append(e["prot"])
-            report = model.last_report
-            missing_parts.append(protein_missing_fraction(report["prot"], len(e["prot"])))
+        with Progress(len(info["obs"]), "embed", "cells", logger=log) as progress:
+            for rna, prot, sl in iter_store(store, chunk_cells):
+                e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
+                rna_parts.append(e["rna"])
+                prot_parts.append(e["prot"])
+                report = model.last_report
+                missing_parts.append(protein_missing_fraction(report["prot"], len(e["prot"])))
+                progress.update(sl.stop - sl.start)
         d = model.embed_dim
         emb_rna = np.concatenate(rna_parts) if rna_parts else np.zeros((0, d), np.float32)
         emb_prot = np.concatenate(prot_parts) if prot_parts else np.zeros((0, d), np.float32)

@@ -28,6 +28,21 @@ def normalize_members(x: torch.Tensor, members: int) -> torch.Tensor:
     return (F.normalize(x.reshape(n, members, width // members), dim=-1) / math.sqrt(members)).reshape(n, width)
 
 
+class MaskDropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` with its keep mask drawn as ``uniform >= p`` (same distribution).
+
+    ``nn.Dropout`` on the CPU draws its mask with ``bernoulli_``, about twice the cost of uniform draws and a
+    comparison; on other devices, in eval mode and for ``p`` of 0 or 1 this is ``nn.Dropout`` itself.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)`` (training only)."""
+        if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
+            return super().forward(x)
+        noise = torch.rand(x.shape, dtype=x.dtype, device=x.device).ge_(self.p).div_(1.0 - self.p)
+        return x * noise  # 0 or 1/(1-p): the values nn.Dropout multiplies by
+
+
 class MemberLinear(nn.Module):
     """``members`` independent linear maps evaluated together.
 
@@ -65,6 +80,15 @@ class MemberLinear(nn.Module):
         y = torch.baddbmm(self.bias[:, None, :], xk, self.weight)
         return y.transpose(0, 1).reshape(n, self.members * self.n_out)
 
+    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply :meth:`forward`'s maps to member-major activations (one batched product, no transposed copy).
+
+        Members x cells x ``n_in`` (or the shared cells x ``n_in``) -> members x cells x ``n_out``.
+        """
+        if self.shared_input:
+            x = x.expand(self.members, *x.shape)
+        return torch.baddbmm(self.bias[:, None, :], x, self.weight)
+
 
 class MemberLayerNorm(nn.Module):
     """LayerNorm over each member's block of ``width`` features, with per-member gain and shift."""
@@ -82,7 +106,12 @@ class MemberLayerNorm(nn.Module):
         n = x.shape[0]
         y = F.layer_norm(x.reshape(n, self.members, self.width), (self.width,), eps=self.eps)
         # back to the input dtype (bf16 under autocast), as nn.LayerNorm does
-        return (y * self.weight + self.bias).to(x.dtype).reshape(n, self.members * self.width)
+        return torch.addcmul(self.bias, y, self.weight).to(x.dtype).reshape(n, self.members * self.width)
+
+    def forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise member-major activations (members x cells x ``width``) as :meth:`forward` does."""
+        y = F.layer_norm(x, (self.width,), eps=self.eps)
+        return torch.addcmul(self.bias[:, None, :], y, self.weight[:, None, :]).to(x.dtype)
 
 
 class MLPEncoder(nn.Module):
@@ -112,7 +141,7 @@ class MLPEncoder(nn.Module):
             raise ValueError("members must be >= 1")
         self.n_in = int(n_in)
         self.members = int(members)
-        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout > 0 else []
+        layers: list[nn.Module] = [MaskDropout(input_dropout)] if input_dropout > 0 else []
         width = n_in
         for i, h in enumerate(hidden):
             if members == 1:
@@ -121,15 +150,25 @@ class MLPEncoder(nn.Module):
                 layers += [MemberLinear(members, width, h, shared_input=i == 0), MemberLayerNorm(members, h),
                            nn.GELU()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(MaskDropout(dropout))
             width = h
         self.body = nn.Sequential(*layers)
         self.proj = (nn.Linear(width, embed_dim) if members == 1
                      else MemberLinear(members, width, embed_dim, shared_input=not hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised projection (cells x members*embed_dim)."""
-        return self.proj(self.body(x))
+        """Unnormalised projection (cells x members*embed_dim).
+
+        An ensemble runs member-major (members x cells x width) from the first layer to the projection: the same
+        maps as ``self.proj(self.body(x))`` without a transposed copy of the activations per member layer.
+        """
+        if self.members == 1 or not isinstance(self.proj, MemberLinear):
+            return self.proj(self.body(x))
+        h = x
+        for layer in self.body:
+            h = layer.forward_stacked(h) if isinstance(layer, MemberLinear | MemberLayerNorm) else layer(h)
+        y = self.proj.forward_stacked(h)  # members x cells x embed_dim
+        return y.transpose(0, 1).reshape(x.shape[0], self.proj.out_features)
 
 
 class DualEncoder(nn.Module):

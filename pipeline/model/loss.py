@@ -133,6 +133,82 @@ def _batched_row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Te
                            reduction="sum")
 
 
+class _SymmetricCE(torch.autograd.Function):
+    """Both halves of the loss of one process from one logit matrix per member: a (M, n, d), b (M, n, d).
+
+    With all rows on one process the protein->RNA logits are the transpose of the RNA->protein ones, so one
+    product gives both cross-entropies (rows and columns), and the gradient of the logits,
+    ``softmax_rows + softmax_cols - 2I``, is formed once in the forward pass: the backward pass is two products.
+    Same value and gradients as the two :func:`_batched_row_cross_entropy` calls.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor):
+        logits = torch.bmm(a, b.transpose(1, 2)).mul_(scale)
+        out = _SymmetricCE._shifted_by_scale(logits, scale) if logits.device.type == "cpu" else None
+        if out is None:
+            out = _SymmetricCE._shifted_by_max(logits)
+        lse, grad = out
+        total = lse - 2.0 * logits.diagonal(dim1=1, dim2=2).sum()
+        grad.diagonal(dim1=1, dim2=2).sub_(2.0)
+        ctx.save_for_backward(a, b, scale, grad)
+        return total
+
+    @staticmethod
+    def _shifted_by_scale(logits: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Row and column logsumexps (summed) and softmaxes (added) from one exp of ``logits - scale``.
+
+        Unit-norm features keep the logits within ``[-scale, scale]``, so one shift suits every row and column;
+        ``None`` (use :meth:`_shifted_by_max`) when a sum under- or overflows (large scales, other features).
+        """
+        e = logits.sub(scale).exp_()
+        s_r, s_c = e.sum(dim=2, keepdim=True), e.sum(dim=1, keepdim=True)
+        lo, hi = torch.minimum(s_r.min(), s_c.min()), torch.maximum(s_r.max(), s_c.max())
+        if not (bool(lo > 1e-30) and bool(torch.isfinite(hi))):
+            return None
+        members, n, _ = logits.shape
+        lse = s_r.log().sum() + s_c.log().sum() + 2 * members * n * scale
+        return lse, e.mul_(s_r.reciprocal() + s_c.reciprocal())
+
+    @staticmethod
+    def _shifted_by_max(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`_shifted_by_scale`, each row and column shifted by its own maximum (always safe)."""
+        m_r, m_c = logits.amax(dim=2, keepdim=True), logits.amax(dim=1, keepdim=True)
+        p_r, p_c = (logits - m_r).exp_(), (logits - m_c).exp_()
+        s_r, s_c = p_r.sum(dim=2, keepdim=True), p_c.sum(dim=1, keepdim=True)
+        lse = (m_r + s_r.log()).sum() + (m_c + s_c.log()).sum()
+        return lse, p_r.div_(s_r).add_(p_c.div_(s_c))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        a, b, scale, grad = ctx.saved_tensors
+        g_a = torch.bmm(grad, b)  # d total / d (scale * a)
+        grad_s = (g_a * a).sum().mul_(grad_out).reshape(scale.shape) if ctx.needs_input_grad[2] else None
+        k = grad_out * scale
+        grad_a = g_a.mul_(k) if ctx.needs_input_grad[0] else None
+        grad_b = torch.bmm(grad.transpose(1, 2), a).mul_(k) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, grad_s
+
+
+def symmetric_cross_entropy(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``sum_m [row_CE(a_m, b_m) + row_CE(b_m, a_m)]`` for members' features a, b (M, n, d) on one process.
+
+    Parameters
+    ----------
+    a, b
+        Paired queries and keys of every member (row ``i`` of ``a[m]`` pairs with row ``i`` of ``b[m]``).
+    scale
+        Scalar tensor multiplying the dot products.
+
+    Returns
+    -------
+    torch.Tensor
+        The summed cross-entropies of both directions (a scalar); the plain reference is
+        :func:`row_cross_entropy_plain` per member and direction.
+    """
+    return _SymmetricCE.apply(a, b, scale)
+
+
 def row_cross_entropy(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, offset: int = 0,
                       chunk_size: int = 0) -> torch.Tensor:
     """``sum_i [logsumexp_j(s q_i.k_j) - s q_i.k_{offset+i}]``; chunked when ``0 < chunk_size < len(q)``.
@@ -209,7 +285,9 @@ class ClipLoss(nn.Module):
         s = _full_precision(logit_scale).exp()
         qa, qb, ka, kb = (_member_blocks(x, self.members) for x in (a, b, a_all, b_all))
         chunked = bool(self.chunk_size) and self.chunk_size < n_local
-        if self.members > 1 and not chunked:  # all members' logits in one batched product per direction
+        if self.world_size == 1 and not chunked:  # one logit matrix per member gives both directions
+            total = symmetric_cross_entropy(qa, qb, s)
+        elif self.members > 1 and not chunked:  # all members' logits in one batched product per direction
             total = (_batched_row_cross_entropy(qa, kb, s, offset)
                      + _batched_row_cross_entropy(qb, ka, s, offset))
         else:

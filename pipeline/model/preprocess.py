@@ -164,13 +164,24 @@ def library_size(rna: sp.spmatrix | np.ndarray) -> np.ndarray:
     return np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
 
 
-def log_normalize(rna: sp.csr_matrix, target_sum: float, lib: np.ndarray | None = None) -> sp.csr_matrix:
-    """``log1p(counts / lib * target_sum)`` as a new CSR float32 matrix."""
+def log_normalize(rna: sp.csr_matrix, target_sum: float, lib: np.ndarray | None = None, *,
+                  chunk_cells: int = 4096) -> sp.csr_matrix:
+    """``log1p(counts / lib * target_sum)`` as a new CSR float32 matrix (same non-zero pattern as ``rna``).
+
+    Computed in float64 a block of ``chunk_cells`` rows at a time, so the only full-size allocation is the
+    float32 output.
+    """
+    rna = sp.csr_matrix(rna)
     lib = library_size(rna) if lib is None else lib
     scale = target_sum / np.where(lib > 0, lib, 1.0)
-    out = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(rna, dtype=np.float64))
-    out.data = np.log1p(out.data)
-    return out.astype(np.float32)
+    indptr = rna.indptr
+    data = np.empty(rna.nnz, dtype=np.float32)
+    for r0 in range(0, rna.shape[0], chunk_cells):
+        r1 = min(r0 + chunk_cells, rna.shape[0])
+        lo, hi = indptr[r0], indptr[r1]
+        vals = rna.data[lo:hi].astype(np.float64) * np.repeat(scale[r0:r1], np.diff(indptr[r0 : r1 + 1]))
+        data[lo:hi] = np.log1p(vals, out=vals)
+    return sp.csr_matrix((data, rna.indices.copy(), indptr.copy()), shape=rna.shape)
 
 
 def clr(prot: np.ndarray) -> np.ndarray:
@@ -184,7 +195,8 @@ def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
 
     ``n_hvg == 0`` or ``n_hvg >=`` the number of expressed genes keeps every expressed gene.
     """
-    expressed = np.flatnonzero(np.asarray((lognorm > 0).sum(axis=0)).ravel() > 0)
+    lognorm = sp.csr_matrix(lognorm)
+    expressed = np.flatnonzero(np.bincount(lognorm.indices[lognorm.data > 0], minlength=lognorm.shape[1]))
     if expressed.size == 0:
         raise InputError("preprocess: no gene has any counts in the training cells")
     if n_hvg == 0 or n_hvg >= expressed.size:
@@ -218,9 +230,10 @@ def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int 
     are used.
     """
     x = np.asarray(x)
-    if x.shape[0] > max_cells:
+    subset = x.shape[0] > max_cells
+    if subset:
         x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], max_cells, replace=False))]
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=not subset)  # one private copy: it is centred in place
     x -= x.mean(axis=0, dtype=np.float64).astype(np.float32)
     k = min(n, *x.shape)
     if min(x.shape) <= 500:
@@ -333,20 +346,24 @@ def fit_preprocessing(
         raise InputError("preprocess: no training cells")
     if rna.shape[1] != len(genes) or prot.shape[1] != len(proteins):
         raise InputError("preprocess: feature names do not match the count matrices' columns")
-    lognorm = log_normalize(rna, target_sum)
+    lib = library_size(rna)
+    lognorm = log_normalize(rna, target_sum, lib)
     hvg = select_hvg(lognorm, n_hvg)
     log.info("preprocess: %d of %d genes selected (n_hvg=%d)", hvg.size, len(genes), n_hvg)
+    lognorm = lognorm[:, hvg]  # the model genes only from here on (frees the all-genes copy)
     rna_mean = rna_std = prot_mean = prot_std = None
     if scale_rna:
-        rna_mean, rna_std = _mean_std(lognorm[:, hvg])
+        rna_mean, rna_std = _mean_std(lognorm)
     prot_clr = clr(prot)
     if scale_prot:
         prot_mean, prot_std = _mean_std(prot_clr)
     rna_pcs, prot_genes = None, None
     if n_pcs:
-        x = lognorm[:, hvg].toarray()
-        if scale_rna:
-            x = np.clip((x - rna_mean) / rna_std, -max_value, max_value)
+        x = lognorm.toarray()
+        if scale_rna:  # in place: one dense copy of the training cells, not three
+            x -= rna_mean
+            x /= rna_std
+            np.clip(x, -max_value, max_value, out=x)
         rna_pcs = principal_axes(x, n_pcs)
         if protein_genes:
             picked = select_protein_genes(x, prot_clr, protein_genes)
@@ -355,7 +372,7 @@ def fit_preprocessing(
                      f" (e.g. {', '.join(prot_genes[:5])})" if prot_genes else ": no gene correlates with a protein")
     depth = None
     if depth_features:
-        lr, lp = np.log1p(library_size(rna)), np.log1p(prot.sum(axis=1, dtype=np.float64))
+        lr, lp = np.log1p(lib), np.log1p(prot.sum(axis=1, dtype=np.float64))
         depth = [float(lr.mean()), float(max(lr.std(), 1e-6)), float(lp.mean()), float(max(lp.std(), 1e-6))]
     all_genes = [str(g) for g in genes]
     return PreprocessState(

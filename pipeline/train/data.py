@@ -23,13 +23,16 @@ from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.batchops import RawBatch, gather_rows
 from omicsclip.model.preprocess import PreprocessState
 
-__all__ = ["DeviceBatches", "DeviceCells", "StoreBatches", "epoch_permutation", "load_cells"]
+__all__ = ["DeviceBatches", "DeviceCells", "StoreBatches", "cell_bytes", "epoch_permutation", "load_cells"]
 
 log = logging.getLogger(__name__)
 
 
 class DeviceCells:
     """Cells kept on one device; :meth:`gather` builds a :class:`RawBatch` with index operations only.
+
+    In memory a cell costs ``6 x non-zeros`` bytes (float16 counts, int32 gene positions) plus ``12 + 4 x
+    proteins`` (row pointer, counts outside the model genes, protein counts): :func:`cell_bytes`.
 
     Parameters
     ----------
@@ -44,26 +47,115 @@ class DeviceCells:
     """
 
     def __init__(self, rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray, device: torch.device | str) -> None:
+        prot = np.asarray(prot, np.float32)
+        self._assemble([_compact(rna, lib, prot)], rna.shape[1], prot.shape[1], device)
+
+    @classmethod
+    def from_store(cls, store: str | Path, rows: np.ndarray, state: PreprocessState, device: torch.device | str,
+                   chunk_cells: int = 10_000) -> DeviceCells:
+        """Read the cells at positions ``rows`` of a store straight into compact device arrays.
+
+        Each store chunk is aligned to the model's features and shrunk to its compact form at once, so the peak
+        is about ``10 x non-zeros`` bytes (the compact chunks plus one concatenated field), never a full CSR copy.
+
+        Parameters
+        ----------
+        store
+            Paired store.
+        rows
+            Cell positions (sorted here).
+        state
+            The model's preprocessing state (its genes and proteins).
+        device
+            Where to keep the data.
+        chunk_cells
+            Cells read from the store at a time.
+        """
+        parts = [_compact(rna, lib, prot) for rna, lib, prot in _aligned_chunks(store, rows, state, chunk_cells)]
+        self = cls.__new__(cls)
+        self._assemble(parts, len(state.genes), len(state.proteins), device)
+        return self
+
+    def _assemble(self, parts: list[dict[str, np.ndarray]], n_genes: int, n_proteins: int,
+                  device: torch.device | str) -> None:
         self.device = torch.device(device)
-        rna = sp.csr_matrix(rna)
-        self.n_cells, self.n_genes = rna.shape
+        self.n_genes = n_genes
         # counts are integers: float16 is exact up to 2048 and halves the footprint
-        vdtype = torch.float16 if (rna.nnz == 0 or float(rna.data.max()) <= 2048) else torch.float32
-        self.values = torch.as_tensor(rna.data, device=self.device).to(vdtype)
-        self.indices = torch.as_tensor(rna.indices.astype(np.int32), device=self.device)
-        self.indptr = torch.as_tensor(rna.indptr.astype(np.int64), device=self.device)
-        rowsum = np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
-        self.other = torch.as_tensor(np.maximum(lib - rowsum, 0).astype(np.float32), device=self.device)
-        self.prot = torch.as_tensor(np.asarray(prot, np.float32), device=self.device)
+        small = all(p["values"].dtype == np.float16 for p in parts)
+        vdtype = np.float16 if small else np.float32
+
+        def take(key: str, dtype: type) -> torch.Tensor:
+            arrays = [p.pop(key) for p in parts]  # the parts' arrays are released as soon as they are joined
+            joined = np.concatenate([a.astype(dtype, copy=False) for a in arrays]) if arrays else np.zeros(0, dtype)
+            del arrays
+            return torch.from_numpy(joined).to(self.device)
+
+        row_nnz = take("row_nnz", np.int64)
+        self.n_cells = int(row_nnz.numel())
+        self.indptr = torch.zeros(self.n_cells + 1, dtype=torch.int64, device=self.device)
+        torch.cumsum(row_nnz, 0, out=self.indptr[1:])
+        del row_nnz
+        self.values = take("values", vdtype)
+        self.indices = take("indices", np.int32)
+        self.other = take("other", np.float32)
+        prot = [p.pop("prot") for p in parts]
+        self.prot = torch.from_numpy(np.concatenate(prot) if prot else np.zeros((0, n_proteins), np.float32)).to(self.device)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the device."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.indptr, self.other,
+                                                          self.prot))
 
     def gather(self, idx: torch.Tensor) -> RawBatch:
         """Gather the cells ``idx`` (a tensor of positions on this device) as a raw batch."""
         return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))
 
 
+def cell_bytes(nnz_per_cell: float, n_proteins: int) -> float:
+    """Bytes one training cell takes in :class:`DeviceCells` with ``nnz_per_cell`` non-zero model-gene counts.
+
+    Float16 counts (2 bytes) and int32 gene positions (4 bytes) per non-zero; an int64 row pointer, the float32
+    count outside the model genes and float32 protein counts per cell.
+    """
+    return 6.0 * nnz_per_cell + 12 + 4 * n_proteins
+
+
+def _compact(rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the compact arrays of a block of cells (float16 counts when exact, int32 gene positions)."""
+    rna = sp.csr_matrix(rna)
+    values = np.asarray(rna.data, np.float32)
+    if values.size == 0 or float(values.max()) <= 2048:
+        values = values.astype(np.float16)
+    rowsum = np.asarray(rna.sum(axis=1), dtype=np.float64).ravel()
+    return {"values": values, "indices": rna.indices.astype(np.int32),
+            "row_nnz": np.diff(rna.indptr).astype(np.int64),
+            "other": np.maximum(np.asarray(lib, np.float64) - rowsum, 0).astype(np.float32),
+            "prot": np.asarray(prot, np.float32)}
+
+
+def _aligned_chunks(store: str | Path, rows: np.ndarray, state: PreprocessState,
+                    chunk_cells: int) -> Iterator[tuple[sp.csr_matrix, np.ndarray, np.ndarray]]:
+    """Yield the cells at ``rows`` of a store, chunk by chunk, aligned to the model's genes and proteins."""
+    from omicsclip.io.store import iter_store, store_info
+
+    info = store_info(store)
+    genes, proteins = [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index]
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    for rna, prot, sl in iter_store(store, chunk_cells):
+        sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
+        if sel.size == 0:
+            continue
+        counts, lib, _ = align_rna(rna[sel], genes, state)
+        p, _, _ = align_proteins(prot[sel], proteins, state)
+        yield counts, lib, p
+
+
 def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
                chunk_cells: int = 10_000) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Read the cells at positions ``rows`` of a store, aligned to the model's features.
+
+    For training data prefer :meth:`DeviceCells.from_store`, which never holds a full CSR copy.
 
     Parameters
     ----------
@@ -81,25 +173,12 @@ def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
     rna, lib, prot
         RNA counts over the model genes (CSR), library sizes over all genes, protein counts.
     """
-    from omicsclip.io.store import iter_store, store_info
-
-    info = store_info(store)
-    genes, proteins = [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index]
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
-    parts_rna, parts_lib, parts_prot = [], [], []
-    for rna, prot, sl in iter_store(store, chunk_cells):
-        sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
-        if sel.size == 0:
-            continue
-        counts, lib, _ = align_rna(rna[sel], genes, state)
-        p, _, _ = align_proteins(prot[sel], proteins, state)
-        parts_rna.append(counts)
-        parts_lib.append(lib)
-        parts_prot.append(p)
-    if not parts_rna:
+    parts = list(_aligned_chunks(store, rows, state, chunk_cells))
+    if not parts:
         return (sp.csr_matrix((0, len(state.genes)), dtype=np.float32), np.zeros(0),
                 np.zeros((0, len(state.proteins)), np.float32))
-    return sp.vstack(parts_rna, format="csr"), np.concatenate(parts_lib), np.concatenate(parts_prot)
+    return (sp.vstack([p[0] for p in parts], format="csr"), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:

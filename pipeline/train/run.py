@@ -35,14 +35,14 @@ from omicsclip.model.encoders import build_model
 from omicsclip.model.modelio import SPLIT, store_fingerprint, write_model_files
 from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor, fit_preprocessing
 from omicsclip.train.checkpoint import LAST, load_checkpoint
-from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, load_cells
+from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, cell_bytes
 from omicsclip.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from omicsclip.train.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
 
 PREPROCESS_STATE = "preprocess.json"
-FIT_MAX_CELLS = 100_000  # preprocessing (HVG, scaling) is fitted on at most this many training cells
+FIT_MAX_CELLS = 50_000  # preprocessing (HVG, scaling, PCs) is fitted on at most this many training cells (bench/scale.py)
 VAL_MAX_CELLS = 10_000  # validation retrieval uses at most this many validation cells
 _RUNTIME_KEYS = ("device", "num_threads", "data_on_device")  # may change between a run and its resume
 
@@ -125,8 +125,10 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         if sel.size:
             rna_parts.append(rna[sel])
             prot_parts.append(prot[sel])
+    rna = sp.vstack(rna_parts, format="csr")
+    rna_parts.clear()  # the sample is held once from here on
     return fit_preprocessing(
-        sp.vstack(rna_parts, format="csr"), np.concatenate(prot_parts),
+        rna, np.concatenate(prot_parts),
         [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
@@ -149,14 +151,14 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
                      train: dict[str, Any], device: torch.device, dist: DistInfo):
     n = len(info["obs"])
     # upper bound: every non-zero of the training cells is a model gene
-    est = int(info["nnz_rna"] * len(train_rows) / max(n, 1) * 6 + len(train_rows) * (12 + 4 * len(state.proteins)))
+    est = int(cell_bytes(info["nnz_rna"] / max(n, 1), len(state.proteins)) * len(train_rows))
     mode = train["data_on_device"]
     on_device = mode is True or (mode == "auto" and _fits_on_device(est, device))
     if on_device:
-        rna, lib, prot = load_cells(store, train_rows, state)
-        cells = DeviceCells(rna, lib, prot, device)
-        log.info("training data on %s: %d cells x %d genes (%d non-zeros)", device, rna.shape[0], rna.shape[1],
-                 rna.nnz)
+        cells = DeviceCells.from_store(store, train_rows, state, device)
+        log.info("training data on %s: %d cells x %d genes (%d non-zeros, %.2f GB, %.0f bytes/cell)", device,
+                 cells.n_cells, cells.n_genes, cells.values.numel(), cells.nbytes / 1e9,
+                 cells.nbytes / max(cells.n_cells, 1))
         return DeviceBatches(cells, train["batch_size"], train["seed"], rank=dist.rank, world_size=dist.world_size)
     log.info("training data streamed from %s (about %.1f GB would not fit on %s)", store, est / 1e9, device)
     return StoreBatches(store, train_rows, state, train["batch_size"], train["seed"], device, rank=dist.rank,
@@ -169,8 +171,7 @@ def _validation_inputs(store: Path, val_rows: np.ndarray, state: PreprocessState
         return None
     if val_rows.size > VAL_MAX_CELLS:
         val_rows = np.sort(np.random.default_rng(seed + 1).choice(val_rows, VAL_MAX_CELLS, replace=False))
-    rna, lib, prot = load_cells(store, val_rows, state)
-    cells = DeviceCells(rna, lib, prot, device)
+    cells = DeviceCells.from_store(store, val_rows, state, device)
     return model_inputs(cells.gather(torch.arange(cells.n_cells, device=device)), pre)
 
 

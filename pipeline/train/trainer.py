@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from omicsclip.model.batchops import Augmentation, model_inputs
 from omicsclip.model.encoders import DualEncoder
 from omicsclip.model.loss import ClipLoss
 from omicsclip.model.preprocess import TorchPreprocessor
+from omicsclip.progress import Progress
 from omicsclip.train.checkpoint import LAST, capture_rng, restore_rng, save_checkpoint
 from omicsclip.train.data import DeviceBatches, StoreBatches
 from omicsclip.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier
@@ -50,7 +50,7 @@ class TrainSettings:
 
     Attributes
     ----------
-    epochs, min_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
+    epochs, min_steps, max_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
         The ``train`` config keys of the same names (documented in ``configs/default.yaml``).
     bf16
         Whether the forward pass runs under bf16 autocast (resolved from ``train.precision`` and the device).
@@ -58,6 +58,7 @@ class TrainSettings:
 
     epochs: int
     min_steps: int
+    max_steps: int
     batch_size: int
     lr: float
     weight_decay: float
@@ -222,6 +223,12 @@ class Trainer:
             settings = dataclasses.replace(settings, epochs=epochs)
             self.s = settings
         self.total_steps = self.steps_per_epoch * settings.epochs
+        if settings.max_steps and settings.max_steps < self.total_steps:  # the last epoch ends part-way
+            self.total_steps = settings.max_steps
+            settings = dataclasses.replace(settings, epochs=math.ceil(settings.max_steps / self.steps_per_epoch))
+            self.s = settings
+            log.info("train: stopping after train.max_steps=%d steps (%d epochs of %d steps)", self.total_steps,
+                     settings.epochs, self.steps_per_epoch)
         self.ddp: nn.Module = model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -230,7 +237,9 @@ class Trainer:
             self.ddp = DDP(model, device_ids=ids)
         if device.type == "cuda" and settings.bf16:
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls of the loss in TF32, like the bf16 model
-        self.opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
+        # fused: one kernel for all parameters (CPU and CUDA), ~3x faster than the per-parameter loop on the CPU
+        self.opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
+                                     fused=device.type in ("cpu", "cuda"))
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
         self.loss_fn = ClipLoss(logit_chunk(settings.logit_chunk_size, settings.batch_size), dist.world_size,
@@ -362,8 +371,19 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         return record
 
+    def _loss_so_far(self) -> float:
+        """Mean training loss of this epoch so far on this rank (a device sync: only when a line is written)."""
+        return float(self.loss_sum) / max(self.step_in_epoch, 1)
+
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` or early stopping; returns a summary (the best weights stay in ``self``).
+
+        Progress (rank 0 only, :class:`omicsclip.progress.Progress`) counts optimiser steps over the whole run,
+        not epochs: an epoch of a large atlas takes minutes, and a bar or log line that moved once per epoch
+        looked like a hang. On a terminal a step bar shows the epoch, cells/s, the loss so far and the ETA of
+        the run; without one (Snakemake logs) an INFO line every ``OMICSCLIP_PROGRESS_SECONDS`` gives the epoch,
+        the step within it, cells/s, the epoch's loss so far (rank 0's batches) and the ETA of the epoch and of
+        the run (an upper bound when early stopping ends the run sooner).
 
         Raises
         ------
@@ -371,34 +391,34 @@ class Trainer:
             After SIGTERM/SIGINT, once a checkpoint is written.
         """
         self.model.train()
-        show = self.dist.is_main and sys.stderr.isatty()
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.s.epochs, initial=self.epoch, desc="train", unit="epoch", disable=not show)
-        try:
-            with _StopFlag() as flag:
-                while self.epoch < self.s.epochs and not self.stopper.should_stop:
-                    t0 = time.perf_counter()
-                    for batch in self.source.epoch(self.epoch, self.step_in_epoch):
-                        self._train_step(batch)
-                        if self.global_step % self.s.checkpoint_every == 0:
-                            self.save()
-                        # under DDP the ranks agree on stopping through a collective (and a host sync): every
-                        # SIGNAL_CHECK_EVERY steps, not every step; a single process checks for free every step
-                        check = not self.dist.enabled or self.global_step % SIGNAL_CHECK_EVERY == 0
-                        if check and any_rank(flag.signum is not None, self.dist, self.device):
-                            self.save()
-                            raise TrainingInterrupted(
-                                f"training interrupted at step {self.global_step}; checkpoint saved in "
-                                f"{self.ckpt_dir} (rerun with --resume to continue)")
-                    rec = self._end_epoch(time.perf_counter() - t0)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['train_loss']:.3f}", fos=rec["val_foscttm"])
-                    if self.on_epoch is not None:
-                        self.on_epoch(rec)
-                self.save()
-        finally:
-            bar.close()
+        progress = Progress(self.total_steps, "train", "step", logger=log, enabled=self.dist.is_main,
+                            initial=self.global_step, period=self.steps_per_epoch,
+                            rate_scale=self.s.batch_size, rate_unit="cells")
+        with progress, _StopFlag() as flag:
+            while self.epoch < self.s.epochs and not self.stopper.should_stop:
+                t0 = time.perf_counter()
+                for batch in self.source.epoch(self.epoch, self.step_in_epoch):
+                    self._train_step(batch)
+                    progress.update(1, loss=self._loss_so_far)
+                    if self.global_step >= self.total_steps:  # train.max_steps: the last, partial epoch
+                        break
+                    if self.global_step % self.s.checkpoint_every == 0:
+                        self.save()
+                    # under DDP the ranks agree on stopping through a collective (and a host sync): every
+                    # SIGNAL_CHECK_EVERY steps, not every step; a single process checks for free every step
+                    check = not self.dist.enabled or self.global_step % SIGNAL_CHECK_EVERY == 0
+                    if check and any_rank(flag.signum is not None, self.dist, self.device):
+                        self.save()
+                        raise TrainingInterrupted(
+                            f"training interrupted at step {self.global_step}; checkpoint saved in "
+                            f"{self.ckpt_dir} (rerun with --resume to continue)")
+                rec = self._end_epoch(time.perf_counter() - t0)
+                progress.set_postfix(loss=rec["train_loss"])  # the epoch's mean, over all ranks
+                if rec["val_foscttm"] is not None:
+                    progress.set_postfix(val_foscttm=rec["val_foscttm"])
+                if self.on_epoch is not None:
+                    self.on_epoch(rec)
+            self.save()
         if self.stopper.best_state is not None:
             self.model.load_state_dict(self.stopper.best_state)
         elif self.ema is not None:

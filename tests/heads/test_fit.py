@@ -159,3 +159,17 @@ def test_params_come_whole_from_the_config_section():
         HeadParams.from_section(short)
     with pytest.raises(InputError, match="finetune.fusion"):
         HeadParams.from_section({**FINETUNE, "fusion": "sum"})
+
+
+def test_fit_reports_epochs_only_when_asked(monkeypatch, caplog):
+    monkeypatch.setenv("OMICSCLIP_PROGRESS_SECONDS", "0")
+    tr = typed(40, 0)
+    caplog.set_level("INFO", logger="omicsclip.heads.fit")
+    fit_head(tr[0], tr[1], tr[2], 4, params(fusion="gated", epochs=5))  # few-label evaluation: many small fits
+    assert "finetune" not in caplog.text
+    fit_head(tr[0], tr[1], tr[2], 4, params(fusion="gated", epochs=5), progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "omicsclip.heads.fit"]
+    assert lines[0].startswith("finetune gated head: 1/5 epoch (20%) ")
+    assert "cells/s, loss " in lines[0]
+    assert "ETA " in lines[0]
+    assert lines[-1].startswith("finetune gated head: finished 5/5 epoch (100%) in ")

@@ -8,6 +8,7 @@ import pytest
 
 from omicsclip.errors import InputError
 from omicsclip.heads import label_array, sample_per_class, unlabelled_pool
+from omicsclip.heads.labels import cap_cells
 
 
 def test_labels_unlabelled_and_ignored():
@@ -42,3 +43,16 @@ def test_unlabelled_pool_is_the_training_split():
     split = np.array(["train", "test", "train", "val"])
     assert list(unlabelled_pool(split, 4, seed=0)) == [0, 2]
     assert list(unlabelled_pool(None, 3, seed=0)) == [0, 1, 2]
+
+
+def test_cap_cells_is_a_stratified_seeded_sample_that_keeps_rare_classes():
+    labels = np.array(["a"] * 9000 + ["b"] * 960 + ["c"] * 40, dtype=object)
+    idx = np.arange(10_000)
+    out = cap_cells(idx, labels, 1000, np.random.default_rng(0))
+    assert np.array_equal(out, cap_cells(idx, labels, 1000, np.random.default_rng(0)))
+    counts = {c: int((labels[out] == c).sum()) for c in "abc"}
+    assert counts == {"a": 900, "b": 96, "c": 40}  # shares of 1,000 rounded up; a rare class is kept whole
+    assert np.array_equal(out, np.sort(out))
+    assert len(np.unique(out)) == len(out)
+    assert np.array_equal(cap_cells(idx, labels, 0, np.random.default_rng(0)), idx)  # 0 = no cap
+    assert np.array_equal(cap_cells(idx[:500], labels, 1000, np.random.default_rng(0)), idx[:500])

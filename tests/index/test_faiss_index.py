@@ -240,3 +240,20 @@ def test_write_refuses_bad_input_and_leaves_nothing(tmp_path):
     write_index_dir(tmp_path / "idx", model_fingerprint="m", section=_section(), **_reference())
     with pytest.raises(InputError, match="already exists"):
         write_index_dir(tmp_path / "idx", model_fingerprint="m", section=_section(), **_reference())
+
+
+def test_build_reports_ivf_training_and_added_chunks(monkeypatch, caplog):
+    import omicsclip.index.faiss_index as fi
+
+    monkeypatch.setenv("OMICSCLIP_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(fi, "_ADD_CHUNK", 1000)
+    x = ClusteredEmbeddings(16, seed=0).sample(2500, seed=1)[0]
+    caplog.set_level("INFO", logger=fi.__name__)
+    build_index(x, resolve_params(len(x), 16, _section(kind="ivf_flat")), use_gpu=False, desc="index rna")
+    lines = [r.getMessage() for r in caplog.records if r.name == fi.__name__]
+    assert lines[0].startswith("index rna: training IVF")
+    assert lines[1].startswith("index rna: trained in ")
+    assert [line.split(" cells ")[0] for line in lines[2:5]] == [
+        "index rna: 1,000/2,500", "index rna: 2,000/2,500", "index rna: 2,500/2,500"]
+    assert all("cells/s" in line and "ETA" in line for line in lines[2:5])
+    assert lines[-1].startswith("index rna: finished 2,500/2,500 cells (100%)")

@@ -186,6 +186,16 @@ def test_rna_only_query_all_outputs(world):
     assert res.summary["transfer_direction"] == "rna->rna"
 
 
+def test_query_reports_progress_without_a_terminal(world, monkeypatch, caplog):
+    monkeypatch.setenv("OMICSCLIP_PROGRESS_SECONDS", "0")
+    caplog.set_level("INFO", logger="omicsclip.index.query")
+    query(rna_only(world["new"]), world["model"], world["index"], section={"chunk_cells": 25})
+    lines = [r.getMessage() for r in caplog.records if r.name == "omicsclip.index.query"]
+    assert [line.split(" cells ")[0] for line in lines[:3]] == ["query: 25/60", "query: 50/60", "query: 60/60"]
+    assert all("cells/s" in line and "ETA" in line for line in lines[:3])
+    assert lines[3].startswith("query: finished 60/60 cells (100%) in ")
+
+
 def test_transfer_from_cross_uses_protein_index(world):
     res = query(rna_only(world["new"]), world["model"], world["index"],
                 section={"k": 4, "impute_k": 4, "transfer_from": "cross"})

@@ -177,3 +177,14 @@ def test_projection_model_embeds_like_validation(tmp_path):
     assert m.last_report["rna"]["missing"] == [drop]
     assert np.isfinite(part).all()
     assert not np.allclose(part, full)
+
+
+def test_embed_reports_progress_without_a_terminal(setup, tmp_path, monkeypatch, caplog):
+    store, model_dir, _ = setup
+    monkeypatch.setenv("OMICSCLIP_PROGRESS_SECONDS", "0")
+    caplog.set_level("INFO", logger="omicsclip.model.embed")
+    embed_store(store, model_dir, tmp_path / "e.zarr", chunk_cells=128)
+    lines = [r.getMessage() for r in caplog.records if r.name == "omicsclip.model.embed"]
+    assert [line.split(" cells ")[0] for line in lines[:3]] == ["embed: 128/300", "embed: 256/300", "embed: 300/300"]
+    assert all("cells/s" in line and "ETA" in line for line in lines[:3])
+    assert lines[3].startswith("embed: finished 300/300 cells (100%) in ")

@@ -44,7 +44,8 @@ def test_forward_returns_normalised_dict():
 def test_layer_structure():
     enc = MLPEncoder(10, [6, 5], 3, dropout=0.2, input_dropout=0.1)
     kinds = [type(m).__name__ for m in enc.body]
-    assert kinds == ["Dropout", "Linear", "LayerNorm", "GELU", "Dropout", "Linear", "LayerNorm", "GELU", "Dropout"]
+    assert kinds == ["MaskDropout", "Linear", "LayerNorm", "GELU", "MaskDropout", "Linear", "LayerNorm", "GELU",
+                     "MaskDropout"]
     assert MLPEncoder(10, [], 3).proj.in_features == 10  # linear encoder
 
 
@@ -187,3 +188,44 @@ def test_ensemble_loss_refuses_features_that_do_not_split_into_members():
         ClipLoss(members=3)(**out)
     empty = dual(10, 4, rna_hidden=[8], prot_hidden=[8], embed_dim=5, members=2).encode_rna(torch.zeros(0, 10))
     assert empty.shape == (0, 10)
+
+
+def test_mask_dropout_matches_nn_dropout_in_distribution_and_eval():
+    """MaskDropout: zeros with probability p, survivors scaled by exactly 1/(1-p) (the values nn.Dropout uses),
+    gradients through the same mask, identity in eval mode."""
+    from torch import nn
+
+    from omicsclip.model.encoders import MaskDropout
+
+    torch.manual_seed(0)
+    x = torch.full((400, 500), 2.0, requires_grad=True)
+    d = MaskDropout(0.2).train()
+    y = d(x)
+    ref = nn.Dropout(0.2).train()(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.005
+    assert torch.equal(torch.unique(y[kept]), torch.unique(ref[ref != 0]))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() * (1 / 0.8))
+    assert torch.equal(d.eval()(x), x)
+    assert torch.equal(MaskDropout(0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("hidden", [[], [7], [7, 5]])
+def test_member_major_forward_equals_body_then_proj(hidden):
+    """The ensemble's member-major forward = ``proj(body(x))`` (the cells-major layers) in eval mode."""
+    torch.manual_seed(0)
+    enc = MLPEncoder(6, hidden, 4, dropout=0.3, input_dropout=0.1, members=3)
+    with torch.no_grad():
+        for m in enc.modules():
+            if hasattr(m, "members") and hasattr(m, "weight"):
+                m.weight.normal_()
+                m.bias.normal_()
+    x = torch.randn(11, 6)
+    enc.eval()
+    torch.testing.assert_close(enc(x), enc.proj(enc.body(x)), atol=1e-5, rtol=1e-5)
+    enc.train()  # training: dropout masks differ, shapes and gradients flow
+    out = enc(x)
+    assert out.shape == (11, 12)
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())

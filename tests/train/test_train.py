@@ -331,6 +331,16 @@ def test_min_steps_extends_training_of_small_data(store, tmp_path):
     assert log[-1]["step"] >= 10
 
 
+def test_max_steps_stops_part_way_through_an_epoch(store, tmp_path):
+    """train.max_steps=5 with 3 steps per epoch: 2 epochs, the second cut after its 2nd step, the LR at 0."""
+    out = train_model(store, tmp_path / "m", load_config(None, TINY + ["train.epochs=50", "train.max_steps=5",
+                                                                       "train.patience=100"]))
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    assert [r["step"] for r in log] == [3, 5]
+    assert log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine schedule ends at max_steps
+    assert json.loads((out / "model.json").read_text())["training"]["steps"] == 5
+
+
 def test_train_settings_come_from_the_config_only():
     """TrainSettings has no defaults of its own: every field is the train section's value (or bf16)."""
     train = default_config()["train"]

@@ -192,6 +192,22 @@ def train_gpus(cfg):
     return 1 if cfg["train"]["device"].startswith("cuda") else 0
 
 
+def train_launcher(gpus):
+    """How a training job starts `omicsclip`: directly for 0 or 1 GPU, or as one torchrun process per GPU.
+
+    The GPU count is the job's `gpu` resource (a profile's set-resources, e.g. configs/profiles/slurm-atlas), so
+    the processes started always match the GPUs the scheduler granted. torchrun --standalone runs them on the
+    job's one node (a local rendezvous); `--no-python` starts the installed `omicsclip` entry point. Under the
+    SLURM executor the whole job already runs inside `srun -n1 --gpus=<gpu>` (snakemake-executor-plugin-slurm's
+    job step), so the command has no srun of its own: a nested srun would ask for a second step on GPUs the
+    first one holds.
+    """
+    gpus = int(gpus or 0)
+    if gpus <= 1:
+        return "omicsclip"
+    return f"torchrun --standalone --nproc_per_node={gpus} --no-python omicsclip"
+
+
 def report_config_opts(dataset):
     """The run's full config for the report's provenance section, restricted to this dataset."""
     sections = [k for k in CFG if k not in ("datasets", "results_dir")]

@@ -9,6 +9,8 @@ rule train:
         directory("<results>/{dataset}/t{temp}/model"),
     params:
         sets=lambda wildcards: train_opts(wildcards.dataset, wildcards.temp),
+        # `omicsclip`, or `torchrun --standalone --nproc_per_node=<gpu> --no-python omicsclip` for gpu > 1
+        launch=lambda wildcards, resources: train_launcher(resources.gpu),
     log:
         "<results>/{dataset}/logs/train_t{temp}.log",
     benchmark:
@@ -20,9 +22,10 @@ rule train:
         gpu=train_gpus(CFG),
     conda:
         "../envs/omicsclip.yaml"
-    # --resume: a retried or interrupted job continues from its last checkpoint in model.partial/
+    # --resume: a retried or interrupted job continues from its last checkpoint in model.partial/ (with as many
+    # GPUs as before: a checkpoint is refused by another number of processes)
     shell:
-        "omicsclip train {input.store} --out {output} --resume {params.sets} > {log} 2>&1"
+        "{params.launch} train {input.store} --out {output} --resume {params.sets} > {log} 2>&1"
 
 
 rule evaluate:
