@@ -13,8 +13,9 @@ Layout of ``INDEX_DIR`` (written atomically as one folder)::
 from __future__ import annotations
 
 import logging
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from omicsclip.index.faiss_index import (
     to_gpu,
 )
 from omicsclip.index.refmeta import FORMAT_VERSION, IDS, META, OBS, PROTEIN, kind_of, read_ids, read_meta
-from omicsclip.io.atomic import atomic_path, check_writable
+from omicsclip.io.atomic import atomic_path, check_writable, temp_sibling
 from omicsclip.io.hashing import sha256_file
 from omicsclip.io.jsonfile import write_json
 from omicsclip.io.tsv import to_tsv
@@ -48,6 +49,24 @@ def _version() -> str:
     from omicsclip import __version__
 
     return __version__
+
+
+class _LazyMatrices(Mapping):
+    """``{modality: embeddings}`` read from the file on access (one modality in memory at a time)."""
+
+    def __init__(self, emb: Any, modalities: Sequence[str], rows: Any) -> None:
+        self._emb, self._mods, self._rows = emb, list(modalities), rows
+
+    def __getitem__(self, m: str) -> np.ndarray:
+        if m not in self._mods:
+            raise KeyError(m)
+        return self._emb.matrix(m, self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mods)
+
+    def __len__(self) -> int:
+        return len(self._mods)
 
 
 def write_index_dir(
@@ -81,10 +100,16 @@ def write_index_dir(
     Path
         ``out_dir``.
     """
-    ref = ReferenceIndex.build(embeddings=embeddings, cell_ids=cell_ids, model_fingerprint=model_fingerprint,
-                               section=section, protein=protein, protein_names=protein_names, labels=labels,
-                               source=source, name=str(out_dir))
-    return ref.save(out_dir, overwrite=overwrite)
+    check_writable(Path(out_dir), overwrite=overwrite)  # before the work
+    spill = temp_sibling(out_dir)  # a temporary of the output: swept like one if this process dies
+    spill.mkdir()
+    try:
+        ref = ReferenceIndex.build(embeddings=embeddings, cell_ids=cell_ids, model_fingerprint=model_fingerprint,
+                                   section=section, protein=protein, protein_names=protein_names, labels=labels,
+                                   source=source, name=str(out_dir), spill=spill)
+        return ref.save(out_dir, overwrite=overwrite)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 class ReferenceIndex:
@@ -144,6 +169,7 @@ class ReferenceIndex:
         source: Mapping[str, Any] | None = None,
         name: str = "<in memory>",
         search_gpu: bool | str = False,
+        spill: Path | None = None,
     ) -> ReferenceIndex:
         """Build one index per modality in memory: a reference to search now and :meth:`save` when wanted.
 
@@ -167,6 +193,9 @@ class ReferenceIndex:
             The reference's ``path`` in messages until it is saved (e.g. the folder it will be written to).
         search_gpu
             ``auto`` | ``True`` | ``False``: move flat/IVF indices to a GPU for searching, as :meth:`load` does.
+        spill
+            A folder to write each modality's index to as soon as it is built (bounded memory for
+            :func:`write_index_dir`); such a reference can only be saved (:meth:`save`), not searched.
 
         Returns
         -------
@@ -183,20 +212,6 @@ class ReferenceIndex:
             raise InputError(f"{out_dir}: no reference cells to index")
         if len(set(ids)) != n:
             raise InputError(f"{out_dir}: reference cell ids are not unique")
-        dims = {m: np.shape(embeddings[m]) for m in mods}
-        for m, shape in dims.items():
-            if len(shape) != 2 or shape[0] != n:
-                raise InputError(f"{out_dir}: {m} embeddings have shape {shape}, expected ({n}, d)")
-        dim = dims[mods[0]][1]
-        if any(s[1] != dim for s in dims.values()):
-            raise InputError(f"{out_dir}: modality embeddings differ in dimension {dims}")
-        for m in mods:  # inner product = cosine similarity only for finite unit vectors
-            norms = np.linalg.norm(np.asarray(embeddings[m], dtype=np.float32), axis=1)
-            bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
-            if bad.any():
-                raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
-                                 f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
-                                 f"omicsclip embeddings")
         if protein is not None:
             protein = np.ascontiguousarray(protein, dtype=np.float32)
             if protein.shape[0] != n or protein_names is None or protein.shape[1] != len(protein_names):
@@ -205,16 +220,36 @@ class ReferenceIndex:
         if labels is not None and len(labels) != n:
             raise InputError(f"{out_dir}: {len(labels)} label rows for {n} reference cells")
 
-        params = resolve_params(n, dim, section)
         use_gpu = section["use_gpu"]
         seed = int(section["seed"])
         built: dict[str, Any] = {}
         timings: dict[str, float] = {}
-        for m in mods:
+        dim, params = None, None
+        for m in mods:  # one modality's embeddings in memory at a time (a lazy mapping reads them here)
+            x = np.asarray(embeddings[m], dtype=np.float32)
+            if x.ndim != 2 or x.shape[0] != n:
+                raise InputError(f"{out_dir}: {m} embeddings have shape {x.shape}, expected ({n}, d)")
+            if dim is None:
+                dim, params = x.shape[1], resolve_params(n, x.shape[1], section)
+            elif x.shape[1] != dim:
+                raise InputError(f"{out_dir}: modality embeddings differ in dimension ({mods[0]}: {dim}, "
+                                 f"{m}: {x.shape[1]})")
+            norms = np.linalg.norm(x, axis=1)  # inner product = cosine similarity only for finite unit vectors
+            bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
+            if bad.any():
+                raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
+                                 f"(norms {np.nanmin(norms):.3g}..{np.nanmax(norms):.3g}); index L2-normalised "
+                                 f"omicsclip embeddings")
             t0 = time.perf_counter()
-            built[m] = build_index(embeddings[m], params, use_gpu=use_gpu, seed=seed, desc=f"index {m}")
+            built[m] = build_index(x, params, use_gpu=use_gpu, seed=seed, desc=f"index {m}")
+            del x, norms
             timings[m] = round(time.perf_counter() - t0, 3)
             log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
+            if spill is not None:  # written now and dropped: the next modality's index does not sit beside it
+                import faiss
+
+                faiss.write_index(built[m], str(spill / f"{m}.faiss"))
+                built[m] = spill / f"{m}.faiss"
         lab, label_keys = None, []
         if labels is not None and labels.shape[1] > 0:
             lab = labels.reset_index(drop=True).astype(str)
@@ -238,7 +273,7 @@ class ReferenceIndex:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": dict(source or {}),
         }
-        if gpu_enabled(search_gpu):  # as load does: search on a GPU copy, with the same search parameters
+        if gpu_enabled(search_gpu) and spill is None:  # as load does: search on a GPU copy, with the same search parameters
             built = {m: to_gpu(index) for m, index in built.items()}
             for index in built.values():
                 set_search_params(index, params)
@@ -265,6 +300,9 @@ class ReferenceIndex:
         with atomic_path(out_dir, overwrite=overwrite, inputs=(self._backing,)) as tmp:
             tmp.mkdir()
             for m, index in self.indices.items():
+                if isinstance(index, Path):  # spilled by build(spill=...)
+                    shutil.move(index, tmp / f"{m}.faiss")
+                    continue
                 on_gpu = isinstance(index, getattr(faiss, "GpuIndex", ())) or type(index).__name__.startswith("Gpu")
                 faiss.write_index(faiss.index_gpu_to_cpu(index) if on_gpu else index, str(tmp / f"{m}.faiss"))
             ids = pd.DataFrame({"cell_id": [str(c) for c in self.cell_ids]})
@@ -445,7 +483,7 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
     ids = pd.Index(obs.index)[keep]
     rows = None if keep.all() else np.flatnonzero(keep)
-    embeddings = {m: emb.matrix(m, rows) for m in present}
+    embeddings = _LazyMatrices(emb, present, rows)
 
     model_proteins = None
     if model_dir is not None and not explicit_model and not Path(model_dir).exists():

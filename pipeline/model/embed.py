@@ -59,25 +59,16 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
     from omicsclip.io.store import iter_store, store_info
     from omicsclip.model.device import resolve_device
 
+    import zarr
+    from anndata.io import write_elem
+
     out = Path(out)
     with atomic_path(out, overwrite=overwrite, inputs=(store, model_dir)) as tmp:
         model = load_model(model_dir, resolve_device(device))
         info = store_info(store)
         genes = [str(g) for g in info["genes"].index]
         proteins = [str(p) for p in info["proteins"].index]
-        rna_parts, prot_parts, missing_parts = [], [], []
-        report: dict = {}
-        with Progress(len(info["obs"]), "embed", "cells", logger=log) as progress:
-            for rna, prot, sl in iter_store(store, chunk_cells):
-                e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
-                rna_parts.append(e["rna"])
-                prot_parts.append(e["prot"])
-                report = model.last_report
-                missing_parts.append(protein_missing_fraction(report["prot"], len(e["prot"])))
-                progress.update(sl.stop - sl.start)
-        d = model.embed_dim
-        emb_rna = np.concatenate(rna_parts) if rna_parts else np.zeros((0, d), np.float32)
-        emb_prot = np.concatenate(prot_parts) if prot_parts else np.zeros((0, d), np.float32)
+        d, n = model.embed_dim, len(info["obs"])
         obs = info["obs"].copy()
         obs.index = obs.index.astype(str)
         split = model.split.reindex(obs.index).fillna(UNSEEN)
@@ -85,18 +76,35 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
             log.info("%d of %d cells are not in the model's split (labelled %r)", int((split == UNSEEN).sum()),
                      len(obs), UNSEEN)
         obs["split"] = pd.Categorical(split.to_numpy(), categories=["train", "val", "test", UNSEEN])
-        obs[PROT_MISSING_COLUMN] = np.concatenate(missing_parts) if missing_parts else np.zeros(0, np.float32)
-        adata = ad.AnnData(obs=obs)
-        adata.obsm[OBSM_RNA] = emb_rna
-        adata.obsm[OBSM_PROT] = emb_prot
-        adata.obsm[OBSM_JOINT] = joint_embedding(emb_rna, emb_prot)
-        adata.uns["omicsclip"] = {
-            "model_fingerprint": model.fingerprint, "model_dir": str(Path(model_dir).resolve()),
-            "store": str(Path(store).resolve()), "embed_dim": d, "feature_report_json": dumps_json(report, compact=True),
-        }
+        missing = np.zeros(n, np.float32)
+        obs[PROT_MISSING_COLUMN] = missing
+        uns = {"model_fingerprint": model.fingerprint, "model_dir": str(Path(model_dir).resolve()),
+               "store": str(Path(store).resolve()), "embed_dim": d}
+        # the AnnData skeleton first, then the embeddings written into it chunk by chunk: memory is one chunk,
+        # not three (cells x d) matrices and their copies (a 1M-cell atlas: ~4 GB)
         with ad.settings.override(zarr_write_format=2), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Writing zarr v2", category=UserWarning)
-            adata.write_zarr(tmp)
+            ad.AnnData(obs=obs).write_zarr(tmp)
+        root = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)  # consolidated again at the end
+        arrays = {}
+        for key in (OBSM_RNA, OBSM_PROT, OBSM_JOINT):
+            arrays[key] = root["obsm"].create_array(key, shape=(n, d), chunks=(max(1, min(chunk_cells, n)), d),
+                                                    dtype="float32")
+            arrays[key].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        report: dict = {}
+        with Progress(n, "embed", "cells", logger=log) as progress:
+            for rna, prot, sl in iter_store(store, chunk_cells):
+                e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
+                arrays[OBSM_RNA][sl] = e["rna"]
+                arrays[OBSM_PROT][sl] = e["prot"]
+                arrays[OBSM_JOINT][sl] = joint_embedding(e["rna"], e["prot"])
+                report = model.last_report
+                missing[sl] = protein_missing_fraction(report["prot"], len(e["prot"]))
+                progress.update(sl.stop - sl.start)
+        obs[PROT_MISSING_COLUMN] = missing
+        write_elem(root, "obs", obs)
+        write_elem(root, "uns", {"omicsclip": {**uns, "feature_report_json": dumps_json(report, compact=True)}})
+        zarr.consolidate_metadata(str(tmp))
     log.info("wrote %s: %d cells x %d dims (model %s...)", out, len(obs), d, model.fingerprint[:12])
     return out
 
