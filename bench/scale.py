@@ -224,6 +224,21 @@ def summarise(rows: list[dict]) -> dict:
             "memory_at_largest": bounds, "largest": top}
 
 
+def markdown(result: dict) -> str:
+    """The README table: seconds (cells/s) and peak RSS per stage and size, the growth exponent and the bounds."""
+    sizes = result["settings"]["sizes"]
+    head = "| stage | " + " | ".join(f"{n:,} cells: s (cells/s), peak MB" for n in sizes) + " | exponent |"
+    lines = [head, "|" + "---|" * (len(sizes) + 2)]
+    for stage, exp in result["growth_exponent"].items():
+        cells = []
+        for n in sizes:
+            r = next((r for r in result["rows"] if r["stage"] == stage and r["cells"] == n), None)
+            rss = "" if r is None or r["peak_rss_mb"] is None else f", {r['peak_rss_mb']:,.0f}"
+            cells.append("–" if r is None else f"{r['seconds']:,.0f} ({r['cells_per_s']:,.0f}){rss}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'–' if exp is None else f'{exp:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
@@ -238,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small", action="store_true", help="tiny sizes (the script's test)")
     ap.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
     ap.add_argument("--prepare-only", action="store_true", help="only write the sizes' input files")
+    ap.add_argument("--report-only", action="store_true", help="only write the table of an existing --out")
     a = ap.parse_args(argv)
     extra: dict[str, list[str]] = {}
     if a.small:  # every stage and the summary, in minutes: tiny data, light training and heads
@@ -245,6 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
         light = ["preprocess.n_hvg=100", "model.members=1", "train.batch_size=128"]
         extra = {"train_steps": light, "train": light,
                  "finetune": ["finetune.epochs=20", "finetune.ensemble=2", "finetune.mc_samples=2"]}
+    if a.report_only:  # the table of an existing result
+        result = json.loads(a.out.read_text())
+        a.out.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return result
     a.workdir.mkdir(parents=True, exist_ok=True)
     base = a.base or make_base(a.workdir / f"base_{a.base_cells}x{a.genes}.h5ad", a.base_cells, a.genes,
                                a.proteins, a.seed)
@@ -270,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2) + "\n")  # after every size: a long run keeps what it did
+        a.out.with_suffix(".md").write_text(markdown(result))
     print(f"\n{'stage':<12} exponent  peak RSS at {result['largest']:,} cells")
     for s, e in result["growth_exponent"].items():
         mem = result["memory_at_largest"].get(s)
