@@ -55,12 +55,11 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         Cells per forward pass / per chunk read from the store (bounded memory).
     """
     import anndata as ad
+    import zarr
+    from anndata.io import write_elem
 
     from omicsclip.io.store import iter_store, store_info
     from omicsclip.model.device import resolve_device
-
-    import zarr
-    from anndata.io import write_elem
 
     out = Path(out)
     with atomic_path(out, overwrite=overwrite, inputs=(store, model_dir)) as tmp:
