@@ -97,7 +97,7 @@ class Embedding:
         return self.obs["split"].astype(str).to_numpy() if "split" in self.obs.columns else None
 
 
-def read_embedding(path: str | Path | Embeddings) -> Embedding:
+def read_embedding(path: str | Path | Embeddings, rows: np.ndarray | None = None) -> Embedding:
     """Read the RNA and protein embeddings of an ``omicsclip embed`` output, with their (soft) presence mask.
 
     The file is opened with :func:`omicsclip.model.embed.open_embeddings`, the one embeddings reader; the per-cell
@@ -108,10 +108,14 @@ def read_embedding(path: str | Path | Embeddings) -> Embedding:
     path
         The embeddings file, or one already opened; one missing embedding is an
         :class:`~omicsclip.errors.InputError` naming it.
+    rows
+        Read only these cells (sorted positions; ``obs`` is cut to them too): bounded memory on an atlas.
     """
     emb = path if isinstance(path, Embeddings) else open_embeddings(path)
     emb.require("rna", "prot")
-    z_rna, z_prot = emb.matrix("rna"), emb.matrix("prot")
-    missing = emb.prot_missing_fraction()
+    z_rna, z_prot = emb.matrix("rna", rows), emb.matrix("prot", rows)
+    missing, obs = emb.prot_missing_fraction(), emb.obs
+    if rows is not None:
+        missing, obs = missing[rows], obs.iloc[rows]
     return Embedding(z_rna=z_rna, z_prot=z_prot, mask=reliability_mask(presence_mask(z_rna, z_prot), missing),
-                     prot_missing=missing, obs=emb.obs, fingerprint=emb.fingerprint, path=emb.path)
+                     prot_missing=missing, obs=obs, fingerprint=emb.fingerprint, path=emb.path)

@@ -24,9 +24,11 @@ from omicsclip.heads.labels import cap_cells, label_array, sample_per_class, unl
 from omicsclip.heads.predict import predict_head
 from omicsclip.heads.tuning import fit_with_store
 from omicsclip.io.jsonfile import read_json_object
-from omicsclip.model.embed import Embeddings
+from omicsclip.model.embed import Embeddings, open_embeddings
 
 log = logging.getLogger(__name__)
+
+MAX_TEST_CELLS = 50_000  # held-out head metrics on at most this many test cells (a seeded sample)
 
 
 def fit_embedding_head(
@@ -76,20 +78,23 @@ def fit_embedding_head(
     params = HeadParams.from_section(section)
     if seed is not None:
         params = replace(params, seed=int(seed))
-    emb = read_embedding(emb_path)
-    emb_path = emb.path
-    degraded = emb.prot_missing > 0
+    opened = emb_path if isinstance(emb_path, Embeddings) else open_embeddings(emb_path)
+    opened.require("rna", "prot")
+    emb_path = opened.path
+    prot_missing = opened.prot_missing_fraction()
+    degraded = prot_missing > 0
     if degraded.any():
         log.info("%d cells' protein panel lacks some of the model's proteins (up to %.0f%%): their protein "
-                 "embedding weighs 1 - the fraction missing", int(degraded.sum()), 100 * float(emb.prot_missing.max()))
-    labels = label_array(emb.obs, label_key, ignore_labels, source=str(emb_path))
-    split = emb.split
+                 "embedding weighs 1 - the fraction missing", int(degraded.sum()), 100 * float(prot_missing.max()))
+    labels = label_array(opened.obs, label_key, ignore_labels, source=str(emb_path))
+    split = opened.obs["split"].astype(str).to_numpy() if "split" in opened.obs.columns else None
+    has_split = split is not None
     if split is not None and not (split == "train").any():  # e.g. cells of another store ("unseen")
         log.warning("%s: no 'train' cells in obs['split']; fitting on all labelled cells, no held-out metrics",
                     emb_path)
         split = None
     fit_cells = (split == "train") if split is not None else np.ones(len(labels), bool)
-    if split is None and emb.split is None:
+    if not has_split:
         log.warning("%s: no 'split' column; fitting on all labelled cells, no held-out metrics", emb_path)
     has_label = np.array([lab is not None for lab in labels])
     if labels_per_class is not None:
@@ -109,7 +114,16 @@ def fit_embedding_head(
     test = np.zeros(0, np.int64)
     if split is not None:
         test = np.flatnonzero((split == "test") & np.array([lab in cls_index for lab in labels]))
+        if len(test) > MAX_TEST_CELLS:  # held-out metrics on a seeded sample: their cost stays flat on an atlas
+            test = np.sort(np.random.default_rng([params.seed, 2]).choice(test, MAX_TEST_CELLS, replace=False))
     pool = unlabelled_pool(split, len(labels), params.seed)
+    test_cells = test
+    if params.finetune_encoder:
+        emb = read_embedding(opened)
+    else:  # only the cells the head sees or is scored on are read (an atlas's embeddings need not fit)
+        rows = np.unique(np.concatenate([idx, pool, test]).astype(np.int64))
+        emb = read_embedding(opened, rows)
+        idx, pool, test = (np.searchsorted(rows, a) for a in (idx, pool, test))
     log.info("fitting %s head (%s) on %d cells, %d classes%s", params.fusion, params.head, len(idx), len(classes),
              " + last encoder layers" if params.finetune_encoder else "")
     extra: dict[str, torch.Tensor] = {}
@@ -126,7 +140,7 @@ def fit_embedding_head(
     metrics: dict[str, Any] = {}
     if len(test):
         pred = predict_head(head, *z_test, mask=emb.mask[test], mc_samples=params.mc_samples, seed=params.seed)
-        y_test = np.array([cls_index[labels[i]] for i in test])
+        y_test = np.array([cls_index[labels[i]] for i in test_cells])
         metrics = {"split": "test", **classification_metrics(pred["probs"], y_test)}
         log.info("test cells: accuracy %.3f, macro-F1 %.3f, ECE %.3f", metrics["accuracy"], metrics["macro_f1"],
                  metrics["ece"])
