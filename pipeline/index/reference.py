@@ -234,7 +234,8 @@ class ReferenceIndex:
             elif x.shape[1] != dim:
                 raise InputError(f"{out_dir}: modality embeddings differ in dimension ({mods[0]}: {dim}, "
                                  f"{m}: {x.shape[1]})")
-            norms = np.linalg.norm(x, axis=1)  # inner product = cosine similarity only for finite unit vectors
+            # inner product = cosine similarity only for finite unit vectors (einsum: no cells x d temporary)
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
             bad = ~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)
             if bad.any():
                 raise InputError(f"{out_dir}: {int(bad.sum())} of {n} {m} embeddings are not finite unit vectors "
