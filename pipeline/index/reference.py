@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +49,6 @@ def _version() -> str:
     from omicsclip import __version__
 
     return __version__
-
-
-class _LazyMatrices(Mapping):
-    """``{modality: embeddings}`` read from the file on access (one modality in memory at a time)."""
-
-    def __init__(self, emb: Any, modalities: Sequence[str], rows: Any) -> None:
-        self._emb, self._mods, self._rows = emb, list(modalities), rows
-
-    def __getitem__(self, m: str) -> np.ndarray:
-        if m not in self._mods:
-            raise KeyError(m)
-        return self._emb.matrix(m, self._rows)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mods)
-
-    def __len__(self) -> int:
-        return len(self._mods)
 
 
 def write_index_dir(
@@ -484,7 +466,7 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
     ids = pd.Index(obs.index)[keep]
     rows = None if keep.all() else np.flatnonzero(keep)
-    embeddings = _LazyMatrices(emb, present, rows)
+    embeddings = emb.lazy(present, rows)
 
     model_proteins = None
     if model_dir is not None and not explicit_model and not Path(model_dir).exists():

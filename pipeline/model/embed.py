@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ class Embeddings:
                                  f"({type(exc).__name__}: {exc})") from None
         return np.zeros(self.n_cells, np.float32)
 
+    def lazy(self, modalities: Sequence[str], rows: np.ndarray | slice | None = None) -> Mapping[str, np.ndarray]:
+        """Return ``{modality: embeddings}`` read from the file on access (one modality in memory at a time)."""
+        return _LazyMatrices(self, modalities, rows)
+
     def require(self, *modalities: str) -> None:
         """Raise :class:`InputError` naming the file unless every one of ``modalities`` is present."""
         for mod in modalities:
@@ -211,6 +216,24 @@ class Embeddings:
             return np.asarray(out, dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - a damaged chunk is a bad input file, one line
             raise InputError(f"{self.path}: cannot read obsm[{key!r}] ({type(exc).__name__}: {exc})") from None
+
+
+class _LazyMatrices(Mapping):
+    """``{modality: embeddings}`` read from the file on access (one modality in memory at a time)."""
+
+    def __init__(self, emb: Any, modalities: Sequence[str], rows: Any) -> None:
+        self._emb, self._mods, self._rows = emb, list(modalities), rows
+
+    def __getitem__(self, m: str) -> np.ndarray:
+        if m not in self._mods:
+            raise KeyError(m)
+        return self._emb.matrix(m, self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mods)
+
+    def __len__(self) -> int:
+        return len(self._mods)
 
 
 def open_embeddings(path: str | Path) -> Embeddings:
