@@ -88,7 +88,7 @@ def cap_cells(idx: np.ndarray, labels: np.ndarray, max_cells: int, rng: np.rando
     idx = np.asarray(idx, np.int64)
     if not max_cells or len(idx) <= max_cells:
         return idx
-    lab = np.asarray([labels[i] for i in idx], dtype=object)
+    lab = np.asarray(labels, dtype=object)[idx]  # one fancy index, not a Python loop over the cells
     picked = []
     for c in sorted(set(lab)):
         pool = idx[lab == c]
