@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from omicsclip.cli import data_cmds, demo_cmd, heads_cmds, index_cmds, train_cmds
+from omicsclip.cli import data_cmds, demo_cmd, heads_cmds, index_cmds, pool_cmd, train_cmds
 from omicsclip.cli._common import setup_logging
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (data_cmds, train_cmds, index_cmds, heads_cmds, demo_cmd):
+for _module in (data_cmds, pool_cmd, train_cmds, index_cmds, heads_cmds, demo_cmd):
     _module.register(app)
 
 

@@ -20,10 +20,15 @@ DeviceOpt = Annotated[
 
 @guarded
 def train(
-    store: Annotated[Path, typer.Argument(help="Paired store (STORE.zarr) from `omicsclip ingest`.")],
+    stores: Annotated[list[Path], typer.Argument(help=(
+        "Paired store (STORE.zarr) from `omicsclip ingest`; several stores (datasets with different panels) "
+        "are pooled first into MODEL_DIR.pool.zarr (see `omicsclip pool`)."), show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to create (MODEL_DIR).")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    genes_from: Annotated[list[Path] | None, typer.Option(
+        "--genes-from", help=("Train on the genes the store shares with this input or store (repeatable): the "
+                              "datasets you will query. Sets preprocess.genes."))] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run (MODEL_DIR.partial) from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -44,11 +49,17 @@ def train(
 
     omicsclip train pbmc10k.zarr --out models/pbmc10k --resume
 
+    omicsclip train bremsc.zarr --out models/bremsc --genes-from pbmc10k.h5ad   # a reference that maps pbmc10k
+
+    omicsclip train pbmc10k.zarr bremsc.zarr --out models/pooled --set train.batch_key=dataset
+
     torchrun --nproc_per_node 4 $(which omicsclip) train big.zarr --out models/big --set train.batch_size=65536
     """
-    from omicsclip.train.run import train_model
+    from omicsclip.train.run import prepare_training_store, train_model
 
     cfg = load_cfg(config, (set_ or []) + ([f"train.device={device}"] if device else []))
+    store = prepare_training_store(stores, out, cfg, genes_from=genes_from or [], resume=resume,
+                                   overwrite=overwrite)
     typer.echo(str(train_model(store, out, cfg, resume=resume, overwrite=overwrite)))
 
 
@@ -85,6 +96,8 @@ def evaluate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Pooled store: score this dataset's held-out cells on its own antibody panel.")] = None,
 ) -> None:
     """Score omicsclip and the PCA, CCA and ridge baselines on the model's held-out test cells.
 
@@ -102,7 +115,7 @@ def evaluate(
 
     cfg = load_cfg(config, set_)
     res = run_evaluate(store, model, out, evaluate_cfg=cfg["evaluate"], query_cfg=cfg["query"],
-                       overwrite=overwrite)
+                       overwrite=overwrite, dataset=dataset)
     om = res["methods"]["omicsclip"]
     typer.echo(f"{out}: {res['n_test_cells']} test cells; omicsclip FOSCTTM {om['foscttm']:.4f}, "
                f"recall@10 {om['recall_at_10']:.3f}")

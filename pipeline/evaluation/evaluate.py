@@ -267,14 +267,36 @@ def scaled_gene_rows(model: Any, rna: Any, gene_names: Any) -> RnaRows:
     return rows
 
 
-def _prot_clr(model: Any, data: Any) -> np.ndarray:
+def _prot_clr(model: Any, data: Any) -> tuple[np.ndarray, list[str]]:
+    """Return the CLR protein of the cells over the model proteins the store measured, and their names."""
     from omicsclip.model.alignment import align_proteins
     from omicsclip.model.preprocess import clr
 
     counts, present, _ = align_proteins(data.prot, data.protein_names, model.state)
-    if not present.all():
-        raise InputError("evaluate: the store lacks some of the model's proteins; cannot score imputation")
-    return clr(counts)
+    if present.ndim == 2:
+        raise InputError("evaluate: the cells measured different antibody panels; evaluate one dataset of a "
+                         "pooled store at a time (--dataset)")
+    if not present.any():
+        raise InputError("evaluate: the store measured none of the model's proteins; cannot score imputation")
+    return clr(counts[:, present]), [p for p, ok in zip(model.state.proteins, present, strict=True) if ok]
+
+
+def _one_dataset(data: Any, dataset: str | None, store: Path) -> Any:
+    """Return the cells of ``dataset`` of a pooled store with its own panel's proteins (other stores: unchanged)."""
+    from omicsclip.io.panels import DATASET_COLUMN, panels_of
+
+    panels = panels_of(data.uns)
+    if panels is None:
+        if dataset is not None:
+            raise InputError(f"{store}: not a pooled store; --dataset does not apply")
+        return data
+    if dataset not in panels:
+        raise InputError(f"{store}: pooled from datasets {', '.join(sorted(panels))}; choose one with --dataset "
+                         f"(each is scored on its own held-out cells and antibody panel)")
+    sub = data.subset(np.flatnonzero(data.obs[DATASET_COLUMN].astype(str).to_numpy() == dataset))
+    cols = pd.Index(sub.protein_names).get_indexer(panels[dataset])
+    sub.prot, sub.proteins = sub.prot[:, cols], sub.proteins.iloc[cols]
+    return sub
 
 
 def _align_split(obs: pd.DataFrame, split: pd.Series, store: Path) -> np.ndarray:
@@ -299,6 +321,7 @@ def evaluate(
     impute_temperature: float,
     impute_from: str,
     seed: int | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model and the baselines on the held-out cells of ``store``.
 
@@ -316,6 +339,9 @@ def evaluate(
         Protein imputation settings (``query.impute_k``, ``query.temperature``, ``query.transfer_from``).
     seed
         Seed of PCA and few-label draws (default: the model's ``train.seed``).
+    dataset
+        For a store pooled from several datasets (``omicsclip pool``): score this dataset's cells on its own
+        antibody panel (required there).
 
     Returns
     -------
@@ -329,21 +355,24 @@ def evaluate(
 
     store = Path(store)
     model = load_model(model_dir)
-    data = read_store(store)
+    data = _one_dataset(read_store(store), dataset, store)
     split = _align_split(data.obs, model.split, store)
     if seed is None:
         seed = int(model.config["train"]["seed"])
     log.info("evaluate: embedding %d cells", data.n_cells)
     emb = model.embed(rna=data.rna, prot=data.prot, genes=data.gene_names, proteins=data.protein_names)
+    prot_clr, proteins = _prot_clr(model, data)
     result = evaluate_arrays(
         emb_rna=emb["rna"], emb_prot=emb["prot"], rna_input=scaled_gene_rows(model, data.rna, data.gene_names),
-        prot_clr=_prot_clr(model, data), split=split, labels=_labels(data.obs, label_key),
-        proteins=model.state.proteins, fewlabel_fraction=fewlabel_fraction, n_pcs=n_pcs,
+        prot_clr=prot_clr, split=split, labels=_labels(data.obs, label_key),
+        proteins=proteins, fewlabel_fraction=fewlabel_fraction, n_pcs=n_pcs,
         impute_k=impute_k, impute_temperature=impute_temperature, impute_from=impute_from, seed=seed,
     )
     result["model_fingerprint"] = str(model.fingerprint)
     result["store"] = str(store)
     result["label_key"] = label_key
+    if dataset is not None:
+        result["dataset"] = dataset
     return result
 
 
@@ -373,6 +402,7 @@ def run_evaluate(
     evaluate_cfg: dict[str, Any],
     query_cfg: dict[str, Any],
     overwrite: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (the CLI's one call).
 
@@ -388,6 +418,8 @@ def run_evaluate(
         The ``query`` config section (``impute_k``, ``temperature``, ``transfer_from``): protein imputation.
     overwrite
         Replace an existing output.
+    dataset
+        The dataset of a pooled store to score (:func:`evaluate`).
 
     Returns
     -------
@@ -401,7 +433,8 @@ def run_evaluate(
     check_writable(Path(out), overwrite=overwrite, inputs=(store, model_dir))  # before the expensive part
     result = evaluate(store, model_dir, fewlabel_fraction=float(evaluate_cfg["fewlabel_fraction"]),
                       n_pcs=int(evaluate_cfg["n_pcs"]), label_key=str(evaluate_cfg["label_key"]),
-                      impute_k=q.impute_k, impute_temperature=q.temperature, impute_from=q.transfer_from)
+                      impute_k=q.impute_k, impute_temperature=q.temperature, impute_from=q.transfer_from,
+                      dataset=dataset)
     write_metrics(result, out, overwrite=overwrite)
     return result
 

@@ -47,7 +47,8 @@ def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], p
         for s in range(0, counts.shape[0], batch_size):
             sl = slice(s, s + batch_size)
             xr = model.pre.rna(torch.as_tensor(counts[sl].toarray()), torch.as_tensor(lib[sl]), present)
-            xp = model.pre.prot(torch.as_tensor(pcounts[sl]), torch.as_tensor(ppresent))
+            xp = model.pre.prot(torch.as_tensor(pcounts[sl]),
+                                torch.as_tensor(ppresent if ppresent.ndim == 1 else ppresent[sl]))
             hr.append(enc.rna.body(xr).float().numpy())
             hp.append(enc.prot.body(xp).float().numpy())
     return np.concatenate(hr), np.concatenate(hp)

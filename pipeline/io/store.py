@@ -263,13 +263,16 @@ def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp
     """Yield (rna CSR, protein dense, cell slice) chunks without loading the whole store.
 
     The counts are read by row ranges through :class:`~omicsclip.io.anndata_input.MatrixTable`, the table
-    behind in-memory, backed and lazy AnnData inputs.
+    behind in-memory, backed and lazy AnnData inputs. In a store pooled from several antibody panels, proteins
+    outside a cell's panel are NaN (:mod:`omicsclip.io.panels`).
     """
     from anndata.io import sparse_dataset
 
     from omicsclip.io.anndata_input import MatrixTable
+    from omicsclip.io.panels import store_present
 
     root = _open(path)
+    present = store_present(store_info(path))
     with _corrupt_store(path):
         rna = MatrixTable(sparse_dataset(root["mod/rna/X"]), path=path, what="mod/rna/X")
         prot = MatrixTable(sparse_dataset(root["mod/prot/X"]), path=path, what="mod/prot/X")
@@ -280,6 +283,8 @@ def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp
         sl = slice(start, min(start + chunk_cells, n))
         with _corrupt_store(path):
             chunk = rna.read_range(sl.start, sl.stop), prot.read_range(sl.start, sl.stop).toarray(), sl
+        if present is not None:
+            chunk[1][~present[sl]] = np.nan
         yield chunk
 
 
@@ -293,5 +298,10 @@ def read_store(path: str | Path) -> PairedData:
         warnings.simplefilter("ignore")
         rna = sp.csr_matrix(read_elem(root["mod/rna/X"]), dtype=np.float32)
         prot = np.asarray(sp.csr_matrix(read_elem(root["mod/prot/X"])).toarray(), dtype=np.float32)
+    from omicsclip.io.panels import store_present
+
+    present = store_present(info)
+    if present is not None:  # proteins outside a cell's panel (a pooled store)
+        prot[~present] = np.nan
     return PairedData(rna=rna, prot=prot, obs=info["obs"], genes=info["genes"],
                       proteins=info["proteins"], uns=info["uns"])

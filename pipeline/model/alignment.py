@@ -110,7 +110,8 @@ def align_rna(
         raise InputError(
             f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
             f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
-            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}"
+            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}; train a model that fits it on "
+            f"the genes both share: omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)"
         )
     if missing:
         log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
@@ -125,7 +126,10 @@ def align_rna(
     )
     counts = sp.csr_matrix(rna @ sel)
     counts.sort_indices()
-    return counts, library_size(rna), report
+    if state.library_genes is None:
+        return counts, library_size(rna), report
+    lib_cols = pd.Index(genes).get_indexer(state.library_genes)  # preprocess.genes: count only those genes
+    return counts, library_size(rna[:, np.sort(lib_cols[lib_cols >= 0])]), report
 
 
 def align_proteins(
@@ -146,7 +150,9 @@ def align_proteins(
     -------
     counts, present, report
         Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
-        in the input, and the matching report.
+        in the input, and the matching report. NaN input entries (proteins outside a cell's panel, in a store
+        pooled from several panels: :mod:`omicsclip.io.panels`) are returned as 0 and ``present`` is then one
+        mask per cell (cells x proteins).
 
     Raises
     ------
@@ -175,10 +181,11 @@ def align_proteins(
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
     report = FeatureReport("prot", len(state.proteins), missing)
-    if report.missing_fraction > state.max_missing_protein_fraction:
+    lacking, panel = _worst_panel_gap(set(missing), state)
+    if lacking > state.max_missing_protein_fraction:
         raise InputError(
             f"protein input lacks {report.n_missing} of the model's {report.n_model} proteins "
-            f"({report.missing_fraction:.0%} > max_missing_protein_fraction="
+            f"({lacking:.0%}{panel} > max_missing_protein_fraction="
             f"{state.max_missing_protein_fraction:g}); e.g. {', '.join(missing[:3])}"
         )
     if missing:
@@ -187,7 +194,20 @@ def align_proteins(
                     report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:5]))
     out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
     out[:, present] = prot[:, pos[present]]
+    unmeasured = np.isnan(out)
+    if unmeasured.any():
+        out[unmeasured] = 0.0
+        return out, present[None, :] & ~unmeasured, report
     return out, present, report
+
+
+def _worst_panel_gap(missing: set[str], state: PreprocessState) -> tuple[float, str]:
+    """Return the fraction of the best-covered training panel the input lacks, and a description of it."""
+    if not state.panels:
+        return len(missing) / max(len(state.proteins), 1), ""
+    gaps = [sum(p in missing for p in panel) / max(len(panel), 1) for panel in state.panels]
+    best = int(np.argmin(gaps))
+    return gaps[best], f" of the closest training panel ({len(state.panels[best])} proteins)"
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

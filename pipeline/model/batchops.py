@@ -49,17 +49,23 @@ class Augmentation:
     feature_dropout
         Fraction of the RNA input genes set to 0.
     prot_feature_dropout
-        The same for proteins, separately: a panel of a few antibodies loses much more with each dropped feature.
+        Panel masking: the fraction of each cell's proteins treated as unmeasured (left out of its CLR, input 0),
+        as for a query whose panel lacks them.
+    gene_masking
+        Per batch, a fraction ``f ~ U(0, gene_masking)`` of the model genes is masked for every cell of the batch,
+        as for a query whose gene set lacks them (the genes' inputs set to 0 = the training mean).
     """
 
     thinning: float = 1.0
     feature_dropout: float = 0.0
     prot_feature_dropout: float = 0.0
+    gene_masking: float = 0.0
 
     @property
     def active(self) -> bool:
         """Whether any augmentation is switched on."""
-        return self.thinning < 1.0 or self.feature_dropout > 0.0 or self.prot_feature_dropout > 0.0
+        return (self.thinning < 1.0 or self.feature_dropout > 0.0 or self.prot_feature_dropout > 0.0
+                or self.gene_masking > 0.0)
 
 
 def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, other: torch.Tensor,
@@ -303,14 +309,16 @@ class CountTransform:
         counts
             Raw counts, cells x model proteins.
         present
-            Mask of the model proteins present in the input (``None``: all).
+            Mask of the model proteins present in the input (``None``: all): one mask for every cell
+            (proteins,) or one per cell (cells x proteins, e.g. a store pooled from datasets with different
+            panels). Absent proteins are left out of the CLR and their inputs set to 0 (the training mean).
         """
         lp = torch.log1p(counts.float())
         if present is None:
             x = lp - lp.mean(dim=1, keepdim=True)
         else:
             m = present.to(lp.dtype)
-            x = lp - (lp * m).sum(dim=1, keepdim=True) / m.sum().clamp_min(1.0)
+            x = lp - (lp * m).sum(dim=1, keepdim=True) / m.sum(dim=-1, keepdim=m.dim() > 1).clamp_min(1.0)
         if self.prot_mean is not None:
             x = (x - self.prot_mean) / self.prot_std
         if present is not None:
@@ -321,6 +329,18 @@ class CountTransform:
         return x
 
 
+def split_unmeasured(prot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return protein counts with unmeasured entries (NaN) set to 0, and the cells x proteins measured mask.
+
+    NaN marks a protein outside a cell's panel (a store pooled from several panels,
+    :mod:`omicsclip.io.panels`); the mask is ``None`` when every entry was measured.
+    """
+    nan = torch.isnan(prot)
+    if not bool(nan.any()):
+        return prot, None
+    return prot.masked_fill(nan, 0.0), ~nan
+
+
 def thin_batch(batch: RawBatch, aug: Augmentation | None, gen: torch.Generator | None, *,
                reference: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return the batch's counts as float32, thinned if ``aug`` says so: RNA non-zeros, other totals, proteins.
@@ -329,6 +349,7 @@ def thin_batch(batch: RawBatch, aug: Augmentation | None, gen: torch.Generator |
     :func:`thin_counts`.
     """
     val, other, prot = batch.val.float(), batch.other.float(), batch.prot.float()
+    prot, measured = split_unmeasured(prot)
     if aug is not None and aug.thinning < 1.0:
         if gen is None:
             raise ValueError("augmentation needs a generator")
@@ -339,6 +360,8 @@ def thin_batch(batch: RawBatch, aug: Augmentation | None, gen: torch.Generator |
         other = thin_counts_reference(other, q, gen)
         qp = _keep_prob(batch.n, aug.thinning, gen, device)
         prot = thin_counts_reference(prot, qp[:, None], gen)
+    if measured is not None:
+        prot = prot.masked_fill(~measured, float("nan"))
     return val, other, prot
 
 
@@ -353,22 +376,27 @@ def transform_batch(batch: RawBatch, val: torch.Tensor, other: torch.Tensor, pro
     device = val.device
     lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
     keep_rna = keep_prot = None
-    if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0):
+    if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0 or aug.gene_masking > 0.0):
         if gen is None:
             raise ValueError("augmentation needs a generator")
         if aug.feature_dropout > 0.0:
             keep_rna = torch.rand(batch.n, transform.n_genes, generator=gen, device=device) >= aug.feature_dropout
         if aug.prot_feature_dropout > 0.0:
             keep_prot = torch.rand(prot.shape, generator=gen, device=device) >= aug.prot_feature_dropout
+        if aug.gene_masking > 0.0:  # one gene subset for the whole batch: the (genes,) mask's cheap path
+            frac = torch.rand(1, generator=gen, device=device) * aug.gene_masking
+            keep_genes = torch.rand(transform.n_genes, generator=gen, device=device) >= frac
+            keep_rna = keep_genes if keep_rna is None else keep_rna & keep_genes
     if transform.rna_proj is not None and not reference:
         x_rna = transform.rna_sparse(batch.row, batch.col, val, lib, batch.n, keep_rna)
     else:
         counts = torch.zeros(batch.n, transform.n_genes, device=device)
         counts[batch.row, batch.col] = val
         x_rna = transform.rna(counts, lib, keep_rna)
-    x_prot = transform.prot(prot)
-    if keep_prot is not None:  # the proteins' columns, not the depth feature appended after them
-        x_prot = torch.cat([x_prot[:, : prot.shape[1]] * keep_prot, x_prot[:, prot.shape[1] :]], dim=1)
+    prot, measured = split_unmeasured(prot)
+    if keep_prot is not None:  # panel masking: a dropped protein is treated as unmeasured (left out of the CLR)
+        measured = keep_prot if measured is None else measured & keep_prot
+    x_prot = transform.prot(prot, measured)
     return x_rna, x_prot
 
 

@@ -201,7 +201,7 @@ class TrainedModel:
         out = np.empty((counts.shape[0], self.embed_dim), np.float32)
         for start in range(0, counts.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            x = self.pre.prot(torch.as_tensor(counts[sl], device=self.device), mask)
+            x = self.pre.prot(torch.as_tensor(counts[sl], device=self.device), mask if mask.dim() == 1 else mask[sl])
             out[sl] = self.model.encode_prot(x).cpu().numpy()
         return out
 

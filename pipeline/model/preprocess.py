@@ -67,6 +67,13 @@ class PreprocessState:
         encoder also sees its cell's standardised log total (depth / cell size); ``None``: not used.
     prot_mean, prot_std
         Per protein, of the CLR-transformed training values; ``None`` when proteins are not scaled.
+    library_genes
+        The genes library sizes are counted over (``preprocess.genes``: e.g. the genes shared with the datasets to
+        be queried), so that a reference and a query cut to them normalise alike; ``None``: all input genes.
+    panels
+        The antibody panels of the training datasets (a store pooled from several panels; model proteins are their
+        union); ``None``: one panel, the model's proteins. A query's protein input is held to
+        ``max_missing_protein_fraction`` against the training panel it covers best.
     """
 
     genes: list[str]
@@ -83,6 +90,8 @@ class PreprocessState:
     rna_pcs: np.ndarray | None = None
     depth: list[float] | None = None
     protein_genes: list[str] | None = None
+    library_genes: list[str] | None = None
+    panels: list[list[str]] | None = None
 
     @property
     def rna_projection(self) -> np.ndarray | None:
@@ -116,6 +125,8 @@ class PreprocessState:
             "rna_pcs": None if self.rna_pcs is None else [[float(x) for x in row] for row in self.rna_pcs],
             "depth": None if self.depth is None else [float(x) for x in self.depth],
             "protein_genes": None if self.protein_genes is None else [str(g) for g in self.protein_genes],
+            "library_genes": None if self.library_genes is None else [str(g) for g in self.library_genes],
+            "panels": None if self.panels is None else [[str(p) for p in panel] for panel in self.panels],
         }
 
     @classmethod
@@ -141,6 +152,8 @@ class PreprocessState:
                 rna_pcs=None if d.get("rna_pcs") is None else np.asarray(d["rna_pcs"], dtype=np.float32),
                 depth=None if d.get("depth") is None else [float(x) for x in d["depth"]],
                 protein_genes=None if d.get("protein_genes") is None else [str(g) for g in d["protein_genes"]],
+                library_genes=None if d.get("library_genes") is None else [str(g) for g in d["library_genes"]],
+                panels=None if d.get("panels") is None else [[str(p) for p in panel] for panel in d["panels"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -185,8 +198,15 @@ def log_normalize(rna: sp.csr_matrix, target_sum: float, lib: np.ndarray | None 
 
 
 def clr(prot: np.ndarray) -> np.ndarray:
-    """Per-cell centred log-ratio: ``log1p(x) - mean over proteins of log1p(x)`` (numpy reference)."""
+    """Per-cell centred log-ratio: ``log1p(x) - mean over proteins of log1p(x)`` (numpy reference).
+
+    NaN entries (proteins outside a cell's panel) are left out of the cell's mean and stay NaN.
+    """
     lp = np.log1p(np.asarray(prot, dtype=np.float64))
+    if np.isnan(lp).any():
+        with warnings.catch_warnings():  # a cell without any measured protein: all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return (lp - np.nanmean(lp, axis=1, keepdims=True)).astype(np.float32)
     return (lp - lp.mean(axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -217,7 +237,10 @@ def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
         sq = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel()
     else:
         x = np.asarray(x, dtype=np.float64)
-        mean, sq = x.mean(axis=0), (x * x).mean(axis=0)
+        with warnings.catch_warnings():  # NaN = unmeasured (pooled panels); a column never measured: mean 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, sq = np.nanmean(x, axis=0), np.nanmean(x * x, axis=0)
+        mean, sq = np.nan_to_num(mean), np.nan_to_num(sq)
     std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
     std[std < 1e-8] = 1.0  # constant features: centre only
     return mean.astype(np.float32), std.astype(np.float32)
@@ -274,7 +297,12 @@ def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, max_genes: 
     """
     n, k = x.shape[0], min(int(k), x.shape[1])
     y = np.asarray(prot, np.float64)
-    y = y - y.mean(axis=0)
+    if np.isnan(y).any():  # unmeasured (pooled panels): centred on the measured cells, then 0 = no evidence
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            y = np.nan_to_num(y - np.nanmean(y, axis=0))
+    else:
+        y = y - y.mean(axis=0)
     mean = np.zeros(x.shape[1])
     for start in range(0, n, chunk):
         mean += np.asarray(x[start : start + chunk], np.float64).sum(axis=0)
@@ -317,6 +345,8 @@ def fit_preprocessing(
     n_pcs: int,
     depth_features: bool,
     protein_genes: int,
+    library_genes: Sequence[str] | None = None,
+    panels: Sequence[Sequence[str]] | None = None,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -325,7 +355,7 @@ def fit_preprocessing(
     rna
         Training cells x all genes, raw counts.
     prot
-        Training cells x proteins, raw counts.
+        Training cells x proteins, raw counts; NaN where a cell's panel lacked the protein (a pooled store).
     genes, proteins
         Feature names (columns of ``rna`` / ``prot``).
     n_hvg, target_sum, scale_rna, max_value, scale_prot, max_missing_gene_fraction, max_missing_protein_fraction, n_pcs, depth_features, protein_genes
@@ -334,6 +364,11 @@ def fit_preprocessing(
         ``depth_features``: each encoder also sees its cell's standardised log total counts;
         ``protein_genes > 0`` with ``n_pcs``: per protein, the genes most correlated with it join the RNA input
         as their scaled values (:func:`select_protein_genes`).
+    library_genes
+        Restrict the model to these genes (``preprocess.genes``; they must be among ``genes``): highly variable
+        genes are chosen among them and library sizes count only them. ``None``: all genes.
+    panels
+        The training datasets' protein panels, when they differ (:attr:`PreprocessState.panels`).
 
     Returns
     -------
@@ -346,11 +381,22 @@ def fit_preprocessing(
         raise InputError("preprocess: no training cells")
     if rna.shape[1] != len(genes) or prot.shape[1] != len(proteins):
         raise InputError("preprocess: feature names do not match the count matrices' columns")
+    cols = None
+    if library_genes is not None:
+        cols = pd.Index([str(g) for g in genes]).get_indexer([str(g) for g in library_genes])
+        if (cols < 0).any() or len(cols) == 0:
+            raise InputError("preprocess.genes: " + ("empty gene list" if len(cols) == 0 else
+                             f"{int((cols < 0).sum())} genes are not in the training store"))
+        cols = np.sort(cols)
+        rna = rna[:, cols]
     lib = library_size(rna)
     lognorm = log_normalize(rna, target_sum, lib)
     hvg = select_hvg(lognorm, n_hvg)
-    log.info("preprocess: %d of %d genes selected (n_hvg=%d)", hvg.size, len(genes), n_hvg)
-    lognorm = lognorm[:, hvg]  # the model genes only from here on (frees the all-genes copy)
+    if cols is not None:
+        hvg = cols[hvg]  # positions among all the store's genes
+    log.info("preprocess: %d of %d genes selected (n_hvg=%d%s)", hvg.size, len(genes), n_hvg,
+             "" if cols is None else f", among the {cols.size} genes of preprocess.genes")
+    lognorm = lognorm[:, hvg if cols is None else np.searchsorted(cols, hvg)]  # the model genes only from here on
     rna_mean = rna_std = prot_mean = prot_std = None
     if scale_rna:
         rna_mean, rna_std = _mean_std(lognorm)
@@ -372,14 +418,16 @@ def fit_preprocessing(
                      f" (e.g. {', '.join(prot_genes[:5])})" if prot_genes else ": no gene correlates with a protein")
     depth = None
     if depth_features:
-        lr, lp = np.log1p(lib), np.log1p(prot.sum(axis=1, dtype=np.float64))
+        lr, lp = np.log1p(lib), np.log1p(np.nansum(prot, axis=1, dtype=np.float64))
         depth = [float(lr.mean()), float(max(lr.std(), 1e-6)), float(lp.mean()), float(max(lp.std(), 1e-6))]
     all_genes = [str(g) for g in genes]
     return PreprocessState(
         genes=[all_genes[i] for i in hvg], all_genes=all_genes, proteins=[str(p) for p in proteins],
         target_sum=float(target_sum), max_value=float(max_value), rna_mean=rna_mean, rna_std=rna_std,
         prot_mean=prot_mean, prot_std=prot_std, max_missing_gene_fraction=float(max_missing_gene_fraction),
-        max_missing_protein_fraction=float(max_missing_protein_fraction), rna_pcs=rna_pcs, depth=depth, protein_genes=prot_genes,
+        max_missing_protein_fraction=float(max_missing_protein_fraction), rna_pcs=rna_pcs, depth=depth,
+        protein_genes=prot_genes, library_genes=None if cols is None else [all_genes[i] for i in cols],
+        panels=None if panels is None else [[str(p) for p in panel] for panel in panels],
     )
 
 

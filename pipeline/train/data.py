@@ -23,7 +23,8 @@ from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.batchops import RawBatch, gather_rows
 from omicsclip.model.preprocess import PreprocessState
 
-__all__ = ["DeviceBatches", "DeviceCells", "StoreBatches", "cell_bytes", "epoch_permutation", "load_cells"]
+__all__ = ["DeviceBatches", "DeviceCells", "StoreBatches", "cell_bytes", "epoch_permutation", "grouped_order",
+           "load_cells"]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,15 @@ def _aligned_chunks(store: str | Path, rows: np.ndarray, state: PreprocessState,
         if sel.size == 0:
             continue
         counts, lib, _ = align_rna(rna[sel], genes, state)
-        p, _, _ = align_proteins(prot[sel], proteins, state)
-        yield counts, lib, p
+        yield counts, lib, _aligned_protein(prot[sel], proteins, state)
+
+
+def _aligned_protein(prot: np.ndarray, proteins: list[str], state: PreprocessState) -> np.ndarray:
+    """Protein counts in model order, NaN where a cell's panel lacked the protein (a pooled store)."""
+    p, present, _ = align_proteins(prot, proteins, state)
+    if present.ndim == 2:
+        p[~present] = np.nan
+    return p
 
 
 def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
@@ -214,24 +222,52 @@ class DeviceBatches:
         This process's place in a data-parallel job.
     """
 
-    def __init__(self, cells: DeviceCells, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cells: DeviceCells, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1,
+                 groups: np.ndarray | None = None) -> None:
         self.cells = cells
         self.batch_size = int(batch_size)
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.local = self.batch_size // world_size
+        self.groups = None if groups is None else np.asarray(groups, np.int64)
+        if self.groups is not None and self.groups.shape != (cells.n_cells,):
+            raise ValueError("groups: one code per training cell")
 
     @property
     def steps_per_epoch(self) -> int:
-        """Full global batches per epoch (the last partial batch is dropped)."""
-        return self.cells.n_cells // self.batch_size
+        """Full global batches per epoch (the last partial batch, of each group with ``groups``, is dropped)."""
+        if self.groups is None:
+            return self.cells.n_cells // self.batch_size
+        return int((np.bincount(self.groups) // self.batch_size).sum())
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
         """Raw batches of this rank for ``epoch``, from ``start_step`` on (the last partial batch is dropped)."""
-        perm = epoch_permutation(self.cells.n_cells, self.seed, epoch, self.cells.device)
+        if self.groups is not None:
+            order = grouped_order(self.groups, self.batch_size, self.seed, epoch)
+            perm = torch.from_numpy(order).to(self.cells.device)
+        else:
+            perm = epoch_permutation(self.cells.n_cells, self.seed, epoch, self.cells.device)
         for step in range(start_step, self.steps_per_epoch):
             lo = step * self.batch_size + self.rank * self.local
             yield self.cells.gather(perm[lo : lo + self.local])
+
+
+def grouped_order(groups: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """Return an epoch's cell order in which every run of ``batch_size`` cells comes from one group.
+
+    ``train.batch_key``: each group's cells are shuffled and cut into full batches (its last partial batch is
+    left out this epoch), then the batches of all groups are shuffled together. A pure function of seed and
+    epoch, so resumed runs repeat it.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), 0xBA7C])
+    batches = []
+    for g in np.unique(groups):
+        cells = rng.permutation(np.flatnonzero(groups == g))
+        n = cells.size // batch_size
+        batches.extend(cells[: n * batch_size].reshape(n, batch_size))
+    if not batches:
+        return np.zeros(0, np.int64)
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]).astype(np.int64)
 
 
 class StoreBatches:
@@ -264,9 +300,11 @@ class StoreBatches:
     def __init__(self, store: str | Path, train_rows: np.ndarray, state: PreprocessState, batch_size: int,
                  seed: int, device: torch.device | str, *, chunk_cells: int = 50_000, rank: int = 0,
                  world_size: int = 1) -> None:
+        from omicsclip.io.panels import store_present
         from omicsclip.io.store import store_info
 
         info = store_info(store)
+        self.present = store_present(info)
         self.store = Path(store)
         self.n_store = len(info["obs"])
         self.genes = [str(g) for g in info["genes"].index]
@@ -296,9 +334,10 @@ class StoreBatches:
         sel = self.train_rows[(self.train_rows >= start) & (self.train_rows < stop)] - start
         rna = sp.csr_matrix(self._x[0][start:stop])[sel]
         prot = np.asarray(sp.csr_matrix(self._x[1][start:stop]).toarray(), np.float32)[sel]
+        if self.present is not None:  # proteins outside a cell's panel (a pooled store)
+            prot[~self.present[start:stop][sel]] = np.nan
         counts, lib, _ = align_rna(rna, self.genes, self.state)
-        p, _, _ = align_proteins(prot, self.proteins, self.state)
-        return counts, lib, p
+        return counts, lib, _aligned_protein(prot, self.proteins, self.state)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
         """Raw batches of this rank for ``epoch`` from ``start_step`` on."""

@@ -113,8 +113,13 @@ def _seed_everything(seed: int) -> None:
 
 def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], section: dict[str, Any],
                seed: int) -> PreprocessState:
+    from omicsclip.io.genesets import resolve_genes
+    from omicsclip.io.panels import panels_of
     from omicsclip.io.store import iter_store
 
+    store_genes = [str(g) for g in info["genes"].index]
+    library_genes = resolve_genes(section["genes"], store_genes)
+    panels = panels_of(info["uns"])
     rows = train_rows
     if rows.size > FIT_MAX_CELLS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, FIT_MAX_CELLS, replace=False))
@@ -128,13 +133,13 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
     rna = sp.vstack(rna_parts, format="csr")
     rna_parts.clear()  # the sample is held once from here on
     return fit_preprocessing(
-        rna, np.concatenate(prot_parts),
-        [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index],
+        rna, np.concatenate(prot_parts), store_genes, [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
         max_value=section["max_value"], scale_prot=section["scale_prot"],
         max_missing_gene_fraction=section["max_missing_gene_fraction"],
         max_missing_protein_fraction=section["max_missing_protein_fraction"], n_pcs=section["n_pcs"],
         depth_features=section["depth_features"], protein_genes=section["protein_genes"],
+        library_genes=library_genes, panels=None if panels is None else [panels[k] for k in sorted(panels)],
     )
 
 
@@ -154,15 +159,45 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
     est = int(cell_bytes(info["nnz_rna"] / max(n, 1), len(state.proteins)) * len(train_rows))
     mode = train["data_on_device"]
     on_device = mode is True or (mode == "auto" and _fits_on_device(est, device))
+    groups = _batch_groups(info, train_rows, train)
+    if groups is not None and not on_device:
+        raise InputError(f"train.batch_key={train['batch_key']!r} needs the training cells in memory, but about "
+                         f"{est / 1e9:.1f} GB do not fit on {device} (train.data_on_device)")
     if on_device:
         cells = DeviceCells.from_store(store, train_rows, state, device)
         log.info("training data on %s: %d cells x %d genes (%d non-zeros, %.2f GB, %.0f bytes/cell)", device,
                  cells.n_cells, cells.n_genes, cells.values.numel(), cells.nbytes / 1e9,
                  cells.nbytes / max(cells.n_cells, 1))
-        return DeviceBatches(cells, train["batch_size"], train["seed"], rank=dist.rank, world_size=dist.world_size)
+        return DeviceBatches(cells, train["batch_size"], train["seed"], rank=dist.rank, world_size=dist.world_size,
+                             groups=groups)
     log.info("training data streamed from %s (about %.1f GB would not fit on %s)", store, est / 1e9, device)
     return StoreBatches(store, train_rows, state, train["batch_size"], train["seed"], device, rank=dist.rank,
                         world_size=dist.world_size)
+
+
+def _batch_groups(info: dict[str, Any], train_rows: np.ndarray, train: dict[str, Any]) -> np.ndarray | None:
+    """Per training cell, its ``train.batch_key`` group code (``None`` when the key is off)."""
+    key = train["batch_key"]
+    if not key:
+        return None
+    obs = info["obs"]
+    if key not in obs.columns:
+        raise InputError(f"train.batch_key={key!r}: the store has no such obs column "
+                         f"(columns: {', '.join(map(str, obs.columns[:8]))})")
+    values = obs[key].iloc[train_rows]
+    if values.isna().any():
+        raise InputError(f"train.batch_key={key!r}: {int(values.isna().sum())} training cells have no value")
+    codes, uniques = pd.factorize(values.astype(str), sort=True)
+    sizes = np.bincount(codes, minlength=len(uniques))
+    small = [f"{u} ({n})" for u, n in zip(uniques, sizes, strict=True) if n < train["batch_size"]]
+    if len(small) == len(uniques):
+        raise InputError(f"train.batch_key={key!r}: every group has fewer training cells than "
+                         f"train.batch_size={train['batch_size']}; lower it")
+    if small:
+        log.warning("train.batch_key=%s: groups smaller than one batch are never trained on: %s", key,
+                    ", ".join(small))
+    log.info("training batches drawn within one %s each (%d groups)", key, len(uniques))
+    return codes
 
 
 def _validation_inputs(store: Path, val_rows: np.ndarray, state: PreprocessState, pre: TorchPreprocessor,
@@ -173,6 +208,52 @@ def _validation_inputs(store: Path, val_rows: np.ndarray, state: PreprocessState
         val_rows = np.sort(np.random.default_rng(seed + 1).choice(val_rows, VAL_MAX_CELLS, replace=False))
     cells = DeviceCells.from_store(store, val_rows, state, device)
     return model_inputs(cells.gather(torch.arange(cells.n_cells, device=device)), pre)
+
+
+def prepare_training_store(stores: list[Path], out_dir: Path, cfg: dict[str, Any], *,
+                           genes_from: list[Path] = (), resume: bool = False, overwrite: bool = False) -> Path:
+    """Return the store to train on, pooling several stores first; resolve ``--genes-from`` into the config.
+
+    Several stores are pooled (:func:`omicsclip.io.pool.pool_stores`) into ``<out_dir>.pool.zarr``; an existing
+    pooled store of the same sources is reused (``--resume``), anything else there needs ``overwrite``.
+    ``genes_from`` inputs set ``cfg["preprocess"]["genes"]`` to the genes the store shares with all of them (in
+    place, so the model records the list).
+    """
+    from omicsclip.io.genesets import resolve_genes
+    from omicsclip.io.pool import pool_stores
+    from omicsclip.io.store import store_info
+
+    if not stores:
+        raise InputError("train: give a store")
+    store = Path(stores[0])
+    if len(stores) > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("train: pool several stores first (omicsclip pool), then train on the pooled store "
+                             "under torchrun")
+        store = out_dir.with_name(out_dir.name + ".pool.zarr")
+        if _same_pool(store, stores) and not overwrite:
+            log.info("reusing %s (pooled from the same stores)", store)
+        else:
+            pool_stores(stores, store, overwrite=overwrite)
+    if genes_from:
+        genes = [str(g) for g in store_info(store)["genes"].index]
+        cfg["preprocess"]["genes"] = resolve_genes(cfg["preprocess"]["genes"], genes, genes_from)
+    return store
+
+
+def _same_pool(pooled: Path, stores: list[Path]) -> bool:
+    """Whether ``pooled`` exists and was pooled from exactly ``stores`` (same paths and cell counts)."""
+    from omicsclip.io.store import store_info
+
+    if not pooled.exists():
+        return False
+    try:
+        sources = json.loads(str(store_info(pooled)["uns"]["pooled_from_json"]))
+    except (InputError, KeyError, ValueError):
+        return False
+    paths = [str(Path(s).resolve()) for s in stores]
+    return [src["path"] for src in sources] == paths and all(
+        src["n_cells"] == len(store_info(s)["obs"]) for src, s in zip(sources, stores, strict=True))
 
 
 def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any], *, resume: bool = False,

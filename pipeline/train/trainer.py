@@ -50,7 +50,7 @@ class TrainSettings:
 
     Attributes
     ----------
-    epochs, min_steps, max_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
+    epochs, min_steps, max_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, gene_masking, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
         The ``train`` config keys of the same names (documented in ``configs/default.yaml``).
     bf16
         Whether the forward pass runs under bf16 autocast (resolved from ``train.precision`` and the device).
@@ -66,6 +66,7 @@ class TrainSettings:
     thinning: float
     feature_dropout: float
     prot_feature_dropout: float
+    gene_masking: float
     patience: int
     eval_every: int
     checkpoint_every: int
@@ -244,7 +245,8 @@ class Trainer:
             self.opt, WarmupCosine(settings.warmup_steps, self.total_steps))
         self.loss_fn = ClipLoss(logit_chunk(settings.logit_chunk_size, settings.batch_size), dist.world_size,
                                 dist.rank, members=model.members)
-        self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout)
+        self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout,
+                                settings.gene_masking)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)
         self.stopper = EarlyStopping(settings.patience, settings.monitor)

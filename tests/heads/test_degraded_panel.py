@@ -107,7 +107,7 @@ def world(tmp_path_factory):
     types = data.obs["cell_type"].astype(str)
     data.obs["cell_type"] = types.map(hostile).to_numpy()
     cfg = load_config(None, ["model.rna_hidden=[16]", "model.prot_hidden=[8]", "model.embed_dim=8"])
-    plain = {**cfg["preprocess"], "n_hvg": 0, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+    plain = {**{k: v for k, v in cfg["preprocess"].items() if k != "genes"}, "n_hvg": 0, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
     state = fit_preprocessing(data.rna, data.prot, data.gene_names, data.protein_names, **plain)
     torch.manual_seed(0)
     model = build_model(len(state.genes), len(state.proteins), cfg["model"], cfg["train"])

@@ -68,7 +68,7 @@ def tiny_model(tmp_path_factory):
     tr = (split == "train").to_numpy()
     cfg = load_config(None, ["model.rna_hidden=[32]", "model.prot_hidden=[16]", "model.embed_dim=16"])
     # the plain model input (scaled genes: no PCs, protein genes or depth features), 100 HVGs
-    plain = {**cfg["preprocess"], "n_hvg": 100, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+    plain = {**{k: v for k, v in cfg["preprocess"].items() if k != "genes"}, "n_hvg": 100, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
     state = fit_preprocessing(data.rna[tr], data.prot[tr], data.gene_names, data.protein_names, **plain)
     torch.manual_seed(0)
     model = build_model(len(state.genes), len(state.proteins), cfg["model"], cfg["train"])

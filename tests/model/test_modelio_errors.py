@@ -39,7 +39,7 @@ def build_tiny_model(root: Path, n_cells: int = 120) -> tuple[Path, Path]:
     section = {**cfg["preprocess"], "n_hvg": 0, "n_pcs": 6, "protein_genes": 2, "depth_features": True}
     accepted = inspect.signature(fit_preprocessing).parameters
     state = fit_preprocessing(data.rna[tr], data.prot[tr], data.gene_names, data.protein_names,
-                              **{k: v for k, v in section.items() if k in accepted})
+                              **{k: v for k, v in section.items() if k in accepted and k != "genes"})
     pre = TorchPreprocessor(state)
     torch.manual_seed(0)
     model = build_model(pre.rna_dim, pre.prot_dim, cfg["model"], cfg["train"])

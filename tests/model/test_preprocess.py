@@ -25,7 +25,7 @@ from omicsclip.model.preprocess import (
 )
 
 # the config's preprocess section with the plain model input (the scaled genes: no PCs, protein genes or depth)
-PLAIN = {**default_config()["preprocess"], "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+PLAIN = {**{k: v for k, v in default_config()["preprocess"].items() if k != "genes"}, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
 
 
 def fit(rna, prot, genes, proteins, **kw):
@@ -332,5 +332,8 @@ def test_fit_preprocessing_takes_every_setting_from_the_config_section():
 
     params = inspect.signature(fit_preprocessing).parameters
     keyword = {name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert keyword == set(default_config()["preprocess"])
-    assert all(params[name].default is inspect.Parameter.empty for name in keyword)
+    # preprocess.genes (a list, a file, or --genes-from) is resolved by the training run into library_genes;
+    # panels come from the store, not the config
+    from_store = {"library_genes", "panels"}
+    assert keyword - from_store == set(default_config()["preprocess"]) - {"genes"}
+    assert all(params[name].default is inspect.Parameter.empty for name in keyword - from_store)

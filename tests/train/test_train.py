@@ -25,7 +25,7 @@ from omicsclip.train.trainer import TrainSettings, WarmupCosine
 from omicsclip.train.validation import EarlyStopping, retrieval_scores
 
 # the config's preprocess section with the plain model input (the scaled genes: no PCs, protein genes or depth)
-PLAIN = {**default_config()["preprocess"], "n_pcs": 0, "protein_genes": 0, "depth_features": False}
+PLAIN = {**{k: v for k, v in default_config()["preprocess"].items() if k != "genes"}, "n_pcs": 0, "protein_genes": 0, "depth_features": False}
 
 
 def fit(rna, prot, genes, proteins, **kw):

@@ -1,0 +1,95 @@
+"""Gene sets shared across datasets: ``preprocess.genes`` and ``omicsclip train --genes-from``.
+
+A reference meant to map other labs' cells must be trained on genes those cells have. ``preprocess.genes`` names
+them (a list, or a file with one gene per line); ``--genes-from`` reads the gene names of one or more inputs or
+stores (no counts are loaded) and keeps the genes of the training store that every one of them has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from omicsclip.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def gene_names_of(path: str | Path, *, fmt: str = "auto") -> list[str]:
+    """Return the gene names of an input (any format ``omicsclip ingest`` reads) or of a paired store.
+
+    Only names are read, not counts. Duplicate names are suffixed the way AnnData does, as ingest would with
+    ``--make-unique``.
+    """
+    from omicsclip.io.readers import open_input
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found (--genes-from)")
+    with open_input([path], fmt, require="any", pairing="intersect", make_unique=True,
+                    allow_normalized=True) as src:
+        if src.genes is None or len(src.genes) == 0:
+            raise InputError(f"{path}: has no RNA genes to take a gene set from")
+        return [str(g) for g in src.genes]
+
+
+def read_gene_list(path: str | Path) -> list[str]:
+    """Read a gene list file: one gene per line; blank lines and ``#`` comments are ignored."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"preprocess.genes: cannot read gene list {path} ({exc.__class__.__name__})") from None
+    genes = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    genes = [g for g in genes if g]
+    if not genes:
+        raise InputError(f"preprocess.genes: gene list {path} is empty")
+    return genes
+
+
+def resolve_genes(spec: str | Sequence[str] | None, store_genes: Sequence[str],
+                  genes_from: Sequence[str | Path] = ()) -> list[str] | None:
+    """Return the genes the model may use, in store order, or ``None`` for all of the store's genes.
+
+    Parameters
+    ----------
+    spec
+        ``preprocess.genes``: a list of genes, a path to a gene list file, or empty (no restriction).
+    store_genes
+        The training store's genes.
+    genes_from
+        Inputs or stores whose genes the model must share (``--genes-from``).
+
+    Raises
+    ------
+    InputError
+        An empty result, or a gene list whose genes are mostly not in the store (a likely mix-up of gene IDs and
+        symbols).
+    """
+    store_genes = [str(g) for g in store_genes]
+    keep = set(store_genes)
+    restricted = False
+    if isinstance(spec, str | Path) and str(spec):
+        spec = read_gene_list(spec)
+    if spec:
+        wanted = {str(g) for g in spec}
+        found = wanted & keep
+        if len(found) < 0.5 * len(wanted):
+            raise InputError(f"preprocess.genes: only {len(found)} of its {len(wanted)} genes are in the training "
+                             f"store (e.g. {', '.join(sorted(wanted - keep)[:3])}); are they the same kind of ID?")
+        if len(found) < len(wanted):
+            log.warning("preprocess.genes: %d of its %d genes are not in the training store",
+                        len(wanted) - len(found), len(wanted))
+        keep, restricted = found, True
+    for path in genes_from:
+        names = set(gene_names_of(path))
+        before = len(keep)
+        keep &= names
+        restricted = True
+        log.info("--genes-from %s: %d genes, %d of %d shared", path, len(names), len(keep), before)
+    if not restricted:
+        return None
+    if not keep:
+        raise InputError("no gene is shared by the training store and preprocess.genes / --genes-from")
+    return [g for g in store_genes if g in keep]

@@ -1,0 +1,132 @@
+"""Pool paired stores from several datasets (labs, chemistries, antibody panels) into one store.
+
+The pooled store holds the genes every dataset measured (their intersection, or ``preprocess.genes``-style a
+given list) and the *union* of the protein panels. Protein counts outside a cell's own panel are stored as 0 and
+recorded as unmeasured (:mod:`omicsclip.io.panels`: obs column ``dataset``, ``uns["panels"]``), so training,
+embedding, indexing and evaluation leave them out instead of reading them as zero counts. Barcodes become
+``<barcode>-<dataset>`` (AnnData's ``concat(index_unique="-")``), so cells of different datasets never collide.
+
+Everything else downstream (split, train, embed, index, query, finetune, evaluate) takes the pooled store like any
+other; ``train.batch_key: dataset`` draws each training batch within one dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from omicsclip.errors import InputError
+from omicsclip.io.panels import DATASET_COLUMN, PANELS_KEY, panels_of
+from omicsclip.io.store import StoreWriter, iter_store, store_info
+
+log = logging.getLogger(__name__)
+
+
+def dataset_names(stores: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """Return one name per store: ``names`` if given, else each store's folder name without ``.zarr``.
+
+    Stores all named ``store.zarr`` (the workflow's layout: ``<results>/<dataset>/store.zarr``) take their parent
+    folder's name.
+    """
+    paths = [Path(s) for s in stores]
+    if names is not None:
+        out = [str(n) for n in names]
+        if len(out) != len(paths):
+            raise InputError(f"pool: {len(out)} dataset names for {len(paths)} stores")
+    else:
+        out = [p.name.removesuffix(".zarr") for p in paths]
+        if len(set(out)) < len(out):
+            out = [p.resolve().parent.name for p in paths]
+    if len(set(out)) < len(out) or any(not n or "/" in n for n in out):
+        raise InputError(f"pool: dataset names must be unique and non-empty ({', '.join(out)}); pass --names")
+    return out
+
+
+def _pooled_obs(infos: list[dict], names: list[str]) -> pd.DataFrame:
+    frames = []
+    for info, name in zip(infos, names, strict=True):
+        obs = info["obs"].copy()
+        obs.index = obs.index.astype(str) + "-" + name
+        obs[DATASET_COLUMN] = name
+        frames.append(obs)
+    obs = pd.concat(frames, axis=0, join="outer")
+    for col in obs.columns:  # a column some datasets lack: categorical with NaN there, never the string "nan"
+        if obs[col].dtype == object or isinstance(obs[col].dtype, pd.CategoricalDtype):
+            obs[col] = pd.Categorical(obs[col].astype(object).where(obs[col].notna(), None))
+    return obs
+
+
+def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
+                genes: Sequence[str] | None = None, overwrite: bool = False, chunk_cells: int = 10_000) -> Path:
+    """Write one store holding the cells of several paired stores.
+
+    Parameters
+    ----------
+    stores
+        Two or more paired stores (``omicsclip ingest``), protein names harmonised by ingest.
+    out
+        The pooled store to create.
+    names
+        Dataset names (obs ``dataset``, barcode suffix); default from the store paths (:func:`dataset_names`).
+    genes
+        The genes to keep (e.g. those shared with the datasets you will query); they must be in every store.
+        Default: the genes all stores share, in the first store's order.
+    overwrite
+        Replace an existing ``out``.
+    chunk_cells
+        Cells copied at a time (bounded memory).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    if len(stores) < 2:
+        raise InputError("pool: give two or more stores")
+    names = dataset_names(stores, names)
+    infos = [store_info(s) for s in stores]
+    for s, info in zip(stores, infos, strict=True):
+        if panels_of(info["uns"]) is not None:
+            raise InputError(f"{s}: is already a pooled store; pool its source stores instead")
+        if DATASET_COLUMN in info["obs"].columns:
+            raise InputError(f"{s}: obs already has a {DATASET_COLUMN!r} column; rename it before pooling")
+    gene_lists = [[str(g) for g in info["genes"].index] for info in infos]
+    shared = set(gene_lists[0]).intersection(*gene_lists[1:])
+    if genes is not None:
+        lacking = [g for g in genes if str(g) not in shared]
+        if lacking:
+            raise InputError(f"pool: {len(lacking)} of the given genes are not in every store "
+                             f"(e.g. {', '.join(map(str, lacking[:3]))})")
+        keep = [str(g) for g in genes]
+    else:
+        keep = [g for g in gene_lists[0] if g in shared]
+    if not keep:
+        raise InputError("pool: the stores share no gene")
+    proteins = list(dict.fromkeys(str(p) for info in infos for p in info["proteins"].index))
+    panels = {n: [str(p) for p in info["proteins"].index] for n, info in zip(names, infos, strict=True)}
+    obs = _pooled_obs(infos, names)
+    for name, gl in zip(names, gene_lists, strict=True):
+        log.info("pool: %s: %d cells, %d of %d genes kept, %d proteins", name, len(obs[obs[DATASET_COLUMN] == name]),
+                 len(keep), len(gl), len(panels[name]))
+    log.info("pool: %d cells, %d shared genes, %d proteins in the union panel", len(obs), len(keep), len(proteins))
+    prot_index = pd.Index(proteins)
+    with StoreWriter(out, genes=pd.DataFrame(index=pd.Index(keep)), proteins=pd.DataFrame(index=prot_index),
+                     overwrite=overwrite) as w:
+        offset = 0
+        for store, gl, info in zip(stores, gene_lists, infos, strict=True):
+            gpos = pd.Index(gl).get_indexer(keep)
+            ppos = prot_index.get_indexer([str(p) for p in info["proteins"].index])
+            for rna, prot, sl in iter_store(store, chunk_cells):
+                p = np.zeros((prot.shape[0], len(proteins)), np.float32)
+                p[:, ppos] = prot
+                w.append(sp.csr_matrix(rna[:, gpos]), p, obs.iloc[offset + sl.start : offset + sl.stop])
+            offset += len(info["obs"])
+        sources = [{"name": n, "path": str(Path(s).resolve()), "n_cells": len(i["obs"]),
+                    "n_genes": len(gl), "n_proteins": len(panels[n])}
+                   for n, s, i, gl in zip(names, stores, infos, gene_lists, strict=True)]
+        return w.close(uns={PANELS_KEY: panels, "pooled_from": sources})

@@ -1,0 +1,103 @@
+"""Pooled stores (several datasets, different antibody panels and gene sets) and shared gene sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from omicsclip.errors import InputError
+from omicsclip.io.genesets import read_gene_list, resolve_genes
+from omicsclip.io.panels import DATASET_COLUMN, panels_of, protein_present, store_present
+from omicsclip.io.pool import dataset_names, pool_stores
+from omicsclip.io.store import iter_store, read_store, store_info, write_store
+from omicsclip.io.synthetic import make_synthetic
+
+
+def two_labs(tmp_path, n=240):
+    """Two stores of one synthetic population: lab A has proteins 0-13 and all genes, lab B proteins 6-19 and
+    genes 10 onwards, with a barcode in common."""
+    d = make_synthetic(n_cells=2 * n, n_genes=80, n_proteins=20, n_types=4, seed=3)
+    a, b = d.subset(np.arange(n)), d.subset(np.arange(n, 2 * n))
+    a.prot, a.proteins = a.prot[:, :14], a.proteins.iloc[:14]
+    b.prot, b.proteins = b.prot[:, 6:], b.proteins.iloc[6:]
+    b.rna, b.genes = b.rna[:, 10:], b.genes.iloc[10:]
+    b.obs = b.obs.rename(index={b.obs.index[0]: a.obs.index[0]})  # the same barcode in both labs
+    b.obs = b.obs.drop(columns=["cell_type"])  # an unlabelled lab
+    return write_store(a, tmp_path / "labA.zarr"), write_store(b, tmp_path / "labB.zarr"), d
+
+
+def test_pool_keeps_shared_genes_union_panel_and_marks_unmeasured_proteins(tmp_path):
+    sa, sb, d = two_labs(tmp_path)
+    out = pool_stores([sa, sb], tmp_path / "pooled.zarr")
+    info = store_info(out)
+    assert list(info["genes"].index) == list(d.genes.index[10:])
+    assert list(info["proteins"].index) == list(d.proteins.index)  # union, first-seen order
+    obs = info["obs"]
+    assert obs.index.is_unique  # the shared barcode got a per-dataset suffix
+    assert obs.index[0].endswith("-labA")
+    assert obs[DATASET_COLUMN].value_counts().to_dict() == {"labA": 240, "labB": 240}
+    assert obs["cell_type"].isna().sum() == 240  # the unlabelled lab: missing, not the string "nan"
+    panels = panels_of(info["uns"])
+    assert panels["labA"] == list(d.proteins.index[:14])
+    present = store_present(info)
+    assert present[:240, :14].all()
+    assert not present[:240, 14:].any()
+    assert present[240:, 6:].all()
+    assert not present[240:, :6].any()
+    data = read_store(out)
+    assert np.isnan(data.prot[:240, 14:]).all()
+    assert np.array_equal(data.prot[240:, 6:], d.prot[240:, 6:])
+    assert np.array_equal(data.rna.toarray(), d.rna[:, 10:].toarray())
+    chunks = list(iter_store(out, chunk_cells=100))
+    assert np.array_equal(np.isnan(np.concatenate([c[1] for c in chunks])), ~present)
+
+
+def test_pool_refusals_are_one_line(tmp_path):
+    sa, sb, _ = two_labs(tmp_path)
+    with pytest.raises(InputError, match="two or more"):
+        pool_stores([sa], tmp_path / "p.zarr")
+    with pytest.raises(InputError, match="unique"):
+        pool_stores([sa, sb], tmp_path / "p.zarr", names=["x", "x"])
+    with pytest.raises(InputError, match="not in every store"):
+        pool_stores([sa, sb], tmp_path / "p.zarr", genes=[store_info(sa)["genes"].index[0]])
+    pooled = pool_stores([sa, sb], tmp_path / "p.zarr")
+    with pytest.raises(InputError, match="already a pooled store"):
+        pool_stores([pooled, sa], tmp_path / "q.zarr")
+    assert not (tmp_path / "q.zarr").exists()
+
+
+def test_dataset_names_from_paths(tmp_path):
+    assert dataset_names(["a/x.zarr", "b/y.zarr"]) == ["x", "y"]
+    assert dataset_names([tmp_path / "pbmc" / "store.zarr", tmp_path / "brem" / "store.zarr"]) == ["pbmc", "brem"]
+
+
+def test_protein_present_checks_its_inputs():
+    obs = pd.DataFrame({DATASET_COLUMN: ["a", "b", "a"]}, index=["1", "2", "3"])
+    mask = protein_present(obs, ["P1", "P2"], {"a": ["P1"], "b": ["P1", "P2"]})
+    assert mask.tolist() == [[True, False], [True, True], [True, False]]
+    assert protein_present(obs, ["P1", "P2"], {"a": ["P1", "P2"], "b": ["P2", "P1"]}) is None
+    assert protein_present(obs, ["P1"], None) is None
+    with pytest.raises(InputError, match="no protein panel"):
+        protein_present(obs, ["P1"], {"a": ["P1"]})
+    with pytest.raises(InputError, match="lacks"):
+        protein_present(obs, ["P1"], {"a": ["P1", "P9"], "b": ["P1"]})
+
+
+def test_resolve_genes_from_list_file_and_inputs(tmp_path):
+    store_genes = [f"G{i}" for i in range(10)]
+    assert resolve_genes([], store_genes) is None
+    assert resolve_genes(["G3", "G1", "G2", "X"], store_genes) == ["G1", "G2", "G3"]  # store order
+    f = tmp_path / "genes.txt"
+    f.write_text("# shared genes\nG5\n\nG6  # a comment\n")
+    assert read_gene_list(f) == ["G5", "G6"]
+    assert resolve_genes(str(f), store_genes) == ["G5", "G6"]
+    with pytest.raises(InputError, match="same kind of ID"):
+        resolve_genes(["ENSG1", "ENSG2", "G1"], store_genes)
+    d = make_synthetic(n_cells=50, n_genes=30, n_proteins=4, seed=1)
+    d.rna, d.genes = d.rna[:, 5:], d.genes.iloc[5:]
+    query = write_store(d, tmp_path / "query.zarr")
+    all_genes = [str(g) for g in make_synthetic(n_cells=5, n_genes=30, n_proteins=4, seed=1).genes.index]
+    assert resolve_genes(None, all_genes, [query]) == all_genes[5:]
+    with pytest.raises(InputError, match="not found"):
+        resolve_genes(None, all_genes, [tmp_path / "nope.h5ad"])

@@ -1,0 +1,176 @@
+"""Training across datasets: per-cell protein panels, panel and gene masking, batches within one dataset,
+shared gene sets, and a pooled reference trained and evaluated end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from conftest import TINY
+
+from omicsclip.config import default_config, load_config
+from omicsclip.errors import InputError
+from omicsclip.io.store import write_store
+from omicsclip.io.synthetic import make_synthetic
+from omicsclip.model.alignment import align_proteins, align_rna
+from omicsclip.model.batchops import Augmentation, CountTransform, RawBatch, model_inputs
+from omicsclip.model.modelio import load_model
+from omicsclip.model.preprocess import fit_preprocessing
+from omicsclip.train.data import grouped_order
+from omicsclip.train.run import prepare_training_store, train_model
+
+PLAIN = {**{k: v for k, v in default_config()["preprocess"].items() if k != "genes"}, "n_hvg": 0, "n_pcs": 0,
+         "protein_genes": 0, "depth_features": True}
+
+
+def transform(n_proteins: int = 4) -> CountTransform:
+    g = torch.Generator().manual_seed(0)
+    return CountTransform(n_genes=3, target_sum=1e4, max_value=10.0, prot_mean=torch.rand(n_proteins, generator=g),
+                          prot_std=torch.rand(n_proteins, generator=g) + 0.5, n_proteins=n_proteins,
+                          depth=(0.0, 1.0, 0.0, 1.0))
+
+
+def test_per_cell_protein_mask_equals_each_cells_own_panel():
+    t = transform()
+    counts = torch.tensor([[5.0, 0.0, 7.0, 3.0], [1.0, 9.0, 0.0, 4.0]])
+    masks = torch.tensor([[True, False, True, True], [False, True, True, True]])
+    both = t.prot(counts, masks)
+    for i in range(2):
+        assert torch.allclose(both[i], t.prot(counts[i : i + 1], masks[i])[0])
+    assert both[0, 1] == 0.0  # an unmeasured protein's input is the training mean
+    assert both[1, 0] == 0.0
+
+
+def batch_with(prot: torch.Tensor) -> RawBatch:
+    n = prot.shape[0]
+    row = torch.arange(n).repeat_interleave(2)
+    return RawBatch(n=n, row=row, col=torch.tensor([0, 2] * n), val=torch.full((2 * n,), 3.0),
+                    other=torch.full((n,), 100.0), prot=prot)
+
+
+def test_unmeasured_proteins_nan_are_left_out_of_training_inputs():
+    t = transform()
+    prot = torch.tensor([[5.0, float("nan"), 7.0, 3.0], [1.0, 9.0, 2.0, 4.0]])
+    _, x = model_inputs(batch_with(prot), t)
+    assert torch.isfinite(x).all()
+    expect = t.prot(torch.nan_to_num(prot), ~torch.isnan(prot))
+    assert torch.allclose(x, expect)
+    aug = Augmentation(thinning=0.5, prot_feature_dropout=0.3)
+    _, xa = model_inputs(batch_with(prot), t, aug, torch.Generator().manual_seed(1))
+    assert torch.isfinite(xa).all()
+    assert xa[0, 1] == 0.0
+
+
+def test_panel_masking_recomputes_the_clr_over_the_kept_proteins():
+    t = transform()
+    prot = torch.tensor([[50.0, 1.0, 7.0, 30.0]] * 64)
+    _, x = model_inputs(batch_with(prot), t, Augmentation(prot_feature_dropout=0.5), torch.Generator().manual_seed(2))
+    dropped = x[:, :4] == 0
+    assert dropped.any()
+    assert (~dropped).any()
+    i = int(torch.nonzero(dropped.any(1))[0])
+    keep = ~dropped[i]
+    assert torch.allclose(x[i], t.prot(prot[i : i + 1], keep)[0], atol=1e-6)
+
+
+def test_gene_masking_masks_one_gene_subset_per_batch():
+    n_genes = 200
+    t = CountTransform(n_genes=n_genes, target_sum=1e4, max_value=10.0, rna_mean=torch.full((n_genes,), 0.5),
+                       rna_std=torch.ones(n_genes), n_proteins=1)
+    n = 32
+    rna = sp.random(n, n_genes, density=0.5, format="csr", random_state=0, dtype=np.float32)
+    rna.data[:] = 2.0
+    coo = rna.tocoo()
+    batch = RawBatch(n=n, row=torch.as_tensor(coo.row, dtype=torch.int64), col=torch.as_tensor(coo.col, dtype=torch.int64),
+                     val=torch.as_tensor(coo.data), other=torch.zeros(n), prot=torch.ones(n, 1))
+    x, _ = model_inputs(batch, t, Augmentation(gene_masking=0.5), torch.Generator().manual_seed(0))
+    zero_cols = (x == 0).all(0)
+    assert 0 < int(zero_cols.sum()) <= 0.5 * n_genes + 20  # one subset, the same for every cell
+    x_plain, _ = model_inputs(batch, t)
+    assert torch.equal(x[:, ~zero_cols], x_plain[:, ~zero_cols])
+
+
+def test_grouped_order_draws_every_batch_within_one_group():
+    groups = np.array([0] * 70 + [1] * 45 + [2] * 10)
+    order = grouped_order(groups, 16, seed=0, epoch=3)
+    assert order.size == (70 // 16 + 45 // 16) * 16  # group 2 is smaller than a batch
+    for b in order.reshape(-1, 16):
+        assert np.unique(groups[b]).size == 1
+    assert np.array_equal(order, grouped_order(groups, 16, seed=0, epoch=3))
+    assert not np.array_equal(order, grouped_order(groups, 16, seed=0, epoch=4))
+    assert np.unique(order).size == order.size
+
+
+def test_fit_with_unmeasured_proteins_uses_measured_cells_only():
+    d = make_synthetic(n_cells=200, n_genes=50, n_proteins=5, seed=0)
+    prot = d.prot.copy()
+    prot[:100, 4] = np.nan
+    state = fit_preprocessing(d.rna, prot, d.gene_names, d.protein_names, **PLAIN, panels=[d.protein_names[:4],
+                                                                                          d.protein_names])
+    lp = np.log1p(d.prot[100:].astype(np.float64))
+    own = lp[:, 4] - lp.mean(1)
+    assert state.prot_mean[4] == pytest.approx(own.mean(), rel=1e-4)
+    assert np.isfinite(state.depth).all()
+    # a query with the first panel only is within the limit against that panel (not against the union)
+    _, present, report = align_proteins(d.prot[:, :4], d.protein_names[:4], state)
+    assert report.n_missing == 1
+    assert present.tolist() == [True] * 4 + [False]
+
+
+def test_library_genes_restrict_the_model_and_its_library_sizes():
+    d = make_synthetic(n_cells=150, n_genes=60, n_proteins=4, seed=0)
+    shared = d.gene_names[10:]
+    state = fit_preprocessing(d.rna, d.prot, d.gene_names, d.protein_names, **PLAIN, library_genes=shared)
+    assert set(state.genes) <= set(shared)
+    assert state.library_genes == shared
+    _, lib_full, _ = align_rna(d.rna, d.gene_names, state)  # the reference, with every gene
+    _, lib_cut, _ = align_rna(d.rna[:, 10:], shared, state)  # a query that has the shared genes only
+    assert np.allclose(lib_full, lib_cut)
+    assert np.allclose(lib_cut, np.asarray(d.rna[:, 10:].sum(1)).ravel())
+
+
+def test_refusal_of_a_query_missing_genes_says_how_to_train_a_model_that_fits():
+    d = make_synthetic(n_cells=100, n_genes=60, n_proteins=4, seed=0)
+    state = fit_preprocessing(d.rna, d.prot, d.gene_names, d.protein_names, **PLAIN)
+    with pytest.raises(InputError, match="--genes-from") as err:
+        align_rna(d.rna[:, :20], d.gene_names[:20], state)
+    assert "\n" not in str(err.value)
+
+
+def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
+    from omicsclip.evaluation.evaluate import evaluate
+
+    d = make_synthetic(n_cells=600, n_genes=80, n_proteins=10, n_types=4, seed=5)
+    a, b = d.subset(np.arange(300)), d.subset(np.arange(300, 600))
+    a.prot, a.proteins = a.prot[:, :7], a.proteins.iloc[:7]
+    b.prot, b.proteins = b.prot[:, 3:], b.proteins.iloc[3:]
+    b.rna, b.genes = b.rna[:, 5:], b.genes.iloc[5:]
+    stores = [write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")]
+    query = write_store(b, tmp_path / "query.zarr")
+    cfg = load_config(None, [*TINY, "train.batch_key=dataset", "train.prot_feature_dropout=0.2",
+                             "train.gene_masking=0.1"])
+    out = tmp_path / "model"
+    store = prepare_training_store(stores, out, cfg, genes_from=[query])
+    assert store == tmp_path / "model.pool.zarr"
+    assert cfg["preprocess"]["genes"] == list(b.gene_names)
+    train_model(store, out, cfg)
+    model = load_model(out)
+    assert model.state.panels == [list(a.protein_names), list(b.protein_names)]
+    assert model.state.library_genes == list(b.gene_names)
+    emb = model.embed(rna=b.rna, prot=b.prot, genes=b.gene_names, proteins=b.protein_names)
+    assert np.isfinite(emb["prot"]).all()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log  # it trained
+    with pytest.raises(InputError, match="--dataset"):
+        evaluate(store, out, fewlabel_fraction=0.1, n_pcs=5, label_key="cell_type", impute_k=5,
+                 impute_temperature=0.05, impute_from="same")
+    res = evaluate(store, out, fewlabel_fraction=0.1, n_pcs=5, label_key="cell_type", impute_k=5,
+                   impute_temperature=0.05, impute_from="same", dataset="b")
+    assert res["dataset"] == "b"
+    assert set(res["protein_pearson_per_protein"]["omicsclip"]) == set(b.protein_names)
+    assert 0.0 <= res["methods"]["omicsclip"]["foscttm"] < 0.5
+    # reusing the pooled store of the same sources (a second call, e.g. --resume)
+    assert prepare_training_store(stores, out, cfg) == store
