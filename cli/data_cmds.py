@@ -10,6 +10,10 @@ import typer
 from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
 
 FORMAT_HELP = "auto | 10x-h5 | 10x-mtx | h5ad | h5ad-pair | h5mu | csv (auto: from extension and content)."
+ProteinAliasesOpt = Annotated[Path | None, typer.Option(
+    "--protein-aliases", dir_okay=False,
+    help="TSV/CSV (name, canonical) or YAML mapping of protein names overriding the shipped alias table "
+         "(ingest.protein_aliases).")]
 
 
 @guarded
@@ -55,14 +59,17 @@ def ingest(
         "--make-unique", help="Suffix duplicate feature names (-1, -2) instead of refusing them.")] = False,
     keep_isotypes: Annotated[bool, typer.Option(
         "--keep-isotypes", help="Keep isotype-control antibodies as protein features.")] = False,
+    protein_aliases: ProteinAliasesOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Validate an input and write the paired store (MuData zarr, raw counts, provenance and QC in uns).
 
     Inputs: a Cell Ranger .h5 or filtered_feature_bc_matrix/ folder, an .h5ad with protein in obsm, two .h5ad
-    (RNA, protein), an .h5mu, or two CSV/TSV tables (RNA, protein; optionally .gz). Other options live in the
-    config's ingest section (min_counts_rna, min_counts_prot, isotype_patterns, rna_modality, ...).
+    (RNA, protein), an .h5mu, or two CSV/TSV tables (RNA, protein; optionally .gz). Protein names become
+    canonical (PD-1, PD1 (CD279), CD279_TotalSeqB -> CD279; the input's names stay in the protein var column
+    original_name). Other options live in the config's ingest section (min_counts_rna, min_counts_prot,
+    isotype_patterns, harmonise_proteins, rna_modality, ...).
 
     Examples
     --------
@@ -73,13 +80,16 @@ def ingest(
         omicsclip ingest rna.csv.gz adt.csv.gz --genes-in-rows --pairing intersect --out cells.zarr
 
         omicsclip ingest cells.h5mu --out cells.zarr --set ingest.prot_modality=adt --set ingest.min_counts_rna=500
+
+        omicsclip ingest other_lab.h5ad --out other_lab.zarr --protein-aliases our_panel_names.tsv
     """
     from omicsclip.io.ingest import ingest_from_config
 
     section = load_cfg(config, set_)["ingest"]
     path = ingest_from_config(inputs, out, section, fmt=fmt, overwrite=overwrite, pairing=pairing,
                               allow_normalized=allow_normalized or None, genes_in_rows=genes_in_rows or None,
-                              make_unique=make_unique or None, keep_isotypes=keep_isotypes or None)
+                              make_unique=make_unique or None, keep_isotypes=keep_isotypes or None,
+                              protein_aliases=str(protein_aliases) if protein_aliases else None)
     typer.echo(str(path))
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from omicsclip.cli._common import ConfigOpt, SetOpt, guarded, load_cfg
+from omicsclip.cli.data_cmds import ProteinAliasesOpt
 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
@@ -64,6 +65,7 @@ def query(
     make_unique: Annotated[bool, typer.Option(
         "--make-unique", help="Suffix duplicate feature names (-1, -2) instead of refusing them.")] = False,
     no_tsv: Annotated[bool, typer.Option("--no-tsv", help="Skip neighbours.tsv (parquet only).")] = False,
+    protein_aliases: ProteinAliasesOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
@@ -73,7 +75,9 @@ def query(
     Every query modality searches both indices (RNA -> protein, protein -> RNA and the same-modality
     direction). RESULTS_DIR gets neighbours.parquet/.tsv (query_id, query_modality, index_modality, rank,
     reference_id, similarity), imputed_protein.h5ad for RNA-only queries (CLR, with per-cell confidence),
-    labels.tsv when the reference has labels, and summary.json. Cells are streamed in chunks
+    labels.tsv when the reference has labels (evaluate.ignore_labels are never transferred), mapping.tsv
+    (per cell: mapping_score, low for cells unlike any reference cell, and out_of_reference at
+    query.ood_alpha), and summary.json. Cells are streamed in chunks
     (query.chunk_cells), so inputs larger than memory work.
 
     Examples
@@ -83,13 +87,17 @@ def query(
         omicsclip query filtered_feature_bc_matrix.h5 -m models/pbmc10k -i pbmc10k_index -o res --k 20
 
         omicsclip query adt_counts.csv --modality prot -m models/pbmc10k -i pbmc10k_index -o res_prot
+
+        omicsclip query other_lab.h5ad -m models/pbmc10k -i pbmc10k_index -o res --protein-aliases names.tsv
     """
     from omicsclip.index.query import run_query
 
     cfg = load_cfg(config, (set_ or []) + (["ingest.make_unique=true"] if make_unique else []))
+    if protein_aliases:  # a path, not a --set value: no YAML parsing of its characters
+        cfg["ingest"]["protein_aliases"] = str(protein_aliases)
     s = run_query(inputs, model, index, out, k=k, section=cfg["query"], fmt=fmt, modality=modality,
                   ingest=cfg["ingest"], device=cfg["query"]["device"], use_gpu=cfg["index"]["use_gpu"],
-                  tsv=not no_tsv, overwrite=overwrite)
+                  ignore_labels=cfg["evaluate"]["ignore_labels"], tsv=not no_tsv, overwrite=overwrite)
     typer.echo(f"{out}: {s['n_query_cells']} cells ({'+'.join(s['query_modalities'])}), directions "
                f"{', '.join(s['directions'])}; {', '.join(s['files'])}")
 

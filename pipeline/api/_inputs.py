@@ -64,7 +64,7 @@ def is_path_input(data: Any) -> bool:
 
 
 def open_data(data: Any, *, ingest: Mapping[str, Any], require: str = "both", modality: str | None = None,
-              fmt: str = "auto", **options: Any) -> Any:
+              fmt: str = "auto", model_proteins: Sequence[str] | None = None, **options: Any) -> Any:
     """Open data in any supported form as an input source (close it when done).
 
     Parameters
@@ -73,13 +73,18 @@ def open_data(data: Any, *, ingest: Mapping[str, Any], require: str = "both", mo
         A path or two (any ingest format, or a paired store ``.zarr``), a MuData, an AnnData (protein in
         ``obsm``, or one modality), or an ``(rna, prot)`` pair of AnnData.
     ingest
-        The ``ingest:`` config section (reader options: modality names, protein key, layer, isotypes, pairing).
+        The ``ingest:`` config section (reader options: modality names, protein key, layer, isotypes, pairing,
+        ``harmonise_proteins`` and ``protein_aliases``: canonical protein names, as ingest gives a store).
     require
         ``both`` (RNA and protein) or ``any`` (one modality is enough).
     modality
         What a single-modality input holds: ``rna`` or ``prot`` (default: detect).
     fmt
         File format for path inputs (see :func:`omicsclip.io.readers.open_input`).
+    model_proteins
+        A model's protein names: the data's proteins are renamed to them where both have the same canonical
+        name (:meth:`~omicsclip.io.readers.InputSource.match_proteins`; models trained before harmonisation
+        keep their panel's names).
     **options
         Reader options that win over the ``ingest`` section (e.g. ``layer="counts"``, ``protein_key="adt"``).
 
@@ -93,11 +98,19 @@ def open_data(data: Any, *, ingest: Mapping[str, Any], require: str = "both", mo
     opts = {**reader_options(ingest), **{k: v for k, v in options.items() if v is not None}}
     if is_path_input(data):
         paths = [data] if isinstance(data, str | Path) else list(data)
-        return open_input(paths, fmt, require=require, modality=modality, **opts)
-    from omicsclip.io.anndata_input import open_anndata
+        src = open_input(paths, fmt, require=require, modality=modality, **opts)
+    else:
+        from omicsclip.io.anndata_input import open_anndata
 
-    opts = {k: v for k, v in opts.items() if k not in _FILE_ONLY}
-    return open_anndata(data, require=require, modality=modality, **opts)
+        opts = {k: v for k, v in opts.items() if k not in _FILE_ONLY}
+        src = open_anndata(data, require=require, modality=modality, **opts)
+    if model_proteins is not None and opts.get("harmonise_proteins"):
+        try:
+            src.match_proteins(model_proteins, opts.get("protein_aliases"))
+        except BaseException:
+            src.close()
+            raise
+    return src
 
 
 @contextmanager

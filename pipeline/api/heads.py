@@ -124,7 +124,8 @@ class Head:
         from omicsclip.heads.predict import iter_predictions
 
         cfg = resolve_config(config)
-        with opened(data, ingest=cfg["ingest"], require="any", modality=modality, **options) as src:
+        with opened(data, ingest=cfg["ingest"], require="any", modality=modality,
+                    model_proteins=self.model.trained.proteins, **options) as src:
             frames = list(iter_predictions(src, self.model.trained, self.head, self.meta,
                                            chunk_cells=int(cfg["query"]["chunk_cells"]), head_name=str(self.path or "<in memory>")))
         df = pd.concat(frames, ignore_index=True).set_index("barcode")

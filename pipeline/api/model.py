@@ -221,7 +221,8 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
     kw = {} if batch_size is None else {"batch_size": int(batch_size)}
     parts: dict[str, list[np.ndarray]] = {"rna": [], "prot": []}
     obs, prot = [], []
-    with opened(data, ingest=cfg["ingest"], require=require, modality=modality, **options) as src:
+    with opened(data, ingest=cfg["ingest"], require=require, modality=modality, model_proteins=model.proteins,
+                **options) as src:
         barcodes = pd.Index(src.barcodes).astype(str)
         col = None
         if with_protein and src.proteins is not None:

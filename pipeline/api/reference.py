@@ -94,7 +94,7 @@ class Reference:
         modality
             What a single-modality input holds (``rna`` or ``prot``; default: detect).
         config
-            Settings (``query`` and ``ingest`` sections); see :func:`omicsclip.api.train_model`.
+            Settings (``query``, ``ingest`` and ``evaluate.ignore_labels``); see :func:`omicsclip.api.train_model`.
         **options
             Reader options, e.g. ``layer="counts"``.
 
@@ -103,8 +103,12 @@ class Reference:
         anndata.AnnData
             One row per query cell (obs names = barcodes). ``X``: imputed CLR protein (var names = the
             reference's proteins; zero columns when nothing was imputed). ``obs``: ``confidence`` and
-            ``top_similarity`` of the imputation; per label key, the transferred label (e.g. ``cell_type``),
-            ``<key>_vote_fraction`` and ``<key>_fraction_<class>``. ``uns["neighbours"]``: one row per (cell,
+            ``top_similarity`` of the imputation; per label key, the transferred label (e.g. ``cell_type``;
+            empty when no neighbour votes: reference cells labelled ``evaluate.ignore_labels`` never do),
+            ``<key>_vote_fraction`` and ``<key>_fraction_<class>``; ``mapping_similarity``, ``mapping_score``
+            (in (0, 1], low for cells unlike any reference cell, e.g. of a type the reference lacks; see
+            :mod:`omicsclip.index.mapping_score`) and ``out_of_reference`` (``mapping_score <= query.ood_alpha``),
+            absent for an index built before omicsclip wrote the mapping calibration. ``uns["neighbours"]``: one row per (cell,
             direction, rank) with ``query_id, query_modality, index_modality, rank, reference_id,
             similarity``; ``uns["omicsclip_query"]``: the summary.
         """
@@ -116,7 +120,7 @@ class Reference:
         with opened(data, ingest=cfg["ingest"], require="any", modality=modality, **options) as src:
             barcodes = pd.Index(src.barcodes).astype(str)
             res = query(src, self.model.trained, self.index, k=k, section=cfg["query"],
-                        use_gpu=cfg["index"]["use_gpu"])
+                        use_gpu=cfg["index"]["use_gpu"], ignore_labels=cfg["evaluate"]["ignore_labels"])
         obs = pd.DataFrame(index=barcodes)
         if res.imputed is not None:
             imp = res.imputed
@@ -132,6 +136,9 @@ class Reference:
             lab.index = lab.index.astype(str)
             for col in lab.columns:
                 obs[col] = lab[col].to_numpy()
+        if res.cells is not None:
+            for col in ("mapping_similarity", "mapping_score", "out_of_reference"):
+                obs[col] = res.cells[col].to_numpy()
         out = ad.AnnData(X=x, obs=obs, var=var)
         out.uns["neighbours"] = res.neighbours
         out.uns["omicsclip_query"] = res.summary

@@ -261,6 +261,8 @@ def predict_cells(
     n = 0
     with open_input([str(p) for p in inputs], fmt, require="any", modality=modality,
                     **reader_options(reader)) as src, atomic_path(out, overwrite=overwrite) as tmp:
+        if reader_options(reader).get("harmonise_proteins"):
+            src.match_proteins(model.proteins, reader_options(reader).get("protein_aliases"))
         with open(tmp, "w", newline="") as fh:
             for k, df in enumerate(iter_predictions(src, model, head, meta, chunk_cells=chunk_cells,
                                                     head_name=str(head_dir))):

@@ -6,6 +6,7 @@ over a whole input (in memory or streamed to files).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omicsclip.conventions import MODALITIES, is_unlabelled
+from omicsclip.conventions import MODALITIES, label_values
 from omicsclip.errors import InputError
 from omicsclip.index.impute import confidence, impute, neighbour_weights, vote
+from omicsclip.index.mapping_score import neighbour_statistic
 from omicsclip.index.reference import ReferenceIndex
 from omicsclip.io.paired import PairedData
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QuerySettings:
@@ -37,6 +40,12 @@ class QuerySettings:
         index, e.g. RNA -> RNA) or ``cross`` (the other modality, e.g. RNA -> protein).
     chunk_cells
         Query cells per chunk (bounds memory).
+    ood_alpha
+        A cell is flagged ``out_of_reference`` when its ``mapping_score`` is at most this
+        (:mod:`omicsclip.index.mapping_score`).
+    ignore_labels
+        Reference label values never transferred as a class (``evaluate.ignore_labels``): such reference cells
+        do not vote (they still count as neighbours for imputation).
     """
 
     k: int = 10
@@ -44,13 +53,25 @@ class QuerySettings:
     temperature: float = 0.05
     transfer_from: str = "same"
     chunk_cells: int = 20_000
+    ood_alpha: float = 0.01
+    ignore_labels: tuple[str, ...] = ()
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, **overrides: Any) -> QuerySettings:
-        """From a ``query:`` config section; keyword overrides that are not ``None`` win."""
+        """From a ``query:`` config section; keyword overrides that are not ``None`` win.
+
+        ``ignore_labels`` (not a ``query:`` key) defaults to the shipped config's ``evaluate.ignore_labels``.
+        """
         d = {k: v for k, v in dict(section or {}).items() if k in cls.__dataclass_fields__}
         d.update({k: v for k, v in overrides.items() if v is not None})
+        if d.get("ignore_labels") is None:
+            from omicsclip.config import default_config
+
+            d["ignore_labels"] = default_config()["evaluate"]["ignore_labels"]
+        d["ignore_labels"] = tuple(str(v).strip() for v in d["ignore_labels"])
         s = cls(**d)
+        if not 0 < s.ood_alpha < 1:
+            raise InputError(f"query.ood_alpha={s.ood_alpha!r}: expected a number between 0 and 1")
         if s.k < 1 or s.impute_k < 1 or s.chunk_cells < 1:
             raise InputError(f"query: k, impute_k and chunk_cells must be >= 1 (got {s.k}, {s.impute_k}, "
                              f"{s.chunk_cells})")
@@ -69,7 +90,7 @@ class ChunkResult:
     confidence: np.ndarray | None = None
     top_similarity: np.ndarray | None = None
     labels: pd.DataFrame | None = None
-
+    cells: pd.DataFrame | None = None
 
 
 class QueryEngine:
@@ -101,12 +122,15 @@ class QueryEngine:
         self._codes: dict[str, np.ndarray] = {}
         if ref.labels is not None:
             for key in ref.labels.columns:
-                values = ref.labels[key].astype(str).to_numpy()
-                labelled = np.array([not is_unlabelled(v) for v in values], dtype=bool)
+                values = label_values(ref.labels[key].to_numpy(), settings.ignore_labels)  # None: does not vote
+                labelled = np.array([v is not None for v in values], dtype=bool)
                 classes = sorted(set(values[labelled].tolist()))
                 if classes:
                     self._codes[key] = np.where(labelled, pd.Categorical(values, categories=classes).codes, -1)
                     self.label_classes[key] = classes
+        if ref.mapping is None:
+            log.warning("%s: the index has no mapping-score calibration (built before omicsclip wrote one): "
+                        "no mapping_score / out_of_reference; rebuild it with omicsclip index to get them", ref.path)
 
     def transfer_modality(self, query_mod: str) -> str:
         """Return the reference index whose neighbours impute protein and transfer labels for ``query_mod`` queries."""
@@ -122,7 +146,7 @@ class QueryEngine:
         s = self.settings
         frames = []
         primary = "rna" if "rna" in emb else "prot"
-        transfer = None
+        transfer = cells = None
         for qm in MODALITIES:
             if qm not in emb:
                 continue
@@ -131,15 +155,23 @@ class QueryEngine:
                                  f"{qm} embedding dimension {emb[qm].shape[1]}")
             for im in self.ref.modalities:
                 is_transfer = qm == primary and im == self.transfer_modality(primary)
-                k = max(s.k, s.impute_k) if is_transfer else s.k
+                is_mapping = qm == primary and im == primary and self._calibrated(primary)
+                k = max(s.k, s.impute_k if is_transfer else 1, self.ref.mapping.k if is_mapping else 1)
                 sims, pos = self.ref.search(im, emb[qm], k)
                 if is_transfer:
                     transfer = (sims[:, :s.impute_k], pos[:, :s.impute_k])
+                if is_mapping:
+                    mk = self.ref.mapping.k
+                    stat = neighbour_statistic(sims[:, :mk], pos[:, :mk] >= 0)
+                    score = self.ref.mapping.score(primary, stat)
+                    cells = pd.DataFrame({"query_id": ids, "query_modality": primary,
+                                          "mapping_similarity": stat.astype(np.float32), "mapping_score": score,
+                                          "out_of_reference": score <= s.ood_alpha})
                 frames.append(self._neighbour_frame(ids, qm, im, sims[:, :s.k], pos[:, :s.k]))
         table = pd.concat(frames, ignore_index=True)
         # query-major row order (cell, then direction, then rank): the same table whatever the chunking
         order = np.argsort(table.pop("_cell").to_numpy(), kind="stable")
-        out = ChunkResult(ids=ids, neighbours=table.iloc[order].reset_index(drop=True))
+        out = ChunkResult(ids=ids, neighbours=table.iloc[order].reset_index(drop=True), cells=cells)
         if transfer is None:
             return out
         sims, pos = transfer
@@ -161,6 +193,10 @@ class QueryEngine:
                     lab[f"{key}_fraction_{c}"] = frac[:, j]
             out.labels = lab
         return out
+
+    def _calibrated(self, modality: str) -> bool:
+        """Return whether the mapping score of ``modality`` queries can be computed (calibration and index)."""
+        return self.ref.mapping is not None and modality in self.ref.mapping.null and modality in self.ref.indices
 
     def _neighbour_frame(self, ids: Sequence[str], qm: str, im: str, sims: np.ndarray,
                          pos: np.ndarray) -> pd.DataFrame:

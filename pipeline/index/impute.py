@@ -35,12 +35,13 @@ def neighbour_weights(sims: np.ndarray, temperature: float, valid: np.ndarray | 
 
 
 def impute(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted mean of the neighbours' reference profiles.
+    """Weighted mean of the neighbours' reference profiles, per feature over the neighbours that measured it.
 
     Parameters
     ----------
     reference
-        Reference profiles (N x P), e.g. CLR protein; may be a memory map.
+        Reference profiles (N x P), e.g. CLR protein; may be a memory map. NaN marks a value that was not
+        measured (a reference pooled from datasets with different antibody panels).
     pos
         Neighbour positions in ``reference`` (n x k).
     weights
@@ -49,14 +50,21 @@ def impute(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.nd
     Returns
     -------
     numpy.ndarray
-        n x P float32.
+        n x P float32. Per feature, the weights of the neighbours that have it are renormalised to sum to one;
+        NaN where no neighbour with a positive weight has it.
     """
     n, k = pos.shape
     order = np.argsort(pos, axis=None, kind="stable")  # sorted reads are kinder to memory maps
     flat = np.empty((n * k, reference.shape[1]), np.float32)
     flat[order] = np.asarray(reference[pos.ravel()[order]], dtype=np.float32)
     prof = flat.reshape(n, k, -1)
-    return np.einsum("nk,nkp->np", weights.astype(np.float32), prof).astype(np.float32)
+    w = weights.astype(np.float32)
+    has = ~np.isnan(prof)
+    if has.all():
+        return np.einsum("nk,nkp->np", w, prof).astype(np.float32)
+    total = np.einsum("nk,nkp->np", w, np.where(has, prof, np.float32(0)))
+    norm = np.einsum("nk,nkp->np", w, has.astype(np.float32))
+    return np.divide(total, norm, out=np.full(total.shape, np.nan, np.float32), where=norm > 0).astype(np.float32)
 
 
 def confidence(sims: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -102,7 +110,7 @@ def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, 
     query, reference
         Unit-norm embeddings (n x d, N x d).
     values
-        Reference profiles to average (N x P), e.g. CLR protein.
+        Reference profiles to average (N x P), e.g. CLR protein (NaN: not measured, see :func:`impute`).
     k, temperature
         ``query.impute_k`` and ``query.temperature``.
     """

@@ -4,7 +4,11 @@ New cells come in any ingest format with RNA, protein or both. They are preproce
 state and embedded (:meth:`omicsclip.model.modelio.TrainedModel.embed`), then every query modality searches every
 reference index (RNA -> protein and protein -> RNA across modalities, plus the same-modality direction).
 For RNA-only queries the reference protein of the nearest neighbours gives an imputed protein profile (softmax-
-weighted mean of CLR values) and a per-cell confidence; reference labels are transferred by weighted votes.
+weighted mean of CLR values) and a per-cell confidence; reference labels are transferred by weighted votes
+(reference cells labelled with an ``evaluate.ignore_labels`` value do not vote; a cell none of whose neighbours
+votes gets an empty label). Every cell gets a calibrated ``mapping_score`` in (0, 1] (low: unlike any reference
+cell, e.g. a type absent from the reference; :mod:`omicsclip.index.mapping_score`) and an ``out_of_reference``
+flag (``mapping_score <= query.ood_alpha``).
 
 Two entry points share one engine: :func:`query` returns everything in memory (a Python API for moderate
 inputs), :func:`run_query` streams chunks of cells into ``RESULTS_DIR`` with bounded memory and writes the folder
@@ -52,7 +56,12 @@ class QueryResult:
     imputed
         AnnData of imputed CLR protein (obs ``confidence``, ``top_similarity``) for RNA-only queries, else None.
     labels
-        Per query cell: transferred label, its vote fraction and the fraction of every class, or None.
+        Per query cell: transferred label (empty when no neighbour votes), its vote fraction and the fraction of
+        every class, or None.
+    cells
+        Per query cell: ``query_id, query_modality, mapping_similarity`` (similarity of the ``index.mapping_k``-th
+        nearest reference cell in the query modality's index), ``mapping_score`` and ``out_of_reference``; None for an
+        index without a mapping calibration (built by an older omicsclip).
     summary
         What was done (counts, feature matching, settings, timings).
     """
@@ -60,6 +69,7 @@ class QueryResult:
     neighbours: pd.DataFrame
     imputed: Any | None
     labels: pd.DataFrame | None
+    cells: pd.DataFrame | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,6 +135,10 @@ def _summary(src: Any, engine: QueryEngine, report: dict[str, Any], n: int, seco
         "chunk_cells": s.chunk_cells,
         "imputed_protein": has == ["rna"] and engine.ref.protein is not None,
         "label_keys": list(engine.label_classes),
+        "ignore_labels": list(s.ignore_labels),
+        "mapping": None if engine.ref.mapping is None else {
+            **{k: v for k, v in engine.ref.meta.get("mapping", {}).items() if k != "file"},
+            "modality": primary, "ood_alpha": s.ood_alpha},
         "feature_matching": report,
         "model_fingerprint": str(engine.model.fingerprint),
         "index": {"path": str(engine.ref.path), "kind": engine.ref.meta["kind"],
@@ -139,7 +153,8 @@ def _summary(src: Any, engine: QueryEngine, report: dict[str, Any], n: int, seco
 
 def query(inputs: Any, model: Any, index: Any, *, k: int | None = None, section: Mapping[str, Any] | None = None,
           fmt: str = "auto", modality: str | None = None, ingest: Mapping[str, Any] | None = None,
-          device: str = "cpu", use_gpu: bool | str = "auto") -> QueryResult:
+          device: str = "cpu", use_gpu: bool | str = "auto",
+          ignore_labels: Sequence[str] | None = None) -> QueryResult:
     """Look up new cells in a reference and return neighbours, imputed protein and labels in memory.
 
     Parameters
@@ -159,6 +174,8 @@ def query(inputs: Any, model: Any, index: Any, *, k: int | None = None, section:
         How to read path inputs (see :func:`omicsclip.io.readers.open_input`; ``ingest`` = config section).
     device, use_gpu
         Where to run the encoders; whether to search on a GPU (``auto``: when faiss sees one).
+    ignore_labels
+        Reference labels never transferred (``evaluate.ignore_labels``; default: the shipped config's).
 
     Returns
     -------
@@ -166,9 +183,9 @@ def query(inputs: Any, model: Any, index: Any, *, k: int | None = None, section:
         The same tables :func:`run_query` writes.
     """
     t0 = time.perf_counter()
-    settings = QuerySettings.from_section(section, k=k)
+    settings = QuerySettings.from_section(section, k=k, ignore_labels=ignore_labels)
     model, ref = _load(model, index, device=device, use_gpu=use_gpu)
-    src = open_query_input(inputs, fmt=fmt, modality=modality, ingest=ingest)
+    src = open_query_input(inputs, fmt=fmt, modality=modality, ingest=ingest, model_proteins=model.proteins)
     try:
         report = check_features(src.genes, src.proteins, model)
         engine = QueryEngine(model, ref, settings)
@@ -177,6 +194,7 @@ def query(inputs: Any, model: Any, index: Any, *, k: int | None = None, section:
         src.close()
     neighbours = pd.concat([p.neighbours for p in parts], ignore_index=True)
     labels = pd.concat([p.labels for p in parts], ignore_index=True) if parts[0].labels is not None else None
+    cells = pd.concat([p.cells for p in parts], ignore_index=True) if parts[0].cells is not None else None
     imputed = None
     if parts[0].imputed is not None:
         import anndata as ad
@@ -188,22 +206,24 @@ def query(inputs: Any, model: Any, index: Any, *, k: int | None = None, section:
         imputed = ad.AnnData(X=np.concatenate([p.imputed for p in parts]), obs=obs,
                              var=pd.DataFrame(index=pd.Index(ref.protein_names)))
     summary = _summary(src, engine, report, sum(len(p.ids) for p in parts), time.perf_counter() - t0)
-    return QueryResult(neighbours=neighbours, imputed=imputed, labels=labels, summary=summary)
+    return QueryResult(neighbours=neighbours, imputed=imputed, labels=labels, cells=cells, summary=summary)
 
 
 def run_query(inputs: Any, model: Any, index: Any, out_dir: str | Path, *, k: int | None = None,
               section: Mapping[str, Any] | None = None, fmt: str = "auto", modality: str | None = None,
               ingest: Mapping[str, Any] | None = None, device: str = "cpu", use_gpu: bool | str = "auto",
-              tsv: bool = True, overwrite: bool = False) -> dict[str, Any]:
+              ignore_labels: Sequence[str] | None = None, tsv: bool = True, overwrite: bool = False
+              ) -> dict[str, Any]:
     """Stream query cells through the model and index, writing ``RESULTS_DIR`` atomically.
 
     Writes ``neighbours.parquet`` and ``neighbours.tsv`` (every direction), ``imputed_protein.h5ad``
-    (RNA-only queries with a reference protein), ``labels.tsv`` (when the reference has labels) and
-    ``summary.json``. Memory is bounded by ``chunk_cells`` whatever the number of query cells.
+    (RNA-only queries with a reference protein), ``labels.tsv`` (when the reference has labels), ``mapping.tsv``
+    (per cell: ``mapping_similarity``, ``mapping_score``, ``out_of_reference``; when the index has a mapping
+    calibration) and ``summary.json``. Memory is bounded by ``chunk_cells`` whatever the number of query cells.
 
     Parameters
     ----------
-    inputs, model, index, k, section, fmt, modality, ingest, device, use_gpu
+    inputs, model, index, k, section, fmt, modality, ingest, device, use_gpu, ignore_labels
         As in :func:`query`.
     out_dir
         The results folder to create.
@@ -219,12 +239,12 @@ def run_query(inputs: Any, model: Any, index: Any, out_dir: str | Path, *, k: in
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    settings = QuerySettings.from_section(section, k=k)
+    settings = QuerySettings.from_section(section, k=k, ignore_labels=ignore_labels)
     given = [x for x in (*(inputs if isinstance(inputs, list | tuple) else [inputs]), model, index)
              if isinstance(x, str | Path)]
     with atomic_path(out_dir, overwrite=overwrite, inputs=given) as tmp:
         model, ref = _load(model, index, device=device, use_gpu=use_gpu)
-        src = open_query_input(inputs, fmt=fmt, modality=modality, ingest=ingest)
+        src = open_query_input(inputs, fmt=fmt, modality=modality, ingest=ingest, model_proteins=model.proteins)
         try:
             report = check_features(src.genes, src.proteins, model)
             engine = QueryEngine(model, ref, settings)
@@ -236,6 +256,8 @@ def run_query(inputs: Any, model: Any, index: Any, out_dir: str | Path, *, k: in
         summary["n_neighbour_rows"] = n["rows"]
         if n["imputed"]:
             summary["mean_confidence"] = round(conf_sum / n["imputed"], 4)
+        if summary["mapping"] is not None:
+            summary["mapping"]["n_out_of_reference"] = n["out_of_reference"]
         summary["files"] = sorted([*files, "summary.json"])
         write_json(tmp / "summary.json", summary)
     log.info("query: %d cells -> %s (%.1fs, peak RSS %.0f MB)", n["cells"], out_dir, summary["seconds"],
@@ -247,8 +269,9 @@ def _write_results(tmp: Path, src: Any, engine: QueryEngine, settings: QuerySett
                    tsv: bool) -> tuple[list[str], dict[str, int], float]:
     neighbours = TableWriter(tmp / "neighbours", parquet=True, tsv=tsv)
     labels = TableWriter(tmp / "labels", parquet=False, tsv=True)
+    cells = TableWriter(tmp / "mapping", parquet=False, tsv=True)
     h5: H5adAppender | None = None
-    n = {"cells": 0, "rows": 0, "imputed": 0}
+    n = {"cells": 0, "rows": 0, "imputed": 0, "out_of_reference": 0}
     conf_sum = 0.0
     files: list[str] = []
     try:
@@ -256,6 +279,9 @@ def _write_results(tmp: Path, src: Any, engine: QueryEngine, settings: QuerySett
             neighbours.write(res.neighbours)
             if res.labels is not None:
                 labels.write(res.labels)
+            if res.cells is not None:
+                cells.write(res.cells)
+                n["out_of_reference"] += int(res.cells["out_of_reference"].sum())
             if res.imputed is not None:
                 if h5 is None:
                     h5 = H5adAppender(tmp / "imputed_protein.h5ad", engine.ref.protein_names,
@@ -268,7 +294,7 @@ def _write_results(tmp: Path, src: Any, engine: QueryEngine, settings: QuerySett
                 conf_sum += float(res.confidence.sum())
             n["cells"] += len(res.ids)
     finally:
-        files += neighbours.close() + labels.close()
+        files += neighbours.close() + labels.close() + cells.close()
         if h5 is not None:
             files.append(h5.close())
     n["rows"] = neighbours.n_rows

@@ -6,6 +6,8 @@ Layout of ``INDEX_DIR`` (written atomically as one folder)::
     cell_ids.tsv                the ordered reference cell ids (column ``cell_id``)
     reference_protein.npy       optional: n x P CLR-normalised reference protein (float32, memory-mapped on load)
     reference_obs.parquet       optional: reference labels (one column per label key, row = position)
+    mapping_calibration.npy     modalities x m sorted leave-one-out statistics of a reference sample (the mapping
+                                score's calibration, :mod:`omicsclip.index.mapping_score`; older folders lack it)
     meta.json                   metric, dim, factory, kind, n, params, model_fingerprint, proteins, label keys,
                                 sha256 of every file (a corrupt or swapped file is refused on load)
 """
@@ -35,7 +37,19 @@ from omicsclip.index.faiss_index import (
     set_search_params,
     to_gpu,
 )
-from omicsclip.index.refmeta import FORMAT_VERSION, IDS, META, OBS, PROTEIN, kind_of, read_ids, read_meta
+from omicsclip.index.mapping_score import MappingCalibration, calibration_sample, leave_one_out
+from omicsclip.index.refmeta import (
+    FORMAT_VERSION,
+    IDS,
+    MAPPING,
+    META,
+    OBS,
+    PROTEIN,
+    kind_of,
+    read_ids,
+    read_meta,
+)
+from omicsclip.index.refprotein import reference_protein
 from omicsclip.io.atomic import atomic_path, check_writable, temp_sibling
 from omicsclip.io.hashing import sha256_file
 from omicsclip.io.jsonfile import write_json
@@ -102,7 +116,8 @@ class ReferenceIndex:
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], indices: dict[str, Any], cell_ids: np.ndarray,
-                 protein: np.ndarray | None, labels: pd.DataFrame | None, *, backing: Path | None = None) -> None:
+                 protein: np.ndarray | None, labels: pd.DataFrame | None, *, backing: Path | None = None,
+                 mapping: MappingCalibration | None = None) -> None:
         self.path = path
         self._backing = backing  # the folder whose files this reference still reads (memory-mapped protein)
         self.meta = meta
@@ -110,6 +125,7 @@ class ReferenceIndex:
         self.cell_ids = cell_ids
         self.protein = protein
         self.labels = labels
+        self.mapping = mapping  # the mapping score's calibration; None for index folders written before it
         self.params = IndexParams.from_dict(meta["params"])
 
     @property
@@ -164,7 +180,8 @@ class ReferenceIndex:
         model_fingerprint
             Fingerprint of the model that produced the embeddings; queries with another model are refused.
         section
-            The ``index:`` config section (``use_gpu`` decides where the indices are built).
+            The ``index:`` config section (``use_gpu`` decides where the indices are built; ``mapping_k``,
+            ``mapping_cells`` and ``seed`` the mapping score's calibration sample).
         protein, protein_names
             Optional ``(n, P)`` CLR-normalised reference protein and its column names (enables imputation).
         labels
@@ -207,6 +224,7 @@ class ReferenceIndex:
         built: dict[str, Any] = {}
         timings: dict[str, float] = {}
         dim, params = None, None
+        mk, nulls = min(int(section["mapping_k"]), n - 1), {}  # the mapping score's k and calibration samples
         for m in mods:  # one modality's embeddings in memory at a time (a lazy mapping reads them here)
             x = np.asarray(embeddings[m], dtype=np.float32)
             if x.ndim != 2 or x.shape[0] != n:
@@ -225,6 +243,8 @@ class ReferenceIndex:
                                  f"omicsclip embeddings")
             t0 = time.perf_counter()
             built[m] = build_index(x, params, use_gpu=use_gpu, seed=seed, desc=f"index {m}")
+            if mk >= 1:  # searches the index just built (with its own approximation), before it is spilled
+                nulls[m] = leave_one_out(built[m], x, calibration_sample(n, section["mapping_cells"], seed), mk)
             del x, norms
             timings[m] = round(time.perf_counter() - t0, 3)
             log.info("built %s index (%s) over %d cells in %.1fs", m, factory_string(params), n, timings[m])
@@ -233,6 +253,7 @@ class ReferenceIndex:
 
                 faiss.write_index(built[m], str(spill / f"{m}.faiss"))
                 built[m] = spill / f"{m}.faiss"
+        calib = MappingCalibration(mk, nulls, seed) if nulls else None
         lab, label_keys = None, []
         if labels is not None and labels.shape[1] > 0:
             lab = labels.reset_index(drop=True).astype(str)
@@ -255,12 +276,14 @@ class ReferenceIndex:
             "omicsclip_version": _version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": dict(source or {}),
+            "mapping": None if calib is None else calib.to_meta(mods, MAPPING),
         }
         if gpu_enabled(search_gpu) and spill is None:  # as load does: search on a GPU copy, with the same search parameters
             built = {m: to_gpu(index) for m, index in built.items()}
             for index in built.values():
                 set_search_params(index, params)
-        return cls(Path(name), meta, built, np.asarray(ids, dtype=object), protein, lab, backing=None)
+        return cls(Path(name), meta, built, np.asarray(ids, dtype=object), protein, lab, backing=None,
+                   mapping=calib)
 
     def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write the reference as an index folder (atomically; what :meth:`load` reads) and name it by it.
@@ -294,6 +317,8 @@ class ReferenceIndex:
                 np.save(tmp / PROTEIN, np.ascontiguousarray(self.protein, dtype=np.float32))
             if self.labels is not None:
                 self.labels.to_parquet(tmp / OBS, index=False)
+            if self.mapping is not None:
+                np.save(tmp / MAPPING, self.mapping.to_array(self.meta["mapping"]["modalities"]))
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             meta = {**{k: v for k, v in self.meta.items() if k != "files"}, "files": files}
             write_json(tmp / META, meta)
@@ -378,7 +403,8 @@ class ReferenceIndex:
         if [str(c) for c in (labels.columns if labels is not None else [])] != meta["label_keys"]:
             raise InputError(f"{path / META}: label_keys {show(meta['label_keys'])} disagree with "
                              f"{OBS if labels is not None else 'the missing ' + OBS}")
-        return cls(path, meta, indices, ids, protein, labels, backing=path)
+        return cls(path, meta, indices, ids, protein, labels, backing=path,
+                   mapping=MappingCalibration.read(path / MAPPING, meta.get("mapping")))
 
     def search(self, modality: str, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarity, position) of query embeddings ``q`` in the ``modality`` index."""
@@ -388,32 +414,6 @@ class ReferenceIndex:
 
 
 # ------------------------------------------------------------------------------------ from an embeddings zarr
-
-
-def _reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None
-                       ) -> tuple[np.ndarray, list[str]]:
-    """CLR protein of cells ``ids`` from a paired store (or any input), on the model's protein panel."""
-    from omicsclip.io.readers import open_input
-    from omicsclip.model.preprocess import clr
-
-    with open_input([store], require="any", modality="prot") as src:
-        if src.proteins is None:
-            raise InputError(f"{store}: no protein counts to store with the index")
-        pos = src.barcodes.get_indexer(ids)
-        if (pos < 0).any():
-            missing = ids[pos < 0]
-            raise InputError(f"{store}: {len(missing)} embedded cells are not in this store "
-                             f"(e.g. {', '.join(map(str, missing[:3]))})")
-        parts = [np.asarray(c.prot, np.float32) for c in src.iter_chunks(50_000)]
-        names = src.proteins
-    counts = np.concatenate(parts)[pos]
-    if model_proteins is not None:
-        col = pd.Index(names).get_indexer(list(model_proteins))
-        if (col < 0).any():
-            raise InputError(f"{store}: lacks the model's proteins "
-                             f"{', '.join(p for p, c in zip(model_proteins, col, strict=True) if c < 0)}")
-        counts, names = counts[:, col], list(model_proteins)
-    return clr(counts), [str(n) for n in names]
 
 
 def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping[str, Any], *,
@@ -482,7 +482,7 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         model_proteins = meta["preprocessing"]["proteins"]
     protein = protein_names = None
     if store is not None and Path(store).exists():
-        protein, protein_names = _reference_protein(Path(store), ids, model_proteins)
+        protein, protein_names = reference_protein(Path(store), ids, model_proteins)
     elif explicit_store:
         raise InputError(f"{store}: store not found")
     else:

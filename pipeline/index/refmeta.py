@@ -14,12 +14,14 @@ import numpy as np
 from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
 from omicsclip.index.faiss_index import KINDS, METRIC
+from omicsclip.index.mapping_score import STATISTIC
 from omicsclip.io.jsonfile import read_json_object
 from omicsclip.io.tsv import read_tsv
 from omicsclip.model.statecheck import Fields, one_line, show
 
 FORMAT_VERSION = 1
 META, IDS, PROTEIN, OBS = "meta.json", "cell_ids.tsv", "reference_protein.npy", "reference_obs.parquet"
+MAPPING = "mapping_calibration.npy"  # the mapping score's reference sample (omicsclip.index.mapping_score)
 
 _INT_MAX = 2**31 - 1  # faiss search parameters are C ints
 _PARAM_RANGES = {"nlist": (1, _INT_MAX), "nprobe": (1, _INT_MAX), "pq_m": (1, _INT_MAX), "pq_refine": (0, 4096),
@@ -95,12 +97,21 @@ def check_meta(f: Fields, meta: dict[str, Any]) -> None:
     if f.raw("proteins") is not None:
         f.names("proteins", empty=False)
     f.names("label_keys")
+    if f.has("mapping"):  # the mapping score's calibration (absent from folders written before it)
+        mp = f.sub("mapping")
+        mp.text("statistic", (STATISTIC,))
+        mp.integer("k", 1, _INT_MAX)
+        mp.integer("n_sample", 1, _INT_MAX)
+        mp.integer("seed")
+        if any(m not in mods for m in mp.names("modalities", empty=False)):
+            raise mp.fail("modalities", f"is {show(mp.obj['modalities'])}, expected some of {show(mods)}")
     files = f.sub("files")
     for name in files.obj:
-        if name not in (IDS, PROTEIN, OBS, *(f"{m}.faiss" for m in MODALITIES)):
+        if name not in (IDS, PROTEIN, OBS, MAPPING, *(f"{m}.faiss" for m in MODALITIES)):
             raise files.fail(show(name), "is not a file of an index folder")
         files.text(name)
-    unlisted = [n for n in (IDS, *(f"{m}.faiss" for m in mods)) if n not in files.obj]
+    calibrated = [MAPPING] if f.has("mapping") else []
+    unlisted = [n for n in (IDS, *calibrated, *(f"{m}.faiss" for m in mods)) if n not in files.obj]
     if unlisted:
         raise files.fail(unlisted[0], "is missing (every file of the index has its sha256 there)")
 

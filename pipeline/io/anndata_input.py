@@ -34,7 +34,8 @@ from omicsclip.io.tables import CountTable, CsrArraysTable, View
 log = logging.getLogger(__name__)
 
 #: keyword options of :func:`open_anndata` passed on to :class:`InputSource` (the rest are read here)
-SOURCE_KEYS = ("isotype_patterns", "keep_isotypes", "hto_patterns", "pairing", "allow_normalized", "make_unique")
+SOURCE_KEYS = ("isotype_patterns", "keep_isotypes", "hto_patterns", "pairing", "allow_normalized", "make_unique",
+               "harmonise_proteins", "protein_aliases")
 _IGNORED_KEYS = ("genes_in_rows",)  # file-only reader options (accepted so a config section passes through)
 
 
@@ -387,7 +388,8 @@ def open_anndata(data: Any, *, protein_key: str | None = None, rna_modality: str
     **reader_options
         ``layer`` (read ``layers[layer]`` instead of ``X``) and the options of :class:`InputSource`:
         ``isotype_patterns``, ``keep_isotypes``, ``hto_patterns``, ``pairing``, ``allow_normalized``,
-        ``make_unique`` (``reader_options(config["ingest"])`` can be passed as is).
+        ``make_unique``, ``harmonise_proteins``, ``protein_aliases`` (``reader_options(config["ingest"])`` can be
+        passed as is).
 
     Returns
     -------

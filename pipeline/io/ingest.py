@@ -181,7 +181,8 @@ def ingest_source(src: InputSource, out: str | Path, *, options: Mapping[str, An
     options
         The ingest options, recorded in ``uns["provenance"]["options"]``; ``min_counts_rna``,
         ``min_counts_prot`` (QC: drop cells with fewer total counts in that modality) and ``chunk_cells`` (cells
-        per chunk, the memory bound) are required, ``keep_isotypes`` and ``allow_normalized`` are read.
+        per chunk, the memory bound) are required, ``keep_isotypes`` and ``allow_normalized`` are read. The
+        source's ``info["protein_names"]`` (harmonised names) goes to ``uns["protein_names"]``.
     inputs
         ``uns["provenance"]["inputs"]``: what the cells came from (file hashes, :func:`object_inputs`), or a
         function returning it, called after the last chunk (e.g. to wait for hashes computed meanwhile).
@@ -218,7 +219,10 @@ def ingest_source(src: InputSource, out: str | Path, *, options: Mapping[str, An
         genes, proteins = qc.feature_frames(w.genes, w.proteins)
         prov = _provenance(src, inputs() if callable(inputs) else inputs, options, integer,
                            time.perf_counter() - t0)
-        w.close(uns={"provenance": prov, "qc": summary}, genes=genes, proteins=proteins)
+        uns = {"provenance": prov, "qc": summary}
+        if "protein_names" in src.info:
+            uns["protein_names"] = src.info["protein_names"]
+        w.close(uns=uns, genes=genes, proteins=proteins)
     dt = time.perf_counter() - t0
     log.info("wrote %s: %d cells x %d genes x %d proteins in %.1f s (%.0f cells/s)", out, summary["n_cells"],
              summary["n_genes"], summary["n_proteins"], dt, summary["n_cells_paired"] / max(dt, 1e-9))
@@ -230,6 +234,7 @@ def ingest(inputs: Sequence[str | Path] | Any, out: str | Path, *, fmt: str = "a
            keep_isotypes: bool = False, hto_patterns: Sequence[str] = DEFAULT_HTO_PATTERNS,
            pairing: str = "strict", allow_normalized: bool = False, genes_in_rows: bool = False,
            make_unique: bool = False, protein_key: str | None = None, layer: str | None = None,
+           harmonise_proteins: bool = True, protein_aliases: str | Path | Mapping[str, str] | None = None,
            min_counts_rna: float = 0,
            min_counts_prot: float = 0, chunk_cells: int = 10_000, overwrite: bool = False,
            progress: bool | None = None) -> Path:
@@ -246,6 +251,10 @@ def ingest(inputs: Sequence[str | Path] | Any, out: str | Path, *, fmt: str = "a
     fmt, rna_modality, prot_modality, isotype_patterns, keep_isotypes, hto_patterns, pairing,
     allow_normalized, genes_in_rows, make_unique, protein_key, layer
         As in :func:`~omicsclip.io.readers.open_input` (``fmt`` and ``genes_in_rows`` apply to files only).
+    harmonise_proteins, protein_aliases
+        Store canonical protein names (:mod:`omicsclip.io.protein_names`; the input's names in the protein
+        frame's ``original_name``, what was mapped in ``uns["protein_names"]``), with a user mapping file (or
+        dict) overriding the shipped alias table.
     min_counts_rna, min_counts_prot
         QC: drop cells with fewer total counts in that modality.
     chunk_cells
@@ -266,8 +275,10 @@ def ingest(inputs: Sequence[str | Path] | Any, out: str | Path, *, fmt: str = "a
     reader = {"rna_modality": rna_modality, "prot_modality": prot_modality,
               "isotype_patterns": list(isotype_patterns), "keep_isotypes": bool(keep_isotypes),
               "hto_patterns": list(hto_patterns), "pairing": pairing, "allow_normalized": bool(allow_normalized),
-              "make_unique": bool(make_unique)}
-    options = {"fmt": fmt, **reader, "genes_in_rows": bool(genes_in_rows), "protein_key": protein_key or "",
+              "make_unique": bool(make_unique), "harmonise_proteins": bool(harmonise_proteins),
+              "protein_aliases": protein_aliases or None}
+    options = {"fmt": fmt, **reader, "protein_aliases": _aliases_label(protein_aliases),
+               "genes_in_rows": bool(genes_in_rows), "protein_key": protein_key or "",
                "layer": layer or "", "min_counts_rna": float(min_counts_rna),
                "min_counts_prot": float(min_counts_prot), "chunk_cells": int(chunk_cells)}
     if not files:
@@ -290,6 +301,13 @@ def ingest(inputs: Sequence[str | Path] | Any, out: str | Path, *, fmt: str = "a
             cancel.set()
             raise
     return out
+
+
+def _aliases_label(aliases: str | Path | Mapping[str, str] | None) -> str:
+    """How the provenance records a user protein mapping: its path, or its size when given in memory."""
+    if isinstance(aliases, Mapping):
+        return f"{len(aliases)} names given in memory"
+    return str(aliases or "")
 
 
 def _progress(src: InputSource, chunk_cells: int, progress: bool | None):

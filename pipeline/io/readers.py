@@ -8,7 +8,8 @@ This is the one entry point for ingest, query and predict::
             ...
 
 Cells are paired by barcode across the tables of an input (one 10x matrix, an ``.h5ad`` and its ``obsm``, two
-files); isotype controls and hashtags (HTO) are recognised by name and kept out of the protein features.
+files); isotype controls and hashtags (HTO) are recognised by name and kept out of the protein features, and
+with ``harmonise_proteins`` the remaining proteins get canonical names (:mod:`omicsclip.io.protein_names`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from omicsclip.io.features import (
 )
 from omicsclip.io.formats import detect_format
 from omicsclip.io.paired import PairedData
+from omicsclip.io.protein_names import (
+    ORIGINAL_COLUMN,
+    Aliases,
+    ProteinNameReport,
+    harmonise_protein_names,
+    match_protein_names,
+)
 from omicsclip.io.raw import RawInput
 from omicsclip.io.tables import CountTable, View
 from omicsclip.io.validate import check_counts
@@ -62,12 +70,15 @@ class InputSource:
     gene_frame, protein_frame
         Feature metadata (index = names) of the kept features, or ``None`` for an absent modality.
     info
-        What happened while opening: table sizes, unpaired barcodes, isotypes and hashtags found, notes.
+        What happened while opening: table sizes, unpaired barcodes, isotypes and hashtags found, notes;
+        ``protein_names`` when protein names were harmonised and ``protein_matching`` when they were matched
+        to a model (:meth:`~omicsclip.io.protein_names.ProteinNameReport.to_uns`).
     """
 
     def __init__(self, raw: RawInput, *, isotype_patterns: Sequence[str] = DEFAULT_ISOTYPE_PATTERNS,
                  keep_isotypes: bool = False, hto_patterns: Sequence[str] = DEFAULT_HTO_PATTERNS,
-                 pairing: str = "strict", allow_normalized: bool = False, make_unique: bool = False) -> None:
+                 pairing: str = "strict", allow_normalized: bool = False, make_unique: bool = False,
+                 harmonise_proteins: bool = False, protein_aliases: Aliases = None) -> None:
         if pairing not in PAIRING:
             raise InputError(f"--pairing {pairing!r}: expected one of {', '.join(PAIRING)}")
         self._raw = raw
@@ -87,6 +98,9 @@ class InputSource:
             names = check_unique_features(view.features.index, path=view.table.path,
                                           what="gene" if which == "rna" else "protein", unique=make_unique)
             view.features = view.features.set_axis(names, axis=0)
+        if harmonise_proteins and self._prot is not None:
+            new, report = harmonise_protein_names(self.proteins, protein_aliases)
+            self.rename_proteins(new, report, what=f"{self._prot.table.path}: protein names")
         self._pair(pairing)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -185,6 +199,57 @@ class InputSource:
     def proteins(self) -> list[str] | None:
         """Protein names in column order (isotypes/hashtags removed), or ``None`` without protein."""
         return None if self._prot is None else [str(p) for p in self._prot.features.index]
+
+    def rename_proteins(self, names: Sequence[str], report: ProteinNameReport | None = None, *,
+                        what: str = "protein names") -> None:
+        """Rename the proteins (same order); the names as the input gave them stay in ``original_name``.
+
+        Parameters
+        ----------
+        names
+            The new names, unique, one per protein.
+        report
+            A :class:`~omicsclip.io.protein_names.ProteinNameReport`: kept in ``info["protein_names"]`` and
+            logged (one INFO line).
+        what
+            How the log line names the change.
+        """
+        if self._prot is None:
+            raise InputError("this input has no protein features to rename")
+        frame = self._prot.features.copy()
+        if ORIGINAL_COLUMN not in frame.columns:  # a store's own originals win over its canonical names
+            frame[ORIGINAL_COLUMN] = frame.index.astype(str)
+        self._prot.features = frame.set_axis(pd.Index([str(n) for n in names], dtype=object), axis=0)
+        if report is not None:
+            self.info["protein_names"] = report.to_uns()
+            log.info("%s", report.describe(what))
+
+    def match_proteins(self, reference: Sequence[str], aliases: Aliases = None) -> ProteinNameReport | None:
+        """Rename the proteins to a model's names where both have the same canonical name.
+
+        Models trained on stores written before harmonisation carry the names their panel used; this matches
+        by canonical name on both sides (:func:`~omicsclip.io.protein_names.match_protein_names`). The report
+        goes to ``info["protein_matching"]`` and the log.
+
+        Parameters
+        ----------
+        reference
+            The model's protein names.
+        aliases
+            A user mapping file (or dict) overriding the shipped alias table.
+
+        Returns
+        -------
+        ProteinNameReport or None
+            ``None`` without protein.
+        """
+        if self._prot is None:
+            return None
+        new, report = match_protein_names(self.proteins, reference, aliases)
+        self.rename_proteins(new)
+        self.info["protein_matching"] = report.to_uns()
+        log.info("%s", report.describe(f"{self._prot.table.path}: protein names vs the model's"))
+        return report
 
     @property
     def n_cells(self) -> int:
@@ -301,7 +366,8 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
                keep_isotypes: bool = False, hto_patterns: Sequence[str] = DEFAULT_HTO_PATTERNS,
                pairing: str = "strict", allow_normalized: bool = False, require: str = "both",
                modality: str | None = None, genes_in_rows: bool = False, make_unique: bool = False,
-               protein_key: str | None = None, layer: str | None = None) -> InputSource:
+               protein_key: str | None = None, layer: str | None = None, harmonise_proteins: bool = False,
+               protein_aliases: Aliases = None) -> InputSource:
     """Open one or two input paths of any supported format (or a paired store ``.zarr``).
 
     Parameters
@@ -334,6 +400,11 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
         ``obsm`` key holding protein counts in an ``.h5ad`` (default: search ``protein``, ``protein_expression``...).
     layer
         Read counts from ``layers[layer]`` instead of ``X`` (``.h5ad``/``.h5mu``), e.g. ``"counts"``.
+    harmonise_proteins, protein_aliases
+        Give the proteins canonical names (:func:`omicsclip.io.protein_names.harmonise_protein_names`; the
+        input's names go to the protein frame's ``original_name``), with a user mapping file (or dict) that
+        overrides the shipped alias table. Off here, so a store is read with its own names; the config's
+        ``ingest.harmonise_proteins`` turns it on for ingest and query inputs.
 
     Returns
     -------
@@ -362,7 +433,8 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
             raise InputError(f"{paths[0]}: neither RNA nor protein counts found")
         src = InputSource(raw, isotype_patterns=isotype_patterns, keep_isotypes=keep_isotypes,
                           hto_patterns=hto_patterns, pairing=pairing, allow_normalized=allow_normalized,
-                          make_unique=make_unique)
+                          make_unique=make_unique, harmonise_proteins=harmonise_proteins,
+                          protein_aliases=protein_aliases or None)
     except BaseException:
         raw.close()
         raise
@@ -371,7 +443,8 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
 
 
 READER_KEYS = ("rna_modality", "prot_modality", "isotype_patterns", "keep_isotypes", "hto_patterns", "pairing",
-               "allow_normalized", "genes_in_rows", "make_unique", "protein_key", "layer")
+               "allow_normalized", "genes_in_rows", "make_unique", "protein_key", "layer", "harmonise_proteins",
+               "protein_aliases")
 
 
 def reader_options(ingest_section: Mapping[str, Any] | None) -> dict[str, Any]:

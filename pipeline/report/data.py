@@ -192,7 +192,8 @@ def imputation_arrays(query_dir: str | Path, store: str | Path | None, *, cells:
 
     The query's ``imputed_protein.h5ad`` holds imputed values (``X``) and, when it has them, the measured ones
     (layer ``measured``); otherwise the measured raw counts are read from ``store`` and CLR-transformed on the
-    imputed protein panel, as the reference protein was.
+    imputed protein panel, as the reference protein was. In a store pooled from several panels, a protein outside
+    a cell's panel is NaN in ``measured`` (each cell's CLR is over its own panel); the plots skip NaN pairs.
 
     Parameters
     ----------

@@ -269,8 +269,10 @@ def imputation_scatter(imputed: np.ndarray, measured: np.ndarray, proteins: Sequ
         ax.set_visible(False)
     for ax, j in zip(axes.ravel(), order, strict=False):
         x, y = measured[:, j], imputed[:, j]
+        both = np.isfinite(x) & np.isfinite(y)  # cells that measured the protein and got an imputed value
+        x, y = x[both], y[both]
         ax.scatter(x, y, s=5, alpha=0.4, linewidths=0, color="#1f77b4")
-        lo, hi = np.nanmin([x.min(), y.min()]), np.nanmax([x.max(), y.max()])
+        lo, hi = (min(x.min(), y.min()), max(x.max(), y.max())) if x.size else (0.0, 1.0)
         ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--")
         ax.set_title(f"{proteins[j]}  r = {r[j]:.2f}")
         ax.set_xlabel(f"measured ({space})")
@@ -282,7 +284,9 @@ def imputation_scatter(imputed: np.ndarray, measured: np.ndarray, proteins: Sequ
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    if a.std() == 0 or b.std() == 0:
+    both = np.isfinite(a) & np.isfinite(b)  # NaN: a protein outside a cell's panel (a pooled reference)
+    a, b = a[both], b[both]
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 

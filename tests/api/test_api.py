@@ -312,3 +312,19 @@ def test_head_predict_is_the_predict_command(tmp_path, trained, data):
     assert (api["label"].to_numpy() == cli["label"].to_numpy()).all()
     np.testing.assert_allclose(api["probability"].to_numpy(), cli["probability"].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(api["weight_rna"].to_numpy(), cli["weight_rna"].to_numpy(), rtol=1e-5)
+
+
+def test_query_reports_mapping_score_and_never_transfers_ignored_labels(trained, data):
+    import anndata as ad
+
+    obsm = _forms(data)["obsm"]
+    obsm.obs["cell_type"] = obsm.obs["cell_type"].astype(str).replace({obsm.obs["cell_type"].astype(str).iloc[0]:
+                                                                        "unknown"})
+    res = oc.build_index(obsm, trained).query(_rna_only(data), k=5)
+    score = res.obs["mapping_score"].to_numpy()
+    assert ((score > 0) & (score <= 1)).all()
+    assert (res.obs["out_of_reference"] == (score <= 0.01)).all()
+    assert "unknown" not in set(res.obs["cell_type"])
+    kept = oc.build_index(obsm, trained).query(_rna_only(data), k=5, config={"evaluate": {"ignore_labels": []}})
+    assert "unknown" in set(kept.obs["cell_type"])
+    assert isinstance(res, ad.AnnData)

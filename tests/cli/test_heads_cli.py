@@ -93,6 +93,8 @@ def test_fewlabel_cli(emb, tmp_path):
 class _FakeModel:
     """Stands in for omicsclip.model.modelio.TrainedModel: embeds counts by a fixed random projection."""
 
+    proteins = ["CD3", "CD4", "CD8a", "CD19"]  # the panel of _counts_h5ad
+
     def __init__(self, fingerprint: str, d: int = 12) -> None:
         self.fingerprint = fingerprint
         self.d = d

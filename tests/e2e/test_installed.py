@@ -34,6 +34,7 @@ DATA = {
     "workflow/envs/*": "omicsclip/workflow/envs",
     "workflow/report/*": "omicsclip/workflow/report",
     "pipeline/report/templates/*": "omicsclip/report/templates",
+    "pipeline/data/*.tsv": "omicsclip/data",
 }
 MODULE_ROOTS = {"pipeline": "omicsclip", "cli": "omicsclip/cli", "configs": "omicsclip/configs",
                 "workflow": "omicsclip/workflow"}
@@ -85,7 +86,7 @@ def test_wheel_contents(wheel: zipfile.ZipFile) -> None:
                  "omicsclip/configs/profiles/local/config.yaml", "omicsclip/configs/profiles/slurm/config.yaml",
                  "omicsclip/workflow/Snakefile", "omicsclip/workflow/rules/common.smk",
                  "omicsclip/workflow/envs/omicsclip.yaml", "omicsclip/workflow/envs/omicsclip.post-deploy.sh",
-                 "omicsclip/workflow/install.py", "omicsclip/cli/main.py"):
+                 "omicsclip/workflow/install.py", "omicsclip/cli/main.py", "omicsclip/data/protein_aliases.tsv"):
         assert must in names, must
     assert any(n.startswith("omicsclip/report/templates/") for n in names), "no report templates in the wheel"
     stray = sorted(n for n in names if not n.startswith(("omicsclip/", "omicsclip-")))

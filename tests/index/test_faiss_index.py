@@ -163,7 +163,8 @@ def test_index_folder_round_trip(tmp_path):
     ref = _reference()
     out = write_index_dir(tmp_path / "idx", model_fingerprint="abc123", section=_section(), **ref)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["meta.json", "cell_ids.tsv", "rna.faiss", "prot.faiss", "reference_protein.npy", "reference_obs.parquet"])
+        ["meta.json", "cell_ids.tsv", "rna.faiss", "prot.faiss", "reference_protein.npy", "reference_obs.parquet",
+         "mapping_calibration.npy"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metric"] == "inner_product"
     assert meta["dim"] == 16

@@ -303,7 +303,8 @@ def test_run_query_writes_the_same_as_query(world, tmp_path):
     summary = run_query(rna_only(world["new"]), world["model"], world["index"], out, section=sec)
     mem = query(rna_only(world["new"]), world["model"], world["index"], section=sec)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["neighbours.parquet", "neighbours.tsv", "imputed_protein.h5ad", "labels.tsv", "summary.json"])
+        ["neighbours.parquet", "neighbours.tsv", "imputed_protein.h5ad", "labels.tsv", "mapping.tsv",
+         "summary.json"])
     pq = pd.read_parquet(out / "neighbours.parquet")
     pd.testing.assert_frame_equal(pq, mem.neighbours, check_dtype=False)
     tsv = pd.read_csv(out / "neighbours.tsv", sep="\t", dtype={"query_id": str, "reference_id": str})

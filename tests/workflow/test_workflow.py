@@ -160,7 +160,7 @@ BAD_CONFIGS = [
     ({"datasets": {"d": {"input": "no/such/file.h5ad"}}}, "datasets.d.input: no/such/file.h5ad does not exist"),
     ({"datasets": {"d": {"input": ["a.h5ad", "b.h5ad", "c.h5ad"]}}}, "datasets.d.input"),
     ({"datasets": {"d": {"input": "x.h5ad", "synthetic": {"cells": 10}}}},
-     "datasets.d: give exactly one of 'input' (files) or 'synthetic'"),
+     "datasets.d: give exactly one of 'input' (files), 'synthetic' (generated data) or 'pool'"),
     ({"datasets": {"d": {"format": "h5ad"}}}, "datasets.d: give exactly one of"),
     ({"results_dir": "r"}, "datasets: missing"),
     ({"datasets": {"d": {"synthetic": {"cells": 0}}}}, "datasets.d.synthetic.cells: 0 is less than the minimum of 1"),

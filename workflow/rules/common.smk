@@ -1,8 +1,10 @@
-# Helper Python for the omicsclip workflow: config merging and validation, dataset inputs, run names,
-# per-stage `--set` options and resource estimates. Rules live in the other .smk files.
+# Helper Python for the omicsclip workflow: config merging and validation, dataset inputs (files, generated data or
+# the stores of a pooled dataset's members), run names, per-stage `--set` options and resource estimates. Rules
+# live in the other .smk files.
 
 import math
 import os
+import re
 import shlex
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
@@ -12,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 
 from omicsclip.config import deep_merge, default_config, validate_config
 from omicsclip.errors import InputError
+from omicsclip.io.panels import DATASET_COLUMN
 from omicsclip import workflow as workflow_package
 from omicsclip.workflow.install import ENV_VAR, pip_spec
 
@@ -30,6 +33,26 @@ except PackageNotFoundError:  # omicsclip importable but not installed: the post
     pass
 
 
+DATASET_KINDS = ("input", "synthetic", "pool")
+
+
+def check_pool(name, members, datasets):
+    """A pooled dataset lists two or more other, non-pooled datasets of the same config."""
+    where = f"{CONFIG_SOURCE}: datasets.{name}.pool"
+    if not isinstance(members, list) or len(members) < 2:
+        raise WorkflowError(f"{where}: list at least two other datasets of this config, e.g. pool: [a, b]")
+    for member in members:
+        if member == name:
+            raise WorkflowError(f"{where}: a dataset cannot pool itself")
+        if not isinstance(member, str) or member not in datasets:
+            raise WorkflowError(f"{where}: {member!r} is not a dataset of this config "
+                                f"(datasets: {', '.join(map(str, datasets))})")
+        if isinstance(datasets[member], dict) and "pool" in datasets[member]:
+            raise WorkflowError(f"{where}: {member!r} is itself pooled; list its datasets instead")
+        if members.count(member) > 1:
+            raise WorkflowError(f"{where}: {member!r} is listed twice")
+
+
 def merged_config(user_config):
     """configs/default.yaml <- the workflow config, validated with one-line messages."""
     datasets = user_config.get("datasets")
@@ -39,10 +62,13 @@ def merged_config(user_config):
             "datasets: {demo: {synthetic: {cells: 3000}}} (see docs/workflow.md)"
         )
     for name, entry in datasets.items() if isinstance(datasets, dict) else ():
-        if isinstance(entry, dict) and ("input" in entry) == ("synthetic" in entry):
+        if isinstance(entry, dict) and sum(kind in entry for kind in DATASET_KINDS) != 1:
             raise WorkflowError(
-                f"{CONFIG_SOURCE}: datasets.{name}: give exactly one of 'input' (files) or 'synthetic' (generated data)"
+                f"{CONFIG_SOURCE}: datasets.{name}: give exactly one of 'input' (files), 'synthetic' (generated "
+                "data) or 'pool' (other datasets of this config, trained on together)"
             )
+        if isinstance(entry, dict) and "pool" in entry:
+            check_pool(name, entry["pool"], datasets)
     cfg = deep_merge(default_config(), dict(user_config))
     try:
         validate_config(cfg, source=CONFIG_SOURCE)
@@ -78,6 +104,27 @@ def dataset_inputs(dataset):
         return [f"{CFG['results_dir']}/{dataset}/synthetic.h5ad"]
     raw = entry["input"] if isinstance(entry["input"], list) else [entry["input"]]
     return [str(resolve_input(p)) for p in raw]
+
+
+def pool_members(dataset):
+    """The datasets a pooled dataset is trained on, in config order ([] for an ordinary dataset)."""
+    return list(CFG["datasets"][dataset].get("pool", []))
+
+
+def pool_inputs(wildcards):
+    """The stores a pooled dataset is pooled from."""
+    return [f"{CFG['results_dir']}/{m}/store.zarr" for m in pool_members(wildcards.dataset)]
+
+
+def name_pattern(names):
+    """A wildcard constraint matching exactly ``names`` (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def member_metrics(cfg, runs):
+    """Test metrics of each member of each pooled dataset, per run: evaluated one member at a time."""
+    return [f"{cfg['results_dir']}/{d}/t{t}/metrics_{m}.json"
+            for d, entry in cfg["datasets"].items() for t in runs for m in entry.get("pool", [])]
 
 
 def dataset_format(dataset):
@@ -150,16 +197,30 @@ def set_opts(*sections, **overrides):
 def train_opts(dataset, temp):
     """`--set` options of one training run. `train.temperatures` (the sweep) is left out so that adding a
     temperature trains only the new run; a sweep run fixes its own temperature. The split is stratified on the
-    dataset's label column unless the config sets split.stratify itself."""
+    dataset's label column unless the config sets split.stratify itself; a pooled dataset draws each batch within
+    one member dataset (train.batch_key: dataset) unless the config sets train.batch_key itself."""
     section = {k: v for k, v in CFG["train"].items() if k != "temperatures"}
     if temp != "learn":
         section.update(temperature=float(temp), learnable_temperature=False)
+    if pool_members(dataset) and "batch_key" not in (config.get("train") or {}):
+        section["batch_key"] = DATASET_COLUMN  # each batch within one member dataset (and its antibody panel)
     split = dict(CFG["split"])
     if "stratify" not in (config.get("split") or {}):
         split["stratify"] = label_key(dataset)
     items = [f"split={yaml_value(split)}"] + [f"{s}={yaml_value(CFG[s])}" for s in ("preprocess", "model")]
     items.append(f"train={yaml_value(section)}")
     return " ".join(f"--set {shlex.quote(item)}" for item in items)
+
+
+def evaluate_opts(dataset):
+    """`--set` options of `omicsclip evaluate` on ``dataset`` (a pooled one: on each member in turn)."""
+    return set_opts(
+        "evaluate",
+        evaluate__label_key=label_key(dataset),
+        query__impute_k=CFG["query"]["impute_k"],
+        query__temperature=CFG["query"]["temperature"],
+        query__transfer_from=CFG["query"]["transfer_from"],
+    )
 
 
 def synth_opts(dataset):
@@ -209,12 +270,13 @@ def train_launcher(gpus):
 
 
 def report_config_opts(dataset):
-    """The run's full config for the report's provenance section, restricted to this dataset."""
+    """The run's full config for the report's provenance section, restricted to this dataset (and, for a pooled
+    one, the datasets it pools)."""
     sections = [k for k in CFG if k not in ("datasets", "results_dir")]
+    entries = {d: CFG["datasets"][d] for d in [dataset, *pool_members(dataset)]}
     return set_opts(*sections) + " " + " ".join(
         f"--set {shlex.quote(item)}"
-        for item in (f"results_dir={yaml_value(CFG['results_dir'])}",
-                     f"datasets={yaml_value({dataset: CFG['datasets'][dataset]})}")
+        for item in (f"results_dir={yaml_value(CFG['results_dir'])}", f"datasets={yaml_value(entries)}")
     )
 
 
@@ -239,4 +301,6 @@ def report_inputs(wildcards):
 CFG = merged_config(config)
 check_inputs(CFG)
 DATASETS = list(CFG["datasets"])
+POOLED = [d for d in DATASETS if "pool" in CFG["datasets"][d]]
 RUNS = run_names(CFG)
+MEMBER_METRICS = member_metrics(CFG, RUNS)

@@ -1,4 +1,5 @@
-# Data rules: synthetic data (when the dataset is synthetic), paired store, QC summary.
+# Data rules: synthetic data (when the dataset is synthetic), paired store (ingested from files, or pooled from
+# other datasets of the config), QC summary.
 
 
 rule synth:
@@ -25,6 +26,8 @@ rule ingest:
         lambda wildcards: dataset_inputs(wildcards.dataset),
     output:
         directory("<results>/{dataset}/store.zarr"),
+    wildcard_constraints:
+        dataset=name_pattern([d for d in DATASETS if d not in POOLED]),  # a pooled dataset's store comes from `pool`
     params:
         fmt=lambda wildcards: dataset_format(wildcards.dataset),
         sets=set_opts("ingest"),
@@ -40,6 +43,31 @@ rule ingest:
         "../envs/omicsclip.yaml"
     shell:
         "omicsclip ingest {input} --out {output} --format {params.fmt} {params.sets} > {log} 2>&1"
+
+
+# A reference trained on several datasets together: their stores pooled into one (shared genes, the union of the
+# antibody panels, obs `dataset` = the member's name, barcodes BARCODE-MEMBER).
+rule pool:
+    input:
+        pool_inputs,
+    output:
+        directory("<results>/{dataset}/store.zarr"),
+    wildcard_constraints:
+        dataset=name_pattern(POOLED),
+    params:
+        names=lambda wildcards: ",".join(pool_members(wildcards.dataset)),
+    log:
+        "<results>/{dataset}/logs/pool.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/pool.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,  # copies chunks of cells: bounded by chunk size
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "omicsclip pool {input} --names {params.names} --out {output} > {log} 2>&1"
 
 
 rule inspect:

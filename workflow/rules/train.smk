@@ -1,5 +1,6 @@
-# Training rules: one model per temperature (or one with a learnable temperature), evaluation of each,
-# and selection of the best run on VALIDATION retrieval (metrics.json["validation"], never the test cells).
+# Training rules: one model per temperature (or one with a learnable temperature), evaluation of each (of a pooled
+# dataset: of each member), and selection of the best run on VALIDATION retrieval (metrics.json["validation"], never
+# the test cells).
 
 
 rule train:
@@ -34,14 +35,10 @@ rule evaluate:
         model="<results>/{dataset}/t{temp}/model",
     output:
         "<results>/{dataset}/t{temp}/metrics.json",
+    wildcard_constraints:
+        dataset=name_pattern([d for d in DATASETS if d not in POOLED]),
     params:
-        sets=lambda wildcards: set_opts(
-            "evaluate",
-            evaluate__label_key=label_key(wildcards.dataset),
-            query__impute_k=CFG["query"]["impute_k"],
-            query__temperature=CFG["query"]["temperature"],
-            query__transfer_from=CFG["query"]["transfer_from"],
-        ),
+        sets=lambda wildcards: evaluate_opts(wildcards.dataset),
     log:
         "<results>/{dataset}/logs/evaluate_t{temp}.log",
     benchmark:
@@ -54,6 +51,57 @@ rule evaluate:
         "../envs/omicsclip.yaml"
     shell:
         "omicsclip evaluate {input.store} --model {input.model} --out {output} {params.sets} > {log} 2>&1"
+
+
+# A pooled store holds several antibody panels: each member dataset is scored on its own held-out cells and panel.
+rule evaluate_member:
+    input:
+        store="<results>/{dataset}/store.zarr",
+        model="<results>/{dataset}/t{temp}/model",
+    output:
+        "<results>/{dataset}/t{temp}/metrics_{member}.json",
+    wildcard_constraints:
+        dataset=name_pattern(POOLED),
+        member=name_pattern(sorted({m for d in POOLED for m in pool_members(d)})),
+    params:
+        sets=lambda wildcards: evaluate_opts(wildcards.dataset),
+    log:
+        "<results>/{dataset}/logs/evaluate_t{temp}_{member}.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/evaluate_t{temp}_{member}.tsv"
+    threads: 2
+    resources:
+        mem_mb=mem_mb(3000, 6),
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "omicsclip evaluate {input.store} --model {input.model} --out {output} --dataset {wildcards.member} "
+        "{params.sets} > {log} 2>&1"
+
+
+# A pooled dataset's run metrics (what `select` ranks the sweep on and the report shows) are its FIRST member's.
+rule pooled_metrics:
+    input:
+        lambda wildcards: f"{CFG['results_dir']}/{wildcards.dataset}/t{wildcards.temp}/"
+        f"metrics_{pool_members(wildcards.dataset)[0]}.json",
+    output:
+        "<results>/{dataset}/t{temp}/metrics.json",
+    wildcard_constraints:
+        dataset=name_pattern(POOLED),
+    log:
+        "<results>/{dataset}/logs/pooled_metrics_t{temp}.log",
+    benchmark:
+        "<results>/{dataset}/benchmarks/pooled_metrics_t{temp}.tsv"
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/omicsclip.yaml"
+    shell:
+        "cp {input} {output} 2> {log}"
 
 
 rule select:

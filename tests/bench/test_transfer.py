@@ -1,0 +1,189 @@
+"""bench/transfer.py (issue #15): metrics on known inputs, pair preparation, baselines on tiny synthetic data."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from conftest import REPO, shared_h5ad
+
+
+@pytest.fixture(scope="module")
+def tm():
+    sys.path.insert(0, str(REPO / "bench"))  # the bench helpers import each other by module name
+    return importlib.import_module("transfer_metrics")
+
+
+@pytest.fixture(scope="module")
+def tp(tm):
+    return importlib.import_module("transfer_peers")
+
+
+def test_clr_and_recentre(tm):
+    counts = np.array([[0.0, 1.0, 3.0], [10.0, 10.0, 10.0]])
+    clr = tm.clr_counts(counts)
+    np.testing.assert_allclose(clr.mean(axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(clr[0], np.log1p(counts[0]) - np.log1p(counts[0]).mean())
+    np.testing.assert_allclose(clr[1], 0.0, atol=1e-12)
+    # CLR over a whole panel, restricted to a sub-panel and re-centred == CLR over the sub-panel
+    rng = np.random.default_rng(0)
+    full = rng.poisson(50, (20, 7)).astype(float)
+    sub = [1, 4, 5]
+    np.testing.assert_allclose(tm.recentre(tm.clr_counts(full)[:, sub]), tm.clr_counts(full[:, sub]), atol=1e-12)
+
+
+def test_pearson_columns_known_inputs(tm):
+    a = np.array([[1.0, 1.0, 2.0], [2.0, 2.0, 2.0], [3.0, 3.0, 2.0], [4.0, 4.5, 2.0]])
+    b = np.array([[2.0, -1.0, 1.0], [4.0, -2.0, 2.0], [6.0, -3.0, 3.0], [8.0, -4.0, 4.0]])
+    r = tm.pearson_columns(a, b)
+    assert r[0] == pytest.approx(1.0)
+    assert r[1] == pytest.approx(np.corrcoef(a[:, 1], b[:, 1])[0, 1])
+    assert r[1] < -0.99
+    assert np.isnan(r[2])  # constant column
+    with pytest.raises(ValueError, match="shapes differ"):
+        tm.pearson_columns(a, b[:, :2])
+
+
+def test_protein_pearson_is_blind_to_per_cell_offsets(tm):
+    rng = np.random.default_rng(1)
+    truth = rng.poisson(rng.uniform(5, 500, (200, 4))).astype(float)
+    proteins = ["CD3", "CD4", "CD8a", "CD19"]
+    pred = tm.clr_counts(truth) + rng.normal(0, 3, (200, 1))  # a different per-cell level, as a bigger panel gives
+    res = tm.protein_pearson(pred, truth, proteins)
+    assert list(res["per_protein"]) == proteins
+    assert res["mean_pearson"] == pytest.approx(1.0)
+    noisy = tm.protein_pearson(pred + rng.normal(0, 1, pred.shape), truth, proteins)
+    assert 0 < noisy["mean_pearson"] < 1
+    with pytest.raises(ValueError, match="one column per shared protein"):
+        tm.protein_pearson(pred[:, :3], truth, proteins)
+
+
+def test_label_accuracy_scores_shared_labels_only(tm):
+    truth = ["T", "T", "B", "unknown", "DC", "B"]
+    pred = ["T", "B", "B", "T", "DC", "NK"]
+    res = tm.label_accuracy(pred, truth, ["B", "T", "unknown"])  # DC is not shared; unknown never counts
+    assert res["n_scored"] == 4
+    assert res["accuracy"] == pytest.approx(2 / 4)
+    assert tm.label_accuracy(pred, truth, [])["accuracy"] is None
+
+
+def test_ood_auroc(tm):
+    score = np.array([0.9, 0.8, 0.7, 0.2, 0.1])  # high = in-reference
+    removed = np.array([False, False, False, True, True])
+    assert tm.ood_auroc(score, removed) == pytest.approx(1.0)
+    assert tm.ood_auroc(-score, removed) == pytest.approx(0.0)
+    assert tm.ood_auroc(np.r_[0.1, score[1:]], removed) == pytest.approx(4.5 / 6)  # one pair wrong, one tied
+    assert tm.ood_auroc(score, np.zeros(5, bool)) is None
+    res = tm.ood_eval(np.r_[score, -5.0], ["T", "T", "NK", "B", "B", "unknown"], "B")
+    assert res["n_scored"] == 5  # the unknown cell (lowest score) is left out
+    assert res["auroc"] == pytest.approx(1.0)
+
+
+def test_shared_genes_and_proteins(tp):
+    assert tp.shared_genes(["A", "B", "C", "D", "D", "E"], ["E", "C", "A", "D", "X"]) == ["A", "C", "E"]
+    assert tp.shared_genes(["A", "B"], ["B", "B", "A"]) == ["A"]  # duplicated in the query: dropped from both
+    assert tp.shared_proteins(["CD4", "CD8a", "CD3", "CD19"], ["CD3", "CD4", "CD8"]) == ["CD4", "CD3"]
+    assert tp.shared_labels(np.array(["T", "B", "unknown", "DC"]), np.array(["B", "T", "unknown", "NK"])) == [
+        "B", "T"]
+    assert tp.shared_labels(np.array(["T"]), None) == []
+
+
+def _lab(n, genes, proteins, labels, seed):
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(X=sp.csr_matrix(rng.poisson(2.0, (n, len(genes))).astype(np.float32)),
+                   obs=pd.DataFrame({"cell_type": rng.choice(labels, n)}, index=[f"c{seed}_{i}" for i in range(n)]),
+                   var=pd.DataFrame(index=genes))
+    a.obsm["protein"] = pd.DataFrame(rng.poisson(30.0, (n, len(proteins))).astype(np.float32), index=a.obs_names,
+                                     columns=proteins)
+    return a
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+def test_prepare_pair(tp):
+    ref = _lab(40, ["G1", "G2", "G3", "G4", "G4"], ["CD3", "CD4", "CD19"], ["T", "B", "unknown", "DC"], 0)
+    qry = _lab(30, ["G3", "G1", "G4", "G9"], ["CD19", "CD3", "CD56"], ["T", "B", "unknown", "NK"], 1)
+    pair = tp.prepare_pair(ref, qry, "ref", "qry")
+    assert pair.name == "ref->qry"
+    assert pair.genes == ["G1", "G3"]  # G4 is duplicated in the reference
+    assert pair.proteins == ["CD3", "CD19"]
+    assert pair.labels == ["B", "T"]
+    np.testing.assert_array_equal(pair.query_rna.toarray(), qry.X.toarray()[:, [1, 0]])
+    np.testing.assert_array_equal(pair.ref_rna.toarray(), ref.X.toarray()[:, [0, 2]])
+    assert list(pair.ref_protein.columns) == ["CD3", "CD4", "CD19"]  # the reference's whole panel
+    np.testing.assert_array_equal(pair.query_protein.to_numpy(), qry.obsm["protein"][["CD3", "CD19"]].to_numpy())
+    removed = tp.prepare_pair(ref, qry, "ref", "qry", remove_type="B")
+    assert "B" not in set(removed.ref_labels)
+    kept = ~ref.obs["cell_type"].isin(["B", "unknown"])  # the unlabelled cells go too (they may be B cells)
+    assert removed.ref_rna.shape[0] == removed.ref_protein.shape[0] == kept.sum()
+    assert removed.labels == ["T"]
+    with pytest.raises(ValueError, match="share no proteins"):
+        tp.prepare_pair(ref, _lab(5, ["G1"], ["CD56"], ["T"], 2))
+
+
+def test_baselines_on_two_synthetic_labs(tp):
+    from omicsclip.io.synthetic import make_synthetic
+
+    data = make_synthetic(n_cells=400, n_genes=120, n_proteins=6, n_types=3, n_batches=2, seed=0)
+    labs = [data.subset(np.flatnonzero(data.obs["batch"].astype(str).to_numpy() == f"batch{i}")).to_anndata()
+            for i in (1, 2)]
+    for a in labs:
+        a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    labs[1].obsm["protein"] = labs[1].obsm["protein"].iloc[:, :4]
+    pair = tp.prepare_pair(labs[0], labs[1], "labA", "labB")
+    res = tp.run_baselines(pair, seed=0)
+    assert set(res) == {"ridge", "knn", "logreg"}
+    for m in ("ridge", "knn"):
+        assert set(res[m]["protein"]["per_protein"]) == set(pair.proteins)
+        assert res[m]["protein"]["mean_pearson"] > 0.3
+    for m in ("logreg", "knn"):
+        assert res[m]["labels"]["accuracy"] > 0.7
+    removed = tp.prepare_pair(labs[0], labs[1], "labA", "labB", remove_type=pair.labels[0])
+    ood = tp.run_ood_baseline(removed, pair.labels[0])
+    assert 0.0 <= ood["auroc"] <= 1.0
+
+
+def test_markdown_report(tm):
+    from conftest import load_bench
+
+    transfer = load_bench("transfer")
+    result = {"pairs": {"a:b": {"methods": {
+        "ridge": {"protein": {"mean_pearson": 0.81234}, "seconds": 1.0},
+        "knn": {"protein": {"mean_pearson": 0.8}, "labels": {"accuracy": 0.9}, "ood": {"auroc": 0.95},
+                "seconds": 2.0, "label_seconds": 1.0},
+        "omicsclip": {"error": "failed: something"}}}}}
+    md = transfer.markdown(result)
+    assert "| a:b | ridge | 0.812 | — | — | 1.0 |" in md
+    assert "| a:b | knn | 0.800 | 0.900 | 0.950 | 3.0 |" in md
+    assert "failed: something" in md
+    assert transfer.totalvi_epochs(8227) == 52
+    assert transfer.totalvi_epochs(100) == 400
+
+
+def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
+    """bench/transfer.py --small with omicsclip (tiny training): the CLI path runs and every output is scored."""
+    from conftest import load_bench
+
+    transfer = load_bench("transfer")
+    res = transfer.main(["--small", "--skip-totalvi", "--workdir", str(tmp_path / "w"), "--out",
+                         str(tmp_path / "t.json"), "--pairs", "labA:labB", "--set", "train.epochs=3", "--set",
+                         "model.members=1", "--set", "train.batch_size=64", "--set", "preprocess.n_hvg=100"])
+    om = res["pairs"]["labA:labB"]["methods"]["omicsclip"]
+    assert -1.0 <= om["protein"]["mean_pearson"] <= 1.0
+    assert 0.0 <= om["labels"]["accuracy"] <= 1.0
+    assert 0.0 <= om["ood"]["auroc"] <= 1.0
+    assert (tmp_path / "t.md").read_text().count("labA:labB") >= 4
+
+
+def test_real_pair_preparation(tp):
+    ref = tp.load_dataset(shared_h5ad("bremsc_inhouse_pbmc"))
+    qry = tp.load_dataset(shared_h5ad("pbmc10k_protein_v3"))
+    pair = tp.prepare_pair(ref, qry, "bremsc", "pbmc10k")
+    assert len(pair.genes) == len(set(pair.genes)) > 3000
+    assert set(pair.proteins) == {"CD4", "CD56", "CD3", "CD19", "CD14", "CD8a", "CD16", "CD127"}
+    assert "unknown" not in pair.labels
+    assert "B cells" in pair.labels
