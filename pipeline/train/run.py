@@ -160,6 +160,10 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
     mode = train["data_on_device"]
     on_device = mode is True or (mode == "auto" and _fits_on_device(est, device))
     groups = _batch_groups(info, train_rows, train)
+    if groups is not None and not on_device and train["batch_key"] == "auto":
+        log.warning("train.batch_key=auto: batches mix datasets, as the training cells are streamed (about "
+                    "%.1f GB do not fit on %s)", est / 1e9, device)
+        groups = None
     if groups is not None and not on_device:
         raise InputError(f"train.batch_key={train['batch_key']!r} needs the training cells in memory, but about "
                          f"{est / 1e9:.1f} GB do not fit on {device} (train.data_on_device)")
@@ -177,7 +181,11 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
 
 def _batch_groups(info: dict[str, Any], train_rows: np.ndarray, train: dict[str, Any]) -> np.ndarray | None:
     """Per training cell, its ``train.batch_key`` group code (``None`` when the key is off)."""
+    from omicsclip.io.panels import DATASET_COLUMN, panels_of
+
     key = train["batch_key"]
+    if key == "auto":  # chosen on validation cells (bench/pooled.py): within one dataset for pooled stores
+        key = DATASET_COLUMN if panels_of(info["uns"]) is not None else ""
     if not key:
         return None
     obs = info["obs"]

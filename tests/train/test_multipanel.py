@@ -174,3 +174,24 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     assert 0.0 <= res["methods"]["omicsclip"]["foscttm"] < 0.5
     # reusing the pooled store of the same sources (a second call, e.g. --resume)
     assert prepare_training_store(stores, out, cfg) == store
+
+
+def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
+    import pandas as pd
+
+    from omicsclip.train.run import _batch_groups
+
+    obs = pd.DataFrame({"dataset": ["a"] * 70 + ["b"] * 50, "batch": ["x", "y"] * 60},
+                       index=[f"c{i}" for i in range(120)])
+    rows = np.arange(120)
+    pooled = {"obs": obs, "uns": {"panels": {"a": ["P1"], "b": ["P1", "P2"]}}}
+    plain = {"obs": obs, "uns": {}}
+    train = {"batch_key": "auto", "batch_size": 32}
+    assert np.array_equal(_batch_groups(pooled, rows, train), (obs["dataset"] == "b").to_numpy().astype(int))
+    assert _batch_groups(plain, rows, train) is None
+    assert _batch_groups(plain, rows, {**train, "batch_key": "batch"}) is not None
+    assert _batch_groups(pooled, rows, {**train, "batch_key": ""}) is None
+    with pytest.raises(InputError, match="no such obs column"):
+        _batch_groups(plain, rows, {**train, "batch_key": "donor"})
+    with pytest.raises(InputError, match="every group"):
+        _batch_groups(pooled, rows, {**train, "batch_size": 100})
