@@ -16,16 +16,24 @@ import pandas as pd
 from omicsclip.errors import InputError
 
 
-def _present(store: Path, pos: np.ndarray) -> np.ndarray | None:
-    """Measured-protein mask of store cells ``pos`` (store proteins as columns), ``None`` when all were measured."""
+def _read_counts(store: Path) -> tuple[pd.Index, list[str], np.ndarray]:
+    """Return barcodes, protein names and protein counts of a store or input (NaN: unmeasured, pooled stores)."""
     from omicsclip.io.formats import detect_format
 
-    if detect_format([store]) != "zarr":  # only a paired store records panels
-        return None
-    from omicsclip.io.panels import store_present
-    from omicsclip.io.store import store_info
+    if detect_format([store]) == "zarr":  # a paired store: read through iter_store, which masks pooled panels
+        from omicsclip.io.store import iter_store, store_info
 
-    return store_present(store_info(store), pos)
+        info = store_info(store)
+        parts = [prot for _, prot, _ in iter_store(store, 50_000)]
+        return (pd.Index(info["obs"].index.astype(str)), [str(p) for p in info["proteins"].index],
+                np.concatenate(parts).astype(np.float32, copy=False))
+    from omicsclip.io.readers import open_input
+
+    with open_input([store], require="any", modality="prot") as src:
+        if src.proteins is None:
+            raise InputError(f"{store}: no protein counts to store with the index")
+        parts = [np.asarray(c.prot, np.float32) for c in src.iter_chunks(50_000)]
+        return pd.Index(src.barcodes).astype(str), [str(n) for n in src.proteins], np.concatenate(parts)
 
 
 def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None
@@ -46,23 +54,15 @@ def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] 
     tuple
         ``(n x P float32 CLR protein, NaN where the cell's panel lacked the protein; protein names)``.
     """
-    from omicsclip.io.readers import open_input
     from omicsclip.model.preprocess import clr
 
-    with open_input([store], require="any", modality="prot") as src:
-        if src.proteins is None:
-            raise InputError(f"{store}: no protein counts to store with the index")
-        pos = src.barcodes.get_indexer(ids)
-        if (pos < 0).any():
-            missing = ids[pos < 0]
-            raise InputError(f"{store}: {len(missing)} embedded cells are not in this store "
-                             f"(e.g. {', '.join(map(str, missing[:3]))})")
-        parts = [np.asarray(c.prot, np.float32) for c in src.iter_chunks(50_000)]
-        names = [str(n) for n in src.proteins]
-    counts = np.concatenate(parts)[pos]
-    present = _present(Path(store), pos)
-    if present is not None:
-        counts[~present] = np.nan  # outside the cell's panel: unmeasured, not zero
+    barcodes, names, counts = _read_counts(Path(store))
+    pos = barcodes.get_indexer(ids)
+    if (pos < 0).any():
+        missing = ids[pos < 0]
+        raise InputError(f"{store}: {len(missing)} embedded cells are not in this store "
+                         f"(e.g. {', '.join(map(str, missing[:3]))})")
+    counts = counts[pos]  # outside a cell's panel (pooled store): NaN, unmeasured rather than zero
     if model_proteins is not None:
         col = pd.Index(names).get_indexer(list(model_proteins))
         if (col < 0).any():

@@ -296,6 +296,13 @@ def open_store(path: Path) -> RawInput:
     except Exception as exc:  # noqa: BLE001 - not a zarr folder / corrupt metadata
         raise InputError(f"{path}: cannot open as a zarr store ({type(exc).__name__}: {one_line(exc)})") from None
     try:
-        return _mudata(path, root, "zarr", "rna", "prot", None)
+        raw = _mudata(path, root, "zarr", "rna", "prot", None)
     except READ_ERRORS as exc:
         raise _corrupt(path, exc) from None
+    if raw.prot is not None and "uns" in root and "panels" in root["uns"]:
+        # a store pooled from several antibody panels (omicsclip pool): its zeros outside a cell's panel are
+        # unmeasured, not counts, and only omicsclip.io.store (iter_store, read_store) masks them
+        raw.prot = None
+        raw.missing["prot"] = ("a store pooled from several antibody panels: its protein is read by omicsclip's "
+                               "stages (embed, index, evaluate), not as an input")
+    return raw

@@ -101,3 +101,24 @@ def test_resolve_genes_from_list_file_and_inputs(tmp_path):
     assert resolve_genes(None, all_genes, [query]) == all_genes[5:]
     with pytest.raises(InputError, match="not found"):
         resolve_genes(None, all_genes, [tmp_path / "nope.h5ad"])
+
+
+def test_pooled_protein_is_never_read_as_zero_counts(tmp_path):
+    from omicsclip.index.refprotein import reference_protein
+    from omicsclip.io.readers import open_input
+
+    sa, sb, d = two_labs(tmp_path)
+    pooled = pool_stores([sa, sb], tmp_path / "pooled.zarr")
+    with open_input([pooled], require="any") as src:  # as an input: RNA only, the protein would be misread
+        assert src.proteins is None
+        assert src.genes == [str(g) for g in d.genes.index[10:]]
+    with pytest.raises(InputError, match="pooled from several antibody panels"):
+        open_input([pooled], require="both")
+    ids = store_info(pooled)["obs"].index
+    clr, names = reference_protein(pooled, ids, None)
+    assert names == list(d.proteins.index)
+    assert np.isnan(clr[:240, 14:]).all()
+    assert np.isfinite(clr[:240, :14]).all()
+    assert np.isnan(clr[240:, :6]).all()
+    lp = np.log1p(d.prot[240:, 6:].astype(np.float64))
+    np.testing.assert_allclose(clr[240:, 6:], lp - lp.mean(1, keepdims=True), rtol=1e-5, atol=1e-6)
