@@ -50,6 +50,11 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every model")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pooled.json")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+                    help="datasets to pool (default: all three)")
+    ap.add_argument("--variants", nargs="+", default=["pooled", "pooled_batch_key"],
+                    choices=["pooled", "pooled_batch_key", "pooled_default"],
+                    help="pooled models: batch_key off, batch_key=dataset, or the default config")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="omicsclip-pooled-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -57,7 +62,8 @@ def main() -> None:
     sets = [x for s in args.sets for x in ("--set", s)]
     t0 = time.time()
     stores = {}
-    for name, folder in DATASETS.items():
+    for name in args.datasets:
+        folder = DATASETS[name]
         h5ad = next((SHARED / folder).glob("*.h5ad"))
         stores[name] = work / f"{name}.zarr"
         if not stores[name].exists():
@@ -70,26 +76,29 @@ def main() -> None:
         run("evaluate", str(store), "--model", str(model), "--out", str(work / f"m_{name}.json"), "--overwrite",
             log=log)
         rows[f"{name}/own"] = {"model": "own", "dataset": name, **metrics(work / f"m_{name}.json")}
-    pooled = work / "pooled.zarr"
+    tag = "" if len(args.datasets) == len(DATASETS) else "_" + "_".join(args.datasets)
+    pooled = work / f"pooled{tag}.zarr"
     if not pooled.exists():
         run("pool", *map(str, stores.values()), "--out", str(pooled), "--names", ",".join(stores), log=log)
-    for variant, extra in (("pooled", ["--set", "train.batch_key="]),
-                           ("pooled_batch_key", ["--set", "train.batch_key=dataset"])):
-        model = work / f"model_{variant}"
+    extras = {"pooled": ["--set", "train.batch_key="], "pooled_batch_key": ["--set", "train.batch_key=dataset"],
+              "pooled_default": []}
+    for variant in args.variants:
+        extra = extras[variant]
+        model = work / f"model_{variant}{tag}"
         if not model.exists():
             run("train", str(pooled), "--out", str(model), *sets, *extra, log=log)
         for name in stores:
-            out = work / f"m_{variant}_{name}.json"
+            out = work / f"m_{variant}{tag}_{name}.json"
             run("evaluate", str(pooled), "--model", str(model), "--out", str(out), "--dataset", name, "--overwrite",
                 log=log)
             rows[f"{name}/{variant}"] = {"model": variant, "dataset": name, **metrics(out)}
     for name in stores:
         own = rows[f"{name}/own"]["test_foscttm"]
-        for variant in ("pooled", "pooled_batch_key"):
+        for variant in args.variants:
             r = rows[f"{name}/{variant}"]
             r["test_foscttm_ratio_to_own"] = r["test_foscttm"] / own if own else None
-    val = {v: sum(rows[f"{n}/{v}"]["val_foscttm"] for n in stores) / len(stores) for v in ("pooled", "pooled_batch_key")}
-    result = {"settings": args.sets, "rows": list(rows.values()), "mean_val_foscttm": val,
+    val = {v: sum(rows[f"{n}/{v}"]["val_foscttm"] for n in stores) / len(stores) for v in args.variants}
+    result = {"settings": args.sets, "datasets": args.datasets, "rows": list(rows.values()), "mean_val_foscttm": val,
               "batch_key_chosen_on_validation": min(val, key=val.get), "seconds": round(time.time() - t0, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

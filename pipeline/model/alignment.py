@@ -41,6 +41,7 @@ class FeatureReport:
     modality: str
     n_model: int
     missing: list[str] = field(default_factory=list)
+    panel_fraction: float | None = None
 
     @property
     def n_missing(self) -> int:
@@ -49,7 +50,13 @@ class FeatureReport:
 
     @property
     def missing_fraction(self) -> float:
-        """Fraction of the model's features the input lacks."""
+        """Fraction of the model's features the input lacks.
+
+        For a model trained on several antibody panels (``panel_fraction`` set): the fraction of the training
+        panel the input covers best, so a dataset's own panel is complete (0), not missing the other panels.
+        """
+        if self.panel_fraction is not None:
+            return self.panel_fraction
         return self.n_missing / max(self.n_model, 1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,18 +187,21 @@ def align_proteins(
             f"input: {', '.join(proteins[:5])}...)"
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
-    report = FeatureReport("prot", len(state.proteins), missing)
     lacking, panel = _worst_panel_gap(set(missing), state)
+    report = FeatureReport("prot", len(state.proteins), missing, lacking if state.panels else None)
     if lacking > state.max_missing_protein_fraction:
         raise InputError(
             f"protein input lacks {report.n_missing} of the model's {report.n_model} proteins "
             f"({lacking:.0%}{panel} > max_missing_protein_fraction="
             f"{state.max_missing_protein_fraction:g}); e.g. {', '.join(missing[:3])}"
         )
-    if missing:
-        log.warning("protein input lacks %d of the model's %d proteins (%.0f%%); left out of the CLR, their model "
+    if missing and lacking == 0:  # a model trained on several panels: this is one of them, complete
+        log.info("protein input has %d of the model's %d proteins: a training panel, complete",
+                 report.n_model - report.n_missing, report.n_model)
+    elif missing:
+        log.warning("protein input lacks %d of the model's %d proteins (%.0f%%%s); left out of the CLR, their model "
                     "inputs set to the training mean, the heads down-weight the protein embedding (e.g. %s)",
-                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:5]))
+                    report.n_missing, report.n_model, 100 * lacking, panel, ", ".join(missing[:5]))
     out = np.zeros((prot.shape[0], len(state.proteins)), np.float32)
     out[:, present] = prot[:, pos[present]]
     unmeasured = np.isnan(out)

@@ -117,7 +117,10 @@ def test_fit_with_unmeasured_proteins_uses_measured_cells_only():
     # a query with the first panel only is within the limit against that panel (not against the union)
     _, present, report = align_proteins(d.prot[:, :4], d.protein_names[:4], state)
     assert report.n_missing == 1
+    assert report.missing_fraction == 0.0  # a training panel, complete: the heads need not down-weight it
     assert present.tolist() == [True] * 4 + [False]
+    _, _, part = align_proteins(d.prot[:, :3], d.protein_names[:3], state)
+    assert part.missing_fraction == pytest.approx(0.25)  # 1 of the closest panel's 4
 
 
 def test_library_genes_restrict_the_model_and_its_library_sizes():
