@@ -37,7 +37,7 @@ def test_pooled_dataset_dry_run(tmp_path: Path) -> None:
         assert f"cp results/pooled/t{t}/metrics_a.json results/pooled/t{t}/metrics.json" in out
     trains = {line.split("--out ", 1)[1].split()[0]: line for line in out.splitlines() if "omicsclip train" in line}
     assert all('"batch_key": "dataset"' in trains[f"results/pooled/t{t}/model"] for t in ("0.1", "0.2"))
-    assert all('"batch_key": ""' in trains[f"results/{d}/t0.1/model"] for d in ("a", "b"))
+    assert all('"batch_key": "auto"' in trains[f"results/{d}/t0.1/model"] for d in ("a", "b"))  # the default
 
 
 def test_pooled_dataset_helpers() -> None:
