@@ -71,10 +71,12 @@ def omicsclip_method(ref_h5ad: Path, query_h5ad: Path, shared_genes: list[str], 
     imp = ad.read_h5ad(qdir / "imputed_protein.h5ad")
     protein = pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
                            columns=[str(p) for p in imp.var_names]).reindex(barcodes)
-    labels = pd.read_csv(qdir / "labels.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("query_id")
     mapping = pd.read_csv(qdir / "mapping.tsv", sep="\t").set_index("query_id")
     mapping.index = mapping.index.astype(str)
-    labels.index = labels.index.astype(str)
-    lab = labels["cell_type"].reindex(barcodes).replace("", None).to_numpy(dtype=object)
+    lab = None
+    if (qdir / "labels.tsv").exists():  # a reference without cell-type labels transfers none
+        labels = pd.read_csv(qdir / "labels.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("query_id")
+        labels.index = labels.index.astype(str)
+        lab = labels["cell_type"].reindex(barcodes).replace("", None).to_numpy(dtype=object)
     return {"protein": protein, "labels": lab, "mapping_score": mapping["mapping_score"].reindex(barcodes).to_numpy(),
             "seconds": time.perf_counter() - t0}
