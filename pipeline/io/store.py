@@ -272,7 +272,8 @@ def iter_store(path: str | Path, chunk_cells: int = 10_000) -> Iterator[tuple[sp
     from omicsclip.io.panels import store_present
 
     root = _open(path)
-    present = store_present(store_info(path))
+    # only a pooled store has panels: the whole obs (millions of rows in an atlas) is read just for one
+    present = store_present(store_info(path)) if "uns" in root and "panels" in root["uns"] else None
     with _corrupt_store(path):
         rna = MatrixTable(sparse_dataset(root["mod/rna/X"]), path=path, what="mod/rna/X")
         prot = MatrixTable(sparse_dataset(root["mod/prot/X"]), path=path, what="mod/prot/X")
