@@ -1,7 +1,8 @@
 """A reference pooled from several datasets against one model per dataset, and ``train.batch_key`` on and off.
 
 Ingests the shared CITE-seq datasets (pbmc10k, bremsc, 5' PBMC), trains one model per dataset on its own store,
-pools the stores (``omicsclip pool``: shared genes, union panel) and trains pooled models with and without
+pools the stores (``omicsclip pool``: the union of the genes, each dataset's unmeasured genes masked, or with
+``--pool-genes shared`` the genes all share; the union panel) and trains pooled models with and without
 ``train.batch_key=dataset``. Every model is scored with ``omicsclip evaluate`` on each dataset's own held-out
 test cells (pooled models: ``--dataset``, the dataset's own panel). Validation FOSCTTM (validation cells, never
 test cells) is what chooses the ``batch_key`` default; test numbers are reported next to it.
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["pooled", "pooled_batch_key"],
                     choices=["pooled", "pooled_batch_key", "pooled_default"],
                     help="pooled models: batch_key off, batch_key=dataset, or the default config")
+    ap.add_argument("--pool-genes", choices=["union", "shared"], default="union",
+                    help="the pooled store's genes (omicsclip pool --genes)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="omicsclip-pooled-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -76,10 +79,12 @@ def main() -> None:
         run("evaluate", str(store), "--model", str(model), "--out", str(work / f"m_{name}.json"), "--overwrite",
             log=log)
         rows[f"{name}/own"] = {"model": "own", "dataset": name, **metrics(work / f"m_{name}.json")}
-    tag = "" if len(args.datasets) == len(DATASETS) else "_" + "_".join(args.datasets)
+    tag = ("" if len(args.datasets) == len(DATASETS) else "_" + "_".join(args.datasets)) + (
+        "" if args.pool_genes == "shared" else f"_{args.pool_genes}")
     pooled = work / f"pooled{tag}.zarr"
     if not pooled.exists():
-        run("pool", *map(str, stores.values()), "--out", str(pooled), "--names", ",".join(stores), log=log)
+        run("pool", *map(str, stores.values()), "--out", str(pooled), "--names", ",".join(stores),
+            "--genes", args.pool_genes, log=log)
     extras = {"pooled": ["--set", "train.batch_key="], "pooled_batch_key": ["--set", "train.batch_key=dataset"],
               "pooled_default": []}
     for variant in args.variants:
@@ -98,7 +103,7 @@ def main() -> None:
             r = rows[f"{name}/{variant}"]
             r["test_foscttm_ratio_to_own"] = r["test_foscttm"] / own if own else None
     val = {v: sum(rows[f"{n}/{v}"]["val_foscttm"] for n in stores) / len(stores) for v in args.variants}
-    result = {"settings": args.sets, "datasets": args.datasets, "rows": list(rows.values()), "mean_val_foscttm": val,
+    result = {"settings": args.sets, "datasets": args.datasets, "pool_genes": args.pool_genes, "rows": list(rows.values()), "mean_val_foscttm": val,
               "batch_key_chosen_on_validation": min(val, key=val.get), "seconds": round(time.time() - t0, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,6 +18,9 @@ Run::
 
     .venv/bin/python bench/transfer.py [--pairs bremsc:pbmc10k ...] [--seed 0] [--skip-totalvi] [--skip-omicsclip]
     .venv/bin/python bench/transfer.py --small      # tiny synthetic two-lab run (seconds; no real data)
+    # a pooled reference (the pair's reference + 5' PBMC, union of genes and panels) against the single one:
+    .venv/bin/python bench/transfer.py --pairs bremsc:pbmc10k pbmc10k:bremsc --pooled-with pbmc5p --skip-totalvi \
+        --out bench/results/transfer_pooled.json
 """
 
 from __future__ import annotations
@@ -137,8 +140,13 @@ def run_totalvi(pair: Pair, workdir: Path, seed: int, python: Path = SCVI_PYTHON
 
 
 def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_totalvi: bool,
-             skip_omicsclip: bool, max_epochs: int | None, sets: tuple[str, ...] = ()) -> dict:
-    """Run every method on one ``ref:query`` pair and return its results."""
+             skip_omicsclip: bool, max_epochs: int | None, sets: tuple[str, ...] = (),
+             pooled_with: str | None = None) -> dict:
+    """Run every method on one ``ref:query`` pair and return its results.
+
+    ``pooled_with``: also ``omicsclip_pooled``, a reference pooled from the pair's reference and this dataset
+    (never the query), scored on the same query cells and proteins.
+    """
     from transfer_peers import load_dataset
 
     ref_key, query_key = key.split(":")
@@ -167,6 +175,10 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
                                    workdir / key.replace(":", "_") / "omicsclip_ood", seed, sets)
             res["ood"] = ood_eval(ood["mapping_score"], pair.query_labels, removed)
         out["methods"]["omicsclip"] = res
+        if pooled_with and pooled_with not in (ref_key, query_key):
+            pooled = omicsclip_method([paths[ref_key], paths[pooled_with]], paths[query_key], pair.genes,
+                                      workdir / key.replace(":", "_") / f"omicsclip_pooled_{pooled_with}", seed, sets)
+            out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled), "pooled_with": pooled_with}
     if not skip_totalvi:
         out["methods"]["totalvi"] = run_totalvi(pair, workdir / key.replace(":", "_") / "totalvi", seed,
                                                 max_epochs=max_epochs)
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="omicsclip config override (repeatable), e.g. train.epochs=5 for a quick run")
     ap.add_argument("--workdir", type=Path, default=None, help="keep intermediate files here (default: temp)")
+    ap.add_argument("--pooled-with", default=None,
+                    help="also omicsclip_pooled: a reference pooled from each pair's reference and this dataset")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="omicsclip-bench-transfer-") as d:
@@ -248,11 +262,13 @@ def main(argv: list[str] | None = None) -> dict:
             missing = [str(p) for p in paths.values() if not p.exists()]
             if missing:
                 sys.exit(f"bench/transfer.py: data not found: {missing}")
-        result = {"seed": args.seed, "small": args.small, "omicsclip_sets": args.sets, "totalvi_max_epochs": args.max_epochs or f"{TOTALVI_STEPS} steps",
+        result = {"seed": args.seed, "small": args.small, "omicsclip_sets": args.sets,
+                  "totalvi_max_epochs": args.max_epochs or f"{TOTALVI_STEPS} steps", "pooled_with": args.pooled_with,
                   "ood_types": {k: v for k, v in OOD_TYPES.items() if k in pairs}, "pairs": {}}
         for key in pairs:
             result["pairs"][key] = run_pair(key, paths, args.seed, workdir, args.skip_totalvi,
-                                            args.skip_omicsclip, args.max_epochs, tuple(args.sets))
+                                            args.skip_omicsclip, args.max_epochs, tuple(args.sets),
+                                            args.pooled_with)
             _write(args.out, result)  # after every pair: a long run keeps what it has
     table = markdown(result)
     print(table)

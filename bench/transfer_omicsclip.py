@@ -46,11 +46,13 @@ def rna_only(query_h5ad: Path, out: Path) -> pd.Index:
     return a.obs_names
 
 
-def omicsclip_method(ref_h5ad: Path, query_h5ad: Path, shared_genes: list[str], workdir: Path, seed: int,
-                     sets: tuple[str, ...] = ()) -> dict:
+def omicsclip_method(ref_h5ad: Path | list[Path], query_h5ad: Path, shared_genes: list[str], workdir: Path,
+                     seed: int, sets: tuple[str, ...] = ()) -> dict:
     """Run omicsclip on a pair and return the :func:`transfer.score_output` contract, rows in query order.
 
-    ``shared_genes`` is not used: ``--genes-from`` finds the shared genes itself, as a user would let it.
+    ``ref_h5ad`` may list several datasets: a pooled reference (``omicsclip train A.zarr B.zarr`` pools them on
+    the union of their genes and panels). ``shared_genes`` is not used: ``--genes-from`` finds the shared genes
+    itself, as a user would let it.
     """
     del shared_genes
     import anndata as ad
@@ -62,8 +64,13 @@ def omicsclip_method(ref_h5ad: Path, query_h5ad: Path, shared_genes: list[str], 
     query = workdir / "query_rna.h5ad"
     barcodes = rna_only(query_h5ad, query)
     overrides = [x for s in (f"train.seed={seed}", *sets) for x in ("--set", s)]
-    _run(log, "ingest", ref_h5ad, "--out", store, "--make-unique", "--overwrite")
-    _run(log, "train", store, "--out", model, "--genes-from", query, "--overwrite", *overrides)
+    refs = list(ref_h5ad) if isinstance(ref_h5ad, (list, tuple)) else [ref_h5ad]
+    stores = [store] if len(refs) == 1 else [workdir / f"ref{i}_{Path(r).stem}.zarr" for i, r in enumerate(refs)]
+    for r, s in zip(refs, stores, strict=True):
+        _run(log, "ingest", r, "--out", s, "--make-unique", "--overwrite")
+    _run(log, "train", *stores, "--out", model, "--genes-from", query, "--overwrite", *overrides)
+    if len(refs) > 1:
+        store = model.with_name(model.name + ".pool.zarr")  # where train pooled them
     _run(log, "embed", store, "--model", model, "--out", emb, "--overwrite")
     _run(log, "index", emb, "--out", index, "--set", "index.label_key=cell_type", "--overwrite")
     _run(log, "query", query, "--model", model, "--index", index, "--out", qdir, "--modality", "rna", "--no-tsv",

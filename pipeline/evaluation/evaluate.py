@@ -282,8 +282,8 @@ def _prot_clr(model: Any, data: Any) -> tuple[np.ndarray, list[str]]:
 
 
 def _one_dataset(data: Any, dataset: str | None, store: Path) -> Any:
-    """Return the cells of ``dataset`` of a pooled store with its own panel's proteins (other stores: unchanged)."""
-    from omicsclip.io.panels import DATASET_COLUMN, panels_of
+    """Return the cells of ``dataset`` of a pooled store with its own proteins and genes (others: unchanged)."""
+    from omicsclip.io.panels import DATASET_COLUMN, GENE_PANELS_KEY, panels_of
 
     panels = panels_of(data.uns)
     if panels is None:
@@ -296,6 +296,10 @@ def _one_dataset(data: Any, dataset: str | None, store: Path) -> Any:
     sub = data.subset(np.flatnonzero(data.obs[DATASET_COLUMN].astype(str).to_numpy() == dataset))
     cols = pd.Index(sub.protein_names).get_indexer(panels[dataset])
     sub.prot, sub.proteins = sub.prot[:, cols], sub.proteins.iloc[cols]
+    gene_panels = panels_of(data.uns, GENE_PANELS_KEY)
+    if gene_panels is not None:  # pooled on the union of the datasets' genes: the others are unmeasured
+        cols = pd.Index(sub.gene_names).get_indexer(gene_panels[dataset])
+        sub.rna, sub.genes = sub.rna[:, cols], sub.genes.iloc[cols]
     return sub
 
 

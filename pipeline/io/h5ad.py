@@ -305,4 +305,9 @@ def open_store(path: Path) -> RawInput:
         raw.prot = None
         raw.missing["prot"] = ("a store pooled from several antibody panels: its protein is read by omicsclip's "
                                "stages (embed, index, evaluate), not as an input")
+    if raw.rna is not None and "uns" in root and "gene_panels" in root["uns"]:
+        # pooled on the union of several datasets' genes: the zeros outside a cell's gene panel are unmeasured
+        raw.rna = None
+        raw.missing["rna"] = ("a store pooled on the union of several datasets' genes: its RNA is read by "
+                              "omicsclip's stages (embed, index, evaluate), not as an input")
     return raw

@@ -9,6 +9,12 @@ reads protein from a store must tell the two apart. The contract:
 
 A store without ``uns[PANELS_KEY]`` (one dataset, ``omicsclip ingest``) measured every protein in every cell.
 :func:`protein_present` turns this into a cells x proteins mask.
+
+Genes work the same way when a store is pooled on the *union* of its datasets' genes (``omicsclip pool --genes
+union``): ``uns[GENE_PANELS_KEY]`` maps each dataset to the genes it measured, the others are stored as 0 counts
+and never read as such. :func:`gene_masks` turns this into a small table of masks over any gene list (the store's,
+or a model's) and a per-cell code into it, so a cell's unmeasured genes are left out (set to the training mean)
+like a query's missing genes.
 """
 
 from __future__ import annotations
@@ -23,16 +29,79 @@ from omicsclip.errors import InputError
 
 DATASET_COLUMN = "dataset"
 PANELS_KEY = "panels"
+GENE_PANELS_KEY = "gene_panels"
 
 
-def panels_of(uns: Mapping[str, Any] | None) -> dict[str, list[str]] | None:
-    """Return ``uns[PANELS_KEY]`` as ``{dataset: [protein, ...]}``, or ``None`` when the store has one panel."""
-    raw = (uns or {}).get(PANELS_KEY)
+def panels_of(uns: Mapping[str, Any] | None, key: str = PANELS_KEY) -> dict[str, list[str]] | None:
+    """Return ``uns[key]`` as ``{dataset: [feature, ...]}``, or ``None`` when the store has one panel.
+
+    ``key`` is :data:`PANELS_KEY` (proteins) or :data:`GENE_PANELS_KEY` (genes).
+    """
+    raw = (uns or {}).get(key)
     if raw is None:
         return None
     if not isinstance(raw, Mapping) or not raw:
-        raise InputError(f"store uns[{PANELS_KEY!r}] must map dataset names to protein lists")
+        raise InputError(f"store uns[{key!r}] must map dataset names to feature lists")
     return {str(k): [str(p) for p in np.asarray(v, dtype=object).ravel()] for k, v in raw.items()}
+
+
+def gene_masks(obs: pd.DataFrame, genes: Sequence[str], gene_panels: Mapping[str, Sequence[str]] | None
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return ``(codes, table)``: per cell a row of ``table`` (datasets x ``genes``, True = measured).
+
+    ``genes`` may be any gene list (the store's, or a model's: genes outside every panel count as unmeasured).
+    ``None`` when every cell measured every one of ``genes`` (no ``gene_panels``, or panels that all cover them).
+
+    Raises
+    ------
+    InputError
+        A cell's dataset has no gene panel.
+    """
+    if gene_panels is None:
+        return None
+    codes, table = _codes_and_table(obs, genes, gene_panels, "gene", strict=False)
+    return None if table.all() else (codes, table)
+
+
+def _codes_and_table(obs: pd.DataFrame, features: Sequence[str], panels: Mapping[str, Sequence[str]], what: str,
+                     *, strict: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell its dataset's row of the datasets x ``features`` table of measured features.
+
+    ``strict``: a panel naming a feature outside ``features`` is an error (else such names are ignored).
+    """
+    if DATASET_COLUMN not in obs.columns:
+        raise InputError(f"store has {what} panels but no obs column {DATASET_COLUMN!r}")
+    names = pd.Index([str(f) for f in features])
+    datasets = sorted(panels)
+    table = np.zeros((len(datasets), len(names)), bool)
+    for i, d in enumerate(datasets):
+        pos = names.get_indexer([str(f) for f in panels[d]])
+        if strict and (pos < 0).any():
+            raise InputError(f"panel of dataset {d!r} names {what}s the store lacks "
+                             f"({', '.join(p for p, q in zip(panels[d], pos, strict=True) if q < 0)})")
+        table[i, pos[pos >= 0]] = True
+    codes = pd.Index(datasets).get_indexer(obs[DATASET_COLUMN].astype(str).to_numpy())
+    if (codes < 0).any():
+        bad = sorted(set(obs[DATASET_COLUMN].astype(str).to_numpy()[codes < 0]))
+        raise InputError(f"cells of dataset(s) {', '.join(bad[:3])} have no {what} panel in the store")
+    return codes.astype(np.int64), table
+
+
+def store_gene_masks(info: Mapping[str, Any], genes: Sequence[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`gene_masks` of every cell of :func:`store_info`'s ``info`` over ``genes`` (default: the store's)."""
+    gene_panels = panels_of(info.get("uns"), GENE_PANELS_KEY)
+    if gene_panels is None:
+        return None
+    genes = [str(g) for g in info["genes"].index] if genes is None else genes
+    return gene_masks(info["obs"], genes, gene_panels)
+
+
+def split_by_mask(codes: np.ndarray | None) -> list[tuple[int, np.ndarray | slice]]:
+    """Group cells by their mask code: ``[(code, rows), ...]``; ``[(-1, slice(None))]`` when ``codes`` is None."""
+    if codes is None:
+        return [(-1, slice(None))]
+    return [(int(c), np.flatnonzero(codes == c)) for c in np.unique(codes)]
 
 
 def protein_present(obs: pd.DataFrame, proteins: Sequence[str],
@@ -55,24 +124,8 @@ def protein_present(obs: pd.DataFrame, proteins: Sequence[str],
     """
     if panels is None:
         return None
-    if DATASET_COLUMN not in obs.columns:
-        raise InputError(f"store has protein panels but no obs column {DATASET_COLUMN!r}")
-    names = pd.Index([str(p) for p in proteins])
-    datasets = sorted(panels)
-    table = np.zeros((len(datasets), len(names)), bool)
-    for i, d in enumerate(datasets):
-        pos = names.get_indexer(list(panels[d]))
-        if (pos < 0).any():
-            raise InputError(f"panel of dataset {d!r} names proteins the store lacks "
-                             f"({', '.join(p for p, q in zip(panels[d], pos, strict=True) if q < 0)})")
-        table[i, pos] = True
-    codes = pd.Index(datasets).get_indexer(obs[DATASET_COLUMN].astype(str).to_numpy())
-    if (codes < 0).any():
-        bad = sorted(set(obs[DATASET_COLUMN].astype(str).to_numpy()[codes < 0]))
-        raise InputError(f"cells of dataset(s) {', '.join(bad[:3])} have no protein panel in the store")
-    if table.all():
-        return None
-    return table[codes]
+    codes, table = _codes_and_table(obs, proteins, panels, "protein", strict=True)
+    return None if table.all() else table[codes]
 
 
 def store_present(info: Mapping[str, Any], rows: np.ndarray | slice | None = None) -> np.ndarray | None:

@@ -1,9 +1,11 @@
 """Pool paired stores from several datasets (labs, chemistries, antibody panels) into one store.
 
-The pooled store holds the genes every dataset measured (their intersection, or ``preprocess.genes``-style a
-given list) and the *union* of the protein panels. Protein counts outside a cell's own panel are stored as 0 and
-recorded as unmeasured (:mod:`omicsclip.io.panels`: obs column ``dataset``, ``uns["panels"]``), so training,
-embedding, indexing and evaluation leave them out instead of reading them as zero counts. Barcodes become
+The pooled store holds the *union* of the protein panels and, by default, the union of the datasets' genes
+(``genes="shared"``: their intersection; or a given list every store has). Counts outside a cell's own panel are
+stored as 0 and recorded as unmeasured (:mod:`omicsclip.io.panels`: obs column ``dataset``, ``uns["panels"]`` and
+``uns["gene_panels"]``), so training, embedding, indexing and evaluation leave them out instead of reading them as
+zero counts. The union keeps every dataset's own genes: a reference pooled from a 33k-gene dataset and two
+datasets filtered to a few thousand genes each (sharing a few hundred) still learns each from all its genes. Barcodes become
 ``<barcode>-<dataset>`` (AnnData's ``concat(index_unique="-")``), so cells of different datasets never collide.
 
 Everything else downstream (split, train, embed, index, query, finetune, evaluate) takes the pooled store like any
@@ -21,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
-from omicsclip.io.panels import DATASET_COLUMN, PANELS_KEY, panels_of
+from omicsclip.io.panels import DATASET_COLUMN, GENE_PANELS_KEY, PANELS_KEY, panels_of
 from omicsclip.io.store import StoreWriter, iter_store, store_info
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,27 @@ def _pooled_obs(infos: list[dict], names: list[str]) -> pd.DataFrame:
     return obs
 
 
+GENE_MODES = ("union", "shared")
+
+
+def _pooled_genes(gene_lists: list[list[str]], genes: Sequence[str] | str) -> list[str]:
+    """Return the pooled store's genes: ``union`` / ``shared`` (in first-seen order) or a list every store has."""
+    shared = set(gene_lists[0]).intersection(*gene_lists[1:])
+    if isinstance(genes, str):
+        if genes not in GENE_MODES:
+            raise InputError(f"pool: genes must be one of {', '.join(GENE_MODES)} or a gene list (got {genes!r})")
+        if genes == "union":
+            return list(dict.fromkeys(g for gl in gene_lists for g in gl))
+        return [g for g in gene_lists[0] if g in shared]
+    lacking = [g for g in genes if str(g) not in shared]
+    if lacking:
+        raise InputError(f"pool: {len(lacking)} of the given genes are not in every store "
+                         f"(e.g. {', '.join(map(str, lacking[:3]))})")
+    return [str(g) for g in genes]
+
+
 def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
-                genes: Sequence[str] | None = None, overwrite: bool = False, chunk_cells: int = 10_000) -> Path:
+                genes: Sequence[str] | str = "union", overwrite: bool = False, chunk_cells: int = 10_000) -> Path:
     """Write one store holding the cells of several paired stores.
 
     Parameters
@@ -74,8 +95,9 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
     names
         Dataset names (obs ``dataset``, barcode suffix); default from the store paths (:func:`dataset_names`).
     genes
-        The genes to keep (e.g. those shared with the datasets you will query); they must be in every store.
-        Default: the genes all stores share, in the first store's order.
+        ``union`` (default): every gene of any store, each cell's unmeasured genes recorded as such;
+        ``shared``: the genes all stores share; or a list of genes to keep (e.g. those shared with the datasets
+        you will query), which must be in every store.
     overwrite
         Replace an existing ``out``.
     chunk_cells
@@ -96,37 +118,42 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
         if DATASET_COLUMN in info["obs"].columns:
             raise InputError(f"{s}: obs already has a {DATASET_COLUMN!r} column; rename it before pooling")
     gene_lists = [[str(g) for g in info["genes"].index] for info in infos]
-    shared = set(gene_lists[0]).intersection(*gene_lists[1:])
-    if genes is not None:
-        lacking = [g for g in genes if str(g) not in shared]
-        if lacking:
-            raise InputError(f"pool: {len(lacking)} of the given genes are not in every store "
-                             f"(e.g. {', '.join(map(str, lacking[:3]))})")
-        keep = [str(g) for g in genes]
-    else:
-        keep = [g for g in gene_lists[0] if g in shared]
+    keep = _pooled_genes(gene_lists, genes)
     if not keep:
         raise InputError("pool: the stores share no gene")
+    keep_set = set(keep)
+    gene_panels = {n: [g for g in gl if g in keep_set] for n, gl in zip(names, gene_lists, strict=True)}
+    if all(len(p) == len(keep) for p in gene_panels.values()):
+        gene_panels = None  # every dataset measured every kept gene
     proteins = list(dict.fromkeys(str(p) for info in infos for p in info["proteins"].index))
     panels = {n: [str(p) for p in info["proteins"].index] for n, info in zip(names, infos, strict=True)}
     obs = _pooled_obs(infos, names)
     for name, gl in zip(names, gene_lists, strict=True):
-        log.info("pool: %s: %d cells, %d of %d genes kept, %d proteins", name, len(obs[obs[DATASET_COLUMN] == name]),
-                 len(keep), len(gl), len(panels[name]))
-    log.info("pool: %d cells, %d shared genes, %d proteins in the union panel", len(obs), len(keep), len(proteins))
-    prot_index = pd.Index(proteins)
+        log.info("pool: %s: %d cells, %d of its %d genes kept, %d proteins", name,
+                 int((obs[DATASET_COLUMN] == name).sum()),
+                 len(keep) if gene_panels is None else len(gene_panels[name]), len(gl), len(panels[name]))
+    log.info("pool: %d cells, %d genes (%s), %d proteins in the union panel", len(obs), len(keep),
+             genes if isinstance(genes, str) else "given list", len(proteins))
+    prot_index, gene_index = pd.Index(proteins), pd.Index(keep)
     with StoreWriter(out, genes=pd.DataFrame(index=pd.Index(keep)), proteins=pd.DataFrame(index=prot_index),
                      overwrite=overwrite) as w:
         offset = 0
         for store, gl, info in zip(stores, gene_lists, infos, strict=True):
-            gpos = pd.Index(gl).get_indexer(keep)
+            gpos = gene_index.get_indexer(gl)  # store gene -> pooled column (-1: not kept)
+            have = np.flatnonzero(gpos >= 0)
+            to_pooled = sp.csr_matrix((np.ones(have.size, np.float32), (have, gpos[have])), shape=(len(gl), len(keep)))
             ppos = prot_index.get_indexer([str(p) for p in info["proteins"].index])
             for rna, prot, sl in iter_store(store, chunk_cells):
                 p = np.zeros((prot.shape[0], len(proteins)), np.float32)
                 p[:, ppos] = prot
-                w.append(sp.csr_matrix(rna[:, gpos]), p, obs.iloc[offset + sl.start : offset + sl.stop])
+                x = sp.csr_matrix(rna @ to_pooled)
+                x.sort_indices()
+                w.append(x, p, obs.iloc[offset + sl.start : offset + sl.stop])
             offset += len(info["obs"])
         sources = [{"name": n, "path": str(Path(s).resolve()), "n_cells": len(i["obs"]),
                     "n_genes": len(gl), "n_proteins": len(panels[n])}
                    for n, s, i, gl in zip(names, stores, infos, gene_lists, strict=True)]
-        return w.close(uns={PANELS_KEY: panels, "pooled_from": sources})
+        uns = {PANELS_KEY: panels, "pooled_from": sources}
+        if gene_panels is not None:
+            uns[GENE_PANELS_KEY] = gene_panels
+        return w.close(uns=uns)

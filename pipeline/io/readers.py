@@ -430,7 +430,8 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
             why = raw.missing.get(m, f"no {_label(m)} counts")
             raise InputError(f"{paths[0]}: {why}; both RNA and protein are needed")
         if len(missing) == 2:
-            raise InputError(f"{paths[0]}: neither RNA nor protein counts found")
+            why = raw.missing.get("rna") or "neither RNA nor protein counts found"
+            raise InputError(f"{paths[0]}: {why}")
         src = InputSource(raw, isotype_patterns=isotype_patterns, keep_isotypes=keep_isotypes,
                           hto_patterns=hto_patterns, pairing=pairing, allow_normalized=allow_normalized,
                           make_unique=make_unique, harmonise_proteins=harmonise_proteins,

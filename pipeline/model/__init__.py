@@ -26,6 +26,7 @@ from omicsclip.model.encoders import (
     build_model,
     normalize_members,
 )
+from omicsclip.model.geneselect import MAX_PROTEIN_GENES, select_hvg, select_protein_genes
 from omicsclip.model.loss import ClipLoss, gather_features, row_cross_entropy
 from omicsclip.model.modelio import (
     TrainedModel,
@@ -36,7 +37,6 @@ from omicsclip.model.modelio import (
     write_model_files,
 )
 from omicsclip.model.preprocess import (
-    MAX_PROTEIN_GENES,
     PreprocessState,
     TorchPreprocessor,
     clr,
@@ -44,8 +44,6 @@ from omicsclip.model.preprocess import (
     library_size,
     log_normalize,
     principal_axes,
-    select_hvg,
-    select_protein_genes,
 )
 
 __all__ = [

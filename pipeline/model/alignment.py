@@ -112,17 +112,21 @@ def align_rna(
         raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
-    report = FeatureReport("rna", len(state.genes), missing)
-    if report.missing_fraction > state.max_missing_gene_fraction:
+    lacking, panel = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
+    report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None)
+    if lacking > state.max_missing_gene_fraction:
         raise InputError(
             f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
-            f"({report.missing_fraction:.0%} > max_missing_gene_fraction="
+            f"({lacking:.0%}{panel} > max_missing_gene_fraction="
             f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}; train a model that fits it on "
             f"the genes both share: omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)"
         )
-    if missing:
-        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%); filled with zeros (e.g. %s)",
-                    report.n_missing, report.n_model, 100 * report.missing_fraction, ", ".join(missing[:3]))
+    if missing and lacking == 0:  # a model trained on several datasets' genes: this is one's gene set, complete
+        log.info("RNA input has %d of the model's %d genes: a training dataset's gene set, complete",
+                 report.n_model - report.n_missing, report.n_model)
+    elif missing:
+        log.warning("RNA input lacks %d of the model's %d genes (%.1f%%%s); set to the training mean (e.g. %s)",
+                    report.n_missing, report.n_model, 100 * lacking, panel, ", ".join(missing[:3]))
         lost = sorted(set(missing) & set(state.protein_genes or []))
         if lost:
             log.warning("%d of the missing genes are protein genes of the model (inputs picked for their "
@@ -187,7 +191,7 @@ def align_proteins(
             f"input: {', '.join(proteins[:5])}...)"
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
-    lacking, panel = _worst_panel_gap(set(missing), state)
+    lacking, panel = _closest_panel_gap(set(missing), state.panels, len(state.proteins), "proteins")
     report = FeatureReport("prot", len(state.proteins), missing, lacking if state.panels else None)
     if lacking > state.max_missing_protein_fraction:
         raise InputError(
@@ -211,13 +215,17 @@ def align_proteins(
     return out, present, report
 
 
-def _worst_panel_gap(missing: set[str], state: PreprocessState) -> tuple[float, str]:
-    """Return the fraction of the best-covered training panel the input lacks, and a description of it."""
-    if not state.panels:
-        return len(missing) / max(len(state.proteins), 1), ""
-    gaps = [sum(p in missing for p in panel) / max(len(panel), 1) for panel in state.panels]
+def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,
+                       what: str) -> tuple[float, str]:
+    """Return the fraction of the best-covered training panel the input lacks, and a description of it.
+
+    Without ``panels`` (one training dataset), the fraction of all ``n_model`` model features.
+    """
+    if not panels:
+        return len(missing) / max(n_model, 1), ""
+    gaps = [sum(p in missing for p in panel) / max(len(panel), 1) for panel in panels]
     best = int(np.argmin(gaps))
-    return gaps[best], f" of the closest training panel ({len(state.panels[best])} proteins)"
+    return gaps[best], f" of the closest training dataset's {len(panels[best])} {what}"
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

@@ -26,6 +26,9 @@ class RawBatch:
         Per-cell total count of the genes outside the model.
     prot
         Protein counts, cells x proteins (dense).
+    gene_keep
+        Model genes the cells measured, (genes,) for all or (cells, genes), when some were not (a store pooled on
+        the union of several datasets' genes); ``None``: every cell measured every gene.
     """
 
     n: int
@@ -34,6 +37,7 @@ class RawBatch:
     val: torch.Tensor
     other: torch.Tensor  # per-cell counts of genes outside the model
     prot: torch.Tensor  # n x proteins, dense
+    gene_keep: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,13 @@ class Augmentation:
 
 
 def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, other: torch.Tensor,
-                prot: torch.Tensor, idx: torch.Tensor) -> RawBatch:
+                prot: torch.Tensor, idx: torch.Tensor, gene_codes: torch.Tensor | None = None,
+                gene_table: torch.Tensor | None = None) -> RawBatch:
     """Rows ``idx`` of a CSR matrix (plus the per-cell ``other`` counts and dense ``prot``) as a raw batch.
 
-    Index operations only (no host round trip besides the size of the output).
+    Index operations only (no host round trip besides the size of the output). With ``gene_codes`` (per cell, a
+    row of ``gene_table``: the model genes it measured), the batch's ``gene_keep`` is that row when every cell
+    shares it (batches drawn within one dataset), else one row per cell.
     """
     starts = indptr[idx]
     lens = indptr[idx + 1] - starts
@@ -83,8 +90,12 @@ def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
     # 1-D index_select, not advanced indexing: several times faster on the CPU
     shift = starts - (torch.cumsum(lens, 0) - lens)
     pos = torch.arange(total, device=idx.device) + torch.repeat_interleave(shift, lens, output_size=total)
+    keep = None
+    if gene_table is not None and n:
+        codes = gene_codes[idx]
+        keep = gene_table[codes[0]] if bool((codes == codes[0]).all()) else gene_table[codes]
     return RawBatch(n=n, row=rows, col=indices.index_select(0, pos).long(), val=values.index_select(0, pos),
-                    other=other[idx], prot=prot[idx])
+                    other=other[idx], prot=prot[idx], gene_keep=keep)
 
 
 def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -387,6 +398,8 @@ def transform_batch(batch: RawBatch, val: torch.Tensor, other: torch.Tensor, pro
             frac = torch.rand(1, generator=gen, device=device) * aug.gene_masking
             keep_genes = torch.rand(transform.n_genes, generator=gen, device=device) >= frac
             keep_rna = keep_genes if keep_rna is None else keep_rna & keep_genes
+    if batch.gene_keep is not None:  # genes the cells' dataset never measured: the training mean
+        keep_rna = batch.gene_keep if keep_rna is None else keep_rna & batch.gene_keep
     if transform.rna_proj is not None and not reference:
         x_rna = transform.rna_sparse(batch.row, batch.col, val, lib, batch.n, keep_rna)
     else:

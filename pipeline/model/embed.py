@@ -59,6 +59,7 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
     import zarr
     from anndata.io import write_elem
 
+    from omicsclip.io.panels import split_by_mask, store_gene_masks
     from omicsclip.io.store import iter_store, store_info
     from omicsclip.model.device import resolve_device
 
@@ -92,14 +93,22 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
                                                     dtype="float32")
             arrays[key].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         report: dict = {}
+        masks = store_gene_masks(info)  # a store pooled on the union of several datasets' genes
         with Progress(n, "embed", "cells", logger=log) as progress:
             for rna, prot, sl in iter_store(store, chunk_cells):
-                e = model.embed(rna, prot, genes=genes, proteins=proteins, batch_size=batch_size)
+                e = {"rna": np.empty((sl.stop - sl.start, d), np.float32)}
+                e["prot"] = np.empty_like(e["rna"])
+                # each dataset's cells with the genes it measured: the others are unmeasured, not zero counts
+                for code, rows in split_by_mask(None if masks is None else masks[0][sl]):
+                    cols = slice(None) if code < 0 else np.flatnonzero(masks[1][code])
+                    part = model.embed(rna[rows][:, cols], prot[rows], genes=genes if code < 0 else
+                                       [genes[c] for c in cols], proteins=proteins, batch_size=batch_size)
+                    e["rna"][rows], e["prot"][rows] = part["rna"], part["prot"]
+                    report = model.last_report
+                    missing[sl][rows] = protein_missing_fraction(report["prot"], len(part["prot"]))
                 arrays[OBSM_RNA][sl] = e["rna"]
                 arrays[OBSM_PROT][sl] = e["prot"]
                 arrays[OBSM_JOINT][sl] = joint_embedding(e["rna"], e["prot"])
-                report = model.last_report
-                missing[sl] = protein_missing_fraction(report["prot"], len(e["prot"]))
                 progress.update(sl.stop - sl.start)
         obs[PROT_MISSING_COLUMN] = missing
         write_elem(root, "obs", obs)

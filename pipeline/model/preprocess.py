@@ -31,10 +31,10 @@ import torch
 from omicsclip.config import default_config
 from omicsclip.errors import InputError
 from omicsclip.model.batchops import CountTransform
+from omicsclip.model.geneselect import panel_hvg, select_hvg, select_protein_genes
 
 log = logging.getLogger(__name__)
 
-MAX_PROTEIN_GENES = 256  # preprocess.protein_genes: at most this many genes in all (large antibody panels)
 
 
 @dataclass
@@ -74,6 +74,10 @@ class PreprocessState:
         The antibody panels of the training datasets (a store pooled from several panels; model proteins are their
         union); ``None``: one panel, the model's proteins. A query's protein input is held to
         ``max_missing_protein_fraction`` against the training panel it covers best.
+    gene_panels
+        The model genes each training dataset measured (a store pooled on the union of several datasets' genes),
+        when some dataset lacks some model genes; ``None``: every training cell measured every model gene. A
+        query's RNA input is held to ``max_missing_gene_fraction`` against the dataset it covers best.
     """
 
     genes: list[str]
@@ -92,6 +96,7 @@ class PreprocessState:
     protein_genes: list[str] | None = None
     library_genes: list[str] | None = None
     panels: list[list[str]] | None = None
+    gene_panels: list[list[str]] | None = None
 
     @property
     def rna_projection(self) -> np.ndarray | None:
@@ -127,6 +132,7 @@ class PreprocessState:
             "protein_genes": None if self.protein_genes is None else [str(g) for g in self.protein_genes],
             "library_genes": None if self.library_genes is None else [str(g) for g in self.library_genes],
             "panels": None if self.panels is None else [[str(p) for p in panel] for panel in self.panels],
+            "gene_panels": None if self.gene_panels is None else [[str(g) for g in p] for p in self.gene_panels],
         }
 
     @classmethod
@@ -154,6 +160,7 @@ class PreprocessState:
                 protein_genes=None if d.get("protein_genes") is None else [str(g) for g in d["protein_genes"]],
                 library_genes=None if d.get("library_genes") is None else [str(g) for g in d["library_genes"]],
                 panels=None if d.get("panels") is None else [[str(p) for p in panel] for panel in d["panels"]],
+                gene_panels=None if d.get("gene_panels") is None else [[str(g) for g in p] for p in d["gene_panels"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -210,31 +217,16 @@ def clr(prot: np.ndarray) -> np.ndarray:
     return (lp - lp.mean(axis=1, keepdims=True)).astype(np.float32)
 
 
-def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
-    """Positions of the ``n_hvg`` most variable genes (scanpy, flavor "seurat"), in input order.
+def _mean_std(x: np.ndarray | sp.spmatrix, n_measured: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std; NaN (dense) or, for sparse ``x``, cells beyond ``n_measured[j]`` are left out.
 
-    ``n_hvg == 0`` or ``n_hvg >=`` the number of expressed genes keeps every expressed gene.
+    ``n_measured``: per column, how many cells measured it (a store pooled on the union of several datasets'
+    genes: the others hold 0, which adds nothing to the sums).
     """
-    lognorm = sp.csr_matrix(lognorm)
-    expressed = np.flatnonzero(np.bincount(lognorm.indices[lognorm.data > 0], minlength=lognorm.shape[1]))
-    if expressed.size == 0:
-        raise InputError("preprocess: no gene has any counts in the training cells")
-    if n_hvg == 0 or n_hvg >= expressed.size:
-        return expressed
-    import anndata as ad  # scanpy is slow to import: only when genes are actually selected
-    import scanpy as sc
-
-    adata = ad.AnnData(X=lognorm)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor="seurat", subset=False)
-    return np.flatnonzero(adata.var["highly_variable"].to_numpy())
-
-
-def _mean_std(x: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     if sp.issparse(x):
-        mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-        sq = np.asarray(x.multiply(x).mean(axis=0), dtype=np.float64).ravel()
+        n = np.maximum(n_measured, 1) if n_measured is not None else x.shape[0]
+        mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
+        sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel() / n
     else:
         x = np.asarray(x, dtype=np.float64)
         with warnings.catch_warnings():  # NaN = unmeasured (pooled panels); a column never measured: mean 0
@@ -270,65 +262,6 @@ def principal_axes(x: np.ndarray, n: int, *, max_cells: int = 50_000, seed: int 
     return top.astype(np.float32)
 
 
-def select_protein_genes(x: np.ndarray, prot: np.ndarray, k: int, *, max_genes: int = MAX_PROTEIN_GENES,
-                         chunk: int = 2048) -> np.ndarray:
-    """Per protein, the ``k`` genes whose values correlate most with it (absolute Pearson ``r``).
-
-    Parameters
-    ----------
-    x
-        Training cells x genes (the scaled model-gene values).
-    prot
-        Training cells x proteins (CLR values).
-    k
-        Genes per protein.
-    max_genes
-        At most this many genes in all (large panels): then every protein's best gene first, then every
-        protein's second best, and so on, until the budget is spent.
-    chunk
-        Cells per chunk of the sums (bounded memory: no centred copy of ``x``).
-
-    Returns
-    -------
-    np.ndarray
-        Column positions in ``x``: protein by protein, each protein's genes by decreasing ``|r|``, a gene picked
-        for an earlier protein not repeated. Genes uncorrelated with a protein (``r = 0``: a constant gene or
-        protein) are never picked for it.
-    """
-    n, k = x.shape[0], min(int(k), x.shape[1])
-    y = np.asarray(prot, np.float64)
-    if np.isnan(y).any():  # unmeasured (pooled panels): centred on the measured cells, then 0 = no evidence
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            y = np.nan_to_num(y - np.nanmean(y, axis=0))
-    else:
-        y = y - y.mean(axis=0)
-    mean = np.zeros(x.shape[1])
-    for start in range(0, n, chunk):
-        mean += np.asarray(x[start : start + chunk], np.float64).sum(axis=0)
-    mean /= max(n, 1)
-    sxx = np.zeros(x.shape[1])
-    sxy = np.zeros((x.shape[1], y.shape[1]))
-    for start in range(0, n, chunk):
-        xc = np.asarray(x[start : start + chunk], np.float64) - mean
-        sxx += (xc * xc).sum(axis=0)
-        sxy += xc.T @ y[start : start + chunk]
-    x_sd, y_sd = np.sqrt(sxx / max(n, 1)), y.std(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.abs(sxy / max(n, 1) / np.outer(x_sd, y_sd))
-    r[~np.isfinite(r)] = 0.0
-    r[x_sd < 1e-8] = 0.0
-    r[:, y_sd < 1e-8] = 0.0
-    ranked = [[int(g) for g in np.argsort(-r[:, p], kind="stable")[:k] if r[g, p] > 1e-6] for p in range(r.shape[1])]
-    budget: set[int] = set()
-    for rank in range(k):  # round robin over proteins, so a budget cut keeps every protein's best genes
-        for genes in ranked:
-            if rank < len(genes) and len(budget) < max_genes:
-                budget.add(genes[rank])
-    picked = dict.fromkeys(g for genes in ranked for g in genes if g in budget)
-    return np.fromiter(picked, dtype=np.int64, count=len(picked))
-
-
 def fit_preprocessing(
     rna: sp.spmatrix,
     prot: np.ndarray,
@@ -347,6 +280,7 @@ def fit_preprocessing(
     protein_genes: int,
     library_genes: Sequence[str] | None = None,
     panels: Sequence[Sequence[str]] | None = None,
+    gene_masks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -369,6 +303,12 @@ def fit_preprocessing(
         genes are chosen among them and library sizes count only them. ``None``: all genes.
     panels
         The training datasets' protein panels, when they differ (:attr:`PreprocessState.panels`).
+    gene_masks
+        ``(codes, table)`` when the training datasets measured different genes (a store pooled on their union,
+        :func:`omicsclip.io.panels.gene_masks` over ``genes``): per training cell a row of ``table`` (datasets x
+        ``genes``, True = measured). Highly variable genes are then chosen per dataset among its own genes (their
+        union is the model's), means and scales count the cells that measured each gene, and an unmeasured gene
+        is 0 (the mean) in the principal axes' fit.
 
     Returns
     -------
@@ -389,17 +329,26 @@ def fit_preprocessing(
                              f"{int((cols < 0).sum())} genes are not in the training store"))
         cols = np.sort(cols)
         rna = rna[:, cols]
+    codes, table = (None, None) if gene_masks is None else gene_masks
+    if table is not None and cols is not None:
+        table = table[:, cols]
     lib = library_size(rna)
     lognorm = log_normalize(rna, target_sum, lib)
-    hvg = select_hvg(lognorm, n_hvg)
+    hvg = select_hvg(lognorm, n_hvg) if table is None else panel_hvg(lognorm, n_hvg, codes, table)
     if cols is not None:
         hvg = cols[hvg]  # positions among all the store's genes
     log.info("preprocess: %d of %d genes selected (n_hvg=%d%s)", hvg.size, len(genes), n_hvg,
              "" if cols is None else f", among the {cols.size} genes of preprocess.genes")
-    lognorm = lognorm[:, hvg if cols is None else np.searchsorted(cols, hvg)]  # the model genes only from here on
+    local = hvg if cols is None else np.searchsorted(cols, hvg)
+    lognorm = lognorm[:, local]  # the model genes only from here on
+    measured = None if table is None else table[:, local]  # datasets x model genes
+    if measured is not None and measured.all():
+        measured = None
     rna_mean = rna_std = prot_mean = prot_std = None
     if scale_rna:
-        rna_mean, rna_std = _mean_std(lognorm)
+        n_measured = None if measured is None else (measured.astype(np.int64).T @ np.bincount(
+            codes, minlength=measured.shape[0]))
+        rna_mean, rna_std = _mean_std(lognorm, n_measured)
     prot_clr = clr(prot)
     if scale_prot:
         prot_mean, prot_std = _mean_std(prot_clr)
@@ -410,6 +359,9 @@ def fit_preprocessing(
             x -= rna_mean
             x /= rna_std
             np.clip(x, -max_value, max_value, out=x)
+        if measured is not None:  # a gene a cell's dataset did not measure: the mean, as for a query lacking it
+            for i in range(measured.shape[0]):
+                x[np.ix_(codes == i, ~measured[i])] = 0.0
         rna_pcs = principal_axes(x, n_pcs)
         if protein_genes:
             picked = select_protein_genes(x, prot_clr, protein_genes)
@@ -428,10 +380,8 @@ def fit_preprocessing(
         max_missing_protein_fraction=float(max_missing_protein_fraction), rna_pcs=rna_pcs, depth=depth,
         protein_genes=prot_genes, library_genes=None if cols is None else [all_genes[i] for i in cols],
         panels=None if panels is None else [[str(p) for p in panel] for panel in panels],
+        gene_panels=None if measured is None else [[all_genes[g] for g in hvg[m]] for m in measured],
     )
-
-
-# ---------------------------------------------------------------------------------------------------- matching
 
 
 # ---------------------------------------------------------------------------------------------------- transform

@@ -47,9 +47,10 @@ class DeviceCells:
         Where to keep the data.
     """
 
-    def __init__(self, rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray, device: torch.device | str) -> None:
+    def __init__(self, rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray, device: torch.device | str, *,
+                 gene_codes: np.ndarray | None = None, gene_table: np.ndarray | None = None) -> None:
         prot = np.asarray(prot, np.float32)
-        self._assemble([_compact(rna, lib, prot)], rna.shape[1], prot.shape[1], device)
+        self._assemble([_compact(rna, lib, prot, gene_codes)], rna.shape[1], prot.shape[1], device, gene_table)
 
     @classmethod
     def from_store(cls, store: str | Path, rows: np.ndarray, state: PreprocessState, device: torch.device | str,
@@ -72,15 +73,23 @@ class DeviceCells:
         chunk_cells
             Cells read from the store at a time.
         """
-        parts = [_compact(rna, lib, prot) for rna, lib, prot in _aligned_chunks(store, rows, state, chunk_cells)]
+        table = _model_gene_masks(store, state)
+        parts = [_compact(rna, lib, prot, codes)
+                 for rna, lib, prot, codes in _aligned_chunks(store, rows, state, chunk_cells)]
         self = cls.__new__(cls)
-        self._assemble(parts, len(state.genes), len(state.proteins), device)
+        self._assemble(parts, len(state.genes), len(state.proteins), device, None if table is None else table[1])
         return self
 
     def _assemble(self, parts: list[dict[str, np.ndarray]], n_genes: int, n_proteins: int,
-                  device: torch.device | str) -> None:
+                  device: torch.device | str, gene_table: np.ndarray | None = None) -> None:
         self.device = torch.device(device)
         self.n_genes = n_genes
+        # per cell, the row of gene_table (datasets x model genes) of the genes it measured (pooled gene panels)
+        self.gene_table = None if gene_table is None else torch.from_numpy(np.asarray(gene_table, bool)).to(
+            self.device)
+        codes = [p.pop("gene_code", None) for p in parts]
+        self.gene_codes = None if self.gene_table is None else torch.from_numpy(
+            np.concatenate(codes).astype(np.int64) if codes else np.zeros(0, np.int64)).to(self.device)
         # counts are integers: float16 is exact up to 2048 and halves the footprint
         small = all(p["values"].dtype == np.float16 for p in parts)
         vdtype = np.float16 if small else np.float32
@@ -110,7 +119,8 @@ class DeviceCells:
 
     def gather(self, idx: torch.Tensor) -> RawBatch:
         """Gather the cells ``idx`` (a tensor of positions on this device) as a raw batch."""
-        return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device))
+        return gather_rows(self.indptr, self.indices, self.values, self.other, self.prot, idx.to(self.device),
+                           self.gene_codes, self.gene_table)
 
 
 def cell_bytes(nnz_per_cell: float, n_proteins: int) -> float:
@@ -122,7 +132,8 @@ def cell_bytes(nnz_per_cell: float, n_proteins: int) -> float:
     return 6.0 * nnz_per_cell + 12 + 4 * n_proteins
 
 
-def _compact(rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray) -> dict[str, np.ndarray]:
+def _compact(rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray,
+             gene_code: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Return the compact arrays of a block of cells (float16 counts when exact, int32 gene positions)."""
     rna = sp.csr_matrix(rna)
     values = np.asarray(rna.data, np.float32)
@@ -132,23 +143,37 @@ def _compact(rna: sp.csr_matrix, lib: np.ndarray, prot: np.ndarray) -> dict[str,
     return {"values": values, "indices": rna.indices.astype(np.int32),
             "row_nnz": np.diff(rna.indptr).astype(np.int64),
             "other": np.maximum(np.asarray(lib, np.float64) - rowsum, 0).astype(np.float32),
-            "prot": np.asarray(prot, np.float32)}
+            "prot": np.asarray(prot, np.float32),
+            **({} if gene_code is None else {"gene_code": np.asarray(gene_code, np.int64)})}
 
 
-def _aligned_chunks(store: str | Path, rows: np.ndarray, state: PreprocessState,
-                    chunk_cells: int) -> Iterator[tuple[sp.csr_matrix, np.ndarray, np.ndarray]]:
-    """Yield the cells at ``rows`` of a store, chunk by chunk, aligned to the model's genes and proteins."""
+def _model_gene_masks(store: str | Path | dict, state: PreprocessState) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per store cell, its row of a table of the model genes it measured (``None``: every cell measured all)."""
+    from omicsclip.io.panels import store_gene_masks
+    from omicsclip.io.store import store_info
+
+    return store_gene_masks(store if isinstance(store, dict) else store_info(store), state.genes)
+
+
+def _aligned_chunks(store: str | Path, rows: np.ndarray, state: PreprocessState, chunk_cells: int
+                    ) -> Iterator[tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Yield the cells at ``rows`` of a store, chunk by chunk, aligned to the model's genes and proteins.
+
+    The fourth item is, per cell, its row of :func:`_model_gene_masks`' table (``None`` without gene panels).
+    """
     from omicsclip.io.store import iter_store, store_info
 
     info = store_info(store)
     genes, proteins = [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index]
+    masks = _model_gene_masks(info, state)
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     for rna, prot, sl in iter_store(store, chunk_cells):
         sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
         if sel.size == 0:
             continue
         counts, lib, _ = align_rna(rna[sel], genes, state)
-        yield counts, lib, _aligned_protein(prot[sel], proteins, state)
+        codes = None if masks is None else masks[0][sl.start + sel]
+        yield counts, lib, _aligned_protein(prot[sel], proteins, state), codes
 
 
 def _aligned_protein(prot: np.ndarray, proteins: list[str], state: PreprocessState) -> np.ndarray:
@@ -179,9 +204,11 @@ def load_cells(store: str | Path, rows: np.ndarray, state: PreprocessState,
     Returns
     -------
     rna, lib, prot
-        RNA counts over the model genes (CSR), library sizes over all genes, protein counts.
+        RNA counts over the model genes (CSR), library sizes over all genes, protein counts. Genes a cell's dataset
+        did not measure (a store pooled on the union of several datasets' genes) are zeros here; training reads
+        them as unmeasured through :meth:`DeviceCells.from_store`.
     """
-    parts = list(_aligned_chunks(store, rows, state, chunk_cells))
+    parts = [p[:3] for p in _aligned_chunks(store, rows, state, chunk_cells)]
     if not parts:
         return (sp.csr_matrix((0, len(state.genes)), dtype=np.float32), np.zeros(0),
                 np.zeros((0, len(state.proteins)), np.float32))
@@ -305,6 +332,7 @@ class StoreBatches:
 
         info = store_info(store)
         self.present = store_present(info)
+        self.gene_masks = _model_gene_masks(info, state)
         self.store = Path(store)
         self.n_store = len(info["obs"])
         self.genes = [str(g) for g in info["genes"].index]
@@ -324,7 +352,7 @@ class StoreBatches:
         """Full global batches per epoch."""
         return len(self.train_rows) // self.batch_size
 
-    def _chunk(self, start: int, stop: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    def _chunk(self, start: int, stop: int) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
         if self._x is None:
             import zarr
             from anndata.io import sparse_dataset
@@ -337,32 +365,36 @@ class StoreBatches:
         if self.present is not None:  # proteins outside a cell's panel (a pooled store)
             prot[~self.present[start:stop][sel]] = np.nan
         counts, lib, _ = align_rna(rna, self.genes, self.state)
-        return counts, lib, _aligned_protein(prot, self.proteins, self.state)
+        codes = np.zeros(len(sel), np.int64) if self.gene_masks is None else self.gene_masks[0][start + sel]
+        return counts, lib, _aligned_protein(prot, self.proteins, self.state), codes
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[RawBatch]:
         """Raw batches of this rank for ``epoch`` from ``start_step`` on."""
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
         starts = np.arange(0, self.n_store, self.chunk_cells)
         order = rng.permutation(len(starts))
-        carry: tuple[sp.csr_matrix, np.ndarray, np.ndarray] | None = None
+        carry: tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray] | None = None
         step = 0
+        table = None if self.gene_masks is None else self.gene_masks[1]
         for ci in order:
             start = int(starts[ci])
             stop = min(start + self.chunk_cells, self.n_store)
-            rna, lib, prot = self._chunk(start, stop)  # read even when resuming past it: its leftover cells
-            perm = rng.permutation(rna.shape[0])       # carry into the next chunk
-            rna, lib, prot = rna[perm], lib[perm], prot[perm]
+            rna, lib, prot, codes = self._chunk(start, stop)  # read even when resuming past it: its leftover
+            perm = rng.permutation(rna.shape[0])              # cells carry into the next chunk
+            rna, lib, prot, codes = rna[perm], lib[perm], prot[perm], codes[perm]
             if carry is not None:
                 rna = sp.vstack([carry[0], rna], format="csr")
                 lib = np.concatenate([carry[1], lib])
                 prot = np.concatenate([carry[2], prot])
+                codes = np.concatenate([carry[3], codes])
             n_batches = rna.shape[0] // self.batch_size
             used = n_batches * self.batch_size
-            carry = (rna[used:], lib[used:], prot[used:]) if used < rna.shape[0] else None
+            carry = (rna[used:], lib[used:], prot[used:], codes[used:]) if used < rna.shape[0] else None
             if step + n_batches <= start_step:
                 step += n_batches
                 continue
-            cells = DeviceCells(rna[:used], lib[:used], prot[:used], self.device)
+            cells = DeviceCells(rna[:used], lib[:used], prot[:used], self.device,
+                                gene_codes=None if table is None else codes[:used], gene_table=table)
             for b in range(n_batches):
                 if step >= start_step:
                     lo = b * self.batch_size + self.rank * self.local

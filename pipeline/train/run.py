@@ -114,22 +114,24 @@ def _seed_everything(seed: int) -> None:
 def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], section: dict[str, Any],
                seed: int) -> PreprocessState:
     from omicsclip.io.genesets import resolve_genes
-    from omicsclip.io.panels import panels_of
+    from omicsclip.io.panels import panels_of, store_gene_masks
     from omicsclip.io.store import iter_store
 
     store_genes = [str(g) for g in info["genes"].index]
+    masks = store_gene_masks(info)  # a store pooled on the union of several datasets' genes
     library_genes = resolve_genes(section["genes"], store_genes)
     panels = panels_of(info["uns"])
     rows = train_rows
     if rows.size > FIT_MAX_CELLS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, FIT_MAX_CELLS, replace=False))
         log.info("preprocess: fitting on %d of %d training cells", rows.size, train_rows.size)
-    rna_parts, prot_parts = [], []
+    rna_parts, prot_parts, code_parts = [], [], []
     for rna, prot, sl in iter_store(store):
         sel = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
         if sel.size:
             rna_parts.append(rna[sel])
             prot_parts.append(prot[sel])
+            code_parts.append(None if masks is None else masks[0][sl.start + sel])
     rna = sp.vstack(rna_parts, format="csr")
     rna_parts.clear()  # the sample is held once from here on
     return fit_preprocessing(
@@ -140,6 +142,7 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         max_missing_protein_fraction=section["max_missing_protein_fraction"], n_pcs=section["n_pcs"],
         depth_features=section["depth_features"], protein_genes=section["protein_genes"],
         library_genes=library_genes, panels=None if panels is None else [panels[k] for k in sorted(panels)],
+        gene_masks=None if masks is None else (np.concatenate(code_parts), masks[1]),
     )
 
 

@@ -44,7 +44,7 @@ def test_input_axes_are_pcs_then_gene_indicators(gpu_train):
 def test_protein_gene_cap_is_the_preprocessing_one(gpu_train):
     from types import SimpleNamespace
 
-    from omicsclip.model.preprocess import MAX_PROTEIN_GENES
+    from omicsclip.model.geneselect import MAX_PROTEIN_GENES
 
     args = SimpleNamespace(n_pcs=30, protein_genes=10)
     assert gpu_train.n_protein_genes(args, 2000, 200) == MAX_PROTEIN_GENES  # 200 proteins x 10, capped

@@ -8,7 +8,16 @@ import pytest
 
 from omicsclip.errors import InputError
 from omicsclip.io.genesets import read_gene_list, resolve_genes
-from omicsclip.io.panels import DATASET_COLUMN, panels_of, protein_present, store_present
+from omicsclip.io.panels import (
+    DATASET_COLUMN,
+    GENE_PANELS_KEY,
+    gene_masks,
+    panels_of,
+    protein_present,
+    split_by_mask,
+    store_gene_masks,
+    store_present,
+)
 from omicsclip.io.pool import dataset_names, pool_stores
 from omicsclip.io.store import iter_store, read_store, store_info, write_store
 from omicsclip.io.synthetic import make_synthetic
@@ -29,7 +38,7 @@ def two_labs(tmp_path, n=240):
 
 def test_pool_keeps_shared_genes_union_panel_and_marks_unmeasured_proteins(tmp_path):
     sa, sb, d = two_labs(tmp_path)
-    out = pool_stores([sa, sb], tmp_path / "pooled.zarr")
+    out = pool_stores([sa, sb], tmp_path / "pooled.zarr", genes="shared")
     info = store_info(out)
     assert list(info["genes"].index) == list(d.genes.index[10:])
     assert list(info["proteins"].index) == list(d.proteins.index)  # union, first-seen order
@@ -51,6 +60,36 @@ def test_pool_keeps_shared_genes_union_panel_and_marks_unmeasured_proteins(tmp_p
     assert np.array_equal(data.rna.toarray(), d.rna[:, 10:].toarray())
     chunks = list(iter_store(out, chunk_cells=100))
     assert np.array_equal(np.isnan(np.concatenate([c[1] for c in chunks])), ~present)
+
+
+def test_pool_union_genes_records_each_datasets_gene_panel(tmp_path):
+    sa, sb, d = two_labs(tmp_path)
+    out = pool_stores([sa, sb], tmp_path / "pooled.zarr")  # default: the union of the genes
+    info = store_info(out)
+    assert list(info["genes"].index) == list(d.genes.index)  # lab A has every gene, first-seen order
+    gene_panels = panels_of(info["uns"], GENE_PANELS_KEY)
+    assert gene_panels == {"labA": list(d.genes.index), "labB": list(d.genes.index[10:])}
+    data = read_store(out)
+    assert np.array_equal(data.rna[:240].toarray(), d.rna[:240].toarray())
+    assert np.array_equal(data.rna[240:, 10:].toarray(), d.rna[240:, 10:].toarray())
+    assert data.rna[240:, :10].nnz == 0  # unmeasured genes are stored as 0 ...
+    codes, table = store_gene_masks(info)  # ... and recorded as unmeasured
+    assert codes.tolist() == [0] * 240 + [1] * 240
+    assert table[0].all()
+    assert not table[1, :10].any()
+    assert table[1, 10:].all()
+    # over a model's genes: one outside every panel counts as unmeasured
+    _, model_table = store_gene_masks(info, [d.genes.index[0], d.genes.index[20], "NOT_A_GENE"])
+    assert model_table.tolist() == [[True, True, False], [False, True, False]]
+    assert [(c, rows.size) for c, rows in split_by_mask(codes)] == [(0, 240), (1, 240)]
+    assert split_by_mask(None) == [(-1, slice(None))]
+    same = pool_stores([sa, sb], tmp_path / "shared.zarr", genes="shared")
+    assert GENE_PANELS_KEY not in store_info(same)["uns"]  # every cell measured every kept gene
+    obs = pd.DataFrame({DATASET_COLUMN: ["a", "c"]}, index=["1", "2"])
+    with pytest.raises(InputError, match="no gene panel"):
+        gene_masks(obs, ["G1"], {"a": [], "b": ["G1"]})
+    with pytest.raises(InputError, match="union, shared"):
+        pool_stores([sa, sb], tmp_path / "x.zarr", genes="all")
 
 
 def test_pool_refusals_are_one_line(tmp_path):
@@ -108,12 +147,15 @@ def test_pooled_protein_is_never_read_as_zero_counts(tmp_path):
     from omicsclip.io.readers import open_input
 
     sa, sb, d = two_labs(tmp_path)
-    pooled = pool_stores([sa, sb], tmp_path / "pooled.zarr")
+    pooled = pool_stores([sa, sb], tmp_path / "pooled.zarr", genes="shared")
     with open_input([pooled], require="any") as src:  # as an input: RNA only, the protein would be misread
         assert src.proteins is None
         assert src.genes == [str(g) for g in d.genes.index[10:]]
     with pytest.raises(InputError, match="pooled from several antibody panels"):
         open_input([pooled], require="both")
+    union = pool_stores([sa, sb], tmp_path / "union.zarr")  # nor its RNA, where gene panels differ
+    with pytest.raises(InputError, match="union of several datasets' genes"):
+        open_input([union], require="any")
     ids = store_info(pooled)["obs"].index
     clr, names = reference_protein(pooled, ids, None)
     assert names == list(d.proteins.index)

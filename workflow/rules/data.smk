@@ -45,7 +45,7 @@ rule ingest:
         "omicsclip ingest {input} --out {output} --format {params.fmt} {params.sets} > {log} 2>&1"
 
 
-# A reference trained on several datasets together: their stores pooled into one (shared genes, the union of the
+# A reference trained on several datasets together: their stores pooled into one (the union of the genes and of the
 # antibody panels, obs `dataset` = the member's name, barcodes BARCODE-MEMBER).
 rule pool:
     input:

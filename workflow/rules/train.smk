@@ -80,15 +80,19 @@ rule evaluate_member:
         "{params.sets} > {log} 2>&1"
 
 
-# A pooled dataset's run metrics (what `select` ranks the sweep on and the report shows) are its FIRST member's.
+# A pooled dataset's run metrics (what `select` ranks the sweep on and the report shows): the mean over its members,
+# each member's own metrics kept under "members".
 rule pooled_metrics:
     input:
-        lambda wildcards: f"{CFG['results_dir']}/{wildcards.dataset}/t{wildcards.temp}/"
-        f"metrics_{pool_members(wildcards.dataset)[0]}.json",
+        lambda wildcards: [f"{CFG['results_dir']}/{wildcards.dataset}/t{wildcards.temp}/metrics_{m}.json"
+                           for m in pool_members(wildcards.dataset)],
     output:
         "<results>/{dataset}/t{temp}/metrics.json",
     wildcard_constraints:
         dataset=name_pattern(POOLED),
+    params:
+        members=lambda wildcards, input: " ".join(f"{m}={path}" for m, path in zip(pool_members(wildcards.dataset),
+                                                                                    input)),
     log:
         "<results>/{dataset}/logs/pooled_metrics_t{temp}.log",
     benchmark:
@@ -101,7 +105,7 @@ rule pooled_metrics:
     conda:
         "../envs/omicsclip.yaml"
     shell:
-        "cp {input} {output} 2> {log}"
+        "omicsclip merge-metrics {params.members} --out {output} > {log} 2>&1"
 
 
 rule select:

@@ -1,0 +1,113 @@
+"""A reference pooled on the union of several datasets' genes: each cell's unmeasured genes are left out (the
+training mean), in the preprocessing fit, in training batches and when the pooled store is embedded, exactly as
+for a query that lacks them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY
+
+from omicsclip.config import default_config, load_config
+from omicsclip.errors import InputError
+from omicsclip.io.panels import store_gene_masks
+from omicsclip.io.pool import pool_stores
+from omicsclip.io.store import read_store, store_info, write_store
+from omicsclip.io.synthetic import make_synthetic
+from omicsclip.model.alignment import align_rna
+from omicsclip.model.batchops import gather_rows, model_inputs
+from omicsclip.model.modelio import load_model
+from omicsclip.model.preprocess import TorchPreprocessor, fit_preprocessing
+from omicsclip.train.data import DeviceCells
+from omicsclip.train.run import train_model
+
+PRE = {k: v for k, v in default_config()["preprocess"].items() if k != "genes"}
+
+
+def two_gene_sets(tmp_path, n=300):
+    """Lab A measured genes 0-69, lab B genes 10-79 (and different panels): the union has 80 genes."""
+    d = make_synthetic(n_cells=2 * n, n_genes=80, n_proteins=10, n_types=4, seed=5)
+    a, b = d.subset(np.arange(n)), d.subset(np.arange(n, 2 * n))
+    a.rna, a.genes = a.rna[:, :70], a.genes.iloc[:70]
+    b.rna, b.genes = b.rna[:, 10:], b.genes.iloc[10:]
+    a.prot, a.proteins = a.prot[:, :7], a.proteins.iloc[:7]
+    b.prot, b.proteins = b.prot[:, 3:], b.proteins.iloc[3:]
+    stores = [write_store(a, tmp_path / "labA.zarr"), write_store(b, tmp_path / "labB.zarr")]
+    return pool_stores(stores, tmp_path / "pooled.zarr"), a, b
+
+
+def test_fit_counts_only_the_cells_that_measured_each_gene(tmp_path):
+    pooled, a, b = two_gene_sets(tmp_path)
+    data, info = read_store(pooled), store_info(pooled)
+    codes, table = store_gene_masks(info)
+    kw = {**PRE, "n_hvg": 0, "n_pcs": 5, "protein_genes": 0}
+    state = fit_preprocessing(data.rna, data.prot, data.gene_names, data.protein_names, **kw,
+                              gene_masks=(codes, table))
+    only_b = fit_preprocessing(b.rna, b.prot, b.gene_names, b.protein_names, **kw)
+    genes = pd.Index(state.genes)
+    assert set(genes) == set(data.gene_names)  # every dataset's genes are model genes
+    assert state.gene_panels == [[g for g in state.genes if g in set(a.gene_names)],
+                                 [g for g in state.genes if g in set(b.gene_names)]]
+    # a gene only lab B measured: scaled on lab B's cells alone, not on lab A's zeros
+    for g in data.gene_names[70:]:
+        i, j = genes.get_loc(g), only_b.genes.index(g)
+        assert state.rna_mean[i] == pytest.approx(only_b.rna_mean[j], rel=1e-4)
+        assert state.rna_std[i] == pytest.approx(only_b.rna_std[j], rel=1e-4)
+    # lab B's own gene set is complete for the model (its closest training dataset), never refused or warned of
+    _, _, report = align_rna(b.rna, b.gene_names, state)
+    assert report.n_missing == 10
+    assert report.missing_fraction == 0.0
+    # a query with half of lab B's genes is judged against lab B's set
+    state.max_missing_gene_fraction = 0.2
+    with pytest.raises(InputError, match="closest training dataset's 70 genes"):
+        align_rna(b.rna[:, :35], b.gene_names[:35], state)
+
+
+def test_gathered_batches_carry_each_cells_measured_genes():
+    indptr = torch.tensor([0, 1, 2, 3])
+    idx_same, idx_mixed = torch.tensor([0, 2]), torch.tensor([0, 1])
+    table = torch.tensor([[True, False, True], [False, True, True]])
+    codes = torch.tensor([0, 1, 0])
+    args = (indptr, torch.tensor([0, 1, 2], dtype=torch.int32), torch.ones(3), torch.zeros(3), torch.zeros(3, 2))
+    same = gather_rows(*args, idx_same, codes, table)
+    assert same.gene_keep.tolist() == [True, False, True]  # one dataset: one mask (the cheap path)
+    mixed = gather_rows(*args, idx_mixed, codes, table)
+    assert mixed.gene_keep.tolist() == [[True, False, True], [False, True, True]]
+    assert gather_rows(*args, idx_same).gene_keep is None
+
+
+def test_pooled_training_inputs_equal_each_labs_own_inputs_and_embeddings(tmp_path):
+    from omicsclip.model.embed import embed_store, open_embeddings
+
+    pooled, a, b = two_gene_sets(tmp_path)
+    cfg = load_config(None, [*TINY, "preprocess.n_pcs=8", "preprocess.protein_genes=2"])
+    out = tmp_path / "model"
+    train_model(pooled, out, cfg)
+    model = load_model(out)
+    state = model.state
+    assert state.gene_panels is not None
+    assert len(state.genes) > len(state.gene_panels[0])
+    pre = TorchPreprocessor(state)
+    n_a = a.n_cells
+    rows = np.arange(n_a - 20, n_a + 20)  # the last lab A cells and the first lab B cells: a mixed batch
+    cells = DeviceCells.from_store(pooled, rows, state, "cpu")
+    x_train, _ = model_inputs(cells.gather(torch.arange(cells.n_cells)), pre)
+    for lab, sl in ((a, slice(n_a - 20, n_a)), (b, slice(0, 20))):  # the inference path: the lab's own genes
+        counts, lib, report = align_rna(lab.rna[sl], lab.gene_names, state)
+        keep = torch.ones(len(state.genes), dtype=torch.bool)
+        keep[pd.Index(state.genes).get_indexer(report.missing)] = False
+        x = pre.rna_sparse(*_coo(counts), torch.as_tensor(lib, dtype=torch.float32), counts.shape[0], keep)
+        part = x_train[:20] if lab is a else x_train[20:]
+        torch.testing.assert_close(part, x, rtol=1e-4, atol=1e-4)
+    emb = open_embeddings(embed_store(pooled, out, tmp_path / "emb.zarr"))
+    own = model.embed(rna=b.rna, prot=b.prot, genes=b.gene_names, proteins=b.protein_names)
+    np.testing.assert_allclose(emb.matrix("rna")[n_a:], own["rna"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(emb.matrix("prot")[n_a:], own["prot"], rtol=1e-4, atol=1e-5)
+
+
+def _coo(counts):
+    counts = counts.tocsr()
+    row = torch.as_tensor(np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr)))
+    return row, torch.as_tensor(counts.indices.astype(np.int64)), torch.as_tensor(counts.data)
