@@ -34,7 +34,8 @@ def test_pooled_dataset_dry_run(tmp_path: Path) -> None:
         for m in ("a", "b"):
             assert (f"--model results/pooled/t{t}/model --out results/pooled/t{t}/metrics_{m}.json "
                     f"--dataset {m} ") in out
-        assert f"cp results/pooled/t{t}/metrics_a.json results/pooled/t{t}/metrics.json" in out
+        assert (f"omicsclip merge-metrics a=results/pooled/t{t}/metrics_a.json b=results/pooled/t{t}/metrics_b.json "
+                f"--out results/pooled/t{t}/metrics.json") in out
     trains = {line.split("--out ", 1)[1].split()[0]: line for line in out.splitlines() if "omicsclip train" in line}
     assert all('"batch_key": "dataset"' in trains[f"results/pooled/t{t}/model"] for t in ("0.1", "0.2"))
     assert all('"batch_key": "auto"' in trains[f"results/{d}/t0.1/model"] for d in ("a", "b"))  # the default
