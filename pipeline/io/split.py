@@ -26,8 +26,13 @@ def make_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     stratify: str = "cell_type",
+    group: str | None = None,
 ) -> pd.Series:
     """Assign every cell to "train", "val" or "test".
+
+    With ``group`` (a store pooled from several datasets: ``dataset``), each group is split on its own, with the
+    same seed, exactly as its own store would be: a pooled reference holds out the very cells each dataset's own
+    model holds out, so the two are compared on the same test cells and neither trains on the other's.
 
     Parameters
     ----------
@@ -40,12 +45,19 @@ def make_split(
     stratify
         Column of ``obs`` to stratify on; ignored (with a log message) when absent, ``""`` disables it.
         Missing labels form their own stratum.
+    group
+        Column of ``obs`` whose groups are split separately (``None``: one group).
 
     Returns
     -------
     pd.Series
         Categorical-like string Series indexed by barcode, named ``"split"``.
     """
+    if group is not None and group in obs.columns:
+        parts = [make_split(obs.iloc[np.flatnonzero(obs[group].astype(str).to_numpy() == g)],
+                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify)
+                 for g in pd.unique(obs[group].astype(str).to_numpy())]
+        return pd.concat(parts).reindex(obs.index.astype(str)).rename("split")
     n = len(obs)
     if test_fraction + val_fraction >= 1:
         raise InputError(

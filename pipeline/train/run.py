@@ -345,8 +345,11 @@ def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict
          overwrite: bool, t_start: float) -> Path:
     """Run the training in ``work`` and promote it (rank 0: ``fresh`` when ``work`` was just created)."""
     train = cfg["train"]
-    if dist.is_main and fresh:
-        split = make_split(info["obs"], **cfg["split"])
+    if dist.is_main and fresh:  # a pooled store: each dataset split as its own store would be
+        from omicsclip.io.panels import DATASET_COLUMN, panels_of
+
+        pooled = panels_of(info["uns"]) is not None
+        split = make_split(info["obs"], **cfg["split"], group=DATASET_COLUMN if pooled else None)
         write_split(split, work / SPLIT)
     barrier(dist)
     do_resume = (work / "checkpoints" / LAST).exists() and resume

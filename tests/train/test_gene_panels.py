@@ -111,3 +111,18 @@ def _coo(counts):
     counts = counts.tocsr()
     row = torch.as_tensor(np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr)))
     return row, torch.as_tensor(counts.indices.astype(np.int64)), torch.as_tensor(counts.data)
+
+
+def test_a_pooled_store_holds_out_each_datasets_own_test_cells(tmp_path):
+    from omicsclip.io.panels import DATASET_COLUMN
+    from omicsclip.io.split import make_split
+
+    pooled, a, b = two_gene_sets(tmp_path)
+    obs = store_info(pooled)["obs"]
+    split = make_split(obs, seed=3, group=DATASET_COLUMN)
+    assert split.index.equals(obs.index)
+    for lab, name in ((a, "labA"), (b, "labB")):
+        own = make_split(lab.obs, seed=3)  # the split of the lab's own store
+        mine = split[(obs[DATASET_COLUMN] == name).to_numpy()]
+        assert mine.tolist() == own.tolist()
+    assert not make_split(obs, seed=3).equals(split)  # one split over the pooled cells would differ
