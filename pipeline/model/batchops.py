@@ -299,9 +299,12 @@ class CountTransform:
             c, delta = None, z
         if keep is not None:  # (genes,) present mask or (cells, genes) dropout mask
             delta = delta * (keep.index_select(0, col) if keep.dim() == 1 else keep[row, col]).to(delta.dtype)
-            base = (keep.to(proj.dtype) * c) @ proj.t() if c is not None else None
-            if base is not None and base.dim() == 1:
-                base = base.expand(n, -1)
+            base = None
+            if c is not None and keep.dim() == 1:
+                base = ((keep.to(proj.dtype) * c) @ proj.t()).expand(n, -1)
+            elif c is not None:  # a block of cells at a time: no float copy of the whole cells x genes mask
+                cp = c[:, None] * proj.t()
+                base = torch.cat([keep[i : i + 4096].to(proj.dtype) @ cp for i in range(0, n, 4096)])
         else:
             base = plan.base(c).expand(n, -1) if c is not None else None
         out = plan.apply(row, col, delta, n)
