@@ -58,12 +58,17 @@ def protein_pearson(pred_log: np.ndarray, true_counts: np.ndarray, proteins: Seq
     -------
     ``{"per_protein": {name: r}, "mean_pearson": mean over proteins with a defined r}``.
     """
-    if np.asarray(pred_log).shape[1] != len(proteins):
+    pred_log = np.asarray(pred_log, dtype=np.float64)
+    if pred_log.shape[1] != len(proteins):
         raise ValueError("one column per shared protein expected")
-    r = pearson_columns(recentre(pred_log), clr_counts(true_counts))
+    # a cell none of whose reference neighbours measured a protein (a pooled reference) has no prediction for
+    # it: such cells are left out and counted
+    rows = np.isfinite(pred_log).all(axis=1)
+    r = pearson_columns(recentre(pred_log[rows]), clr_counts(np.asarray(true_counts)[rows]))
     per = {str(p): (None if np.isnan(x) else float(x)) for p, x in zip(proteins, r, strict=True)}
     ok = r[~np.isnan(r)]
-    return {"per_protein": per, "mean_pearson": float(ok.mean()) if ok.size else None}
+    return {"per_protein": per, "mean_pearson": float(ok.mean()) if ok.size else None,
+            "n_cells_unpredicted": int((~rows).sum())}
 
 
 def label_accuracy(pred: Sequence[str], truth: Sequence[str], shared_labels: Sequence[str]) -> dict:

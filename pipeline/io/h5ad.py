@@ -306,8 +306,20 @@ def open_store(path: Path) -> RawInput:
         raw.missing["prot"] = ("a store pooled from several antibody panels: its protein is read by omicsclip's "
                                "stages (embed, index, evaluate), not as an input")
     if raw.rna is not None and "uns" in root and "gene_panels" in root["uns"]:
-        # pooled on the union of several datasets' genes: the zeros outside a cell's gene panel are unmeasured
-        raw.rna = None
-        raw.missing["rna"] = ("a store pooled on the union of several datasets' genes: its RNA is read by "
-                              "omicsclip's stages (embed, index, evaluate), not as an input")
+        # pooled on the union of several datasets' genes: the zeros outside a cell's gene panel are unmeasured, so
+        # as an input it offers the genes every dataset measured (their zeros are counts)
+        from omicsclip.io.panels import GENE_PANELS_KEY, panels_of
+        from omicsclip.io.store import store_info
+
+        panels = panels_of(store_info(path)["uns"], GENE_PANELS_KEY) or {}
+        shared = set.intersection(*(set(g) for g in panels.values())) if panels else set()
+        mask = raw.rna.features.index.astype(str).isin(shared)
+        if mask.any():
+            raw.rna = raw.rna.subset(np.asarray(mask))
+            raw.notes.append(f"a store pooled on the union of several datasets' genes: as an input, the "
+                             f"{int(mask.sum())} genes every dataset measured")
+        else:
+            raw.rna = None
+            raw.missing["rna"] = ("a store pooled on the union of several datasets' genes, none measured by all: "
+                                  "its RNA is read by omicsclip's stages (embed, index, evaluate), not as an input")
     return raw
