@@ -56,6 +56,7 @@ from omicsclip.index.faiss_index import (  # noqa: E402
 from omicsclip.io.jsonfile import read_json_object, write_json  # noqa: E402
 
 SWEEPS = {"ivf_flat": [("nprobe", [8, 16, 32, 64, 128])],
+          "ivf_sq": [("nprobe", [8, 16, 32, 64, 128])],
           "ivf_pq": [("nprobe", [8, 16, 32, 64]), ("pq_refine", [4, 8, 16, 32])],
           "hnsw": [("ef_search", [32, 64, 128, 256])]}
 
@@ -240,7 +241,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kinds", default="ivf_flat,hnsw,ivf_pq", help="approximate faiss kinds to run")
+    ap.add_argument("--kinds", default="ivf_flat,ivf_sq,hnsw,ivf_pq", help="approximate faiss kinds to run")
     ap.add_argument("--no-sklearn", action="store_true")
     ap.add_argument("--no-pynndescent", action="store_true")
     ap.add_argument("--stream-cells", type=int, default=0, help="also stream this many raw query cells")

@@ -22,7 +22,7 @@ def index(
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="Model folder (default: the one recorded in EMB); defines the protein panel.")] = None,
     kind: Annotated[str | None, typer.Option(
-        "--kind", help="auto | flat | ivf_flat | ivf_pq | hnsw (overrides index.kind).")] = None,
+        "--kind", help="auto | flat | ivf_flat | ivf_sq | ivf_pq | hnsw (overrides index.kind).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,

@@ -464,10 +464,8 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         log.info("reference: %d of %d cells in splits %s", int(keep.sum()), len(obs), splits)
     if not keep.any():
         raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
-    ids = pd.Index(obs.index)[keep]
-    rows = None if keep.all() else np.flatnonzero(keep)
+    ids, rows = pd.Index(obs.index)[keep], None if keep.all() else np.flatnonzero(keep)
     embeddings = emb.lazy(present, rows)
-
     model_proteins = None
     if model_dir is not None and not explicit_model and not Path(model_dir).exists():
         log.warning("%s (recorded in %s) is gone: the reference protein keeps the store's whole panel, not "
@@ -480,20 +478,22 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
             raise InputError(f"{model_dir}: model {meta['model_fingerprint'][:16]} did not produce {emb_path} "
                              f"(embedded with {str(fingerprint)[:16]})")
         model_proteins = meta["preprocessing"]["proteins"]
-    protein = protein_names = None
+    protein, protein_names, spilled = None, None, temp_sibling(out_dir)  # the protein waits on disk (mmap)
     if store is not None and Path(store).exists():
-        protein, protein_names = reference_protein(Path(store), ids, model_proteins)
+        protein, protein_names = reference_protein(Path(store), ids, model_proteins, out=spilled)
     elif explicit_store:
         raise InputError(f"{store}: store not found")
     else:
         log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
                     "(pass --store)")
     label_key = str(section["label_key"] or "")
-    labels = None
-    if label_key and label_key in obs.columns:
-        labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]})
+    has_labels = bool(label_key) and label_key in obs.columns
+    labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]}) if has_labels else None
     source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
               "model_dir": None if model_dir is None else str(model_dir), "splits": splits}
-    return write_index_dir(out_dir, embeddings=embeddings, cell_ids=list(ids), model_fingerprint=fingerprint,
-                           section=section, protein=protein, protein_names=protein_names, labels=labels,
-                           source=source, overwrite=overwrite)
+    try:
+        return write_index_dir(out_dir, embeddings=embeddings, cell_ids=list(ids), model_fingerprint=fingerprint,
+                               section=section, protein=protein, protein_names=protein_names, labels=labels,
+                               source=source, overwrite=overwrite)
+    finally:
+        spilled.unlink(missing_ok=True)

@@ -129,14 +129,15 @@ def kind_of(faiss: Any, index: Any) -> str:
     Returns
     -------
     str
-        ``flat`` | ``ivf_flat`` | ``ivf_pq`` | ``hnsw``.
+        ``flat`` | ``ivf_flat`` | ``ivf_sq`` | ``ivf_pq`` | ``hnsw``.
     """
     if hasattr(index, "hnsw"):
         return "hnsw"
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         return "flat"
-    return "ivf_pq" if "PQ" in type(faiss.downcast_index(ivf)).__name__ else "ivf_flat"
+    name = type(faiss.downcast_index(ivf)).__name__
+    return "ivf_pq" if "PQ" in name else "ivf_sq" if "ScalarQuantizer" in name else "ivf_flat"
 
 
 def read_ids(path: Path, n: int) -> np.ndarray:

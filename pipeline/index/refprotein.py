@@ -15,6 +15,8 @@ import pandas as pd
 
 from omicsclip.errors import InputError
 
+_CLR_CHUNK = 65_536  # reference cells per CLR step
+
 
 def _read_counts(store: Path) -> tuple[pd.Index, list[str], np.ndarray]:
     """Return barcodes, protein names and protein counts of a store or input (NaN: unmeasured, pooled stores)."""
@@ -24,9 +26,10 @@ def _read_counts(store: Path) -> tuple[pd.Index, list[str], np.ndarray]:
         from omicsclip.io.store import iter_store, store_info
 
         info = store_info(store)
-        parts = [prot for _, prot, _ in iter_store(store, 50_000)]
-        return (pd.Index(info["obs"].index.astype(str)), [str(p) for p in info["proteins"].index],
-                np.concatenate(parts).astype(np.float32, copy=False))
+        counts = np.empty((len(info["obs"]), len(info["proteins"])), np.float32)  # filled: no list + concatenate
+        for _, prot, rows in iter_store(store, 50_000):
+            counts[rows] = prot
+        return pd.Index(info["obs"].index.astype(str)), [str(p) for p in info["proteins"].index], counts
     from omicsclip.io.readers import open_input
 
     with open_input([store], require="any", modality="prot") as src:
@@ -36,8 +39,8 @@ def _read_counts(store: Path) -> tuple[pd.Index, list[str], np.ndarray]:
         return pd.Index(src.barcodes).astype(str), [str(n) for n in src.proteins], np.concatenate(parts)
 
 
-def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None
-                      ) -> tuple[np.ndarray, list[str]]:
+def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] | None, *,
+                      out: Path | None = None) -> tuple[np.ndarray, list[str]]:
     """Return the CLR protein of cells ``ids`` from a paired store (or any input), on the model's protein panel.
 
     Parameters
@@ -48,6 +51,9 @@ def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] 
         The reference cell ids, in index order.
     model_proteins
         The model's proteins (the stored columns); ``None``: the store's.
+    out
+        Write the CLR protein to this ``.npy`` file and return it memory-mapped (read-only), so it is not held
+        in memory while the indices are built; ``None``: return it in memory.
 
     Returns
     -------
@@ -62,11 +68,23 @@ def reference_protein(store: Path, ids: pd.Index, model_proteins: Sequence[str] 
         missing = ids[pos < 0]
         raise InputError(f"{store}: {len(missing)} embedded cells are not in this store "
                          f"(e.g. {', '.join(map(str, missing[:3]))})")
-    counts = counts[pos]  # outside a cell's panel (pooled store): NaN, unmeasured rather than zero
+    col = np.arange(len(names))
     if model_proteins is not None:
         col = pd.Index(names).get_indexer(list(model_proteins))
         if (col < 0).any():
             raise InputError(f"{store}: lacks the model's proteins "
                              f"{', '.join(p for p, c in zip(model_proteins, col, strict=True) if c < 0)}")
-        counts, names = counts[:, col], [str(p) for p in model_proteins]
-    return clr(counts), names  # NaN-aware: each cell's CLR is centred over its measured proteins
+        names = [str(p) for p in model_proteins]
+    # by row chunks: the CLR's float64 temporaries stay small beside the counts and the result (atlas scale)
+    shape = (len(pos), len(col))
+    result = np.empty(shape, np.float32) if out is None else np.lib.format.open_memmap(out, "w+", np.float32, shape)
+    for start in range(0, len(pos), _CLR_CHUNK):
+        rows = pos[start:start + _CLR_CHUNK]
+        # outside a cell's panel (pooled store): NaN, unmeasured rather than zero; NaN-aware CLR centred over
+        # each cell's measured proteins
+        result[start:start + len(rows)] = clr(counts[np.ix_(rows, col)])
+    if out is None:
+        return result, names
+    result.flush()
+    del result
+    return np.load(out, mmap_mode="r"), names

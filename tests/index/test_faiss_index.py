@@ -78,6 +78,7 @@ def test_resolve_params_auto_and_rules():
     assert small.nprobe <= small.nlist
     assert factory_string(resolve_params(50_000, 64, _section(kind="ivf_pq"))) == "IVF894,PQ16x8np,RFlat"
     assert factory_string(resolve_params(50_000, 64, _section(kind="hnsw"))) == "HNSW32,Flat"
+    assert factory_string(resolve_params(50_000, 64, _section(kind="ivf_sq"))) == "IVF894,SQfp16"
     with pytest.raises(InputError, match="must divide"):
         resolve_params(50_000, 60, _section(kind="ivf_pq", pq_m=16))
     with pytest.raises(InputError, match="unknown index kind"):
@@ -86,7 +87,7 @@ def test_resolve_params_auto_and_rules():
         resolve_params(0, 8, _section())
 
 
-@pytest.mark.parametrize("kind", ["ivf_flat", "hnsw", pytest.param("ivf_pq", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq", "hnsw", pytest.param("ivf_pq", marks=pytest.mark.slow)])
 def test_approximate_recall_at_default_parameters(clustered_50k, kind):
     x, q, truth = clustered_50k
     params = resolve_params(len(x), 64, _section(kind=kind))
@@ -185,14 +186,16 @@ def test_index_folder_round_trip(tmp_path):
     assert not list(tmp_path.glob(".idx*"))  # no temporary leftovers
 
 
-def test_approximate_index_round_trip_keeps_search_parameters(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq"])
+def test_approximate_index_round_trip_keeps_search_parameters(tmp_path, kind):
     gen = ClusteredEmbeddings(16, seed=1)
     x, q = gen.sample(5000, seed=2)[0], gen.sample(50, seed=3)[0]
-    section = _section(kind="ivf_flat", nprobe=3)
+    section = _section(kind=kind, nprobe=3)
     write_index_dir(tmp_path / "idx", embeddings={"rna": x}, cell_ids=[str(i) for i in range(5000)],
                     model_fingerprint="m", section=section)
     loaded = ReferenceIndex.load(tmp_path / "idx")
     assert faiss.extract_index_ivf(loaded.indices["rna"]).nprobe == 3
+    assert loaded.meta["kind"] == kind
     direct = build_index(x, resolve_params(5000, 16, section))
     np.testing.assert_array_equal(loaded.search("rna", q, 10)[1], search(direct, q, 10)[1])
 
@@ -254,7 +257,42 @@ def test_build_reports_ivf_training_and_added_chunks(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == fi.__name__]
     assert lines[0].startswith("index rna: training IVF")
     assert lines[1].startswith("index rna: trained in ")
-    assert [line.split(" cells ")[0] for line in lines[2:5]] == [
+    assert lines[2].startswith("index rna: assigned 2500 cells to ")
+    assert [line.split(" cells ")[0] for line in lines[3:6]] == [
         "index rna: 1,000/2,500", "index rna: 2,000/2,500", "index rna: 2,500/2,500"]
-    assert all("cells/s" in line and "ETA" in line for line in lines[2:5])
+    assert all("cells/s" in line and "ETA" in line for line in lines[3:6])
     assert lines[-1].startswith("index rna: finished 2,500/2,500 cells (100%)")
+
+
+def test_preassigned_fill_matches_a_plain_add(clustered_50k, monkeypatch):
+    """Assigning first and sizing the lists exactly stores the same index as faiss' own add."""
+    import omicsclip.index.faiss_index as fi
+
+    monkeypatch.setattr(fi, "_HNSW_ASSIGN_MIN_LISTS", 10**9)  # exact assignment, as faiss' add
+    x, q, _ = clustered_50k
+    params = resolve_params(len(x), 64, _section(kind="ivf_flat"))
+    ours = build_index(x, params, use_gpu=False)
+    plain = faiss.clone_index(ours)
+    plain.reset()
+    plain.add(x)
+    assert ours.ntotal == plain.ntotal == len(x)
+    s1, p1 = search(ours, q, 10)
+    s2, p2 = search(plain, q, 10)
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-6)
+
+
+def test_hnsw_assignment_keeps_recall(clustered_50k, monkeypatch):
+    """Assignment through an HNSW graph over the centroids (large nlist) agrees with the exact one."""
+    import omicsclip.index.faiss_index as fi
+
+    x, q, truth = clustered_50k
+    params = resolve_params(len(x), 64, _section(kind="ivf_flat"))
+    index = build_index(x, params, use_gpu=False)
+    ivf = faiss.extract_index_ivf(index)
+    exact = ivf.quantizer.assign(x, 1).ravel()
+    monkeypatch.setattr(fi, "_HNSW_ASSIGN_MIN_LISTS", 1)
+    approx = fi._assign(ivf, x)
+    assert (approx == exact).mean() >= 0.99
+    approx_index = build_index(x, params, use_gpu=False)
+    assert recall_at_k(search(approx_index, q, 10)[1], truth) >= 0.95

@@ -40,7 +40,7 @@ def _reference(n=3000, dim=16, n_prot=4, seed=0):
     }
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_pq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_sq", "ivf_pq", "hnsw"])
 def test_in_memory_index_answers_as_saved_and_loaded(tmp_path, kind):
     ref = _reference()
     section = _section(kind=kind, nprobe=3)
