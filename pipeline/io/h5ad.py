@@ -308,10 +308,12 @@ def open_store(path: Path) -> RawInput:
     if raw.rna is not None and "uns" in root and "gene_panels" in root["uns"]:
         # pooled on the union of several datasets' genes: the zeros outside a cell's gene panel are unmeasured, so
         # as an input it offers the genes every dataset measured (their zeros are counts)
-        from omicsclip.io.panels import GENE_PANELS_KEY, panels_of
-        from omicsclip.io.store import store_info
+        from anndata.io import read_elem
 
-        panels = panels_of(store_info(path)["uns"], GENE_PANELS_KEY) or {}
+        from omicsclip.io.panels import GENE_PANELS_KEY, panels_of
+
+        # uns/gene_panels alone: store_info would read the whole obs (millions of rows in an atlas) again
+        panels = panels_of({GENE_PANELS_KEY: read_elem(root["uns"][GENE_PANELS_KEY])}, GENE_PANELS_KEY) or {}
         shared = set.intersection(*(set(g) for g in panels.values())) if panels else set()
         mask = raw.rna.features.index.astype(str).isin(shared)
         if mask.any():
