@@ -141,7 +141,7 @@ def growth_exponent(cells: list[int], seconds: list[float]) -> float | None:
 
 
 def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], seed: int,
-             extra: dict[str, list[str]] | None = None) -> list[dict]:
+             extra: dict[str, list[str]] | None = None, keep: bool = False) -> list[dict]:
     """Every stage on ``n`` cells; return the rows."""
     d = work / f"n{n}"
     if d.exists():
@@ -184,7 +184,8 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
         if stage == "train":
             print(f"[{n}] training footprint: {row['footprint']}", flush=True)
         rows.extend(new)
-    shutil.rmtree(d)  # the next size needs the disk
+    if not keep:
+        shutil.rmtree(d)  # the next size needs the disk
     return rows
 
 
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     ap.add_argument("--small", action="store_true", help="tiny sizes (the script's test)")
     ap.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
+    ap.add_argument("--keep", action="store_true", help="keep each size's store, model, index and outputs")
     ap.add_argument("--prepare-only", action="store_true", help="only write the sizes' input files")
     ap.add_argument("--report-only", action="store_true", help="only write the table of an existing --out")
     a = ap.parse_args(argv)
@@ -279,8 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
             replicate(base, a.workdir / f"cells_{n}.h5ad", n, a.seed)
         return {}
     for n in sorted(a.sizes):
-        rows.extend(run_size(n, base, a.workdir, a.steps, env, a.seed, extra))
-        (a.workdir / f"cells_{n}.h5ad").unlink(missing_ok=True)
+        rows.extend(run_size(n, base, a.workdir, a.steps, env, a.seed, extra, keep=a.keep))
+        if not a.keep:
+            (a.workdir / f"cells_{n}.h5ad").unlink(missing_ok=True)
         result = {
             "rows": rows, **summarise(rows),
             "settings": {"sizes": sorted({r["cells"] for r in rows}), "base_cells": a.base_cells,
