@@ -7,7 +7,8 @@ epoch alone is the ``train_epoch`` row, from the run's ``train_log.jsonl``), ``e
 (every cell's RNA only, streamed: neighbours, imputed protein, transferred labels), ``finetune`` (the default
 gated head) and ``predict`` (every cell). Written to ``bench/results/scale.json`` as ``rows`` of
 ``{stage, cells, seconds, peak_rss_mb, cells_per_s}`` plus, per stage, the log-log growth exponent (least squares
-slope of seconds against cells over the sizes) and the memory bounds of issue #16 (every stage but training under
+slope of seconds against cells over the sizes, and the slope between the two largest sizes, where fixed costs
+weigh least) and the memory bounds of issue #16 (every stage but training under
 4 GB at the largest size, training under 8 GB).
 
 The data: the project's generator (:func:`omicsclip.io.synthetic.write_synthetic_h5ad`) draws a dense
@@ -21,6 +22,8 @@ Run (about 1.5 h on 2 cores; the data need ~25 GB of disk under ``--workdir``)::
     .venv/bin/python bench/scale.py [--sizes 100000 300000 1000000] [--workdir /tmp/omicsclip_scale]
 
 ``--small`` runs a tiny version (a few thousand cells, 300 genes) in a few minutes: the test of this script.
+``--keep`` keeps each size's outputs; ``--stages ingest predict`` then reruns just those stages on them and
+replaces their rows. Peak RSS is each stage process's own high-water mark (``VmHWM``), see ``run_stage``.
 """
 
 from __future__ import annotations
@@ -45,27 +48,40 @@ NON_TRAIN_MAX_MB = 4096  # issue #16: every stage except training under 4 GB at 
 TRAIN_MAX_MB = 8192  # training under 8 GB
 MAX_EXPONENT = 1.15
 TRAIN_STAGES = ("train_steps", "train", "train_epoch")
+STAGES = ("ingest", "train_steps", "train", "embed", "index", "query", "finetune", "predict")
 KEEP = 0.9  # binomial thinning of each replicate's counts
 
 
-def omicsclip_cmd() -> list[str]:
-    """The installed ``omicsclip`` entry point next to this interpreter."""
-    exe = Path(sys.executable).parent / "omicsclip"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "omicsclip.cli"]
+# Each stage runs through this wrapper, which reports the stage's own peak RSS (VmHWM of its process) at exit.
+# ``wait4``'s ru_maxrss is no good here: Linux carries the parent's high-water RSS into a child across fork/vfork
+# and exec, so every stage's figure was at least this bench's own peak (about 1.9 GB after building the 1M-cell
+# input), not the stage's.
+_WRAPPER = """
+import atexit, os, sys
+def _report():
+    with open('/proc/self/status') as fh:
+        kb = next(int(line.split()[1]) for line in fh if line.startswith('VmHWM'))
+    with open(os.environ['OMICSCLIP_BENCH_PEAK_FILE'], 'w') as out:
+        out.write(str(kb))
+atexit.register(_report)
+from omicsclip.cli.main import app
+app(args=sys.argv[1:], prog_name='omicsclip')
+"""
 
 
 def run_stage(args: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
     """Run one CLI stage; return (wall seconds, peak RSS in MB of that process). A failure stops the bench."""
+    peak_file = log_path.with_suffix(".peak_kb")
+    peak_file.unlink(missing_ok=True)
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(omicsclip_cmd() + args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, *args], stdout=log, stderr=subprocess.STDOUT,
+                              env={**env, "OMICSCLIP_BENCH_PEAK_FILE": str(peak_file)}, check=False)
         seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]
         sys.exit(f"stage failed (exit {proc.returncode}): omicsclip {' '.join(args)}\n{tail}")
-    return seconds, usage.ru_maxrss / 1024.0  # ru_maxrss is in KB on Linux
+    return seconds, int(peak_file.read_text()) / 1024.0
 
 
 def make_base(path: Path, cells: int, genes: int, proteins: int, seed: int) -> Path:
@@ -141,15 +157,21 @@ def growth_exponent(cells: list[int], seconds: list[float]) -> float | None:
 
 
 def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], seed: int,
-             extra: dict[str, list[str]] | None = None, keep: bool = False) -> list[dict]:
-    """Every stage on ``n`` cells; return the rows."""
+             extra: dict[str, list[str]] | None = None, keep: bool = False,
+             only: list[str] | None = None) -> list[dict]:
+    """Every stage on ``n`` cells (or the stages in ``only``, on a kept run's outputs); return the rows."""
     d = work / f"n{n}"
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    t0 = time.perf_counter()
-    h5ad = replicate(base, work / f"cells_{n}.h5ad", n, seed)
-    print(f"[{n}] data ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    h5ad = work / f"cells_{n}.h5ad"
+    if only:
+        if not d.is_dir() or not h5ad.is_file():
+            sys.exit(f"--stages needs the outputs of an earlier --keep run of {n} cells under {work}")
+    else:
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        t0 = time.perf_counter()
+        h5ad = replicate(base, h5ad, n, seed)
+        print(f"[{n}] data ready in {time.perf_counter() - t0:.0f} s", flush=True)
     store, model, emb, index = d / "store.zarr", d / "model", d / "emb.zarr", d / "index"
     stages = [
         ("ingest", ["ingest", str(h5ad), "--out", str(store)]),
@@ -166,10 +188,16 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
     ]
     rows = []
     for stage, args in stages:
+        if only and stage not in only:
+            continue
+        if only:  # rerun on a kept run: this stage's own output goes first
+            out = Path(args[args.index("--out") + 1])
+            shutil.rmtree(out) if out.is_dir() else out.unlink(missing_ok=True)
         args = args + [a for s in (extra or {}).get(stage, []) for a in ("--set", s)]
         load_before = os.getloadavg()[0]
         seconds, rss = run_stage(args, d / f"{stage}.log", env)
         row = {"stage": stage, "cells": n, "seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1),
+               "peak_rss_source": "VmHWM",
                "cells_per_s": round(n / seconds, 1),  # the machine's 1-minute load before and after (noise)
                "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
         if stage == "train_steps":
@@ -187,6 +215,11 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
     if not keep:
         shutil.rmtree(d)  # the next size needs the disk
     return rows
+
+
+def _stage_of(row: dict) -> str:
+    """The stage that produced a row (``train_epoch`` comes from the ``train`` stage's log)."""
+    return "train" if row["stage"] == "train_epoch" else row["stage"]
 
 
 def _epoch_row(model: Path, n: int) -> dict:
@@ -209,34 +242,42 @@ def _footprint(log_path: Path) -> str:
 
 def summarise(rows: list[dict]) -> dict:
     """Growth exponents per stage and the memory bounds at the largest size."""
-    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    order = [*STAGES[:3], "train_epoch", *STAGES[3:]]  # pipeline order, whatever order the rows came in
+    stages = sorted(dict.fromkeys(r["stage"] for r in rows), key=lambda s: order.index(s) if s in order else 99)
     top = max(r["cells"] for r in rows)
-    exps, bounds = {}, {}
+    exps, local, bounds = {}, {}, {}
     for s in stages:
         rs = sorted((r for r in rows if r["stage"] == s), key=lambda r: r["cells"])
         exps[s] = growth_exponent([r["cells"] for r in rs], [r["seconds"] for r in rs])
+        local[s] = growth_exponent([r["cells"] for r in rs[-2:]], [r["seconds"] for r in rs[-2:]])
         last = [r for r in rs if r["cells"] == top and r["peak_rss_mb"] is not None]
         if last:
             limit = TRAIN_MAX_MB if s in TRAIN_STAGES else NON_TRAIN_MAX_MB
             bounds[s] = {"peak_rss_mb": last[0]["peak_rss_mb"], "limit_mb": limit,
                          "pass": last[0]["peak_rss_mb"] < limit}
-    return {"growth_exponent": exps,
+    return {"growth_exponent": exps, "growth_exponent_largest_two": local,
             "exponent_pass": {s: (e is not None and e <= MAX_EXPONENT) for s, e in exps.items()},
             "memory_at_largest": bounds, "largest": top}
+
+
+def _fmt(exponent: float | None) -> str:
+    return "–" if exponent is None else f"{exponent:.2f}"
 
 
 def markdown(result: dict) -> str:
     """The README table: seconds (cells/s) and peak RSS per stage and size, the growth exponent and the bounds."""
     sizes = result["settings"]["sizes"]
-    head = "| stage | " + " | ".join(f"{n:,} cells: s (cells/s), peak MB" for n in sizes) + " | exponent |"
-    lines = [head, "|" + "---|" * (len(sizes) + 2)]
+    head = ("| stage | " + " | ".join(f"{n:,} cells: s (cells/s), peak MB" for n in sizes)
+            + " | exponent | exponent, largest two |")
+    lines = [head, "|" + "---|" * (len(sizes) + 3)]
+    local = result.get("growth_exponent_largest_two", {})
     for stage, exp in result["growth_exponent"].items():
         cells = []
         for n in sizes:
             r = next((r for r in result["rows"] if r["stage"] == stage and r["cells"] == n), None)
             rss = "" if r is None or r["peak_rss_mb"] is None else f", {r['peak_rss_mb']:,.0f}"
             cells.append("–" if r is None else f"{r['seconds']:,.0f} ({r['cells_per_s']:,.0f}){rss}")
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'–' if exp is None else f'{exp:.2f}'} |")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {_fmt(exp)} | {_fmt(local.get(stage))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -254,8 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small", action="store_true", help="tiny sizes (the script's test)")
     ap.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
     ap.add_argument("--keep", action="store_true", help="keep each size's store, model, index and outputs")
+    ap.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                    help="rerun only these stages on the outputs of an earlier --keep run (implies --append, --keep)")
     ap.add_argument("--prepare-only", action="store_true", help="only write the sizes' input files")
-    ap.add_argument("--report-only", action="store_true", help="only write the table of an existing --out")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only recompute the summary and table of an existing --out from its rows")
     a = ap.parse_args(argv)
     extra: dict[str, list[str]] = {}
     if a.small:  # every stage and the summary, in minutes: tiny data, light training and heads
@@ -263,8 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
         light = ["preprocess.n_hvg=100", "model.members=1", "train.batch_size=128"]
         extra = {"train_steps": light, "train": light,
                  "finetune": ["finetune.epochs=20", "finetune.ensemble=2", "finetune.mc_samples=2"]}
-    if a.report_only:  # the table of an existing result
+    if a.report_only:  # the summary and table of an existing result, from its rows
         result = json.loads(a.out.read_text())
+        result.update(summarise(result["rows"]))
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
         a.out.with_suffix(".md").write_text(markdown(result))
         print(markdown(result))
         return result
@@ -273,15 +319,21 @@ def main(argv: list[str] | None = None) -> dict:
                                a.proteins, a.seed)
     env = {**os.environ, "OMICSCLIP_PROGRESS_SECONDS": "60"}
     rows: list[dict] = []
+    if a.stages:
+        unknown = sorted(set(a.stages) - set(STAGES))
+        if unknown:
+            sys.exit(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        a.append = a.keep = True
     if a.append and a.out.exists():  # keep the other sizes of an earlier run (one size at a time on a busy machine)
-        rows = [r for r in json.loads(a.out.read_text())["rows"] if r["cells"] not in a.sizes]
+        rows = [r for r in json.loads(a.out.read_text())["rows"]
+                if r["cells"] not in a.sizes or (a.stages and _stage_of(r) not in a.stages)]
     t0 = time.perf_counter()
     if a.prepare_only:  # build the sizes' .h5ad files ahead (disk and IO only, nothing timed)
         for n in sorted(a.sizes):
             replicate(base, a.workdir / f"cells_{n}.h5ad", n, a.seed)
         return {}
     for n in sorted(a.sizes):
-        rows.extend(run_size(n, base, a.workdir, a.steps, env, a.seed, extra, keep=a.keep))
+        rows.extend(run_size(n, base, a.workdir, a.steps, env, a.seed, extra, keep=a.keep, only=a.stages))
         if not a.keep:
             (a.workdir / f"cells_{n}.h5ad").unlink(missing_ok=True)
         result = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import load_bench
@@ -34,3 +35,33 @@ def test_growth_exponent_is_the_log_log_slope():
     assert bench.growth_exponent([1000, 10_000], [2.0, 20.0]) == pytest.approx(1.0)
     assert bench.growth_exponent([1000, 10_000, 100_000], [1.0, 1.0, 1.0]) == pytest.approx(0.0, abs=1e-9)
     assert bench.growth_exponent([1000], [1.0]) is None
+
+
+def test_summary_and_report_from_rows(tmp_path):
+    """The largest-two exponent isolates the top of the range; --report-only rebuilds summary and table from rows."""
+    bench = load_bench("scale")
+    rows = [{"stage": "query", "cells": n, "seconds": s, "peak_rss_mb": 100.0, "cells_per_s": n / s}
+            for n, s in ((1000, 10.0), (2000, 10.0), (4000, 40.0))]
+    summary = bench.summarise(rows)
+    assert summary["growth_exponent_largest_two"]["query"] == pytest.approx(2.0)
+    assert summary["growth_exponent"]["query"] == pytest.approx(bench.growth_exponent([1000, 2000, 4000],
+                                                                                       [10.0, 10.0, 40.0]))
+    out = tmp_path / "scale.json"
+    out.write_text(json.dumps({"rows": rows, "settings": {"sizes": [1000, 2000, 4000]}}))
+    bench.main(["--report-only", "--out", str(out)])
+    assert json.loads(out.read_text())["growth_exponent_largest_two"]["query"] == pytest.approx(2.0)
+    table = out.with_suffix(".md").read_text()
+    assert "| query | 10 (100), 100 | 10 (200), 100 | 40 (100), 100 |" in table
+    assert table.rstrip().endswith("| 2.00 |")
+
+
+def test_stage_peak_is_the_stage_own_not_the_bench(tmp_path):
+    """A stage's peak RSS is its own: not floored by the bench process's memory (as wait4's ru_maxrss is)."""
+    import numpy as np
+
+    bench = load_bench("scale")
+    ballast = np.ones(1024 * 1024 * 1024 // 8)  # 1 GiB held (and touched) by the bench process
+    seconds, peak_mb = bench.run_stage(["--help"], tmp_path / "help.log", dict(os.environ))
+    assert ballast[-1] == 1.0
+    assert seconds > 0
+    assert 20 < peak_mb < 700, peak_mb
