@@ -48,7 +48,9 @@ NON_TRAIN_MAX_MB = 4096  # issue #16: every stage except training under 4 GB at 
 TRAIN_MAX_MB = 8192  # training under 8 GB
 MAX_EXPONENT = 1.15
 TRAIN_STAGES = ("train_steps", "train", "train_epoch")
-STAGES = ("ingest", "train_steps", "train", "embed", "index", "query", "finetune", "predict")
+# the rows' stages in pipeline order; train_epoch is read from the train stage's log, the others are CLI runs
+ROW_STAGES = ("ingest", "train_steps", "train", "train_epoch", "embed", "index", "query", "finetune", "predict")
+STAGES = tuple(s for s in ROW_STAGES if s != "train_epoch")
 KEEP = 0.9  # binomial thinning of each replicate's counts
 
 
@@ -162,10 +164,7 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
     """Every stage on ``n`` cells (or the stages in ``only``, on a kept run's outputs); return the rows."""
     d = work / f"n{n}"
     h5ad = work / f"cells_{n}.h5ad"
-    if only:
-        if not d.is_dir() or not h5ad.is_file():
-            sys.exit(f"--stages needs the outputs of an earlier --keep run of {n} cells under {work}")
-    else:
+    if not only:  # (with ``only``, main has checked that the kept outputs are there)
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
@@ -190,9 +189,8 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
     for stage, args in stages:
         if only and stage not in only:
             continue
-        if only:  # rerun on a kept run: this stage's own output goes first
-            out = Path(args[args.index("--out") + 1])
-            shutil.rmtree(out) if out.is_dir() else out.unlink(missing_ok=True)
+        if only:  # rerun on a kept run: the stage replaces its own output (atomically, as the CLI does)
+            args = [*args, "--overwrite"]
         args = args + [a for s in (extra or {}).get(stage, []) for a in ("--set", s)]
         load_before = os.getloadavg()[0]
         seconds, rss = run_stage(args, d / f"{stage}.log", env)
@@ -215,6 +213,28 @@ def run_size(n: int, base: Path, work: Path, steps: int, env: dict[str, str], se
     if not keep:
         shutil.rmtree(d)  # the next size needs the disk
     return rows
+
+
+def _read_result(path: Path) -> dict:
+    """An earlier result file (``--append``, ``--report-only``); a missing or unreadable one stops the bench."""
+    try:
+        result = json.loads(path.read_text())
+        result["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{path}: not a bench/scale.py result ({type(e).__name__}: {e})")
+    return result
+
+
+def _write_result(path: Path, result: dict) -> None:
+    """The JSON and its markdown table, each replaced atomically (the project's writers)."""
+    from omicsclip.io.atomic import atomic_path
+    from omicsclip.io.jsonfile import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=True) as tmp:
+        write_json(tmp, result)
+    with atomic_path(path.with_suffix(".md"), overwrite=True) as tmp:
+        tmp.write_text(markdown(result))
 
 
 def _stage_of(row: dict) -> str:
@@ -242,8 +262,7 @@ def _footprint(log_path: Path) -> str:
 
 def summarise(rows: list[dict]) -> dict:
     """Growth exponents per stage and the memory bounds at the largest size."""
-    order = [*STAGES[:3], "train_epoch", *STAGES[3:]]  # pipeline order, whatever order the rows came in
-    stages = sorted(dict.fromkeys(r["stage"] for r in rows), key=lambda s: order.index(s) if s in order else 99)
+    stages = [s for s in ROW_STAGES if any(r["stage"] == s for r in rows)]  # pipeline order, whatever the rows'
     top = max(r["cells"] for r in rows)
     exps, local, bounds = {}, {}, {}
     for s in stages:
@@ -295,11 +314,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small", action="store_true", help="tiny sizes (the script's test)")
     ap.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
     ap.add_argument("--keep", action="store_true", help="keep each size's store, model, index and outputs")
-    ap.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
-                    help="rerun only these stages on the outputs of an earlier --keep run (implies --append, --keep)")
-    ap.add_argument("--prepare-only", action="store_true", help="only write the sizes' input files")
-    ap.add_argument("--report-only", action="store_true",
-                    help="only recompute the summary and table of an existing --out from its rows")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                      help="rerun only these stages on the outputs of an earlier --keep run (implies --append, --keep)")
+    mode.add_argument("--prepare-only", action="store_true", help="only write the sizes' input files")
+    mode.add_argument("--report-only", action="store_true",
+                      help="only recompute the summary and table of an existing --out from its rows")
     a = ap.parse_args(argv)
     extra: dict[str, list[str]] = {}
     if a.small:  # every stage and the summary, in minutes: tiny data, light training and heads
@@ -308,25 +328,32 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {"train_steps": light, "train": light,
                  "finetune": ["finetune.epochs=20", "finetune.ensemble=2", "finetune.mc_samples=2"]}
     if a.report_only:  # the summary and table of an existing result, from its rows
-        result = json.loads(a.out.read_text())
+        result = _read_result(a.out)
         result.update(summarise(result["rows"]))
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
-        a.out.with_suffix(".md").write_text(markdown(result))
+        _write_result(a.out, result)
         print(markdown(result))
         return result
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    base = a.base or make_base(a.workdir / f"base_{a.base_cells}x{a.genes}.h5ad", a.base_cells, a.genes,
-                               a.proteins, a.seed)
     env = {**os.environ, "OMICSCLIP_PROGRESS_SECONDS": "60"}
     rows: list[dict] = []
-    if a.stages:
+    if a.stages:  # checked before anything is drawn: a rerun needs no base data
         unknown = sorted(set(a.stages) - set(STAGES))
         if unknown:
             sys.exit(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        missing = [n for n in a.sizes
+                   if not (a.workdir / f"n{n}").is_dir() or not (a.workdir / f"cells_{n}.h5ad").is_file()]
+        if missing:
+            sys.exit(f"--stages needs the outputs of an earlier --keep run under {a.workdir}; none for "
+                     f"{', '.join(map(str, missing))} cells")
         a.append = a.keep = True
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    base = None if a.stages else a.base or make_base(a.workdir / f"base_{a.base_cells}x{a.genes}.h5ad",
+                                                     a.base_cells, a.genes, a.proteins, a.seed)
+    notes: dict = {}
     if a.append and a.out.exists():  # keep the other sizes of an earlier run (one size at a time on a busy machine)
-        rows = [r for r in json.loads(a.out.read_text())["rows"]
+        earlier = _read_result(a.out)
+        rows = [r for r in earlier["rows"]
                 if r["cells"] not in a.sizes or (a.stages and _stage_of(r) not in a.stages)]
+        notes = {k: v for k, v in earlier.items() if k.endswith("_note")}  # what was written about those rows
     t0 = time.perf_counter()
     if a.prepare_only:  # build the sizes' .h5ad files ahead (disk and IO only, nothing timed)
         for n in sorted(a.sizes):
@@ -342,11 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "genes": a.genes, "proteins": a.proteins, "batches": 4, "types": 12, "steps": a.steps,
                          "keep": KEEP, "seed": a.seed, "config": "default (train.epochs=1)"},
             "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-            "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
+            "wall_seconds_this_run": round(time.perf_counter() - t0, 1), **notes,
         }
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")  # after every size: a long run keeps what it did
-        a.out.with_suffix(".md").write_text(markdown(result))
+        _write_result(a.out, result)  # after every size: a long run keeps what it did
     print(f"\n{'stage':<12} exponent  peak RSS at {result['largest']:,} cells")
     for s, e in result["growth_exponent"].items():
         mem = result["memory_at_largest"].get(s)

@@ -65,3 +65,46 @@ def test_stage_peak_is_the_stage_own_not_the_bench(tmp_path):
     assert ballast[-1] == 1.0
     assert seconds > 0
     assert 20 < peak_mb < 700, peak_mb
+
+
+def test_bad_modes_stop_with_one_line_before_any_data_is_drawn(tmp_path):
+    """--stages without a kept run, an unreadable --out and clashing modes stop the bench with a message."""
+    bench = load_bench("scale")
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="needs the outputs of an earlier --keep run"):
+        bench.main(["--stages", "predict", "--sizes", "1000", "--workdir", str(work),
+                    "--out", str(tmp_path / "s.json")])
+    assert not any(work.glob("base_*")), "no base data drawn for a rerun that cannot run"
+    with pytest.raises(SystemExit, match="unknown stage"):
+        bench.main(["--stages", "bogus", "--workdir", str(work), "--out", str(tmp_path / "s.json")])
+    with pytest.raises(SystemExit, match="not a bench/scale.py result"):
+        bench.main(["--report-only", "--out", str(tmp_path / "missing.json")])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="not a bench/scale.py result"):
+        bench.main(["--report-only", "--out", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--stages", "predict", "--report-only"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_stages_rerun_replaces_only_those_rows(tmp_path):
+    """--keep, then --stages ingest predict: those rows are measured again, every other row is kept as it was."""
+    bench = load_bench("scale")
+    work, out = tmp_path / "work", tmp_path / "scale.json"
+    first = bench.main(["--small", "--keep", "--workdir", str(work), "--out", str(out)])
+    logs = {p.name: p.stat().st_mtime_ns for p in (work / "n2000").glob("*.log")}
+    second = bench.main(["--small", "--stages", "ingest", "predict", "--workdir", str(work), "--out", str(out)])
+    rerun = {p.name for p in (work / "n2000").glob("*.log") if p.stat().st_mtime_ns != logs[p.name]}
+    assert rerun == {"ingest.log", "predict.log"}, "only those stages ran again"
+    key = lambda r: (r["stage"], r["cells"])  # noqa: E731
+    before, after = {key(r): r for r in first["rows"]}, {key(r): r for r in second["rows"]}
+    assert before.keys() == after.keys()
+    for k, row in after.items():
+        if k[0] in ("ingest", "predict"):
+            assert row["peak_rss_source"] == "VmHWM"
+            assert row["peak_rss_mb"] > 50
+        else:
+            assert row == before[k]
+    assert (work / "n2000" / "predictions.tsv").is_file()
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(second["rows"]))
