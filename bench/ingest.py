@@ -2,7 +2,7 @@
 
 Synthetic inputs (RNA ~``--density`` non-zero, integer counts, plus dense protein counts) are written with a fast
 streamed writer into a temporary folder, as an ``.h5ad`` (shared-data layout) and a Cell Ranger ``.h5``. Every
-measured run happens in a fresh subprocess; peak RSS is that process's ``ru_maxrss``.
+measured run happens in a fresh subprocess; peak RSS is that process's own (``VmHWM``, :func:`omicsclip.progress.peak_rss_mb`).
 
 Baselines in the same run: ``anndata.read_h5ad(p).write_zarr(...)`` for the ``.h5ad`` and
 ``scanpy.read_10x_h5(p, gex_only=False).write_zarr(...)`` for the ``.h5``.
@@ -132,20 +132,11 @@ def write_inputs(folder: Path, n_cells: int, n_genes: int, n_prot: int, density:
 
 
 # ---- workers (each in a fresh process) ---------------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM; ru_maxrss would include the parent's peak before exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _worker(kind: str, src: str, out: str) -> dict:
     """One measured run; imports happen before the clock starts (for every kind alike)."""
     import anndata as ad
+
+    from omicsclip.progress import peak_rss_mb  # VmHWM: ru_maxrss would include the parent's peak before exec
 
     if kind == "omicsclip":
         from omicsclip.io.ingest import ingest
@@ -162,14 +153,14 @@ def _worker(kind: str, src: str, out: str) -> dict:
             sc.read_10x_h5(src, gex_only=False).write_zarr(out)
     else:
         raise SystemExit(f"unknown worker {kind}")
-    rss0 = _peak_rss_mb()
+    rss0 = peak_rss_mb()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     job()
     seconds = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": rss0}
+    return {"seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss0}
 
 
 def _run_once(kind: str, src: Path, out: Path, n_cells: int) -> dict:

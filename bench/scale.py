@@ -60,11 +60,10 @@ KEEP = 0.9  # binomial thinning of each replicate's counts
 # input), not the stage's.
 _WRAPPER = """
 import atexit, os, sys
+from omicsclip.progress import peak_rss_mb
 def _report():
-    with open('/proc/self/status') as fh:
-        kb = next(int(line.split()[1]) for line in fh if line.startswith('VmHWM'))
     with open(os.environ['OMICSCLIP_BENCH_PEAK_FILE'], 'w') as out:
-        out.write(str(kb))
+        out.write(repr(peak_rss_mb()))
 atexit.register(_report)
 from omicsclip.cli.main import app
 app(args=sys.argv[1:], prog_name='omicsclip')
@@ -73,7 +72,7 @@ app(args=sys.argv[1:], prog_name='omicsclip')
 
 def run_stage(args: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
     """Run one CLI stage; return (wall seconds, peak RSS in MB of that process). A failure stops the bench."""
-    peak_file = log_path.with_suffix(".peak_kb")
+    peak_file = log_path.with_suffix(".peak_mb")
     peak_file.unlink(missing_ok=True)
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
@@ -83,7 +82,7 @@ def run_stage(args: list[str], log_path: Path, env: dict[str, str]) -> tuple[flo
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]
         sys.exit(f"stage failed (exit {proc.returncode}): omicsclip {' '.join(args)}\n{tail}")
-    return seconds, int(peak_file.read_text()) / 1024.0
+    return seconds, float(peak_file.read_text())
 
 
 def make_base(path: Path, cells: int, genes: int, proteins: int, seed: int) -> Path:

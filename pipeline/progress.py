@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,23 @@ def log_interval() -> float:
         raise InputError(f"{ENV_SECONDS}={raw!r}: expected seconds between progress lines, a number >= 0 "
                          f"(0 = every update; unset = {DEFAULT_SECONDS:g})")
     return value
+
+
+def peak_rss_mb() -> float:
+    """Return the peak resident set size of the calling process in MB (``VmHWM``).
+
+    ``getrusage``'s ``ru_maxrss`` is not used where ``/proc`` exists: Linux carries the launching process's
+    high-water mark into a child across fork and exec, so under Snakemake, a notebook's subprocess or a benchmark
+    ``ru_maxrss`` reports at least the parent's peak, not this process's.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux (bytes on macOS)
 
 
 def format_duration(seconds: float) -> str:

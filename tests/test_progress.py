@@ -168,3 +168,20 @@ def test_environment_sets_the_interval(monkeypatch, caplog):
                                                (3 * 86_400 + 4 * 3600, "3d04h"), (float("nan"), "?")])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_peak_rss_is_this_process_not_the_parent():
+    """peak_rss_mb in a child is the child's own peak, not the launching process's (as ru_maxrss would be)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from omicsclip.progress import peak_rss_mb
+
+    ballast = np.ones(1024 * 1024 * 1024 // 8)  # 1 GiB held (and touched) here
+    assert peak_rss_mb() > 1024
+    child = subprocess.run([sys.executable, "-c", "from omicsclip.progress import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    assert ballast[-1] == 1.0
+    assert 5 < float(child.stdout) < 500, child.stdout

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from omicsclip.index.query_writers import H5adAppender, TableWriter
 from omicsclip.index.reference import ReferenceIndex
 from omicsclip.io.atomic import atomic_path
 from omicsclip.io.jsonfile import write_json
-from omicsclip.progress import Progress
+from omicsclip.progress import Progress, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +100,6 @@ def _iter_results(src: Any, engine: QueryEngine, chunk_cells: int) -> Iterator[C
             yield result
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _load(model: Any, index: Any, *, device: str, use_gpu: bool | str) -> tuple[Any, ReferenceIndex]:
     if isinstance(model, str | Path):
         from omicsclip.model.device import resolve_device
@@ -144,7 +139,7 @@ def _summary(src: Any, engine: QueryEngine, report: dict[str, Any], n: int, seco
         "index": {"path": str(engine.ref.path), "kind": engine.ref.meta["kind"],
                   "factory": engine.ref.meta["factory"], "n": engine.ref.n, "dim": engine.ref.dim},
         "seconds": round(seconds, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
