@@ -94,7 +94,7 @@ def feature_matched_baselines(store: Path, model_dir: Path, n_pcs: int, seed: in
     cols = [model.state.genes.index(g) for g in genes]
     chunks = [rows(np.arange(i, min(i + 8192, data.n_cells)))[:, cols] for i in range(0, data.n_cells, 8192)]
     x = np.hstack([pcs, np.vstack(chunks)])
-    y = _prot_clr(model, data)
+    y, _ = _prot_clr(model, data)
     out = {}
     for name, base in (("cca", CCABaseline()), ("ridge", RidgeBaseline())):
         base.fit(x[tr], y[tr])
