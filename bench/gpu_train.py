@@ -36,19 +36,23 @@ import torch
 MODEL_SRC = Path(__file__).resolve().parents[1] / "pipeline" / "model"
 
 
-def _torch_only_module(name: str):
-    """``omicsclip.model.<name>``, loaded from its file: these modules import only torch, so the script runs on a GPU
-    machine with torch alone, without installing omicsclip or importing its other dependencies."""
+def _torch_only_modules(*names: str) -> list:
+    """``omicsclip.model.<name>`` for each name. These modules import only torch and each other, so the script runs
+    on a GPU machine with torch alone: where omicsclip is not installed they are imported from this checkout's
+    ``pipeline/model`` as a bare package (its ``__init__``, which needs anndata and more, is not run)."""
+    import importlib
     import importlib.util
+    import types
 
-    spec = importlib.util.spec_from_file_location(f"omicsclip_gpu_bench_{name}", MODEL_SRC / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    if importlib.util.find_spec("omicsclip") is None:
+        root, model = types.ModuleType("omicsclip"), types.ModuleType("omicsclip.model")
+        root.__path__, model.__path__ = [], [str(MODEL_SRC)]
+        root.model = model
+        sys.modules.update({"omicsclip": root, "omicsclip.model": model})
+    return [importlib.import_module(f"omicsclip.model.{name}") for name in names]
 
 
-_batchops, _encoders, _loss = (_torch_only_module(n) for n in ("batchops", "encoders", "loss"))
+_batchops, _encoders, _loss = _torch_only_modules("batchops", "encoders", "loss")
 Augmentation, CountTransform = _batchops.Augmentation, _batchops.CountTransform
 gather_rows, model_inputs = _batchops.gather_rows, _batchops.model_inputs
 DualEncoder, ClipLoss = _encoders.DualEncoder, _loss.ClipLoss

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+import omicsclip.model.randbits as randbits
+
 
 @dataclass
 class RawBatch:
@@ -99,7 +101,11 @@ def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tenso
 
 
 def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return low + (1.0 - low) * torch.rand(n, generator=gen, device=device)
+    """Return per-cell keep probabilities ``U(low, 1)``, rounded to multiples of ``2**-15``.
+
+    :func:`thin_counts` draws those exactly, so it and :func:`thin_counts_reference` thin with the same ones.
+    """
+    return randbits.quantise(low + (1.0 - low) * torch.rand(n, generator=gen, device=device))
 
 
 EXPAND_MAX = 16  # CPU thinning: integer counts up to this are thinned molecule by molecule, larger ones by binomial
@@ -115,20 +121,24 @@ def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) 
     """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``).
 
     On the CPU ``torch.binomial`` costs ~100-200 ns a draw, so integer counts up to ``EXPAND_MAX`` (the vast
-    majority of RNA counts) are thinned as what they are, a sum of independent ``Bernoulli(keep)`` molecules: one
-    uniform draw per molecule. The rest (large or non-integer counts) and every count on other devices go through
-    ``torch.binomial``. Same distribution as :func:`thin_counts_reference`, another random stream.
+    majority of RNA counts) are thinned as what they are, a sum of independent ``Bernoulli(keep)`` molecules,
+    each one 15-bit uniform integer (:mod:`omicsclip.model.randbits`, ~1 ns a molecule) against ``keep`` rounded
+    to a multiple of ``2**-15``. The rest (large or non-integer counts) go through ``torch.binomial`` with the same
+    rounded probabilities, and every count on other devices through :func:`thin_counts_reference`. For keep
+    probabilities that are multiples of ``2**-15`` (training's are: ``_keep_prob``) this is the distribution of
+    :func:`thin_counts_reference`, from another random stream.
     """
     counts = counts.float()
     if counts.device.type != "cpu":
         return thin_counts_reference(counts, keep, gen)
     c = counts.reshape(-1)
-    q = keep.float().expand_as(counts).reshape(-1)
+    q = randbits.quantise(keep).expand_as(counts).reshape(-1)
     small = (c <= EXPAND_MAX) & (c == c.floor())
     n_mol = torch.where(small, c, 0.0).long()
     ends = torch.cumsum(n_mol, 0)
     total = int(ends[-1]) if ends.numel() else 0
-    hit = torch.rand(total, generator=gen) < torch.repeat_interleave(q, n_mol, output_size=total)
+    thresholds = torch.repeat_interleave(randbits.below(q), n_mol, output_size=total)
+    hit = randbits.uniform_ints(total, gen) <= thresholds
     kept = torch.zeros(total + 1, dtype=torch.int32)
     torch.cumsum(hit, 0, dtype=torch.int32, out=kept[1:])
     out = (kept.index_select(0, ends) - kept.index_select(0, ends - n_mol)).float()

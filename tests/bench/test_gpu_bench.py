@@ -50,3 +50,31 @@ def test_protein_gene_cap_is_the_preprocessing_one(gpu_train):
     assert gpu_train.n_protein_genes(args, 2000, 200) == MAX_PROTEIN_GENES  # 200 proteins x 10, capped
     assert gpu_train.n_protein_genes(args, 2000, 8) == 80
     assert gpu_train.n_protein_genes(SimpleNamespace(n_pcs=0, protein_genes=10), 2000, 8) == 0
+
+
+def test_gpu_bench_imports_with_torch_alone(tmp_path):
+    """On the GPU machine only torch is installed: the script loads the model modules as a bare package from the
+    checkout. Simulated with a path that holds every installed package except omicsclip (``python -S``: no
+    site-packages, no .pth files, so no editable install)."""
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    site_dir = Path(torch.__file__).resolve().parents[1]
+    assert site_dir in {Path(p).resolve() for p in site.getsitepackages()}
+    links = tmp_path / "site"
+    links.mkdir()
+    for entry in site_dir.iterdir():
+        if "omicsclip" not in entry.name.lower() and not entry.name.endswith(".pth"):
+            (links / entry.name).symlink_to(entry)
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_train.py"
+    code = (f"import sys, runpy; sys.path.insert(0, {str(links)!r}); "
+            "import importlib.util; assert importlib.util.find_spec('omicsclip') is None; "
+            f"g = runpy.run_path({str(script)!r}, run_name='gpu_bench'); "
+            "import omicsclip.model.batchops as b; print(g['ClipLoss'].__module__, b.__file__)")
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["omicsclip.model.loss", str(script.parents[1] / "pipeline" / "model" / "batchops.py")]
