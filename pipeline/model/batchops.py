@@ -108,7 +108,7 @@ def _keep_prob(n: int, low: float, gen: torch.Generator, device: torch.device) -
     return randbits.quantise(low + (1.0 - low) * torch.rand(n, generator=gen, device=device))
 
 
-EXPAND_MAX = 16  # CPU thinning: integer counts up to this are thinned molecule by molecule, larger ones by binomial
+EXPAND_MAX = 64  # CPU thinning: integer counts up to this are thinned molecule by molecule, larger ones by binomial
 
 
 def thin_counts_reference(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -117,34 +117,51 @@ def thin_counts_reference(counts: torch.Tensor, keep: torch.Tensor, gen: torch.G
     return torch.binomial(counts, keep.float().expand_as(counts).contiguous(), generator=gen)
 
 
-def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)`` (``keep`` broadcast to ``counts``).
+def thin_counts(counts: torch.Tensor, keep: torch.Tensor, gen: torch.Generator, *,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Binomial thinning: each count ``c`` -> ``Binomial(c, keep)``.
+
+    ``keep`` is broadcast to ``counts``; or, with ``rows`` (the sorted row of each count of a 1-D ``counts``,
+    e.g. :class:`RawBatch`'s), it holds one probability per row and count ``i`` takes ``keep[rows[i]]``.
 
     On the CPU ``torch.binomial`` costs ~100-200 ns a draw, so integer counts up to ``EXPAND_MAX`` (the vast
     majority of RNA counts) are thinned as what they are, a sum of independent ``Bernoulli(keep)`` molecules,
     each one 15-bit uniform integer (:mod:`omicsclip.model.randbits`, ~1 ns a molecule) against ``keep`` rounded
-    to a multiple of ``2**-15``. The rest (large or non-integer counts) go through ``torch.binomial`` with the same
-    rounded probabilities, and every count on other devices through :func:`thin_counts_reference`. For keep
-    probabilities that are multiples of ``2**-15`` (training's are: ``_keep_prob``) this is the distribution of
-    :func:`thin_counts_reference`, from another random stream.
+    to a multiple of ``2**-15``; with ``rows`` the molecules' thresholds are laid out a row at a time (a few
+    hundred runs, not one per count). The rest (large or non-integer counts) go through ``torch.binomial`` with
+    the same rounded probabilities, and every count on other devices through :func:`thin_counts_reference`. For
+    keep probabilities that are multiples of ``2**-15`` (training's are: ``_keep_prob``) this is the distribution
+    of :func:`thin_counts_reference`, from another random stream.
     """
     counts = counts.float()
+    if rows is not None:
+        if counts.dim() != 1 or rows.shape != counts.shape:
+            raise ValueError("thin_counts: rows needs 1-D counts, one row index per count")
+        if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
+            raise ValueError("thin_counts: rows must be sorted")
     if counts.device.type != "cpu":
-        return thin_counts_reference(counts, keep, gen)
+        return thin_counts_reference(counts, keep if rows is None else keep.index_select(0, rows), gen)
     c = counts.reshape(-1)
-    q = randbits.quantise(keep).expand_as(counts).reshape(-1)
+    q = randbits.quantise(keep)
     small = (c <= EXPAND_MAX) & (c == c.floor())
     n_mol = torch.where(small, c, 0.0).long()
     ends = torch.cumsum(n_mol, 0)
     total = int(ends[-1]) if ends.numel() else 0
-    thresholds = torch.repeat_interleave(randbits.below(q), n_mol, output_size=total)
+    if rows is None:
+        q = q.expand_as(counts).reshape(-1)
+        runs = n_mol
+    else:  # molecules of a row are contiguous: one run of its threshold per row
+        runs = torch.zeros(q.numel(), dtype=torch.int64).index_add_(0, rows, n_mol)
+    thresholds = torch.repeat_interleave(randbits.below(q), runs, output_size=total)
     hit = randbits.uniform_ints(total, gen) <= thresholds
     kept = torch.zeros(total + 1, dtype=torch.int32)
     torch.cumsum(hit, 0, dtype=torch.int32, out=kept[1:])
-    out = (kept.index_select(0, ends) - kept.index_select(0, ends - n_mol)).float()
+    bounds = kept.index_select(0, torch.cat([ends.new_zeros(1), ends]))  # kept molecules before each count
+    out = (bounds[1:] - bounds[:-1]).float()  # (a count past EXPAND_MAX has none: 0 until drawn below)
     big = torch.nonzero(~small).squeeze(1)
     if big.numel():
-        out[big] = torch.binomial(c[big], q[big].contiguous(), generator=gen)
+        qb = q.index_select(0, big if rows is None else rows.index_select(0, big))
+        out[big] = torch.binomial(c.index_select(0, big), qb, generator=gen)
     return out.reshape(counts.shape)
 
 
@@ -379,7 +396,10 @@ def thin_batch(batch: RawBatch, aug: Augmentation | None, gen: torch.Generator |
             raise ValueError("augmentation needs a generator")
         device = batch.val.device
         q = _keep_prob(batch.n, aug.thinning, gen, device)
-        val = (thin_counts_reference if reference else thin_counts)(val, q.index_select(0, batch.row), gen)
+        if reference:
+            val = thin_counts_reference(val, q.index_select(0, batch.row), gen)
+        else:
+            val = thin_counts(val, q, gen, rows=batch.row)
         # other-gene totals and protein counts: a few large counts per cell, where torch.binomial is cheaper
         other = thin_counts_reference(other, q, gen)
         qp = _keep_prob(batch.n, aug.thinning, gen, device)

@@ -75,6 +75,36 @@ def test_thinning_per_entry_probabilities_mixed_counts_and_shapes():
     assert torch.equal(got, ref)  # non-integer counts: the reference path, same stream
 
 
+@pytest.mark.parametrize("n", [1, 5, EXPAND_MAX, EXPAND_MAX + 1, 300])
+def test_thinning_with_rows_is_binomial_per_row(n):
+    """``rows``: one keep probability per (sorted) row; each row's counts are Binomial(c, q_row), rows of
+    different sizes, an empty row among them, small and large counts mixed within a row."""
+    g = torch.Generator().manual_seed(n)
+    q = torch.tensor([0.1, 0.5, 0.9, 0.3, 0.77])
+    sizes = torch.tensor([6000, 0, 9000, 5000, 7000])
+    rows = torch.repeat_interleave(torch.arange(5), sizes)
+    counts = torch.full((int(sizes.sum()),), float(n))
+    counts[::5] = 3.0  # a second count value inside every row
+    draws = thin_counts(counts, q, g, rows=rows)
+    assert torch.all(draws == draws.round())
+    assert torch.all((draws >= 0) & (draws <= counts))
+    for r in (0, 2, 3, 4):
+        in_row = rows == r
+        for value in (float(n), 3.0):
+            sel = draws[in_row & (counts == value)].numpy()
+            assert _chi2_pvalue(sel, int(value), float(q[r])) > 1e-3, (r, value)
+    assert torch.equal(thin_counts(counts, torch.ones(5), g, rows=rows), counts)
+    assert thin_counts(torch.zeros(0), q, g, rows=torch.zeros(0, dtype=torch.int64)).numel() == 0
+
+
+def test_thinning_rows_must_be_sorted_and_match():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="sorted"):
+        thin_counts(torch.ones(3), torch.full((2,), 0.5), g, rows=torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match="one row index per count"):
+        thin_counts(torch.ones(3), torch.full((2,), 0.5), g, rows=torch.tensor([0, 1]))
+
+
 def test_thinning_keeps_everything_at_one_and_is_seeded():
     c = torch.tensor([0.0, 1.0, 3.0, 40.0, 700.0])
     assert torch.equal(thin_counts(c, torch.tensor(1.0), torch.Generator().manual_seed(0)), c)
