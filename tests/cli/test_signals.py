@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,28 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120) -> None:
         assert proc.poll() is None, f"the command ended (exit {proc.returncode}) before it could be signalled"
         assert time.time() < deadline, "timed out"
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _ingesting(cells: Path, out: Path) -> Iterator[subprocess.Popen]:
+    """An ``omicsclip ingest`` of ``cells`` (100-cell chunks) in a subprocess, from when its temporary exists;
+    killed on the way out if still running."""
+    proc = subprocess.Popen(_cli("ingest", cells, "--out", out, "--set", "ingest.chunk_cells=100"),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any(p.name.startswith(f".{out.name}.tmp-") for p in out.parent.iterdir()), proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _sigterm(proc: subprocess.Popen) -> str:
+    """Send SIGTERM; return the process's stderr once it has ended."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=60)[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +104,7 @@ def test_sigterm_in_a_command_removes_its_temporary_and_exits_143(tmp_path):
 @pytest.mark.slow
 def test_second_ingest_refused_then_sigterm_cleans_up(cells, small, tmp_path):
     out = tmp_path / "same.zarr"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli("ingest", cells, "--out", out, "--set", "ingest.chunk_cells=100"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: any(p.name.startswith(".same.zarr.tmp-") for p in tmp_path.iterdir()), proc)
+    with _ingesting(cells, out) as proc:
         # case 3: a second writer of the same output fails with one line and exit 2, nothing of it is left
         from omicsclip.cli.main import app
 
@@ -96,12 +116,7 @@ def test_second_ingest_refused_then_sigterm_cleans_up(cells, small, tmp_path):
         assert r.stderr.strip().splitlines()[-1] == err[0]
         assert proc.poll() is None, "the first ingest must still be writing"
         # case 4: SIGTERM mid-write removes the temporary store (like Ctrl-C) and exits 143
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stderr = _sigterm(proc)
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "omicsclip: error: terminated"
     assert "Traceback" not in stderr
@@ -172,20 +187,10 @@ def test_sigterm_at_any_moment_of_a_zarr_write_ends_with_its_one_line(cells, tmp
     import random
 
     rng = random.Random(0)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for i in range(8):
-        out = tmp_path / f"o{i}.zarr"
-        proc = subprocess.Popen(_cli("ingest", cells, "--out", out, "--set", "ingest.chunk_cells=100"), env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_for(lambda out=out: any(p.name.startswith(f".{out.name}.tmp-") for p in tmp_path.iterdir()), proc)
+        with _ingesting(cells, tmp_path / f"o{i}.zarr") as proc:
             time.sleep(rng.random() * 0.5)
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            stderr = _sigterm(proc)
         assert proc.returncode == 143, stderr
         lines = stderr.strip().splitlines()
         assert lines[-1] == "omicsclip: error: terminated", stderr
