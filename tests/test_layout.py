@@ -197,12 +197,12 @@ def test_every_package_defines_all() -> None:
 
 def test_console_script_entry_point() -> None:
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "omicsclip"]
-    assert ep.value == "omicsclip.cli.main:app"
+    assert ep.value == "omicsclip.cli.main:main"
     assert ep.dist is not None
     assert ep.dist.name == "omicsclip"
-    from omicsclip.cli.main import app
+    from omicsclip.cli.main import main
 
-    assert ep.load() is app
+    assert ep.load() is main
 
 
 @pytest.mark.parametrize("folder", sorted(ROOTS))

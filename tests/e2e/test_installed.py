@@ -96,7 +96,7 @@ def test_wheel_contents(wheel: zipfile.ZipFile) -> None:
 def test_wheel_metadata(wheel: zipfile.ZipFile) -> None:
     (dist_info,) = {n.split("/")[0] for n in wheel.namelist() if ".dist-info/" in n}
     entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-    assert re.search(r"^\[console_scripts\]\s*\nomicsclip = omicsclip\.cli\.main:app$", entry_points, re.M)
+    assert re.search(r"^\[console_scripts\]\s*\nomicsclip = omicsclip\.cli\.main:main$", entry_points, re.M)
     meta = wheel.read(f"{dist_info}/METADATA").decode()
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

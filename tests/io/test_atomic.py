@@ -137,3 +137,29 @@ def test_nested_atomic_paths_inside_a_locked_output(tmp_path):
     assert (out / "checkpoints" / "last.pt").read_text() == "2"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
     assert _hidden(tmp_path) == []
+
+
+def test_failed_write_waits_for_zarr_background_writes_before_removing(tmp_path):
+    """A write still running on zarr's I/O loop when the block fails would recreate the temporary after its removal;
+    the removal waits for the loop's pending tasks first."""
+    import asyncio
+
+    import zarr.core.sync as zsync
+
+    from omicsclip.io.atomic import atomic_path
+
+    loop = zsync._get_loop()
+
+    async def late_write(folder):
+        await asyncio.sleep(0.3)
+        (folder / "chunk").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "chunk").write_text("late")
+
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_path(tmp_path / "out.zarr") as tmp:
+        tmp.mkdir()
+        asyncio.run_coroutine_threadsafe(late_write(tmp / "group"), loop)
+        raise RuntimeError("interrupted")
+    import time
+
+    time.sleep(0.5)  # past the late write
+    assert list(tmp_path.iterdir()) == []
