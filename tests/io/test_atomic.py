@@ -155,10 +155,14 @@ def test_failed_write_waits_for_zarr_background_writes_before_removing(tmp_path)
         (folder / "chunk").parent.mkdir(parents=True, exist_ok=True)
         (folder / "chunk").write_text("late")
 
-    with pytest.raises(RuntimeError, match="interrupted"), atomic_path(tmp_path / "out.zarr") as tmp:
-        tmp.mkdir()
-        asyncio.run_coroutine_threadsafe(late_write(tmp / "group"), loop)
-        raise RuntimeError("interrupted")
+    def write_then_fail() -> None:
+        with atomic_path(tmp_path / "out.zarr") as tmp:
+            tmp.mkdir()
+            asyncio.run_coroutine_threadsafe(late_write(tmp / "group"), loop)
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_then_fail()
     import time
 
     time.sleep(0.5)  # past the late write
