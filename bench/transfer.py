@@ -48,7 +48,7 @@ from transfer_omicsclip import omicsclip_method  # noqa: E402
 from transfer_peers import Pair, hvg_mask, lognorm, prepare_pair, run_baselines, run_ood_baseline  # noqa: E402
 
 DATASETS = {"bremsc": "bremsc_inhouse_pbmc", "pbmc10k": "pbmc10k_protein_v3",
-            "pbmc5p": "pbmc_5prime_totalseqc_10x"}
+            "pbmc5p": "pbmc_5prime_totalseqc_10x", "eccite": "eccite_pbmc_citefuse"}
 PAIRS = ["bremsc:pbmc10k", "pbmc10k:bremsc", "pbmc10k:pbmc5p", "pbmc5p:pbmc10k", "bremsc:pbmc5p"]
 OOD_TYPES = {"bremsc:pbmc10k": "B cells", "pbmc10k:bremsc": "B cells",  # removed from the reference
              "labA:labB": "NK", "labB:labA": "NK"}  # (--small)

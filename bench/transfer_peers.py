@@ -36,6 +36,7 @@ from transfer_metrics import (
     protein_pearson,
 )
 
+from omicsclip.io.gene_names import strip_genome_prefix
 from omicsclip.io.protein_names import harmonise_protein_names
 
 N_PCS = 50
@@ -111,6 +112,7 @@ def load_dataset(path: str | Path):
     with warnings.catch_warnings():  # duplicated gene names are handled (dropped) by shared_genes
         warnings.filterwarnings("ignore", message="Variable names are not unique")
         a = ad.read_h5ad(path)
+    a.var_names = strip_genome_prefix(a.var_names)[0]  # hg19_CD3E -> CD3E, as `omicsclip ingest` reads it
     prot = a.obsm["protein"]
     if not isinstance(prot, pd.DataFrame):
         names = a.uns.get("protein_names")

@@ -34,6 +34,7 @@ from omicsclip.io.features import (
     match_names,
 )
 from omicsclip.io.formats import detect_format
+from omicsclip.io.gene_names import strip_genome_prefix
 from omicsclip.io.paired import PairedData
 from omicsclip.io.protein_names import (
     ORIGINAL_COLUMN,
@@ -95,6 +96,8 @@ class InputSource:
                 continue
             if view.n_features == 0:
                 raise InputError(f"{view.table.path}: {_label(which)} matrix has no features (empty matrix)")
+            if which == "rna":
+                self._strip_genome_prefix(view)
             names = check_unique_features(view.features.index, path=view.table.path,
                                           what="gene" if which == "rna" else "protein", unique=make_unique)
             view.features = view.features.set_axis(names, axis=0)
@@ -104,6 +107,20 @@ class InputSource:
         self._pair(pairing)
 
     # ---- construction -------------------------------------------------------------------------------------
+    def _strip_genome_prefix(self, rna: View) -> None:
+        """Drop a genome prefix every gene carries (``hg19_CD3E`` -> ``CD3E``; :mod:`omicsclip.io.gene_names`)."""
+        names, prefix = strip_genome_prefix(rna.features.index)
+        if prefix is None:
+            return
+        frame = rna.features.copy()
+        if ORIGINAL_COLUMN not in frame.columns:
+            frame[ORIGINAL_COLUMN] = frame.index.astype(str)
+        rna.features = frame.set_axis(pd.Index(names, dtype=object), axis=0)
+        self.info["gene_prefix"] = prefix
+        self.info["notes"].append(f"genome prefix {prefix!r} removed from all {len(names)} gene names")
+        log.info("%s: genome prefix %r removed from all %d gene names (e.g. %s -> %s)", rna.table.path, prefix,
+                 len(names), frame.index[0], names[0])
+
     def _split_protein(self, prot: View, isotype_patterns: Sequence[str], keep_isotypes: bool,
                        hto_patterns: Sequence[str]) -> None:
         names = [str(n) for n in prot.features.index]

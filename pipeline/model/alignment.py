@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
+from omicsclip.io.gene_names import strip_genome_prefix
 from omicsclip.model.preprocess import PreprocessState, library_size
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,18 @@ def _check_names(names: Sequence[str], what: str) -> list[str]:
     return names
 
 
+def _unprefixed(genes: list[str], model_genes: Sequence[str]) -> list[str]:
+    """``genes`` without a genome prefix they all carry (``hg19_CD3E``), when that matches more model genes.
+
+    Readers remove such a prefix (:mod:`omicsclip.io.gene_names`); this does the same for counts given in memory.
+    """
+    names, prefix = strip_genome_prefix(genes)
+    if prefix is None or pd.Index(names).isin(model_genes).sum() <= pd.Index(genes).isin(model_genes).sum():
+        return genes
+    log.info("RNA input: genome prefix %r removed from all %d gene names to match the model's", prefix, len(names))
+    return names
+
+
 def align_rna(
     rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
 ) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
@@ -107,7 +120,7 @@ def align_rna(
                 f"RNA input has {rna.shape[1]} columns and no gene names; the model expects "
                 f"{len(state.all_genes)} (training genes) or {len(state.genes)} (model genes)"
             )
-    genes = _check_names(genes, "gene")
+    genes = _unprefixed(_check_names(genes, "gene"), state.genes)
     if len(genes) != rna.shape[1]:
         raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
     pos = pd.Index(genes).get_indexer(state.genes)

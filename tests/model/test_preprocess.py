@@ -121,6 +121,18 @@ def test_clr_is_per_cell_centred():
     np.testing.assert_allclose(c[0], np.log1p(prot[0]) - np.log1p(prot[0]).mean(), atol=1e-5)
 
 
+def test_genome_prefixed_genes_in_memory_match_the_model(fitted, caplog):
+    """Counts handed over in memory with ``GRCh38_``-prefixed genes match a model trained on plain names."""
+    rna, _, genes, _, state = fitted
+    c1, l1, _ = align_rna(rna, genes, state)
+    with caplog.at_level(logging.INFO):
+        c2, l2, report = align_rna(rna, [f"GRCh38_{g}" for g in genes], state)
+    assert (c1 != c2).nnz == 0
+    assert not report.missing
+    np.testing.assert_array_equal(l1, l2)
+    assert any("genome prefix 'GRCh38_' removed" in r.getMessage() for r in caplog.records)
+
+
 def test_new_cells_matched_by_name_identically(fitted):
     rna, prot, genes, prots, state = fitted
     pre = TorchPreprocessor(state)
