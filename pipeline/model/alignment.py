@@ -75,15 +75,24 @@ def _check_names(names: Sequence[str], what: str) -> list[str]:
 
 
 def _unprefixed(genes: list[str], model_genes: Sequence[str]) -> list[str]:
-    """``genes`` without a genome prefix they all carry (``hg19_CD3E``), when that matches more model genes.
+    """``genes`` renamed to the model's names where they differ only by a genome prefix (``hg19_CD3E``).
 
-    Readers remove such a prefix (:mod:`omicsclip.io.gene_names`); this does the same for counts given in memory.
+    Readers remove a prefix every gene carries (:mod:`omicsclip.io.gene_names`), so a model trained on plain
+    names meets prefixed counts given in memory, and a model trained on a store written with prefixes meets
+    plain names; either way genes are matched on their names without the prefix. Kept as given unless that
+    matches more model genes.
     """
-    names, prefix = strip_genome_prefix(genes)
-    if prefix is None or pd.Index(names).isin(model_genes).sum() <= pd.Index(genes).isin(model_genes).sum():
+    model_plain, model_prefix = strip_genome_prefix(model_genes)
+    plain, prefix = strip_genome_prefix(genes)
+    if prefix == model_prefix:  # both plain, or the same prefix on both sides
         return genes
-    log.info("RNA input: genome prefix %r removed from all %d gene names to match the model's", prefix, len(names))
-    return names
+    to_model = dict(zip(model_plain, model_genes, strict=True))
+    renamed = [to_model.get(g, g) for g in plain]
+    if pd.Index(renamed).isin(model_genes).sum() <= pd.Index(genes).isin(model_genes).sum():
+        return genes
+    log.info("RNA input: genes matched to the model's without their genome prefix (input %r, model %r)",
+             prefix or "", model_prefix or "")
+    return renamed
 
 
 def align_rna(
