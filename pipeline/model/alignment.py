@@ -88,7 +88,8 @@ def _unprefixed(genes: list[str], model_genes: Sequence[str]) -> list[str]:
         return genes
     to_model = dict(zip(model_plain, model_genes, strict=True))
     renamed = [to_model.get(g, g) for g in plain]
-    if pd.Index(renamed).isin(model_genes).sum() <= pd.Index(genes).isin(model_genes).sum():
+    if (len(set(renamed)) < len(renamed)  # "CD3E" beside "hg19_CD3E": leave the names to the duplicate check
+            or pd.Index(renamed).isin(model_genes).sum() <= pd.Index(genes).isin(model_genes).sum()):
         return genes
     log.info("RNA input: genes matched to the model's without their genome prefix (input %r, model %r)",
              prefix or "", model_prefix or "")
