@@ -139,13 +139,20 @@ def run_totalvi(pair: Pair, workdir: Path, seed: int, python: Path = SCVI_PYTHON
 # --- one pair --------------------------------------------------------------------------------------------
 
 
+def pool_members(pooled_with: str | None, ref_key: str, query_key: str) -> list[str]:
+    """Datasets pooled with a pair's reference (``--pooled-with a,b``): the reference itself left out, and none
+    when the query is among them (the query is never in the pool)."""
+    extra = list(dict.fromkeys(k.strip() for k in (pooled_with or "").split(",") if k.strip() and k.strip() != ref_key))
+    return [] if query_key in extra else extra
+
+
 def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_totalvi: bool,
              skip_omicsclip: bool, max_epochs: int | None, sets: tuple[str, ...] = (),
              pooled_with: str | None = None) -> dict:
     """Run every method on one ``ref:query`` pair and return its results.
 
-    ``pooled_with``: also ``omicsclip_pooled``, a reference pooled from the pair's reference and this dataset
-    (never the query), scored on the same query cells and proteins.
+    ``pooled_with``: also ``omicsclip_pooled``, a reference pooled from the pair's reference and these datasets
+    (comma-separated; skipped when the query is one of them), scored on the same query cells and proteins.
     """
     from transfer_peers import load_dataset
 
@@ -175,10 +182,12 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
                                    workdir / key.replace(":", "_") / "omicsclip_ood", seed, sets)
             res["ood"] = ood_eval(ood["mapping_score"], pair.query_labels, removed)
         out["methods"]["omicsclip"] = res
-        if pooled_with and pooled_with not in (ref_key, query_key):
-            pooled = omicsclip_method([paths[ref_key], paths[pooled_with]], paths[query_key], pair.genes,
-                                      workdir / key.replace(":", "_") / f"omicsclip_pooled_{pooled_with}", seed, sets)
-            out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled), "pooled_with": pooled_with}
+        extra = pool_members(pooled_with, ref_key, query_key)
+        if extra:
+            pooled = omicsclip_method([paths[ref_key], *(paths[k] for k in extra)], paths[query_key], pair.genes,
+                                      workdir / key.replace(":", "_") / f"omicsclip_pooled_{'_'.join(extra)}",
+                                      seed, sets)
+            out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled), "pooled_with": ",".join(extra)}
     if not skip_totalvi:
         out["methods"]["totalvi"] = run_totalvi(pair, workdir / key.replace(":", "_") / "totalvi", seed,
                                                 max_epochs=max_epochs)
@@ -248,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="omicsclip config override (repeatable), e.g. train.epochs=5 for a quick run")
     ap.add_argument("--workdir", type=Path, default=None, help="keep intermediate files here (default: temp)")
     ap.add_argument("--pooled-with", default=None,
-                    help="also omicsclip_pooled: a reference pooled from each pair's reference and this dataset")
+                    help="also omicsclip_pooled: a reference pooled from each pair's reference and these datasets "
+                         "(comma-separated, e.g. bremsc,pbmc5p)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="omicsclip-bench-transfer-") as d:

@@ -187,3 +187,17 @@ def test_real_pair_preparation(tp):
     assert set(pair.proteins) == {"CD4", "CD56", "CD3", "CD19", "CD14", "CD8a", "CD16", "CD127"}
     assert "unknown" not in pair.labels
     assert "B cells" in pair.labels
+
+
+def test_pool_members_never_pool_the_query(tm):
+    tr = importlib.import_module("transfer")
+    assert tr.pool_members("pbmc5p", "bremsc", "pbmc10k") == ["pbmc5p"]
+    assert tr.pool_members("pbmc10k,bremsc,pbmc5p", "pbmc10k", "eccite") == ["bremsc", "pbmc5p"]
+    assert tr.pool_members("pbmc5p", "bremsc", "pbmc5p") == []  # the query would be in the pool
+    assert tr.pool_members("pbmc10k,pbmc5p", "bremsc", "pbmc10k") == []
+    assert tr.pool_members(None, "bremsc", "pbmc10k") == []
+
+
+def test_shared_data_gene_names_lose_a_genome_prefix(tp):
+    a = tp.load_dataset(shared_h5ad("eccite_pbmc_citefuse"))
+    assert not any(str(g).startswith("hg19_") for g in a.var_names)
