@@ -201,3 +201,23 @@ def test_pool_members_never_pool_the_query(tm):
 def test_shared_data_gene_names_lose_a_genome_prefix(tp):
     a = tp.load_dataset(shared_h5ad("eccite_pbmc_citefuse"))
     assert not any(str(g).startswith("hg19_") for g in a.var_names)
+
+
+def test_pooled_diagnose_helpers(tm):
+    pdg = importlib.import_module("pooled_diagnose")
+    ref = np.eye(4, dtype=np.float32)
+    values = np.array([[1.0, np.nan], [2.0, 5.0], [3.0, 6.0], [4.0, 7.0]], np.float32)
+    query = np.array([[1.0, 0.1, 0.0, 0.0]], np.float32)
+    query /= np.linalg.norm(query)
+    # two neighbours (cells 0 and 1), the nearer weighted almost fully (e^-18 for the other); the second
+    # protein only from the cell that measured it (weights renormalised over the cells that have it)
+    got = pdg.knn_impute(query, ref, values, k=2, temperature=0.05)
+    np.testing.assert_allclose(got, [[1.0, 5.0]], atol=1e-3)
+    # at a temperature where the far neighbour's weight underflows to 0, nothing is left for that protein
+    assert np.isnan(pdg.knn_impute(query, ref, values, k=2, temperature=1e-3)[0, 1])
+    # per protein: the k nearest among cells that measured it
+    np.testing.assert_allclose(pdg.per_protein(query, ref, values, k=1, temperature=1e-3), [[1.0, 5.0]], atol=1e-3)
+    z = pdg.zscored(values, np.array(["a", "a", "b", "b"]))
+    np.testing.assert_allclose(z[:, 0], [-1, 1, -1, 1])
+    assert np.isnan(z[0, 1])
+    np.testing.assert_allclose(z[2:, 1], [-1, 1])
