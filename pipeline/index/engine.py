@@ -16,12 +16,16 @@ import pandas as pd
 
 from omicsclip.conventions import MODALITIES, label_values
 from omicsclip.errors import InputError
-from omicsclip.index.impute import confidence, impute, neighbour_weights, vote
+from omicsclip.index.impute import confidence, fill_unmeasured, impute, neighbour_weights, vote
 from omicsclip.index.mapping_score import neighbour_statistic
 from omicsclip.index.reference import ReferenceIndex
 from omicsclip.io.paired import PairedData
 
 log = logging.getLogger(__name__)
+
+FILL_SEARCH_FACTOR = 8  # a protein no neighbour measured: search this many times deeper for cells that did, ...
+FILL_MAX_DEPTH = 10_240  # ... up to this many neighbours
+FILL_BUDGET = 1 << 24  # floats in one deeper search's cells x neighbours x proteins temporary (64 MB)
 
 @dataclass(frozen=True)
 class QuerySettings:
@@ -179,6 +183,8 @@ class QueryEngine:
         weights = neighbour_weights(sims, s.temperature, valid)
         if "rna" in emb and "prot" not in emb and self.ref.protein is not None:
             out.imputed = impute(self.ref.protein, np.where(valid, pos, 0), weights)
+            if np.isnan(out.imputed).any():  # a pooled reference: no neighbour measured some protein
+                self._fill_unmeasured(out.imputed, emb["rna"], self.transfer_modality(primary))
             out.confidence = confidence(np.where(valid, sims, 0.0), weights)
             out.top_similarity = np.where(valid[:, 0], sims[:, 0], np.nan).astype(np.float32)
         if self._codes:
@@ -193,6 +199,31 @@ class QueryEngine:
                     lab[f"{key}_fraction_{c}"] = frac[:, j]
             out.labels = lab
         return out
+
+    def _fill_unmeasured(self, imputed: np.ndarray, q: np.ndarray, modality: str) -> None:
+        """Impute a protein none of a cell's ``impute_k`` neighbours measured from the nearest that did.
+
+        The cells concerned are searched again, FILL_SEARCH_FACTOR times deeper each round, until ``impute_k`` cells
+        that measured the protein are found (:func:`fill_unmeasured`); at FILL_MAX_DEPTH neighbours (or the whole
+        reference) as many as were found serve, and with none the value stays NaN, with a warning.
+        """
+        s = self.settings
+        rows = np.flatnonzero(np.isnan(imputed).any(axis=1))
+        depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
+        while rows.size and depth < cap:
+            depth = min(cap, depth * FILL_SEARCH_FACTOR)
+            block = max(1, FILL_BUDGET // (depth * imputed.shape[1]))  # n x depth x P temporaries stay bounded
+            for start in range(0, rows.size, block):
+                r = rows[start:start + block]
+                sims, pos = self.ref.search(modality, q[r], depth)
+                part = imputed[r]
+                fill_unmeasured(part, self.ref.protein, pos, sims, k=s.impute_k, temperature=s.temperature,
+                                need_k=depth < cap)  # the k nearest that measured it, if not found: deeper
+                imputed[r] = part
+            rows = rows[np.isnan(imputed[rows]).any(axis=1)]
+        if rows.size:
+            log.warning("%d query cells keep a NaN imputed protein: none of their %d nearest reference cells "
+                        "measured it", rows.size, depth)
 
     def _calibrated(self, modality: str) -> bool:
         """Return whether the mapping score of ``modality`` queries can be computed (calibration and index)."""

@@ -77,6 +77,47 @@ def _impute_block(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -
     return np.divide(total, norm, out=np.full(total.shape, np.nan, np.float32), where=norm > 0)
 
 
+def fill_unmeasured(imputed: np.ndarray, reference: np.ndarray, pos: np.ndarray, sims: np.ndarray, *, k: int,
+                    temperature: float, need_k: bool = False) -> int:
+    """Fill, in place, the NaN entries of ``imputed`` from the ``k`` nearest neighbours that measured the feature.
+
+    In a reference pooled from several antibody panels, a query cell whose ``impute_k`` neighbours all come from
+    datasets without some protein gets NaN for it (:func:`impute`). Given a wider search of the same cells
+    (``pos``, ``sims``: n x K, K > k, nearest first; ``pos < 0`` for no neighbour), each such entry becomes the
+    weighted mean (:func:`neighbour_weights`) over the first ``k`` of those neighbours that measured the feature.
+
+    Parameters
+    ----------
+    imputed
+        n x P imputation of the same cells (:func:`impute`), changed in place.
+    reference
+        Reference profiles (N x P), NaN where not measured.
+    pos, sims
+        The wider neighbour search (n x K).
+    k, temperature
+        ``query.impute_k`` and ``query.temperature``.
+    need_k
+        Fill only the entries for which ``k`` of the K neighbours measured the feature (the others are left for a
+        deeper search); otherwise fill from as many as there are (at least one).
+
+    Returns
+    -------
+    int
+        The entries still NaN.
+    """
+    valid = pos >= 0
+    prof = np.asarray(reference[np.where(valid, pos, 0)], dtype=np.float32)  # n x K x P
+    has = ~np.isnan(prof) & valid[:, :, None]
+    first = has & (np.cumsum(has, axis=1) <= k)  # the first k neighbours that measured each feature
+    for j in np.flatnonzero(np.isnan(imputed).any(axis=0)):
+        found = first[:, :, j].sum(axis=1)
+        rows = np.flatnonzero(np.isnan(imputed[:, j]) & (found >= (k if need_k else 1)))
+        if rows.size:
+            w = neighbour_weights(sims[rows], temperature, first[rows, :, j])
+            imputed[rows, j] = np.einsum("nk,nk->n", w, np.where(first[rows, :, j], prof[rows, :, j], 0.0))
+    return int(np.isnan(imputed).sum())
+
+
 def confidence(sims: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Per-cell confidence of an imputation: the weighted mean similarity of the neighbours used (float32)."""
     return (np.asarray(sims, np.float64) * weights).sum(axis=1).astype(np.float32)
