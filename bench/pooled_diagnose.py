@@ -43,17 +43,7 @@ from transfer import DATASETS, RESULTS, SHARED  # noqa: E402
 from transfer_metrics import protein_pearson  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
-
-def knn_impute(query: np.ndarray, ref: np.ndarray, values: np.ndarray, k: int, temperature: float) -> np.ndarray:
-    """Exact cosine k-NN imputation as ``omicsclip query`` does it (NaN-aware weighted mean)."""
-    from omicsclip.index.impute import impute, neighbour_weights
-
-    out = np.empty((len(query), values.shape[1]), np.float32)
-    for s in range(0, len(query), 2048):
-        sims = query[s:s + 2048] @ ref.T
-        pos = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out[s:s + 2048] = impute(values, pos, neighbour_weights(np.take_along_axis(sims, pos, 1), temperature))
-    return out
+from omicsclip.index.impute import knn_impute  # noqa: E402  (exact search, as `omicsclip query` imputes)
 
 
 def per_protein(query, ref, values, k, temperature):
@@ -61,7 +51,7 @@ def per_protein(query, ref, values, k, temperature):
     out = np.full((len(query), values.shape[1]), np.nan, np.float32)
     for j in range(values.shape[1]):
         has = np.isfinite(values[:, j])
-        out[:, j] = knn_impute(query, ref[has], values[has][:, [j]], k, temperature)[:, 0]
+        out[:, j] = knn_impute(query, ref[has], values[has][:, [j]], k=k, temperature=temperature)[:, 0]
     return out
 
 
@@ -143,18 +133,19 @@ def diagnose(key: str, workdir: Path) -> dict:
         scores[name] = protein_pearson(pred[:, cols], pair.query_protein.to_numpy(), pair.proteins)
 
     single = Side(root / "omicsclip")
-    score("single", single, knn_impute(single.embed_query(), single.ref, single.values, single.k, single.temperature))
+    score("single", single, knn_impute(single.embed_query(), single.ref, single.values, k=single.k,
+                                               temperature=single.temperature))
     pooled = Side(pooled_dirs[0])
     q = pooled.embed_query()
     k, t = pooled.k, pooled.temperature
-    score("pooled", pooled, knn_impute(q, pooled.ref, pooled.values, k, t))
+    score("pooled", pooled, knn_impute(q, pooled.ref, pooled.values, k=k, temperature=t))
     own = np.char.startswith(pooled.datasets.astype(str), "ref0_")  # bench/transfer.py names the pair's reference ref0
-    score("pooled_own_cells", pooled, knn_impute(q, pooled.ref[own], pooled.values[own], k, t))
+    score("pooled_own_cells", pooled, knn_impute(q, pooled.ref[own], pooled.values[own], k=k, temperature=t))
     score("pooled_per_protein", pooled, per_protein(q, pooled.ref, pooled.values, k, t))
-    score("pooled_zscore", pooled, knn_impute(q, pooled.ref, zscored(pooled.values, pooled.datasets), k, t))
+    score("pooled_zscore", pooled, knn_impute(q, pooled.ref, zscored(pooled.values, pooled.datasets), k=k, temperature=t))
     own_genes = set(map(str, ref_data.var_names))
     q_own = pooled.embed_query_with(own_genes)
-    score("pooled_own_panel", pooled, knn_impute(q_own, pooled.ref[own], pooled.values[own], k, t))
+    score("pooled_own_panel", pooled, knn_impute(q_own, pooled.ref[own], pooled.values[own], k=k, temperature=t))
     return {"pooled_with": pooled_dirs[0].name.removeprefix("omicsclip_pooled_"), "proteins": pair.proteins,
             "n_query": int(len(pair.query_protein)), "scores": scores}
 

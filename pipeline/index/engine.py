@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FILL_SEARCH_FACTOR = 8  # a protein no neighbour measured: search this many times deeper for cells that did, ...
 FILL_MAX_DEPTH = 10_240  # ... up to this many neighbours
 FILL_BUDGET = 1 << 24  # floats in one deeper search's cells x neighbours x proteins temporary (64 MB)
+MEASURED_BLOCK = 65_536  # reference rows read at a time to find the proteins some cell measured
 
 @dataclass(frozen=True)
 class QuerySettings:
@@ -124,6 +125,7 @@ class QueryEngine:
         self.settings = settings
         self.label_classes: dict[str, list[str]] = {}
         self._codes: dict[str, np.ndarray] = {}
+        self._measured: np.ndarray | None = None  # per reference protein: measured by some cell (lazy)
         if ref.labels is not None:
             for key in ref.labels.columns:
                 values = label_values(ref.labels[key].to_numpy(), settings.ignore_labels)  # None: does not vote
@@ -208,7 +210,12 @@ class QueryEngine:
         reference) as many as were found serve, and with none the value stays NaN, with a warning.
         """
         s = self.settings
-        rows = np.flatnonzero(np.isnan(imputed).any(axis=1))
+        measured = self._measured_proteins()  # a protein no reference cell measured is not searched for
+
+        def holes(r: np.ndarray) -> np.ndarray:
+            return r[(np.isnan(imputed[r]) & measured).any(axis=1)]
+
+        rows = holes(np.arange(len(imputed)))
         depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
         while rows.size and depth < cap:
             depth = min(cap, depth * FILL_SEARCH_FACTOR)
@@ -220,10 +227,22 @@ class QueryEngine:
                 fill_unmeasured(part, self.ref.protein, pos, sims, k=s.impute_k, temperature=s.temperature,
                                 need_k=depth < cap)  # the k nearest that measured it, if not found: deeper
                 imputed[r] = part
-            rows = rows[np.isnan(imputed[rows]).any(axis=1)]
+            rows = holes(rows)
         if rows.size:
             log.warning("%d query cells keep a NaN imputed protein: none of their %d nearest reference cells "
                         "measured it", rows.size, depth)
+
+    def _measured_proteins(self) -> np.ndarray:
+        """Per reference protein, whether any reference cell measured it (read once, in row blocks)."""
+        if self._measured is None:
+            protein = self.ref.protein
+            measured = np.zeros(protein.shape[1], bool)
+            for start in range(0, protein.shape[0], MEASURED_BLOCK):  # a memory map: a block at a time
+                measured |= ~np.isnan(np.asarray(protein[start:start + MEASURED_BLOCK])).all(axis=0)
+                if measured.all():
+                    break
+            self._measured = measured
+        return self._measured
 
     def _calibrated(self, modality: str) -> bool:
         """Return whether the mapping score of ``modality`` queries can be computed (calibration and index)."""

@@ -66,3 +66,28 @@ def test_pooled_panel_query_has_no_holes(tmp_path):
     sims_all = np.take_along_axis(q @ emb["rna"].T, nearest, 1)
     plain = impute(protein, nearest, neighbour_weights(sims_all, 0.1))
     np.testing.assert_allclose(res.imputed.X[~hole], plain[~hole], rtol=1e-4, atol=1e-5)
+
+
+def test_a_protein_no_reference_cell_measured_is_not_searched_for(tmp_path, monkeypatch):
+    """It stays NaN, and no query chunk pays for deeper searches that cannot find it."""
+    data = make_synthetic(n_cells=460, n_genes=60, n_proteins=6, n_types=4, seed=0)
+    ref, new = data.subset(slice(0, 400)), data.subset(slice(400, 460))
+    model = FakeModel(data.gene_names, data.protein_names)
+    emb = model.embed(ref.rna, ref.prot, genes=ref.gene_names, proteins=ref.protein_names)
+    sec = {"k": 5, "impute_k": 5, "temperature": 0.1}
+    depths: dict[str, list[int]] = {}
+    for name, last in (("measured", False), ("never_measured", True)):
+        protein = clr(ref.prot)
+        if last:
+            protein[:, -1] = np.nan
+        write_index_dir(tmp_path / name, embeddings=emb, cell_ids=ref.barcodes, model_fingerprint=model.fingerprint,
+                        section=default_config()["index"], protein=protein, protein_names=ref.protein_names)
+        index = ReferenceIndex.load(tmp_path / name)
+        calls = depths.setdefault(name, [])
+        search = index.search
+        monkeypatch.setattr(index, "search", lambda m, q, k, calls=calls, search=search: (calls.append(k),
+                                                                                            search(m, q, k))[1])
+        res = query(rna_only(new), model, index, section=sec)
+    assert np.isnan(res.imputed.X[:, -1]).all()
+    assert np.isfinite(res.imputed.X[:, :-1]).all()
+    assert depths["never_measured"] == depths["measured"]  # the query's own searches, none deeper
