@@ -39,7 +39,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from transfer import DATASETS, RESULTS, SHARED  # noqa: E402
+from transfer import DATASETS, RESULTS, SHARED, pair_errors  # noqa: E402
 from transfer_metrics import protein_pearson  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pairs", nargs="+", required=True)
     ap.add_argument("--out", type=Path, default=RESULTS / "pooled_diagnose.json")
     args = ap.parse_args(argv)
+    bad = pair_errors(args.pairs, DATASETS)
+    if bad:
+        sys.exit(f"bench/pooled_diagnose.py: {bad}")
     result = {"workdir": str(args.workdir), "pairs": {}}
     for key in args.pairs:
         result["pairs"][key] = diagnose(key, args.workdir)

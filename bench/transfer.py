@@ -139,6 +139,17 @@ def run_totalvi(pair: Pair, workdir: Path, seed: int, python: Path = SCVI_PYTHON
 # --- one pair --------------------------------------------------------------------------------------------
 
 
+def pair_errors(pairs: list[str], known: dict[str, Path] | list[str], pooled_with: str | None = None) -> str | None:
+    """One line naming what is wrong with ``ref:query`` keys (and ``--pooled-with`` names), or ``None``."""
+    names = sorted(known)
+    for key in pairs:
+        parts = key.split(":")
+        if len(parts) != 2 or parts[0] == parts[1] or not set(parts) <= set(names):
+            return f"pair {key!r}: expected REF:QUERY, two different datasets of {', '.join(names)}"
+    unknown = [k for k in (pooled_with or "").split(",") if k.strip() and k.strip() not in names]
+    return f"--pooled-with {', '.join(unknown)}: not one of {', '.join(names)}" if unknown else None
+
+
 def pool_members(pooled_with: str | None, ref_key: str, query_key: str) -> list[str]:
     """Datasets pooled with a pair's reference (``--pooled-with a,b``): the reference itself left out, and none
     when the query is among them (the query is never in the pool)."""
@@ -272,6 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
             missing = [str(p) for p in paths.values() if not p.exists()]
             if missing:
                 sys.exit(f"bench/transfer.py: data not found: {missing}")
+        bad = pair_errors(pairs, paths, args.pooled_with)
+        if bad:
+            sys.exit(f"bench/transfer.py: {bad}")
         result = {"seed": args.seed, "small": args.small, "omicsclip_sets": args.sets,
                   "totalvi_max_epochs": args.max_epochs or f"{TOTALVI_STEPS} steps", "pooled_with": args.pooled_with,
                   "ood_types": {k: v for k, v in OOD_TYPES.items() if k in pairs}, "pairs": {}}

@@ -221,3 +221,15 @@ def test_pooled_diagnose_helpers(tm):
     np.testing.assert_allclose(z[:, 0], [-1, 1, -1, 1])
     assert np.isnan(z[0, 1])
     np.testing.assert_allclose(z[2:, 1], [-1, 1])
+
+
+def test_bad_pair_keys_are_one_line_errors(tm):
+    tr = importlib.import_module("transfer")
+    known = ["bremsc", "pbmc10k", "pbmc5p"]
+    assert tr.pair_errors(["bremsc:pbmc10k", "pbmc10k:pbmc5p"], known, "pbmc5p") is None
+    for key in ("pbmc10k", "pbmc10k:nope", "a:b:c", "bremsc:bremsc"):
+        msg = tr.pair_errors([key], known)
+        assert msg.startswith(f"pair {key!r}: expected REF:QUERY")
+        assert "\n" not in msg
+    assert tr.pair_errors(["bremsc:pbmc10k"], known, "pbmc5p,nope") == \
+        "--pooled-with nope: not one of bremsc, pbmc10k, pbmc5p"
