@@ -197,8 +197,8 @@ def bench_stream(n_cells: int, threads: int, work: Path, *, tsv: bool) -> dict:
     """Train a small model on synthetic cells, index them, then stream ``n_cells`` new raw-count cells."""
     import torch
 
+    from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.index.query import run_query
-    from omicsclip.index.reference import index_embeddings
     from omicsclip.io.store import write_store
     from omicsclip.io.synthetic import make_synthetic
     from omicsclip.model.embed import embed_store

@@ -6,10 +6,14 @@ query's protein from the reference cells' CLR in several ways, scored like bench
 protein, re-centred over the shared sub-panel):
 
 * ``single``: the single-dataset model, as bench/transfer.py runs it;
-* ``pooled``: the pooled model, neighbours among all reference cells (what ``omicsclip query`` does);
+* ``pooled``: the pooled model, the k nearest of all reference cells, each protein averaged over those of them that
+  measured it (``omicsclip query`` before ``index.protein_sources``);
 * ``pooled_own_cells``: the pooled model, neighbours among the pair's own reference dataset only: a loss that
   remains here is in the pooled embedding, not in mixing neighbours from other panels;
 * ``pooled_per_protein``: for each protein, the k nearest cells among those that measured it;
+* ``pooled_sourced``: each protein several datasets measured from the k nearest cells of the dataset that measures
+  it best (``index.protein_sources: best``, the default: the sources the index recorded), what ``omicsclip query``
+  does;
 * ``pooled_zscore``: each dataset's CLR standardised per protein before averaging (panels of different size and
   antibody titres put CLR on different scales);
 * ``pooled_own_panel``: the query embedded with only the genes the pair's reference measured (as every training
@@ -44,6 +48,7 @@ from transfer_metrics import protein_pearson  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
 from omicsclip.index.impute import knn_impute  # noqa: E402  (exact search, as `omicsclip query` imputes)
+from omicsclip.index.refprotein import reference_protein  # noqa: E402
 
 
 def per_protein(query, ref, values, k, temperature):
@@ -83,9 +88,12 @@ class Side:
         self.ref = emb.matrix("rna")[pos]
         obs = emb.obs.iloc[pos]
         self.datasets = obs["dataset"].astype(str).to_numpy() if "dataset" in obs.columns else None
-        self.values = np.load(folder / "index" / "reference_protein.npy")
         meta = json.loads((folder / "index" / "meta.json").read_text())
         self.proteins = [str(p) for p in (meta.get("proteins") or self.model.proteins)]
+        # every dataset's own CLR (the index keeps each shared protein in its source dataset only: sources)
+        store = next(f for f in (folder / "model.pool.zarr", folder / "ref.zarr") if f.exists())
+        self.values = reference_protein(store, pd.Index(ids), self.proteins)[0]
+        self.sources = (meta["source"].get("protein_sources") or {}).get("sources", {})
         q = ad.read_h5ad(folder / "query_rna.h5ad")
         self.query_rna, self.query_genes = q.X, [str(g) for g in q.var_names]
         cfg = self.model.config["query"]
@@ -142,6 +150,11 @@ def diagnose(key: str, workdir: Path) -> dict:
     own = np.char.startswith(pooled.datasets.astype(str), "ref0_")  # bench/transfer.py names the pair's reference ref0
     score("pooled_own_cells", pooled, knn_impute(q, pooled.ref[own], pooled.values[own], k=k, temperature=t))
     score("pooled_per_protein", pooled, per_protein(q, pooled.ref, pooled.values, k, t))
+    sourced = pooled.values.copy()  # what `omicsclip query` does (index.protein_sources: best)
+    for j, p in enumerate(pooled.proteins):
+        if p in pooled.sources:
+            sourced[pooled.datasets != pooled.sources[p], j] = np.nan
+    score("pooled_sourced", pooled, per_protein(q, pooled.ref, sourced, k, t))
     score("pooled_zscore", pooled, knn_impute(q, pooled.ref, zscored(pooled.values, pooled.datasets), k=k, temperature=t))
     own_genes = set(map(str, ref_data.var_names))
     q_own = pooled.embed_query_with(own_genes)

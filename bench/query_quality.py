@@ -95,8 +95,9 @@ def main() -> None:
 
     from omicsclip.config import default_config
     from omicsclip.evaluation.baselines import RidgeBaseline
+    from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.index.query import query
-    from omicsclip.index.reference import ReferenceIndex, index_embeddings
+    from omicsclip.index.reference import ReferenceIndex
     from omicsclip.io.ingest import ingest
     from omicsclip.io.store import read_store
     from omicsclip.model.alignment import align_proteins

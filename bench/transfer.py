@@ -244,6 +244,24 @@ def small_paths(tmp: Path, seed: int) -> dict[str, Path]:
     return paths
 
 
+def merge_totalvi(result: dict, earlier: dict, source: str) -> list[str]:
+    """Copy totalVI's rows of ``earlier`` (a bench/transfer.py result) into ``result``'s pairs that lack one.
+
+    Only where both runs prepared the pair alike (same cells, genes and proteins): totalVI does not depend on
+    omicsclip's code, and takes most of a full run. Returns the pairs copied; each row records ``from``.
+    """
+    copied = []
+    for key, pr in result["pairs"].items():
+        old = earlier.get("pairs", {}).get(key)
+        if old is None or "totalvi" not in old["methods"] or "totalvi" in pr["methods"]:
+            continue
+        if old["pair"] != pr["pair"]:
+            sys.exit(f"bench/transfer.py: --totalvi-from {source}: pair {key} was prepared differently there")
+        pr["methods"]["totalvi"] = {**old["methods"]["totalvi"], "from": source}
+        copied.append(key)
+    return copied
+
+
 def _write(out: Path, result: dict) -> None:
     from omicsclip.io.atomic import atomic_path
     from omicsclip.io.jsonfile import write_json
@@ -270,7 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pooled-with", default=None,
                     help="also omicsclip_pooled: a reference pooled from each pair's reference and these datasets "
                          "(comma-separated, e.g. bremsc,pbmc5p)")
+    ap.add_argument("--totalvi-from", type=Path, default=None,
+                    help="with --skip-totalvi: copy totalVI's rows of these pairs from an earlier result JSON")
     args = ap.parse_args(argv)
+    earlier = json.loads(args.totalvi_from.read_text()) if args.totalvi_from else None
 
     with tempfile.TemporaryDirectory(prefix="omicsclip-bench-transfer-") as d:
         workdir = args.workdir or Path(d)
@@ -293,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["pairs"][key] = run_pair(key, paths, args.seed, workdir, args.skip_totalvi,
                                             args.skip_omicsclip, args.max_epochs, tuple(args.sets),
                                             args.pooled_with)
+            if earlier is not None:
+                merge_totalvi({"pairs": {key: result["pairs"][key]}}, earlier, str(args.totalvi_from))
             _write(args.out, result)  # after every pair: a long run keeps what it has
     table = markdown(result)
     print(table)

@@ -43,7 +43,7 @@ def index(
         omicsclip index pbmc10k_emb.zarr --out train_index --set 'index.splits=\[train]'
     """
     from omicsclip.index.faiss_index import set_threads
-    from omicsclip.index.reference import index_embeddings
+    from omicsclip.index.from_embeddings import index_embeddings
 
     section = load_cfg(config, (set_ or []) + ([f"index.kind={kind}"] if kind else []))["index"]
     set_threads(int(section["threads"]))

@@ -183,7 +183,9 @@ def build_index(data: Any, model: OmicsClipModel | str | Path, *, out: str | Pat
         The index, ready to query.
     """
     from omicsclip.index.faiss_index import set_threads
+    from omicsclip.index.protein_sources import apply_protein_sources
     from omicsclip.index.reference import ReferenceIndex
+    from omicsclip.io.panels import DATASET_COLUMN
     from omicsclip.model.preprocess import clr
 
     model = model if isinstance(model, OmicsClipModel) else load_model(model)
@@ -202,10 +204,15 @@ def build_index(data: Any, model: OmicsClipModel | str | Path, *, out: str | Pat
         labels = pd.DataFrame({key: obs[key].astype(str).to_numpy()})
     elif label_key is not None:
         raise InputError(f"label_key={label_key!r}: no such obs column (has {', '.join(map(str, obs.columns))})")
+    protein = clr(extra["protein"])  # a pooled reference (obs "dataset"): each shared protein from its best dataset
+    sourcing = apply_protein_sources(protein, obs[DATASET_COLUMN].to_numpy() if DATASET_COLUMN in obs.columns else None,
+                                     model.proteins, lambda r: emb["rna"][r], mode=str(section["protein_sources"]),
+                                     seed=int(section["seed"]))
     index = ReferenceIndex.build(embeddings={m: emb[m] for m in ("rna", "prot")}, cell_ids=list(barcodes),
                                  model_fingerprint=model.fingerprint, section=section,
-                                 protein=clr(extra["protein"]), protein_names=model.proteins, labels=labels,
-                                 source={"data": f"in-memory {type(data).__name__}", "model_dir": str(model.path)},
+                                 protein=protein, protein_names=model.proteins, labels=labels,
+                                 source={"data": f"in-memory {type(data).__name__}", "model_dir": str(model.path),
+                                         "protein_sources": sourcing},
                                  name="<in memory>" if out is None else str(out), search_gpu=section["use_gpu"])
     ref = Reference(index, model)
     if out is not None:

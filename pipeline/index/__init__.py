@@ -18,12 +18,13 @@ from omicsclip.index.faiss_index import (
     search,
     set_threads,
 )
+from omicsclip.index.from_embeddings import index_embeddings
 from omicsclip.index.impute import confidence, impute, knn_impute, neighbour_weights, vote
 from omicsclip.index.matching import check_features, match_report
 from omicsclip.index.query import QueryResult, query, run_query
 from omicsclip.index.query_input import open_query_input
 from omicsclip.index.query_writers import H5adAppender, TableWriter
-from omicsclip.index.reference import ReferenceIndex, index_embeddings, write_index_dir
+from omicsclip.index.reference import ReferenceIndex, write_index_dir
 
 __all__ = [
     "KINDS",

@@ -184,8 +184,12 @@ class QueryEngine:
         valid = pos >= 0
         weights = neighbour_weights(sims, s.temperature, valid)
         if "rna" in emb and "prot" not in emb and self.ref.protein is not None:
-            out.imputed = impute(self.ref.protein, np.where(valid, pos, 0), weights)
-            if np.isnan(out.imputed).any():  # a pooled reference: no neighbour measured some protein
+            out.imputed, counts = impute(self.ref.protein, np.where(valid, pos, 0), weights, return_counts=True)
+            if self.ref.n > s.impute_k:  # each protein from the impute_k nearest cells that measured it: in a
+                # pooled reference, where some neighbours did not, search deeper (_fill_unmeasured)
+                short = (counts < (weights.astype(np.float32) > 0).sum(axis=1, keepdims=True))
+                out.imputed[short & self._measured_proteins()] = np.nan
+            if np.isnan(out.imputed).any():
                 self._fill_unmeasured(out.imputed, emb["rna"], self.transfer_modality(primary))
             out.confidence = confidence(np.where(valid, sims, 0.0), weights)
             out.top_similarity = np.where(valid[:, 0], sims[:, 0], np.nan).astype(np.float32)
@@ -203,7 +207,7 @@ class QueryEngine:
         return out
 
     def _fill_unmeasured(self, imputed: np.ndarray, q: np.ndarray, modality: str) -> None:
-        """Impute a protein none of a cell's ``impute_k`` neighbours measured from the nearest that did.
+        """Impute each NaN entry (a protein some of a cell's neighbours lacked) from the nearest cells that had it.
 
         The cells concerned are searched again, FILL_SEARCH_FACTOR times deeper each round, until ``impute_k`` cells
         that measured the protein are found (:func:`fill_unmeasured`); at FILL_MAX_DEPTH neighbours (or the whole

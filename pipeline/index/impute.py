@@ -36,7 +36,8 @@ def neighbour_weights(sims: np.ndarray, temperature: float, valid: np.ndarray | 
     return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
 
-def impute(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def impute(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray, *,
+           return_counts: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Weighted mean of the neighbours' reference profiles, per feature over the neighbours that measured it.
 
     Parameters
@@ -49,20 +50,25 @@ def impute(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.nd
     weights
         Neighbour weights (n x k), rows summing to one.
 
+    return_counts
+        Also return, per cell and feature, how many neighbours with a positive weight have it (n x P int32).
+
     Returns
     -------
     numpy.ndarray
         n x P float32. Per feature, the weights of the neighbours that have it are renormalised to sum to one;
-        NaN where no neighbour with a positive weight has it.
+        NaN where no neighbour with a positive weight has it. With ``return_counts``: ``(imputed, counts)``.
     """
     out = np.empty((pos.shape[0], reference.shape[1]), np.float32)
+    counts = np.empty(out.shape, np.int32) if return_counts else None
     for start in range(0, len(out), _IMPUTE_BLOCK):  # the n x k x P temporaries stay bounded whatever the chunk
         sl = slice(start, start + _IMPUTE_BLOCK)
-        out[sl] = _impute_block(reference, pos[sl], weights[sl])
-    return out
+        out[sl] = _impute_block(reference, pos[sl], weights[sl], None if counts is None else counts[sl])
+    return out if counts is None else (out, counts)
 
 
-def _impute_block(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _impute_block(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray,
+                  counts: np.ndarray | None = None) -> np.ndarray:
     n, k = pos.shape
     order = np.argsort(pos, axis=None, kind="stable")  # sorted reads are kinder to memory maps
     flat = np.empty((n * k, reference.shape[1]), np.float32)
@@ -70,6 +76,8 @@ def _impute_block(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray) -
     prof = flat.reshape(n, k, -1)
     w = weights.astype(np.float32)
     has = ~np.isnan(prof)
+    if counts is not None:
+        counts[:] = np.einsum("nk,nkp->np", (w > 0).astype(np.int32), has.astype(np.int32))
     if has.all():
         return np.einsum("nk,nkp->np", w, prof)
     total = np.einsum("nk,nkp->np", w, np.where(has, prof, np.float32(0)))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omicsclip.conventions import EMBEDDING_KEYS, MODALITIES
+from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
 from omicsclip.index.faiss_index import (
     METRIC,
@@ -49,7 +49,6 @@ from omicsclip.index.refmeta import (
     read_ids,
     read_meta,
 )
-from omicsclip.index.refprotein import reference_protein
 from omicsclip.io.atomic import atomic_path, check_writable, temp_sibling
 from omicsclip.io.hashing import sha256_file
 from omicsclip.io.jsonfile import write_json
@@ -411,89 +410,3 @@ class ReferenceIndex:
         if modality not in self.indices:
             raise InputError(f"{self.path}: no {modality} index (has {', '.join(self.indices)})")
         return search(self.indices[modality], q, k)
-
-
-# ------------------------------------------------------------------------------------ from an embeddings zarr
-
-
-def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping[str, Any], *,
-                     store: str | Path | None = None, model_dir: str | Path | None = None,
-                     overwrite: bool = False) -> Path:
-    """Build the reference folder from ``omicsclip embed`` output.
-
-    Parameters
-    ----------
-    emb_path
-        Embeddings AnnData zarr (obsm ``X_omicsclip_rna`` / ``X_omicsclip_prot``, ``uns["omicsclip"]``).
-    out_dir
-        Index folder to create.
-    section
-        The ``index:`` config section (kind and parameters, ``splits`` to restrict the reference,
-        ``label_key``).
-    store
-        Paired store (or any input) with the reference cells' protein counts; default: the store recorded in
-        the embeddings. Without one, the index cannot impute protein.
-    model_dir
-        Model folder whose protein panel defines the stored CLR protein; default: recorded in the embeddings.
-    overwrite
-        Replace an existing folder.
-    """
-    from omicsclip.model.embed import open_embeddings
-
-    emb_path = Path(emb_path)
-    emb = open_embeddings(emb_path)  # obs and uns only: cheap
-    obs = emb.obs
-    recorded = emb.uns.get("omicsclip")
-    info = dict(recorded) if isinstance(recorded, Mapping) else {}
-    explicit_model, explicit_store = model_dir is not None, store is not None
-    model_dir, store = model_dir or info.get("model_dir"), store or info.get("store")
-    # before the work, and with the recorded store and model too: replacing out_dir must not delete them
-    check_writable(Path(out_dir), overwrite=overwrite, inputs=(emb_path, store, model_dir))
-    fingerprint = emb.fingerprint
-    if not fingerprint:
-        raise InputError(f"{emb_path}: no uns['omicsclip']['model_fingerprint'] (not written by omicsclip embed)")
-    present = [m for m in MODALITIES if m in emb.modalities]
-    if not present:
-        raise InputError(f"{emb_path}: no obsm {' or '.join(EMBEDDING_KEYS[m] for m in MODALITIES)}")
-    keep = np.ones(len(obs), bool)
-    splits = [str(s) for s in section["splits"]]
-    if splits:
-        if "split" not in obs.columns:
-            raise InputError(f"{emb_path}: index.splits={splits} but obs has no 'split' column")
-        keep = obs["split"].astype(str).isin(splits).to_numpy()
-        log.info("reference: %d of %d cells in splits %s", int(keep.sum()), len(obs), splits)
-    if not keep.any():
-        raise InputError(f"{emb_path}: no cells to index (index.splits={splits})")
-    ids, rows = pd.Index(obs.index)[keep], None if keep.all() else np.flatnonzero(keep)
-    embeddings = emb.lazy(present, rows)
-    model_proteins = None
-    if model_dir is not None and not explicit_model and not Path(model_dir).exists():
-        log.warning("%s (recorded in %s) is gone: the reference protein keeps the store's whole panel, not "
-                    "necessarily the model's (pass --model)", model_dir, emb_path)
-    elif model_dir is not None:  # read_meta refuses a missing folder given explicitly
-        from omicsclip.model.modelio import read_meta
-
-        meta = read_meta(model_dir)
-        if meta["model_fingerprint"] != fingerprint:
-            raise InputError(f"{model_dir}: model {meta['model_fingerprint'][:16]} did not produce {emb_path} "
-                             f"(embedded with {str(fingerprint)[:16]})")
-        model_proteins = meta["preprocessing"]["proteins"]
-    protein, protein_names, spilled = None, None, temp_sibling(out_dir)  # the protein waits on disk (mmap)
-    if store is not None and Path(store).exists():
-        protein, protein_names = reference_protein(Path(store), ids, model_proteins, out=spilled)
-    elif explicit_store:
-        raise InputError(f"{store}: store not found")
-    else:
-        log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
-                    "(pass --store)")
-    label_key = str(section["label_key"] or "")
-    has_labels = bool(label_key) and label_key in obs.columns
-    labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]}) if has_labels else None
-    source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
-              "model_dir": None if model_dir is None else str(model_dir), "splits": splits}
-    try:
-        return write_index_dir(out_dir, embeddings=embeddings, cell_ids=list(ids), model_fingerprint=fingerprint,
-                               section=section, protein=protein, protein_names=protein_names, labels=labels,
-                               source=source, overwrite=overwrite)
-    finally:
-        spilled.unlink(missing_ok=True)

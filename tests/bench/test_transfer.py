@@ -233,3 +233,16 @@ def test_bad_pair_keys_are_one_line_errors(tm):
         assert "\n" not in msg
     assert tr.pair_errors(["bremsc:pbmc10k"], known, "pbmc5p,nope") == \
         "--pooled-with nope: not one of bremsc, pbmc10k, pbmc5p"
+
+
+def test_totalvi_rows_are_copied_only_for_pairs_prepared_alike(tm):
+    tr = importlib.import_module("transfer")
+    pair = {"reference": "a", "query": "b", "n_ref": 10, "shared_proteins": ["CD3"]}
+    earlier = {"pairs": {"a:b": {"pair": pair, "methods": {"totalvi": {"protein": {"mean_pearson": 0.5}}}}}}
+    result = {"pairs": {"a:b": {"pair": dict(pair), "methods": {"omicsclip": {}}}, "b:a": {"pair": {}, "methods": {}}}}
+    assert tr.merge_totalvi(result, earlier, "old.json") == ["a:b"]
+    assert result["pairs"]["a:b"]["methods"]["totalvi"] == {"protein": {"mean_pearson": 0.5}, "from": "old.json"}
+    assert "totalvi" not in result["pairs"]["b:a"]["methods"]
+    other = {"pairs": {"a:b": {"pair": {**pair, "n_ref": 11}, "methods": {}}}}
+    with pytest.raises(SystemExit, match="prepared differently"):
+        tr.merge_totalvi(other, earlier, "old.json")

@@ -49,7 +49,7 @@ def world(tmp_path_factory):
     import anndata as ad
 
     from omicsclip.config import default_config
-    from omicsclip.index.reference import index_embeddings
+    from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.io.synthetic import make_synthetic
     from omicsclip.model.embed import embed_store
 

@@ -347,7 +347,7 @@ TINY = ["preprocess.n_hvg=40", "model.rna_hidden=[32]", "model.prot_hidden=[16]"
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    from omicsclip.index.reference import index_embeddings
+    from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.io.store import write_store
     from omicsclip.model.embed import embed_store
     from omicsclip.train.run import train_model
@@ -398,7 +398,7 @@ def test_real_index_refuses_other_model(real, tmp_path):
 def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
     import shutil
 
-    from omicsclip.index.reference import index_embeddings
+    from omicsclip.index.from_embeddings import index_embeddings
 
     tmp, cfg = real["tmp"], real["cfg"]
     with pytest.raises(InputError, match="model folder not found"):
@@ -416,7 +416,7 @@ def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
 
 
 def test_index_overwrite_never_deletes_the_recorded_store(tmp_path):
-    from omicsclip.index.reference import index_embeddings
+    from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.io.store import write_store
     from omicsclip.model.embed import embed_store
     from omicsclip.train.run import train_model

@@ -1,0 +1,105 @@
+"""index.protein_sources: in a pooled reference each shared protein is imputed from the dataset measuring it best."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_query import TINY, rna_only
+
+from omicsclip.config import load_config
+from omicsclip.errors import InputError
+from omicsclip.index.protein_sources import apply_protein_sources, best_sources, protein_reliability
+from omicsclip.io.synthetic import make_synthetic
+
+
+def clustered(n: int = 400, seed: int = 0):
+    """Unit embeddings in 4 clusters, two datasets; protein 0 noise in b, protein 1 noise in a, protein 2 a only."""
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, 4, n)
+    emb = np.eye(8, dtype=np.float32)[types] + 0.05 * rng.normal(size=(n, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    datasets = np.where(np.arange(n) % 2 == 0, "a", "b").astype(object)
+    signal = types[:, None] * np.array([1.0, -1.0, 0.5]) + 0.1 * rng.normal(size=(n, 3))
+    protein = signal.astype(np.float32)
+    b, a = datasets == "b", datasets == "a"
+    protein[b, 0] = rng.permutation(protein[b, 0])  # b's measurement of protein 0 carries no signal
+    protein[a, 1] = rng.permutation(protein[a, 1])
+    protein[b, 2] = np.nan  # only a measured protein 2
+    return emb, protein, datasets, types
+
+
+def test_reliability_picks_the_dataset_whose_measurement_the_embedding_predicts():
+    emb, protein, datasets, _ = clustered()
+    rel = protein_reliability(lambda r: emb[r], protein, datasets, ["p0", "p1", "p2"], seed=0)
+    assert rel.loc["p0", "a"] > 0.9
+    assert abs(rel.loc["p0", "b"]) < 0.3
+    assert rel.loc["p1", "b"] > 0.9
+    assert abs(rel.loc["p1", "a"]) < 0.3
+    assert np.isnan(rel.loc["p2", "b"])
+    assert rel.loc["p2", "a"] > 0.9
+    assert best_sources(rel) == {"p0": "a", "p1": "b"}  # p2: one dataset, nothing to choose
+
+
+def test_apply_masks_other_datasets_and_records_the_choice():
+    emb, protein, datasets, _ = clustered()
+    before = protein.copy()
+    rec = apply_protein_sources(protein, datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best")
+    assert rec["sources"] == {"p0": "a", "p1": "b"}
+    assert set(rec["reliability"]["p0"]) == {"a", "b"}
+    assert set(rec["reliability"]["p2"]) == {"a"}
+    a = datasets == "a"
+    assert np.isnan(protein[~a, 0]).all()
+    assert np.array_equal(protein[a, 0], before[a, 0])
+    assert np.isnan(protein[a, 1]).all()
+    assert np.array_equal(protein[~a, 1], before[~a, 1])
+    np.testing.assert_array_equal(protein[:, 2], before[:, 2])  # NaN where it was, untouched elsewhere
+    # nothing to do: all mode, no datasets, one dataset
+    for mode, ds in (("all", datasets), ("best", None), ("best", np.full(len(datasets), "a"))):
+        kept = before.copy()
+        assert apply_protein_sources(kept, ds, ["p0", "p1", "p2"], lambda r: emb[r], mode=mode) is None
+        np.testing.assert_array_equal(kept, before)
+    with pytest.raises(InputError, match="protein_sources"):
+        apply_protein_sources(before.copy(), datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="first")
+
+
+def test_pooled_index_sources_each_shared_protein_end_to_end(tmp_path):
+    """Two labs, one of which measured a shared protein badly: the index keeps only the good lab's values of it."""
+    from omicsclip.index.from_embeddings import index_embeddings
+    from omicsclip.index.query import query
+    from omicsclip.index.reference import ReferenceIndex
+    from omicsclip.io.pool import pool_stores
+    from omicsclip.io.store import write_store
+    from omicsclip.model.embed import embed_store
+    from omicsclip.model.modelio import load_model
+    from omicsclip.train.run import train_model
+
+    d = make_synthetic(n_cells=720, n_genes=80, n_proteins=6, n_types=4, seed=3)
+    a, b = d.subset(np.arange(360)), d.subset(np.arange(360, 720))
+    b.prot = b.prot.copy()
+    b.prot[:, 1] = np.random.default_rng(0).permutation(b.prot[:, 1])  # lab b's antibody 1: no signal
+    b.prot, b.proteins = b.prot[:, :5], b.proteins.iloc[:5]  # and no protein 5
+    pooled = pool_stores([write_store(a, tmp_path / "labA.zarr"), write_store(b, tmp_path / "labB.zarr")],
+                         tmp_path / "pooled.zarr")
+    cfg = load_config(None, TINY)
+    train_model(pooled, tmp_path / "model", cfg)
+    embed_store(pooled, tmp_path / "model", tmp_path / "emb.zarr")
+    index_embeddings(tmp_path / "emb.zarr", tmp_path / "index", cfg["index"])
+    meta = json.loads((tmp_path / "index" / "meta.json").read_text())
+    rec = meta["source"]["protein_sources"]
+    p1 = str(d.protein_names[1])
+    assert rec["sources"][p1] == "labA"
+    assert rec["reliability"][p1]["labA"] > rec["reliability"][p1]["labB"] + 0.3
+    assert set(rec["sources"]) == {str(p) for p in d.protein_names[:5]}  # protein 5: lab a only
+    index = ReferenceIndex.load(tmp_path / "index")
+    in_b = np.char.endswith(index.cell_ids.astype(str), "-labB")
+    for p, src in rec["sources"].items():
+        j = list(meta["proteins"]).index(p)
+        from_src = in_b if src == "labB" else ~in_b
+        assert np.isnan(index.protein[~from_src, j]).all()
+        assert np.isfinite(index.protein[from_src, j]).all()
+    model = load_model(tmp_path / "model")
+    new = d.subset(np.arange(700, 720))
+    res = query(rna_only(new), model, index, section=cfg["query"])
+    assert np.isfinite(res.imputed.X).all()
