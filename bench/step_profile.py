@@ -17,7 +17,10 @@ alternating rounds of the same process, so that load from other processes hits b
 
 Run::
 
-    .venv/bin/python bench/step_profile.py [--data pbmc10k_protein_v3] [--steps 200] [--threads 1]
+    .venv/bin/python bench/step_profile.py [--data pbmc10k_protein_v3] [--steps 200] [--threads 1] [--compile]
+
+``--compile`` adds a third variant: the optimised step with the model under ``torch.compile`` (inductor, which
+fuses the per-element work between the GEMMs); its compilation is done before the timed rounds.
 """
 
 from __future__ import annotations
@@ -97,11 +100,33 @@ def _reference_parts(tr):
     return model, loss, opt
 
 
-def profile(tr, steps: int, *, reference: bool) -> dict[str, float]:
+def _compiled_parts(tr):
+    """The optimised model under ``torch.compile`` (inductor; ``nn.Dropout``, as the 15-bit draws do not trace)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from omicsclip.model.encoders import MaskDropout
+    from omicsclip.train.trainer import _param_groups
+
+    model = copy.deepcopy(tr.model).train()
+    for enc in (model.rna, model.prot):
+        for i, layer in enumerate(enc.body):
+            if isinstance(layer, MaskDropout):
+                enc.body[i] = nn.Dropout(layer.p)
+    opt = torch.optim.AdamW(_param_groups(model, tr.s.weight_decay), lr=tr.s.lr, fused=True)  # as the trainer
+    return torch.compile(model), tr.loss_fn, opt
+
+
+def profile(tr, steps: int, *, reference: bool, compiled=None) -> dict[str, float]:
     """Median milliseconds per component over ``steps`` training steps (after 5 warm-up steps)."""
     from omicsclip.model import batchops
 
-    model, loss_fn, opt = _reference_parts(tr) if reference else (tr.model, tr.loss_fn, tr.opt)
+    if compiled is not None:
+        model, loss_fn, opt = compiled
+    else:
+        model, loss_fn, opt = _reference_parts(tr) if reference else (tr.model, tr.loss_fn, tr.opt)
     times: dict[str, list[float]] = {c: [] for c in COMPONENTS}
     aug = tr.aug if tr.aug.active else None
     warmup, done, epoch = 5, 0, 0
@@ -143,6 +168,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4, help="alternating reference/optimised rounds")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the optimised step with the model under torch.compile (a third variant)")
     ap.add_argument("--out", type=Path, default=RESULTS / "step_profile.json")
     args = ap.parse_args()
 
@@ -160,17 +187,24 @@ def main() -> None:
                  "genes": tr.pre.n_genes, "batch_nonzeros": int(batch.val.numel())}
         # alternate the two so that load from other processes hits both alike
         runs: dict[str, list[dict[str, float]]] = {"reference": [], "optimised": []}
+        compiled = None
+        if args.compile:
+            runs["compiled"] = []
+            compiled = _compiled_parts(tr)
+            profile(tr, 10, reference=False, compiled=compiled)  # the compilation itself, untimed
         for _ in range(args.rounds):
             runs["reference"].append(profile(tr, args.steps // args.rounds, reference=True))
             runs["optimised"].append(profile(tr, args.steps // args.rounds, reference=False))
+            if compiled is not None:
+                runs["compiled"].append(profile(tr, args.steps // args.rounds, reference=False, compiled=compiled))
     result = {"data": args.data, "threads": args.threads, "steps": args.steps, **shape,
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "ms_per_step": {k: {c: statistics.median(r[c] for r in v) for c in (*COMPONENTS, "total")}
                               for k, v in runs.items()}}
-    ref, opt = result["ms_per_step"]["reference"], result["ms_per_step"]["optimised"]
-    print(f"{'component':<10} {'reference':>10} {'optimised':>10}  (CPU ms per step, median)")
+    ms = result["ms_per_step"]
+    print(f"{'component':<10} " + " ".join(f"{k:>10}" for k in ms) + "  (CPU ms per step, median)")
     for c in (*COMPONENTS, "total"):
-        print(f"{c:<10} {ref[c]:>10.2f} {opt[c]:>10.2f}")
+        print(f"{c:<10} " + " ".join(f"{v[c]:>10.2f}" for v in ms.values()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

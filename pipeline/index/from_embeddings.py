@@ -83,21 +83,26 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
             raise InputError(f"{model_dir}: model {meta['model_fingerprint'][:16]} did not produce {emb_path} "
                              f"(embedded with {str(fingerprint)[:16]})")
         model_proteins = meta["preprocessing"]["proteins"]
+    label_key = str(section["label_key"] or "")
+    has_labels = bool(label_key) and label_key in obs.columns
+    labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]}) if has_labels else None
     protein, protein_names, spilled, sourcing = None, None, temp_sibling(out_dir), None  # the protein waits on disk (mmap)
     if store is not None and Path(store).exists():
         protein, protein_names = reference_protein(Path(store), ids, model_proteins, out=spilled)
-        mod, ds = ("rna" if "rna" in present else present[0]), obs.get(DATASET_COLUMN)
-        sourcing = apply_protein_sources(np.load(spilled, mmap_mode="r+"), None if ds is None else ds.to_numpy()[keep],
-                                         protein_names, lambda r: emb.matrix(mod, r if rows is None else rows[r]),
-                                         mode=str(section["protein_sources"]), seed=int(section["seed"]))
+        if DATASET_COLUMN in obs.columns:  # a pooled reference: which dataset each shared protein comes from
+            from omicsclip.config import default_config
+
+            mod, protein = ("rna" if "rna" in present else present[0]), np.load(spilled, mmap_mode="r+")
+            sourcing = apply_protein_sources(
+                protein, obs[DATASET_COLUMN].to_numpy()[keep], protein_names,
+                lambda r: emb.matrix(mod, r if rows is None else rows[r]), mode=str(section["protein_sources"]),
+                seed=int(section["seed"]), labels=None if labels is None else labels[label_key].to_numpy(),
+                ignore_labels=default_config()["evaluate"]["ignore_labels"])
     elif explicit_store:
         raise InputError(f"{store}: store not found")
     else:
         log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
                     "(pass --store)")
-    label_key = str(section["label_key"] or "")
-    has_labels = bool(label_key) and label_key in obs.columns
-    labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]}) if has_labels else None
     source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
               "model_dir": None if model_dir is None else str(model_dir), "splits": splits,
               "protein_sources": sourcing}

@@ -116,7 +116,7 @@ def fill_unmeasured(imputed: np.ndarray, reference: np.ndarray, pos: np.ndarray,
     valid = pos >= 0
     prof = np.asarray(reference[np.where(valid, pos, 0)], dtype=np.float32)  # n x K x P
     has = ~np.isnan(prof) & valid[:, :, None]
-    first = has & (np.cumsum(has, axis=1) <= k)  # the first k neighbours that measured each feature
+    first = has & (np.cumsum(has, axis=1, dtype=np.int32) <= k)  # the first k neighbours that measured each feature
     for j in np.flatnonzero(np.isnan(imputed).any(axis=0)):
         found = first[:, :, j].sum(axis=1)
         rows = np.flatnonzero(np.isnan(imputed[:, j]) & (found >= (k if need_k else 1)))

@@ -39,10 +39,48 @@ def test_reliability_picks_the_dataset_whose_measurement_the_embedding_predicts(
     assert abs(rel.loc["p1", "a"]) < 0.3
     assert np.isnan(rel.loc["p2", "b"])
     assert rel.loc["p2", "a"] > 0.9
-    assert best_sources(rel) == {"p0": "a", "p1": "b"}  # p2: one dataset, nothing to choose
+    assert best_sources(rel) == ({"p0": "a", "p1": "b"}, {})  # p2: one dataset, nothing to choose
 
 
-def test_apply_masks_other_datasets_and_records_the_choice():
+def test_reference_halves_are_one_size_and_a_dead_antibody_never_wins(monkeypatch):
+    import importlib
+
+    impute_mod = importlib.import_module("omicsclip.index.impute")  # the module, not omicsclip.index's function
+    emb, protein, datasets, _ = clustered(n=1200)
+    datasets[:900] = "big"  # 900 + 300 cells: both datasets' reference halves hold 150 cells
+    datasets[900:] = "small"
+    protein[datasets == "small", 0] = 0.0  # a constant (dead) measurement: no correlation
+    sizes = []
+    real = impute_mod.knn_impute
+    monkeypatch.setattr(impute_mod, "knn_impute", lambda q, r, v, **kw: (sizes.append(len(r)), real(q, r, v, **kw))[1])
+    rel = protein_reliability(lambda r: emb[r], protein, datasets, ["p0", "p1", "p2"], seed=0)
+    assert sizes == [150, 150]
+    assert rel.loc["p0", "small"] == -1.0
+    assert best_sources(rel)[0]["p0"] == "big"
+
+
+def test_a_source_must_hold_every_cell_type_the_others_hold():
+    """The cleaner dataset lacks two types the other holds: it is passed over, and query cells of those types are
+    imputed from cells of their own type."""
+    emb, protein, datasets, types = clustered(n=800)
+    a = datasets == "a"
+    noisy = ~a
+    protein[noisy, 0] += np.random.default_rng(1).normal(0, 0.6, noisy.sum()).astype(np.float32)  # b: noisier
+    keep = ~(a & (types >= 2))  # a holds no cells of types 2 and 3
+    emb, protein, datasets, types = emb[keep], protein[keep], datasets[keep], types[keep]
+    labels = np.array([f"t{t}" for t in types], dtype=object)
+    rel = protein_reliability(lambda r: emb[r], protein, datasets, ["p0", "p1", "p2"], seed=0)
+    assert rel.loc["p0", "a"] > rel.loc["p0", "b"]  # a is the more reliable...
+    sources, passed = best_sources(rel, labels, datasets)
+    assert sources["p0"] == "b"  # ... but lacks types b holds
+    assert passed["p0"] == {"a": ["t2", "t3"]}
+    assert best_sources(rel)[0]["p0"] == "a"  # without labels it cannot tell
+    # unlabelled cells (or ignore_labels values) of b ask nothing of a
+    unlabelled = np.where(datasets == "b", "unknown", labels).astype(object)
+    assert best_sources(rel, unlabelled, datasets, ignore=["unknown"])[0]["p0"] == "a"
+
+
+def test_apply_masks_other_datasets_and_records_the_choice(caplog):
     emb, protein, datasets, _ = clustered()
     before = protein.copy()
     rec = apply_protein_sources(protein, datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best")
@@ -55,11 +93,14 @@ def test_apply_masks_other_datasets_and_records_the_choice():
     assert np.isnan(protein[a, 1]).all()
     assert np.array_equal(protein[~a, 1], before[~a, 1])
     np.testing.assert_array_equal(protein[:, 2], before[:, 2])  # NaN where it was, untouched elsewhere
-    # nothing to do: all mode, no datasets, one dataset
-    for mode, ds in (("all", datasets), ("best", None), ("best", np.full(len(datasets), "a"))):
+    # nothing to do: all mode, no datasets, one dataset, a cell without a dataset (with a warning)
+    no_name = datasets.copy()
+    no_name[3] = None
+    for mode, ds in (("all", datasets), ("best", None), ("best", np.full(len(datasets), "a")), ("best", no_name)):
         kept = before.copy()
         assert apply_protein_sources(kept, ds, ["p0", "p1", "p2"], lambda r: emb[r], mode=mode) is None
         np.testing.assert_array_equal(kept, before)
+    assert "have no dataset" in caplog.text
     with pytest.raises(InputError, match="protein_sources"):
         apply_protein_sources(before.copy(), datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="first")
 
