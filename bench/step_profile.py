@@ -72,22 +72,30 @@ def build_trainer(store: Path, out: Path, threads: int):
     return tr
 
 
-def _reference_parts(tr):
-    """Plain reference versions of the model (``nn.Dropout``), loss (two cross-entropies) and optimiser (loop)."""
+def _plain_dropout_copy(tr):
+    """A copy of the trainer's model with ``nn.Dropout`` in place of the 15-bit-draw ``MaskDropout``."""
     import copy
 
-    import torch
     from torch import nn
 
     from omicsclip.model.encoders import MaskDropout
-    from omicsclip.model.loss import _batched_row_cross_entropy, _member_blocks
-    from omicsclip.train.trainer import _param_groups
 
     model = copy.deepcopy(tr.model).train()
     for enc in (model.rna, model.prot):
         for i, layer in enumerate(enc.body):
             if isinstance(layer, MaskDropout):
                 enc.body[i] = nn.Dropout(layer.p)
+    return model
+
+
+def _reference_parts(tr):
+    """Plain reference versions of the model (``nn.Dropout``), loss (two cross-entropies) and optimiser (loop)."""
+    import torch
+
+    from omicsclip.model.loss import _batched_row_cross_entropy, _member_blocks
+    from omicsclip.train.trainer import _param_groups
+
+    model = _plain_dropout_copy(tr)
     members = model.members
 
     def loss(rna_features, prot_features, logit_scale):
@@ -102,19 +110,11 @@ def _reference_parts(tr):
 
 def _compiled_parts(tr):
     """The optimised model under ``torch.compile`` (inductor; ``nn.Dropout``, as the 15-bit draws do not trace)."""
-    import copy
-
     import torch
-    from torch import nn
 
-    from omicsclip.model.encoders import MaskDropout
     from omicsclip.train.trainer import _param_groups
 
-    model = copy.deepcopy(tr.model).train()
-    for enc in (model.rna, model.prot):
-        for i, layer in enumerate(enc.body):
-            if isinstance(layer, MaskDropout):
-                enc.body[i] = nn.Dropout(layer.p)
+    model = _plain_dropout_copy(tr)
     opt = torch.optim.AdamW(_param_groups(model, tr.s.weight_decay), lr=tr.s.lr, fused=True)  # as the trainer
     return torch.compile(model), tr.loss_fn, opt
 
