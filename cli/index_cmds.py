@@ -45,9 +45,11 @@ def index(
     from omicsclip.index.faiss_index import set_threads
     from omicsclip.index.from_embeddings import index_embeddings
 
-    section = load_cfg(config, (set_ or []) + ([f"index.kind={kind}"] if kind else []))["index"]
+    cfg = load_cfg(config, (set_ or []) + ([f"index.kind={kind}"] if kind else []))
+    section = cfg["index"]
     set_threads(int(section["threads"]))
-    typer.echo(str(index_embeddings(emb, out, section, store=store, model_dir=model, overwrite=overwrite)))
+    typer.echo(str(index_embeddings(emb, out, section, store=store, model_dir=model, overwrite=overwrite,
+                                    ignore_labels=cfg["evaluate"]["ignore_labels"])))
 
 
 @guarded

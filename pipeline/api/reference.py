@@ -207,7 +207,7 @@ def build_index(data: Any, model: OmicsClipModel | str | Path, *, out: str | Pat
     protein = clr(extra["protein"])  # a pooled reference (obs "dataset"): each shared protein from its best dataset
     sourcing = apply_protein_sources(protein, obs[DATASET_COLUMN].to_numpy() if DATASET_COLUMN in obs.columns else None,
                                      model.proteins, lambda r: emb["rna"][r], mode=str(section["protein_sources"]),
-                                     seed=int(section["seed"]), labels=None if labels is None else labels[key].to_numpy(),
+                                     seed=int(section["seed"]), labels=obs[key].to_numpy() if labels is not None else None,
                                      ignore_labels=cfg["evaluate"]["ignore_labels"])
     index = ReferenceIndex.build(embeddings={m: emb[m] for m in ("rna", "prot")}, cell_ids=list(barcodes),
                                  model_fingerprint=model.fingerprint, section=section,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping[str, Any], *,
                      store: str | Path | None = None, model_dir: str | Path | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, ignore_labels: Sequence[str] | None = None) -> Path:
     """Build the reference folder from ``omicsclip embed`` output.
 
     Parameters
@@ -42,6 +42,9 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
         Model folder whose protein panel defines the stored CLR protein; default: recorded in the embeddings.
     overwrite
         Replace an existing folder.
+    ignore_labels
+        Label values that mean "no label" for the pooled-reference source check (:mod:`omicsclip.index.protein_sources`);
+        default: the shipped config's ``evaluate.ignore_labels``.
     """
     from omicsclip.model.embed import open_embeddings
 
@@ -96,8 +99,8 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
             sourcing = apply_protein_sources(
                 protein, obs[DATASET_COLUMN].to_numpy()[keep], protein_names,
                 lambda r: emb.matrix(mod, r if rows is None else rows[r]), mode=str(section["protein_sources"]),
-                seed=int(section["seed"]), labels=None if labels is None else labels[label_key].to_numpy(),
-                ignore_labels=default_config()["evaluate"]["ignore_labels"])
+                seed=int(section["seed"]), labels=obs[label_key].to_numpy()[keep] if has_labels else None,
+                ignore_labels=default_config()["evaluate"]["ignore_labels"] if ignore_labels is None else ignore_labels)
     elif explicit_store:
         raise InputError(f"{store}: store not found")
     else:

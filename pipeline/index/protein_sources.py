@@ -8,15 +8,19 @@ kept only in the dataset whose own cells predict it best from the embedding; the
 become unmeasured (NaN), so ``omicsclip query`` imputes it from the nearest cells of that dataset.
 
 A dataset's *reliability* for a protein: half of its cells (up to ``MAX_QUERIES``) impute the protein from the
-other half (every dataset's other half subsampled to one size, at most ``MAX_REFERENCE``, so that no dataset wins
-by size) as ``omicsclip query`` does (``K`` neighbours, softmax ``TEMPERATURE``, exact search), and the Pearson
-correlation of imputed and measured values is the score. Only reference cells take part, a sample of fixed size
-per dataset (the cost does not grow with the atlas), seeded by ``index.seed``.
+other half (every dataset's other half subsampled to one size, the smallest among the datasets assessed and at most
+``MAX_REFERENCE``, so that no dataset wins by size) as ``omicsclip query`` does (``K`` neighbours, softmax
+``TEMPERATURE``, exact search), and the Pearson correlation of imputed and measured values is the score. Only
+reference cells take part, a sample of fixed size per dataset (the cost does not grow with the atlas), seeded by
+``index.seed``. A dataset with fewer than ``MIN_HALF`` cells per half, or one where only some cells measured the
+protein, is not assessed: it is never the source and keeps its values.
 
-A source must hold every cell type the other datasets hold (``MIN_TYPE`` cells or more of a label, when the index
-has labels): otherwise query cells of a type it lacks would be imputed from cells of other types; the next most
-reliable dataset that holds them all is chosen, or none (every dataset's cells serve). Without labels this cannot
-be checked: pool datasets of like composition, or use ``index.protein_sources: all``.
+A source must hold every cell type (``MIN_TYPE`` cells or more of a label, when the index has labels) that the
+other datasets measuring the protein hold: otherwise query cells of a type it lacks would be imputed from cells of
+other types; the next most reliable dataset that holds them all is chosen, or none (every dataset's cells serve).
+Datasets that name the same types differently therefore fall back to every dataset (with a warning: harmonise the
+labels). An unlabelled dataset cannot be checked (a warning when it is chosen over labelled ones): pool datasets
+of like composition, or use ``index.protein_sources: all``.
 """
 
 from __future__ import annotations
@@ -34,18 +38,20 @@ log = logging.getLogger(__name__)
 MODES = ("best", "all")
 K, TEMPERATURE = 20, 0.05  # the query defaults (query.impute_k, query.temperature)
 MAX_QUERIES, MAX_REFERENCE = 2_000, 20_000  # cells per dataset in the split-half estimate
-MIN_CELLS = 50  # a dataset with fewer cells per half (or measuring a protein) gets no reliability (for it)
-MIN_TYPE = 10  # cells of a label in a dataset for its source to need that label too (coverage check)
+MIN_HALF = 250  # a dataset with fewer cells per half is not assessed (NaN): never a source, its values kept
+MIN_TYPE = 10  # cells of a label for a dataset to hold that type (coverage check)
+_MISSING = {"", "nan", "none", "<na>", "null"}  # label strings that mean "no label"
 _BLOCK = 65_536  # reference rows masked at a time (the protein may be a memory map)
 
 
 def protein_reliability(read_embedding: Callable[[np.ndarray], np.ndarray], protein: np.ndarray,
                         datasets: np.ndarray, names: Sequence[str], *, seed: int = 0) -> pd.DataFrame:
-    """Split-half reliability of every protein in every dataset (proteins x datasets; NaN: not measured there).
+    """Split-half reliability of every protein in every dataset (proteins x datasets; NaN: not assessed).
 
-    Every dataset's reference half is subsampled to the same size (the smallest half, at most ``MAX_REFERENCE``),
-    so that no dataset scores higher for being larger. A measured protein whose correlation is undefined (constant
-    values) gets -1: it is never chosen over a measured one. A dataset too small for the estimate gets NaN.
+    Every dataset's reference half is subsampled to the same size (the smallest half among the datasets assessed,
+    at most ``MAX_REFERENCE``), so that no dataset scores higher for being larger. A dataset with fewer than
+    ``MIN_HALF`` cells per half is not assessed, nor is a protein that only some of a dataset's sampled cells
+    measured. A measured protein whose correlation is undefined (constant values) gets -1: never chosen.
 
     Parameters
     ----------
@@ -68,61 +74,60 @@ def protein_reliability(read_embedding: Callable[[np.ndarray], np.ndarray], prot
     halves = {}
     for d in labels:
         cells = rng.permutation(np.flatnonzero(datasets == d))
-        if len(cells) // 2 >= MIN_CELLS:
+        if len(cells) // 2 >= MIN_HALF:
             halves[d] = (cells[: len(cells) // 2], cells[len(cells) // 2 :])
     size = min([MAX_REFERENCE, *(len(r) for _, r in halves.values())])
     for d, (q, r) in halves.items():
         q, r = np.sort(q[:MAX_QUERIES]), np.sort(r[:size])
         truth, values = np.asarray(protein[q], np.float64), np.asarray(protein[r], np.float32)
-        cols = np.flatnonzero((np.isfinite(truth).sum(0) >= MIN_CELLS) & (np.isfinite(values).sum(0) >= MIN_CELLS))
+        cols = np.flatnonzero(np.isfinite(truth).all(0) & np.isfinite(values).all(0))  # measured by every cell
         if not cols.size:
             continue
         pred = knn_impute(read_embedding(q), read_embedding(r), values[:, cols], k=K, temperature=TEMPERATURE)
         for c, j in enumerate(cols):
-            ok = np.isfinite(truth[:, j]) & np.isfinite(pred[:, c])
             with warnings.catch_warnings():  # a constant protein: no correlation
                 warnings.simplefilter("ignore", RuntimeWarning)
-                r_dj = np.corrcoef(truth[ok, j], pred[ok, c])[0, 1] if ok.sum() > 2 else np.nan
+                r_dj = np.corrcoef(truth[:, j], pred[:, c])[0, 1]
             rel.iloc[j, labels.index(d)] = r_dj if np.isfinite(r_dj) else -1.0
     return rel
 
 
-def missing_types(labels: np.ndarray | None, datasets: np.ndarray, source: str, others: Sequence[str],
-                  ignore: Sequence[str] = ()) -> list[str]:
-    """Labels held by ``MIN_TYPE`` or more cells of one of ``others`` that no cell of ``source`` holds.
+def _usable(labels: pd.Series, ignore: Sequence[str]) -> pd.Series:
+    """Cells with a label: not missing, empty, "nan"/"None"/"<NA>" or an ``ignore`` value."""
+    text = labels.astype(str).str.strip()
+    return labels.notna() & ~text.str.lower().isin(_MISSING) & ~text.isin(list(map(str, ignore)))
 
-    Unlabelled cells (missing, empty or an ``ignore`` value) take no part; an unlabelled dataset lacks nothing and
-    is never found lacking (its types are unknown).
-    """
-    if labels is None:
-        return []
+
+def held_types(labels: np.ndarray, datasets: np.ndarray, dataset: str, ignore: Sequence[str] = ()) -> set[str]:
+    """Return the labels ``MIN_TYPE`` or more of ``dataset``'s cells hold (empty: an unlabelled dataset)."""
     lab = pd.Series(labels, dtype=object)
-    usable = lab.notna() & ~lab.astype(str).str.strip().isin(["", "nan", *map(str, ignore)])
-    own = set(lab[usable & (datasets == source)].astype(str))
-    if not own:
-        return []
-    need: set[str] = set()
-    for e in others:
-        counts = lab[usable & (datasets == e)].astype(str).value_counts()
-        need |= set(counts[counts >= MIN_TYPE].index)
-    return sorted(need - own)
+    counts = lab[_usable(lab, ignore).to_numpy() & (datasets == dataset)].astype(str).value_counts()
+    return set(counts[counts >= MIN_TYPE].index)
 
 
 def best_sources(rel: pd.DataFrame, labels: np.ndarray | None = None, datasets: np.ndarray | None = None,
-                 ignore: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
-    """Choose each protein's source dataset (proteins with a reliability in two or more datasets).
+                 ignore: Sequence[str] = (), measured_by: dict[str, list[str]] | None = None,
+                 ) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
+    """Choose each protein's source dataset (proteins assessed in two or more datasets).
 
-    The most reliable dataset that holds every cell type (``labels``) the others hold; none if no dataset does.
+    The most reliable dataset that holds every cell type (``labels``, ``MIN_TYPE`` cells) that the other datasets
+    measuring the protein (``measured_by``: assessed or not; default the assessed ones) hold; none if no dataset
+    does. An unlabelled dataset holds no known type: it is never found lacking, and asks nothing of the others.
 
     Returns ``(sources, passed_over)``: protein -> dataset, and protein -> {dataset passed over: types it lacks}.
     """
+    types: dict[str, set[str]] = {}
+    if labels is not None:
+        types = {d: held_types(labels, datasets, d, ignore) for d in rel.columns}
     sources, passed = {}, {}
     for p, row in rel.iterrows():
         row = row.dropna()
         if len(row) < 2:
             continue
+        members = (measured_by or {}).get(str(p), list(row.index))
         for d in row.sort_values(ascending=False).index:
-            lacks = missing_types(labels, datasets, d, [e for e in row.index if e != d], ignore)
+            need = set().union(*(types.get(e, set()) for e in members if e != d))
+            lacks = sorted(need - types[d]) if types.get(d) else []
             if not lacks:
                 sources[str(p)] = str(d)
                 break
@@ -131,15 +136,49 @@ def best_sources(rel: pd.DataFrame, labels: np.ndarray | None = None, datasets: 
 
 
 def restrict_to_sources(protein: np.ndarray, datasets: np.ndarray, names: Sequence[str],
-                        sources: dict[str, str]) -> None:
-    """Set, in place, each sourced protein to NaN (unmeasured) in every cell outside its source dataset."""
-    cols = {j: sources[str(p)] for j, p in enumerate(names) if str(p) in sources}
+                        sources: dict[str, str], assessed: dict[str, list[str]] | None = None) -> None:
+    """Set, in place, each sourced protein to NaN (unmeasured) in the other datasets' cells.
+
+    Only datasets ``assessed`` for the protein (default: every other dataset); one that was not keeps its values.
+    """
+    cols = {j: (sources[str(p)], None if assessed is None else list(assessed[str(p)]))
+            for j, p in enumerate(names) if str(p) in sources}
     for start in range(0, len(protein), _BLOCK):
         block, ds = protein[start:start + _BLOCK], datasets[start:start + _BLOCK]
-        for j, src in cols.items():
-            block[ds != src, j] = np.nan
+        for j, (src, among) in cols.items():
+            drop = ds != src if among is None else np.isin(ds, [d for d in among if d != src])
+            block[drop, j] = np.nan
     if hasattr(protein, "flush"):
         protein.flush()
+
+
+def _measured_by(protein: np.ndarray, datasets: np.ndarray, names: Sequence[str]) -> dict[str, list[str]]:
+    """Protein -> the datasets with a cell that measured it (read in row blocks)."""
+    labels = sorted(set(map(str, datasets)))
+    seen = np.zeros((len(labels), len(names)), bool)
+    for start in range(0, len(protein), _BLOCK):
+        finite, ds = np.isfinite(np.asarray(protein[start:start + _BLOCK])), datasets[start:start + _BLOCK]
+        for i, d in enumerate(labels):
+            seen[i] |= finite[ds == d].any(axis=0)
+    return {str(p): [d for i, d in enumerate(labels) if seen[i, j]] for j, p in enumerate(names)}
+
+
+def _warn(sources: dict[str, str], passed: dict[str, dict[str, list[str]]], labels: np.ndarray | None,
+          datasets: np.ndarray, ignore: Sequence[str], measured_by: dict[str, list[str]]) -> None:
+    """One warning for sources passed over for lacking cell types, one for sources whose types are unknown."""
+    if passed:
+        types = sorted({t for by in passed.values() for lacks in by.values() for t in lacks})
+        log.warning("pooled reference: for %d proteins the most reliable dataset was passed over for lacking cell "
+                    "types another dataset holds (%s); if the datasets name the same types differently, harmonise "
+                    "the labels (index.label_key)", len(passed), ", ".join(types[:5]))
+    if labels is None:
+        return
+    unchecked = [p for p, d in sources.items() if not held_types(labels, datasets, d, ignore)
+                 and any(held_types(labels, datasets, e, ignore) for e in measured_by.get(p, []) if e != d)]
+    if unchecked:
+        log.warning("pooled reference: %s imputed from an unlabelled dataset whose cell types cannot be checked "
+                    "against the labelled ones (index.protein_sources=all to use every dataset)",
+                    ", ".join(unchecked[:8]))
 
 
 def apply_protein_sources(protein: np.ndarray, datasets: Sequence[Any] | None, names: Sequence[str],
@@ -167,9 +206,11 @@ def apply_protein_sources(protein: np.ndarray, datasets: Sequence[Any] | None, n
     if len(set(datasets)) < 2:
         return None
     rel = protein_reliability(read_embedding, protein, datasets, names, seed=seed)
+    measured_by = _measured_by(protein, datasets, names)
     lab = None if labels is None else np.asarray(labels, dtype=object)
-    sources, passed = best_sources(rel, lab, datasets, ignore_labels)
-    restrict_to_sources(protein, datasets, names, sources)
+    sources, passed = best_sources(rel, lab, datasets, ignore_labels, measured_by)
+    assessed = {str(p): [str(d) for d in row.dropna().index] for p, row in rel.iterrows()}
+    restrict_to_sources(protein, datasets, names, sources, assessed)
     for p, row in rel.iterrows():
         if row.notna().sum() < 2:
             continue
@@ -178,6 +219,7 @@ def apply_protein_sources(protein: np.ndarray, datasets: Sequence[Any] | None, n
         log.info("pooled reference: %s imputed from %s (split-half r: %s)%s", p,
                  f"{sources[str(p)]} cells only" if str(p) in sources else "every dataset", scores,
                  f"; {skipped}" if skipped else "")
-    return {"mode": mode, "sources": sources, "passed_over": passed,
+    _warn(sources, passed, lab, datasets, ignore_labels, measured_by)
+    return {"mode": mode, "sources": sources, "passed_over": passed, "measured_by": measured_by,
             "reliability": {str(p): {str(d): round(float(v), 4) for d, v in row.dropna().items()}
                             for p, row in rel.iterrows()}}

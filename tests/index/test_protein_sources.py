@@ -14,7 +14,7 @@ from omicsclip.index.protein_sources import apply_protein_sources, best_sources,
 from omicsclip.io.synthetic import make_synthetic
 
 
-def clustered(n: int = 400, seed: int = 0):
+def clustered(n: int = 1200, seed: int = 0):
     """Unit embeddings in 4 clusters, two datasets; protein 0 noise in b, protein 1 noise in a, protein 2 a only."""
     rng = np.random.default_rng(seed)
     types = rng.integers(0, 4, n)
@@ -46,23 +46,36 @@ def test_reference_halves_are_one_size_and_a_dead_antibody_never_wins(monkeypatc
     import importlib
 
     impute_mod = importlib.import_module("omicsclip.index.impute")  # the module, not omicsclip.index's function
-    emb, protein, datasets, _ = clustered(n=1200)
-    datasets[:900] = "big"  # 900 + 300 cells: both datasets' reference halves hold 150 cells
-    datasets[900:] = "small"
+    emb, protein, datasets, _ = clustered(n=2700)
+    datasets[:2000] = "big"  # halves of 1,000 and 350 cells: both reference halves hold 350
+    datasets[2000:2700] = "small"
     protein[datasets == "small", 0] = 0.0  # a constant (dead) measurement: no correlation
     sizes = []
     real = impute_mod.knn_impute
     monkeypatch.setattr(impute_mod, "knn_impute", lambda q, r, v, **kw: (sizes.append(len(r)), real(q, r, v, **kw))[1])
     rel = protein_reliability(lambda r: emb[r], protein, datasets, ["p0", "p1", "p2"], seed=0)
-    assert sizes == [150, 150]
+    assert sizes == [350, 350]
     assert rel.loc["p0", "small"] == -1.0
     assert best_sources(rel)[0]["p0"] == "big"
 
 
-def test_a_source_must_hold_every_cell_type_the_others_hold():
+def test_a_dataset_too_small_to_assess_is_never_the_source_and_keeps_its_values():
+    emb, protein, datasets, _ = clustered(n=1300)
+    datasets[1200:] = "tiny"  # 100 cells: 50 a half, below MIN_HALF
+    protein[datasets == "tiny", 2] = 1.0  # and it measured protein 2, which only a measured besides
+    before = protein.copy()
+    rec = apply_protein_sources(protein, datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best")
+    assert "tiny" not in rec["reliability"]["p0"]
+    assert rec["sources"] == {"p0": "a", "p1": "b"}  # p2: one assessed dataset, no choice
+    tiny = datasets == "tiny"
+    np.testing.assert_array_equal(protein[tiny], before[tiny])  # not assessed: nothing masked
+    assert set(rec["measured_by"]["p2"]) == {"a", "tiny"}
+
+
+def test_a_source_must_hold_every_cell_type_the_others_hold(caplog):
     """The cleaner dataset lacks two types the other holds: it is passed over, and query cells of those types are
     imputed from cells of their own type."""
-    emb, protein, datasets, types = clustered(n=800)
+    emb, protein, datasets, types = clustered(n=3000)
     a = datasets == "a"
     noisy = ~a
     protein[noisy, 0] += np.random.default_rng(1).normal(0, 0.6, noisy.sum()).astype(np.float32)  # b: noisier
@@ -75,9 +88,25 @@ def test_a_source_must_hold_every_cell_type_the_others_hold():
     assert sources["p0"] == "b"  # ... but lacks types b holds
     assert passed["p0"] == {"a": ["t2", "t3"]}
     assert best_sources(rel)[0]["p0"] == "a"  # without labels it cannot tell
-    # unlabelled cells (or ignore_labels values) of b ask nothing of a
-    unlabelled = np.where(datasets == "b", "unknown", labels).astype(object)
-    assert best_sources(rel, unlabelled, datasets, ignore=["unknown"])[0]["p0"] == "a"
+    # a handful of cells of a type is not holding it
+    few = labels.copy()
+    few[np.flatnonzero(datasets == "a")[:5]] = "t2"
+    assert best_sources(rel, few, datasets)[0]["p0"] == "b"
+    # unlabelled cells (missing, "None", "<NA>", ignore_labels values) of b ask nothing of a
+    for missing in ("unknown", "None", "<NA>", None):
+        unlabelled = np.where(datasets == "b", missing, labels).astype(object)
+        assert best_sources(rel, unlabelled, datasets, ignore=["unknown"])[0]["p0"] == "a"
+    # through apply: one warning for the datasets passed over
+    apply_protein_sources(protein.copy(), datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best",
+                          labels=labels)
+    assert "passed over for lacking cell types" in caplog.text
+    # an unlabelled source chosen over a labelled dataset: a warning that its types cannot be checked
+    caplog.clear()
+    half = np.where(datasets == "a", None, labels).astype(object)
+    rec = apply_protein_sources(protein.copy(), datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best",
+                                labels=half)
+    assert rec["sources"]["p0"] == "a"
+    assert "cannot be checked" in caplog.text
 
 
 def test_apply_masks_other_datasets_and_records_the_choice(caplog):
@@ -116,8 +145,8 @@ def test_pooled_index_sources_each_shared_protein_end_to_end(tmp_path):
     from omicsclip.model.modelio import load_model
     from omicsclip.train.run import train_model
 
-    d = make_synthetic(n_cells=720, n_genes=80, n_proteins=6, n_types=4, seed=3)
-    a, b = d.subset(np.arange(360)), d.subset(np.arange(360, 720))
+    d = make_synthetic(n_cells=1200, n_genes=80, n_proteins=6, n_types=4, seed=3)
+    a, b = d.subset(np.arange(600)), d.subset(np.arange(600, 1200))  # 300 cells a half: assessed
     b.prot = b.prot.copy()
     b.prot[:, 1] = np.random.default_rng(0).permutation(b.prot[:, 1])  # lab b's antibody 1: no signal
     b.prot, b.proteins = b.prot[:, :5], b.proteins.iloc[:5]  # and no protein 5
@@ -141,6 +170,6 @@ def test_pooled_index_sources_each_shared_protein_end_to_end(tmp_path):
         assert np.isnan(index.protein[~from_src, j]).all()
         assert np.isfinite(index.protein[from_src, j]).all()
     model = load_model(tmp_path / "model")
-    new = d.subset(np.arange(700, 720))
+    new = d.subset(np.arange(1180, 1200))
     res = query(rna_only(new), model, index, section=cfg["query"])
     assert np.isfinite(res.imputed.X).all()
