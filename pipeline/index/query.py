@@ -129,6 +129,8 @@ def _summary(src: Any, engine: QueryEngine, report: dict[str, Any], n: int, seco
         "transfer_direction": f"{primary}->{engine.transfer_modality(primary)}",
         "chunk_cells": s.chunk_cells,
         "imputed_protein": has == ["rna"] and engine.ref.protein is not None,
+        # a pooled reference: the dataset each shared protein is imputed from (index.protein_sources)
+        "protein_sources": (engine.ref.meta.get("source", {}).get("protein_sources") or {}).get("sources"),
         "label_keys": list(engine.label_classes),
         "ignore_labels": list(s.ignore_labels),
         "mapping": None if engine.ref.mapping is None else {

@@ -173,3 +173,4 @@ def test_pooled_index_sources_each_shared_protein_end_to_end(tmp_path):
     new = d.subset(np.arange(1180, 1200))
     res = query(rna_only(new), model, index, section=cfg["query"])
     assert np.isfinite(res.imputed.X).all()
+    assert res.summary["protein_sources"] == rec["sources"]  # the query reports where each protein came from
