@@ -291,7 +291,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--totalvi-from", type=Path, default=None,
                     help="with --skip-totalvi: copy totalVI's rows of these pairs from an earlier result JSON")
     args = ap.parse_args(argv)
-    earlier = json.loads(args.totalvi_from.read_text()) if args.totalvi_from else None
+    earlier = None
+    if args.totalvi_from:
+        try:
+            earlier = json.loads(args.totalvi_from.read_text())
+        except (OSError, ValueError) as exc:
+            sys.exit(f"bench/transfer.py: --totalvi-from {args.totalvi_from}: unreadable ({type(exc).__name__})")
 
     with tempfile.TemporaryDirectory(prefix="omicsclip-bench-transfer-") as d:
         workdir = args.workdir or Path(d)
@@ -314,9 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
             result["pairs"][key] = run_pair(key, paths, args.seed, workdir, args.skip_totalvi,
                                             args.skip_omicsclip, args.max_epochs, tuple(args.sets),
                                             args.pooled_with)
-            if earlier is not None:
-                merge_totalvi({"pairs": {key: result["pairs"][key]}}, earlier, str(args.totalvi_from))
             _write(args.out, result)  # after every pair: a long run keeps what it has
+            if earlier is not None:  # (written first: a pair prepared differently there ends the run, not the pair)
+                merge_totalvi({"pairs": {key: result["pairs"][key]}}, earlier, str(args.totalvi_from))
+                _write(args.out, result)
     table = markdown(result)
     print(table)
     args.out.with_suffix(".md").write_text(table)

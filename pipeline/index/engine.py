@@ -188,7 +188,8 @@ class QueryEngine:
             if self.ref.n > s.impute_k:  # each protein from the impute_k nearest cells that measured it: in a
                 # pooled reference, where some neighbours did not, search deeper (_fill_unmeasured)
                 short = (counts < (weights.astype(np.float32) > 0).sum(axis=1, keepdims=True))
-                out.imputed[short & self._measured_proteins()] = np.nan
+                if short.any():  # never for a reference with every protein in every cell
+                    out.imputed[short & self._measured_proteins()] = np.nan
             if np.isnan(out.imputed).any():
                 self._fill_unmeasured(out.imputed, emb["rna"], self.transfer_modality(primary))
             out.confidence = confidence(np.where(valid, sims, 0.0), weights)

@@ -76,10 +76,12 @@ def _impute_block(reference: np.ndarray, pos: np.ndarray, weights: np.ndarray,
     prof = flat.reshape(n, k, -1)
     w = weights.astype(np.float32)
     has = ~np.isnan(prof)
+    if has.all():
+        if counts is not None:  # every neighbour has every feature
+            counts[:] = (w > 0).sum(axis=1, dtype=np.int32)[:, None]
+        return np.einsum("nk,nkp->np", w, prof)
     if counts is not None:
         counts[:] = np.einsum("nk,nkp->np", (w > 0).astype(np.int32), has.astype(np.int32))
-    if has.all():
-        return np.einsum("nk,nkp->np", w, prof)
     total = np.einsum("nk,nkp->np", w, np.where(has, prof, np.float32(0)))
     norm = np.einsum("nk,nkp->np", w, has.astype(np.float32))
     return np.divide(total, norm, out=np.full(total.shape, np.nan, np.float32), where=norm > 0)

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from omicsclip.conventions import label_values
+
 log = logging.getLogger(__name__)
 
 MODES = ("best", "all")
@@ -40,7 +42,6 @@ K, TEMPERATURE = 20, 0.05  # the query defaults (query.impute_k, query.temperatu
 MAX_QUERIES, MAX_REFERENCE = 2_000, 20_000  # cells per dataset in the split-half estimate
 MIN_HALF = 250  # a dataset with fewer cells per half is not assessed (NaN): never a source, its values kept
 MIN_TYPE = 10  # cells of a label for a dataset to hold that type (coverage check)
-_MISSING = {"", "nan", "none", "<na>", "null"}  # label strings that mean "no label"
 _BLOCK = 65_536  # reference rows masked at a time (the protein may be a memory map)
 
 
@@ -92,33 +93,33 @@ def protein_reliability(read_embedding: Callable[[np.ndarray], np.ndarray], prot
     return rel
 
 
-def _usable(labels: pd.Series, ignore: Sequence[str]) -> pd.Series:
-    """Cells with a label: not missing, empty, "nan"/"None"/"<NA>" or an ``ignore`` value."""
-    text = labels.astype(str).str.strip()
-    return labels.notna() & ~text.str.lower().isin(_MISSING) & ~text.isin(list(map(str, ignore)))
+def dataset_types(labels: Sequence[Any], datasets: np.ndarray, ignore: Sequence[str] = ()) -> dict[str, set[str]]:
+    """Per dataset, the labels ``MIN_TYPE`` or more of its cells hold (empty set: an unlabelled dataset).
+
+    Missing labels and ``ignore`` values are no label (:func:`omicsclip.conventions.label_values`).
+    """
+    frame = pd.DataFrame({"dataset": np.asarray(datasets, dtype=object),
+                          "type": label_values(labels, ignore)}).dropna()
+    counts = frame.groupby(["dataset", "type"]).size()
+    held = counts[counts >= MIN_TYPE].reset_index()
+    types: dict[str, set[str]] = {str(d): set() for d in set(map(str, datasets))}
+    for d, t in zip(held["dataset"], held["type"], strict=True):
+        types[str(d)].add(str(t))
+    return types
 
 
-def held_types(labels: np.ndarray, datasets: np.ndarray, dataset: str, ignore: Sequence[str] = ()) -> set[str]:
-    """Return the labels ``MIN_TYPE`` or more of ``dataset``'s cells hold (empty: an unlabelled dataset)."""
-    lab = pd.Series(labels, dtype=object)
-    counts = lab[_usable(lab, ignore).to_numpy() & (datasets == dataset)].astype(str).value_counts()
-    return set(counts[counts >= MIN_TYPE].index)
-
-
-def best_sources(rel: pd.DataFrame, labels: np.ndarray | None = None, datasets: np.ndarray | None = None,
-                 ignore: Sequence[str] = (), measured_by: dict[str, list[str]] | None = None,
+def best_sources(rel: pd.DataFrame, types: dict[str, set[str]] | None = None,
+                 measured_by: dict[str, list[str]] | None = None,
                  ) -> tuple[dict[str, str], dict[str, dict[str, list[str]]]]:
     """Choose each protein's source dataset (proteins assessed in two or more datasets).
 
-    The most reliable dataset that holds every cell type (``labels``, ``MIN_TYPE`` cells) that the other datasets
+    The most reliable dataset that holds every cell type (``types``: :func:`dataset_types`) that the other datasets
     measuring the protein (``measured_by``: assessed or not; default the assessed ones) hold; none if no dataset
     does. An unlabelled dataset holds no known type: it is never found lacking, and asks nothing of the others.
 
     Returns ``(sources, passed_over)``: protein -> dataset, and protein -> {dataset passed over: types it lacks}.
     """
-    types: dict[str, set[str]] = {}
-    if labels is not None:
-        types = {d: held_types(labels, datasets, d, ignore) for d in rel.columns}
+    types = types or {}
     sources, passed = {}, {}
     for p, row in rel.iterrows():
         row = row.dropna()
@@ -163,18 +164,16 @@ def _measured_by(protein: np.ndarray, datasets: np.ndarray, names: Sequence[str]
     return {str(p): [d for i, d in enumerate(labels) if seen[i, j]] for j, p in enumerate(names)}
 
 
-def _warn(sources: dict[str, str], passed: dict[str, dict[str, list[str]]], labels: np.ndarray | None,
-          datasets: np.ndarray, ignore: Sequence[str], measured_by: dict[str, list[str]]) -> None:
+def _warn(sources: dict[str, str], passed: dict[str, dict[str, list[str]]], types: dict[str, set[str]],
+          measured_by: dict[str, list[str]]) -> None:
     """One warning for sources passed over for lacking cell types, one for sources whose types are unknown."""
     if passed:
-        types = sorted({t for by in passed.values() for lacks in by.values() for t in lacks})
+        lacking = sorted({t for by in passed.values() for lacks in by.values() for t in lacks})
         log.warning("pooled reference: for %d proteins the most reliable dataset was passed over for lacking cell "
                     "types another dataset holds (%s); if the datasets name the same types differently, harmonise "
-                    "the labels (index.label_key)", len(passed), ", ".join(types[:5]))
-    if labels is None:
-        return
-    unchecked = [p for p, d in sources.items() if not held_types(labels, datasets, d, ignore)
-                 and any(held_types(labels, datasets, e, ignore) for e in measured_by.get(p, []) if e != d)]
+                    "the labels (index.label_key)", len(passed), ", ".join(lacking[:5]))
+    unchecked = [p for p, d in sources.items()
+                 if not types.get(d) and any(types.get(e) for e in measured_by.get(p, []) if e != d)]
     if unchecked:
         log.warning("pooled reference: %s imputed from an unlabelled dataset whose cell types cannot be checked "
                     "against the labelled ones (index.protein_sources=all to use every dataset)",
@@ -207,8 +206,8 @@ def apply_protein_sources(protein: np.ndarray, datasets: Sequence[Any] | None, n
         return None
     rel = protein_reliability(read_embedding, protein, datasets, names, seed=seed)
     measured_by = _measured_by(protein, datasets, names)
-    lab = None if labels is None else np.asarray(labels, dtype=object)
-    sources, passed = best_sources(rel, lab, datasets, ignore_labels, measured_by)
+    types = {} if labels is None else dataset_types(labels, datasets, ignore_labels)
+    sources, passed = best_sources(rel, types, measured_by)
     assessed = {str(p): [str(d) for d in row.dropna().index] for p, row in rel.iterrows()}
     restrict_to_sources(protein, datasets, names, sources, assessed)
     for p, row in rel.iterrows():
@@ -219,7 +218,7 @@ def apply_protein_sources(protein: np.ndarray, datasets: Sequence[Any] | None, n
         log.info("pooled reference: %s imputed from %s (split-half r: %s)%s", p,
                  f"{sources[str(p)]} cells only" if str(p) in sources else "every dataset", scores,
                  f"; {skipped}" if skipped else "")
-    _warn(sources, passed, lab, datasets, ignore_labels, measured_by)
+    _warn(sources, passed, types, measured_by)
     return {"mode": mode, "sources": sources, "passed_over": passed, "measured_by": measured_by,
             "reliability": {str(p): {str(d): round(float(v), 4) for d, v in row.dropna().items()}
                             for p, row in rel.iterrows()}}

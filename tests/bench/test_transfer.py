@@ -246,3 +246,12 @@ def test_totalvi_rows_are_copied_only_for_pairs_prepared_alike(tm):
     other = {"pairs": {"a:b": {"pair": {**pair, "n_ref": 11}, "methods": {}}}}
     with pytest.raises(SystemExit, match="prepared differently"):
         tr.merge_totalvi(other, earlier, "old.json")
+
+
+def test_unreadable_totalvi_from_is_one_line(tm, tmp_path):
+    tr = importlib.import_module("transfer")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for path in (bad, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit, match="--totalvi-from .*unreadable"):
+            tr.main(["--small", "--skip-totalvi", "--totalvi-from", str(path), "--out", str(tmp_path / "o.json")])

@@ -10,7 +10,12 @@ from test_query import TINY, rna_only
 
 from omicsclip.config import load_config
 from omicsclip.errors import InputError
-from omicsclip.index.protein_sources import apply_protein_sources, best_sources, protein_reliability
+from omicsclip.index.protein_sources import (
+    apply_protein_sources,
+    best_sources,
+    dataset_types,
+    protein_reliability,
+)
 from omicsclip.io.synthetic import make_synthetic
 
 
@@ -84,18 +89,18 @@ def test_a_source_must_hold_every_cell_type_the_others_hold(caplog):
     labels = np.array([f"t{t}" for t in types], dtype=object)
     rel = protein_reliability(lambda r: emb[r], protein, datasets, ["p0", "p1", "p2"], seed=0)
     assert rel.loc["p0", "a"] > rel.loc["p0", "b"]  # a is the more reliable...
-    sources, passed = best_sources(rel, labels, datasets)
+    sources, passed = best_sources(rel, dataset_types(labels, datasets))
     assert sources["p0"] == "b"  # ... but lacks types b holds
     assert passed["p0"] == {"a": ["t2", "t3"]}
     assert best_sources(rel)[0]["p0"] == "a"  # without labels it cannot tell
     # a handful of cells of a type is not holding it
     few = labels.copy()
     few[np.flatnonzero(datasets == "a")[:5]] = "t2"
-    assert best_sources(rel, few, datasets)[0]["p0"] == "b"
+    assert best_sources(rel, dataset_types(few, datasets))[0]["p0"] == "b"
     # unlabelled cells (missing, "None", "<NA>", ignore_labels values) of b ask nothing of a
     for missing in ("unknown", "None", "<NA>", None):
         unlabelled = np.where(datasets == "b", missing, labels).astype(object)
-        assert best_sources(rel, unlabelled, datasets, ignore=["unknown"])[0]["p0"] == "a"
+        assert best_sources(rel, dataset_types(unlabelled, datasets, ignore=["unknown"]))[0]["p0"] == "a"
     # through apply: one warning for the datasets passed over
     apply_protein_sources(protein.copy(), datasets, ["p0", "p1", "p2"], lambda r: emb[r], mode="best",
                           labels=labels)
