@@ -104,7 +104,8 @@ class Reference:
             One row per query cell (obs names = barcodes). ``X``: imputed CLR protein (var names = the
             reference's proteins; zero columns when nothing was imputed). ``obs``: ``confidence`` and
             ``top_similarity`` of the imputation; per label key, the transferred label (e.g. ``cell_type``;
-            empty when no neighbour votes: reference cells labelled ``evaluate.ignore_labels`` never do),
+            empty when no neighbour votes: reference cells labelled ``evaluate.ignore_labels`` never do; cells
+            without any label, e.g. a pooled reference's unlabelled dataset, are looked past),
             ``<key>_vote_fraction`` and ``<key>_fraction_<class>``; ``mapping_similarity``, ``mapping_score``
             (in (0, 1], low for cells unlike any reference cell, e.g. of a type the reference lacks; see
             :mod:`omicsclip.index.mapping_score`) and ``out_of_reference`` (``mapping_score <= query.ood_alpha``),

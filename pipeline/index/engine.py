@@ -50,7 +50,9 @@ class QuerySettings:
         (:mod:`omicsclip.index.mapping_score`).
     ignore_labels
         Reference label values never transferred as a class (``evaluate.ignore_labels``): such reference cells
-        do not vote (they still count as neighbours for imputation).
+        do not vote (they still count as neighbours for imputation, and a cell among them gets no label).
+        Reference cells without any label (missing: NaN, ``""``; e.g. an unlabelled dataset of a pooled reference)
+        are looked past instead: labels come from the ``impute_k`` nearest cells that carry one.
     """
 
     k: int = 10
@@ -125,6 +127,7 @@ class QueryEngine:
         self.settings = settings
         self.label_classes: dict[str, list[str]] = {}
         self._codes: dict[str, np.ndarray] = {}
+        self._annotated: dict[str, np.ndarray] = {}  # per key, when some cells have no label at all: which do
         self._measured: np.ndarray | None = None  # per reference protein: measured by some cell (lazy)
         if ref.labels is not None:
             for key in ref.labels.columns:
@@ -134,6 +137,9 @@ class QueryEngine:
                 if classes:
                     self._codes[key] = np.where(labelled, pd.Categorical(values, categories=classes).codes, -1)
                     self.label_classes[key] = classes
+                    annotated = np.array([v is not None for v in label_values(ref.labels[key].to_numpy())])
+                    if not annotated.all():  # e.g. an unlabelled dataset in a pooled reference
+                        self._annotated[key] = annotated
         if ref.mapping is None:
             log.warning("%s: the index has no mapping-score calibration (built before omicsclip wrote one): "
                         "no mapping_score / out_of_reference; rebuild it with omicsclip index to get them", ref.path)
@@ -198,6 +204,8 @@ class QueryEngine:
             lab = pd.DataFrame({"query_id": ids, "query_modality": primary})
             for key, classes in self.label_classes.items():
                 frac = vote(self._codes[key], len(classes), np.where(valid, pos, 0), weights)
+                if key in self._annotated:  # neighbours without any label: vote among the nearest that have one
+                    self._vote_past_unannotated(key, frac, valid, pos, emb[primary], self.transfer_modality(primary))
                 best = frac.argmax(axis=1)
                 top = frac[np.arange(len(best)), best]
                 lab[key] = np.where(top > 0, np.asarray(classes, dtype=object)[best], "")
@@ -236,6 +244,34 @@ class QueryEngine:
         if rows.size:
             log.warning("%d query cells keep a NaN imputed protein: none of their %d nearest reference cells "
                         "measured it", rows.size, depth)
+
+    def _vote_past_unannotated(self, key: str, frac: np.ndarray, valid: np.ndarray, pos: np.ndarray,
+                               q: np.ndarray, modality: str) -> None:
+        """Re-vote, in place, the rows of ``frac`` whose ``impute_k`` nearest cells include cells without a label.
+
+        Those cells (NaN or empty labels, e.g. a pooled reference's unlabelled dataset) say nothing about the
+        cell type, so they are looked past, as cells that did not measure a protein are for imputation: the vote
+        is over the ``impute_k`` nearest cells that carry a label (an ``ignore_labels`` value such as ``unknown``
+        counts as carried: it does not vote, but it is not looked past). Searched ``FILL_SEARCH_FACTOR`` times
+        deeper each round, up to ``FILL_MAX_DEPTH`` neighbours.
+        """
+        s, annotated, codes = self.settings, self._annotated[key], self._codes[key]
+        need = min(s.impute_k, int(annotated.sum()))
+        rows = np.flatnonzero((valid & annotated[np.where(valid, pos, 0)]).sum(axis=1) < need)
+        depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
+        while rows.size and depth < cap:
+            depth = min(cap, depth * FILL_SEARCH_FACTOR)
+            short, block = [], max(1, FILL_BUDGET // (depth * frac.shape[1]))  # n x depth x classes temporaries
+            for start in range(0, rows.size, block):
+                r = rows[start:start + block]
+                sims, deep = self.ref.search(modality, q[r], depth)
+                ok = deep >= 0
+                ok &= annotated[np.where(ok, deep, 0)]
+                take = ok & (np.cumsum(ok, axis=1) <= need)
+                frac[r] = vote(codes, frac.shape[1], np.where(take, deep, 0),
+                               neighbour_weights(sims, s.temperature, take))
+                short.append(r[take.sum(axis=1) < need])
+            rows = np.concatenate(short)
 
     def _measured_proteins(self) -> np.ndarray:
         """Per reference protein, whether any reference cell measured it (read once, in row blocks)."""
