@@ -319,6 +319,7 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
 
     t_start = time.time()
     info = store_info(store)
+    cfg = _resolve_pooled_width(cfg, info)
     data_fp = store_fingerprint(store)
     run_fp = run_fingerprint(cfg, data_fp)
     work = out_dir.with_name(out_dir.name + ".partial")
@@ -338,6 +339,23 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
             if fresh and work.exists() and not (work / "checkpoints" / LAST).exists():
                 shutil.rmtree(work, ignore_errors=True)  # failed before its first checkpoint: leave nothing
             raise
+
+
+def _resolve_pooled_width(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``model.rna_hidden`` set to ``model.rna_hidden_pooled`` for a pooled store (when that is set).
+
+    The model saved with the run records the widths it was built with. Cells of several datasets are more diverse
+    than one dataset's: on validation cells of pbmc10k + bremsc + 5' PBMC pooled, a 256-wide RNA layer beat the
+    128-wide one of a single dataset on 3 of 3 splits (``bench/results/val_sweeps/pooled_size.jsonl``).
+    """
+    from omicsclip.io.panels import panels_of
+
+    pooled_hidden = list(cfg["model"].get("rna_hidden_pooled") or [])
+    if not pooled_hidden or panels_of(info["uns"]) is None or pooled_hidden == list(cfg["model"]["rna_hidden"]):
+        return cfg
+    log.info("pooled store: RNA encoder widths %s (model.rna_hidden_pooled) instead of %s", pooled_hidden,
+             list(cfg["model"]["rna_hidden"]))
+    return {**cfg, "model": {**cfg["model"], "rna_hidden": pooled_hidden}}
 
 
 def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict[str, Any], data_fp: str,

@@ -154,7 +154,7 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     stores = [write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")]
     query = write_store(b, tmp_path / "query.zarr")
     cfg = load_config(None, [*TINY, "train.batch_key=dataset", "train.prot_feature_dropout=0.2",
-                             "train.gene_masking=0.1"])
+                             "train.gene_masking=0.1", "model.rna_hidden_pooled=[24]"])
     out = tmp_path / "model"
     store = prepare_training_store(stores, out, cfg, genes_from=[query])
     assert store == tmp_path / "model.pool.zarr"
@@ -162,6 +162,9 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     train_model(store, out, cfg)
     model = load_model(out)
     assert model.state.panels == [list(a.protein_names), list(b.protein_names)]
+    # a pooled store trains the RNA encoder with model.rna_hidden_pooled, and the saved model says so
+    assert model.meta["config"]["model"]["rna_hidden"] == [24]
+    assert model.model.rna.body[0].n_out == 24
     assert model.state.library_genes == list(b.gene_names)
     emb = model.embed(rna=b.rna, prot=b.prot, genes=b.gene_names, proteins=b.protein_names)
     assert np.isfinite(emb["prot"]).all()
@@ -177,6 +180,18 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     assert 0.0 <= res["methods"]["omicsclip"]["foscttm"] < 0.5
     # reusing the pooled store of the same sources (a second call, e.g. --resume)
     assert prepare_training_store(stores, out, cfg) == store
+
+
+def test_rna_hidden_pooled_applies_to_pooled_stores_only():
+    from omicsclip.train.run import _resolve_pooled_width
+
+    cfg = load_config(None, ["model.rna_hidden=[128]", "model.rna_hidden_pooled=[256]"])
+    pooled, plain = {"uns": {"panels": {"a": ["P1"], "b": ["P1", "P2"]}}}, {"uns": {}}
+    assert _resolve_pooled_width(cfg, pooled)["model"]["rna_hidden"] == [256]
+    assert _resolve_pooled_width(cfg, plain)["model"]["rna_hidden"] == [128]
+    assert cfg["model"]["rna_hidden"] == [128]  # the caller's config is not changed
+    off = load_config(None, ["model.rna_hidden=[128]", "model.rna_hidden_pooled=[]"])
+    assert _resolve_pooled_width(off, pooled)["model"]["rna_hidden"] == [128]
 
 
 def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
