@@ -94,6 +94,7 @@ def main() -> None:
     import torch
 
     from omicsclip.config import default_config
+    from omicsclip.conventions import label_values
     from omicsclip.evaluation.baselines import RidgeBaseline
     from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.index.query import query
@@ -188,12 +189,15 @@ def main() -> None:
         seconds = time.perf_counter() - t
         imp = res.imputed[test.barcodes].X
         r = pearson_per_protein(imp, prot_clr[te])
-        truth = test.obs["cell_type"].astype(str).to_numpy()
-        acc = float((res.labels["cell_type"].to_numpy() == truth).mean())
+        # cells whose own label is missing or ignored ("unknown") are never a class to transfer: not scored
+        truth = label_values(test.obs["cell_type"].to_numpy(), cfg["evaluate"]["ignore_labels"])
+        scored = np.array([t is not None for t in truth])
+        acc = float((res.labels["cell_type"].to_numpy()[scored] == truth[scored]).mean())
         conf = res.imputed.obs["confidence"].to_numpy()
         err = np.abs(imp - prot_clr[te]).mean(axis=1)
         results[name] = {"settings": settings, "per_protein": r, "mean_pearson": float(np.nanmean(r)),
-                         "label_transfer_accuracy": acc, "query_seconds": round(seconds, 2),
+                         "label_transfer_accuracy": acc, "label_cells_scored": int(scored.sum()),
+                         "query_seconds": round(seconds, 2),
                          "confidence_vs_abs_error_spearman": float(pd.Series(conf).corr(pd.Series(err),
                                                                                          method="spearman"))}
 
@@ -293,8 +297,8 @@ def markdown(out: dict) -> str:
         f"chance {rc['chance']:.4f}): RNA -> protein {rc['rna_to_prot']:.3f}, protein -> RNA "
         f"{rc['prot_to_rna']:.3f}.",
         "",
-        f"Cell-type label transfer accuracy (test): default {lt['omicsclip_default']:.3f}, val-tuned "
-        f"{lt['omicsclip_val_tuned']:.3f}.",
+        f"Cell-type label transfer accuracy (test cells with a label that is not ignored, e.g. `unknown`): default "
+        f"{lt['omicsclip_default']:.3f}, val-tuned {lt['omicsclip_val_tuned']:.3f}.",
         "",
     ]
     return "\n".join(lines)
