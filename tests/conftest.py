@@ -32,8 +32,7 @@ def shared_h5ad(name: str) -> Path:
 
 
 # A tiny model and data set for fast training tests (seconds on one CPU thread).
-TINY = ["preprocess.n_hvg=40", "model.rna_hidden=[32]", "model.rna_hidden_pooled=[32]", "model.prot_hidden=[16]",
-        "model.embed_dim=8",
+TINY = ["preprocess.n_hvg=40", "model.rna_hidden=[32]", "model.prot_hidden=[16]", "model.embed_dim=8",
         "train.batch_size=64", "train.epochs=4", "train.warmup_steps=4", "train.num_threads=1",
         "train.checkpoint_every=5", "train.device=cpu"]
 

@@ -261,7 +261,7 @@ class QueryEngine:
         depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
         while rows.size and depth < cap:
             depth = min(cap, depth * FILL_SEARCH_FACTOR)
-            short, block = [], max(1, FILL_BUDGET // (depth * frac.shape[1]))  # n x depth x classes temporaries
+            short, block = [], max(1, FILL_BUDGET // depth)  # the vote's temporaries are rows x depth
             for start in range(0, rows.size, block):
                 r = rows[start:start + block]
                 sims, deep = self.ref.search(modality, q[r], depth)

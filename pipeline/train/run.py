@@ -342,16 +342,24 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
 
 
 def _resolve_pooled_width(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` with ``model.rna_hidden`` set to ``model.rna_hidden_pooled`` for a pooled store (when that is set).
+    """``cfg`` with ``model.rna_hidden`` set to ``model.rna_hidden_pooled`` for a pooled store, if that is set.
+
+    Only while ``model.rna_hidden`` is the shipped default: widths the user set are kept.
 
     The model saved with the run records the widths it was built with. Cells of several datasets are more diverse
     than one dataset's: on validation cells of pbmc10k + bremsc + 5' PBMC pooled, a 256-wide RNA layer beat the
     128-wide one of a single dataset on 3 of 3 splits (``bench/results/val_sweeps/pooled_size.jsonl``).
     """
+    from omicsclip.config import default_config
     from omicsclip.io.panels import panels_of
 
     pooled_hidden = list(cfg["model"].get("rna_hidden_pooled") or [])
-    if not pooled_hidden or panels_of(info["uns"]) is None or pooled_hidden == list(cfg["model"]["rna_hidden"]):
+    hidden = list(cfg["model"]["rna_hidden"])
+    if not pooled_hidden or panels_of(info["uns"]) is None or pooled_hidden == hidden:
+        return cfg
+    if hidden != list(default_config()["model"]["rna_hidden"]):  # the user chose the widths: theirs win
+        log.info("pooled store: RNA encoder widths %s as set (model.rna_hidden_pooled %s applies only to the "
+                 "default model.rna_hidden)", hidden, pooled_hidden)
         return cfg
     log.info("pooled store: RNA encoder widths %s (model.rna_hidden_pooled) instead of %s", pooled_hidden,
              list(cfg["model"]["rna_hidden"]))

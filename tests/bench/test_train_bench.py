@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import load_bench, tiny_store
 
@@ -15,5 +17,8 @@ def test_run_omicsclip_reports_cells_in_full_batches(tmp_path):
     # an epoch drops the last partial batch: only whole batches count as processed
     assert res["cells_per_epoch_processed"] == n_train // res["batch_size"] * res["batch_size"] < n_train
     assert res["epochs_run"] == 3
+    log = (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log]  # cumulative optimiser steps at each epoch's end
+    assert (steps[1] - steps[0]) * res["batch_size"] == res["cells_per_epoch_processed"]
     assert res["cells_processed_per_s_epoch"] == pytest.approx(
         res["cells_per_s_epoch"] * res["cells_per_epoch_processed"] / n_train)

@@ -154,7 +154,7 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     stores = [write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")]
     query = write_store(b, tmp_path / "query.zarr")
     cfg = load_config(None, [*TINY, "train.batch_key=dataset", "train.prot_feature_dropout=0.2",
-                             "train.gene_masking=0.1", "model.rna_hidden_pooled=[24]"])
+                             "train.gene_masking=0.1", "model.rna_hidden=[128]", "model.rna_hidden_pooled=[24]"])
     out = tmp_path / "model"
     store = prepare_training_store(stores, out, cfg, genes_from=[query])
     assert store == tmp_path / "model.pool.zarr"
@@ -192,6 +192,8 @@ def test_rna_hidden_pooled_applies_to_pooled_stores_only():
     assert cfg["model"]["rna_hidden"] == [128]  # the caller's config is not changed
     off = load_config(None, ["model.rna_hidden=[128]", "model.rna_hidden_pooled=[]"])
     assert _resolve_pooled_width(off, pooled)["model"]["rna_hidden"] == [128]
+    own = load_config(None, ["model.rna_hidden=[64, 32]"])  # widths the user set win over the pooled default
+    assert _resolve_pooled_width(own, pooled)["model"]["rna_hidden"] == [64, 32]
 
 
 def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
