@@ -7,7 +7,7 @@ over a whole input (in memory or streamed to files).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,14 +130,16 @@ class QueryEngine:
         self._annotated: dict[str, np.ndarray] = {}  # per key, when some cells have no label at all: which do
         self._measured: np.ndarray | None = None  # per reference protein: measured by some cell (lazy)
         if ref.labels is not None:
+            ignored = set(settings.ignore_labels)
             for key in ref.labels.columns:
-                values = label_values(ref.labels[key].to_numpy(), settings.ignore_labels)  # None: does not vote
-                labelled = np.array([v is not None for v in values], dtype=bool)
-                classes = sorted(set(values[labelled].tolist()))
+                cell_code, uniques = pd.factorize(ref.labels[key], use_na_sentinel=False)  # one pass per value
+                given = label_values(uniques)  # None: no label at all
+                classes = sorted({v for v in given if v is not None and v not in ignored})
                 if classes:
-                    self._codes[key] = np.where(labelled, pd.Categorical(values, categories=classes).codes, -1)
+                    code = np.array([classes.index(v) if v in classes else -1 for v in given], dtype=np.int64)
+                    self._codes[key] = code[cell_code]  # -1: does not vote (no label, or an ignored one)
                     self.label_classes[key] = classes
-                    annotated = np.array([v is not None for v in label_values(ref.labels[key].to_numpy())])
+                    annotated = np.array([v is not None for v in given])[cell_code]
                     if not annotated.all():  # e.g. an unlabelled dataset in a pooled reference
                         self._annotated[key] = annotated
         if ref.mapping is None:
@@ -228,19 +230,15 @@ class QueryEngine:
         def holes(r: np.ndarray) -> np.ndarray:
             return r[(np.isnan(imputed[r]) & measured).any(axis=1)]
 
-        rows = holes(np.arange(len(imputed)))
-        depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
-        while rows.size and depth < cap:
-            depth = min(cap, depth * FILL_SEARCH_FACTOR)
-            block = max(1, FILL_BUDGET // (depth * imputed.shape[1]))  # n x depth x P temporaries stay bounded
-            for start in range(0, rows.size, block):
-                r = rows[start:start + block]
-                sims, pos = self.ref.search(modality, q[r], depth)
-                part = imputed[r]
-                fill_unmeasured(part, self.ref.protein, pos, sims, k=s.impute_k, temperature=s.temperature,
-                                need_k=depth < cap)  # the k nearest that measured it, if not found: deeper
-                imputed[r] = part
-            rows = holes(rows)
+        def fill(r: np.ndarray, sims: np.ndarray, pos: np.ndarray, deeper: bool) -> np.ndarray:
+            part = imputed[r]
+            fill_unmeasured(part, self.ref.protein, pos, sims, k=s.impute_k, temperature=s.temperature,
+                            need_k=deeper)  # the k nearest that measured it, if not found: deeper
+            imputed[r] = part
+            return holes(r)
+
+        # n x depth x proteins temporaries stay bounded
+        rows, depth = self._search_deeper(holes(np.arange(len(imputed))), q, modality, imputed.shape[1], fill)
         if rows.size:
             log.warning("%d query cells keep a NaN imputed protein: none of their %d nearest reference cells "
                         "measured it", rows.size, depth)
@@ -258,20 +256,37 @@ class QueryEngine:
         s, annotated, codes = self.settings, self._annotated[key], self._codes[key]
         need = min(s.impute_k, int(annotated.sum()))
         rows = np.flatnonzero((valid & annotated[np.where(valid, pos, 0)]).sum(axis=1) < need)
-        depth, cap = s.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
+
+        def revote(r: np.ndarray, sims: np.ndarray, deep: np.ndarray, deeper: bool) -> np.ndarray:
+            ok = deep >= 0
+            ok &= annotated[np.where(ok, deep, 0)]
+            take = ok & (np.cumsum(ok, axis=1) <= need)
+            frac[r] = vote(codes, frac.shape[1], np.where(take, deep, 0), neighbour_weights(sims, s.temperature, take))
+            return r[take.sum(axis=1) < need]
+
+        self._search_deeper(rows, q, modality, 1, revote)  # the vote's temporaries are rows x depth
+
+    def _search_deeper(self, rows: np.ndarray, q: np.ndarray, modality: str, width: int,
+                       visit: Callable[[np.ndarray, np.ndarray, np.ndarray, bool], np.ndarray],
+                       ) -> tuple[np.ndarray, int]:
+        """Search query cells ``rows`` of ``q`` again, ``FILL_SEARCH_FACTOR`` times deeper each round.
+
+        ``visit(rows, sims, pos, deeper)`` handles one block of rows (``deeper``: another round may follow) and
+        returns those still short; blocks keep ``rows x depth x width`` within ``FILL_BUDGET``. Stops when no row
+        is short or at ``FILL_MAX_DEPTH`` neighbours (or the whole reference); returns the rows still short and
+        the depth reached.
+        """
+        depth, cap = self.settings.impute_k, min(self.ref.n, FILL_MAX_DEPTH)
         while rows.size and depth < cap:
             depth = min(cap, depth * FILL_SEARCH_FACTOR)
-            short, block = [], max(1, FILL_BUDGET // depth)  # the vote's temporaries are rows x depth
+            block = max(1, FILL_BUDGET // (depth * width))
+            short = []
             for start in range(0, rows.size, block):
                 r = rows[start:start + block]
-                sims, deep = self.ref.search(modality, q[r], depth)
-                ok = deep >= 0
-                ok &= annotated[np.where(ok, deep, 0)]
-                take = ok & (np.cumsum(ok, axis=1) <= need)
-                frac[r] = vote(codes, frac.shape[1], np.where(take, deep, 0),
-                               neighbour_weights(sims, s.temperature, take))
-                short.append(r[take.sum(axis=1) < need])
+                sims, pos = self.ref.search(modality, q[r], depth)
+                short.append(visit(r, sims, pos, depth < cap))
             rows = np.concatenate(short)
+        return rows, depth
 
     def _measured_proteins(self) -> np.ndarray:
         """Per reference protein, whether any reference cell measured it (read once, in row blocks)."""
