@@ -10,6 +10,8 @@ at the test cells that ``bench/quality.py`` reports.
         --config base= --config steps1500=train.min_steps=1500 --config lr3e3=train.lr=0.003,train.batch_size=128
 
 (``--config NAME=`` with nothing after ``=`` is the defaults; several overrides are separated by commas.)
+For a store pooled from several datasets, ``--by-dataset`` also records each dataset's own validation FOSCTTM
+(its validation cells, its own panel and genes, as ``omicsclip evaluate --dataset`` scores it) of the saved model.
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ def parse_config(text: str) -> tuple[str, list[str]]:
     return name, [x for x in re.split(r",(?=[A-Za-z_][\w]*\.[\w.]+=)", rest) if x]
 
 
+def dataset_val_foscttm(store: Path, model_dir: Path, data) -> dict[str, float]:
+    """Each pooled dataset's validation FOSCTTM with the saved (best) model, on its own panel and genes."""
+    from omicsclip.evaluation.evaluate import _align_split, _one_dataset
+    from omicsclip.evaluation.metrics import foscttm
+    from omicsclip.io.panels import panels_of
+    from omicsclip.model.modelio import load_model
+
+    model = load_model(model_dir)
+    out = {}
+    for name in sorted(panels_of(data.uns)):
+        sub = _one_dataset(data, name, store)
+        val = _align_split(sub.obs, model.split, store) == "val"
+        emb = model.embed(rna=sub.rna[val], prot=sub.prot[val], genes=sub.gene_names, proteins=sub.protein_names)
+        out[name] = foscttm(emb["rna"], emb["prot"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", type=Path)
@@ -44,6 +63,7 @@ def main() -> None:
     ap.add_argument("--config", dest="configs", action="append", type=parse_config, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("val_sweep.jsonl"))
+    ap.add_argument("--by-dataset", action="store_true", help="pooled store: also each dataset's validation FOSCTTM")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -54,6 +74,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    data = None
+    if args.by_dataset:
+        from omicsclip.io.store import read_store
+
+        data = read_store(args.store)
     with args.out.open("a") as out:
         for name, overrides in args.configs:
             vals = []
@@ -62,11 +87,13 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="omicsclip-val-sweep-") as d:
                     t0 = time.perf_counter()
                     model = train_model(args.store, Path(d) / "model", cfg)
+                    seconds = time.perf_counter() - t0
                     log = read_train_log(model / "train_log.jsonl")
+                    per = {} if data is None else {"val_foscttm_by_dataset": dataset_val_foscttm(args.store, model, data)}
                 best = min(r["val_foscttm"] for r in log if r.get("val_foscttm") is not None)
                 vals.append(best)
                 out.write(json.dumps({"config": name, "overrides": overrides, "seed": seed, "val_foscttm": best,
-                                      "epochs": len(log), "seconds": time.perf_counter() - t0}) + "\n")
+                                      **per, "epochs": len(log), "seconds": seconds}) + "\n")
                 out.flush()
             print(f"{name}: val FOSCTTM {[round(v, 4) for v in vals]} mean {statistics.mean(vals):.4f}", flush=True)
 

@@ -278,9 +278,11 @@ def fit_preprocessing(
     n_pcs: int,
     depth_features: bool,
     protein_genes: int,
+    pca_within_datasets: bool,
     library_genes: Sequence[str] | None = None,
     panels: Sequence[Sequence[str]] | None = None,
     gene_masks: tuple[np.ndarray, np.ndarray] | None = None,
+    dataset_codes: np.ndarray | None = None,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -309,6 +311,10 @@ def fit_preprocessing(
         ``genes``, True = measured). Highly variable genes are then chosen per dataset among its own genes (their
         union is the model's), means and scales count the cells that measured each gene, and an unmeasured gene
         is 0 (the mean) in the principal axes' fit.
+    dataset_codes, pca_within_datasets
+        Per training cell its dataset (codes 0..n-1) in a store pooled from several datasets; with
+        ``pca_within_datasets`` the principal axes and the protein genes are fitted on each dataset's values centred
+        on that dataset's means, so no axis is spent on what tells the datasets apart (:func:`_centre_groups`).
 
     Returns
     -------
@@ -362,6 +368,8 @@ def fit_preprocessing(
         if measured is not None:  # a gene a cell's dataset did not measure: the mean, as for a query lacking it
             for i in range(measured.shape[0]):
                 x[np.ix_(codes == i, ~measured[i])] = 0.0
+        if pca_within_datasets and dataset_codes is not None:
+            _centre_groups(x, dataset_codes, None if measured is None else measured[codes])
         rna_pcs = principal_axes(x, n_pcs)
         if protein_genes:
             picked = select_protein_genes(x, prot_clr, protein_genes)
@@ -382,6 +390,24 @@ def fit_preprocessing(
         panels=None if panels is None else [[str(p) for p in panel] for panel in panels],
         gene_panels=None if measured is None else [[all_genes[g] for g in hvg[m]] for m in measured],
     )
+
+
+def _centre_groups(x: np.ndarray, groups: np.ndarray, measured: np.ndarray | None) -> None:
+    """Subtract, in place, each group's (dataset's) column means from its rows of ``x``.
+
+    ``measured`` (cells x columns, True = measured), when given: a column is centred only in the rows that measured
+    it (the others stay 0, the value of an unmeasured gene).
+    """
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        block = x[rows]
+        if measured is None:
+            block -= block.mean(axis=0, dtype=np.float64).astype(x.dtype)
+        else:
+            m = measured[rows]
+            n = np.maximum(m.sum(axis=0), 1)
+            block -= np.where(m, (block.sum(axis=0, dtype=np.float64) / n).astype(x.dtype), 0.0)
+        x[rows] = block
 
 
 # ---------------------------------------------------------------------------------------------------- transform

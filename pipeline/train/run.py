@@ -134,6 +134,11 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
             code_parts.append(None if masks is None else masks[0][sl.start + sel])
     rna = sp.vstack(rna_parts, format="csr")
     rna_parts.clear()  # the sample is held once from here on
+    datasets = None
+    if panels is not None:  # pooled from several datasets: each training cell's dataset
+        from omicsclip.io.panels import DATASET_COLUMN
+
+        datasets = pd.factorize(info["obs"][DATASET_COLUMN].iloc[rows].astype(str), sort=True)[0]
     return fit_preprocessing(
         rna, np.concatenate(prot_parts), store_genes, [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
@@ -143,6 +148,7 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         depth_features=section["depth_features"], protein_genes=section["protein_genes"],
         library_genes=library_genes, panels=None if panels is None else [panels[k] for k in sorted(panels)],
         gene_masks=None if masks is None else (np.concatenate(code_parts), masks[1]),
+        dataset_codes=datasets, pca_within_datasets=section["pca_within_datasets"],
     )
 
 
@@ -342,28 +348,36 @@ def _train(store: Path, out_dir: Path, cfg: dict[str, Any], device: torch.device
 
 
 def _resolve_pooled_width(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` with ``model.rna_hidden`` set to ``model.rna_hidden_pooled`` for a pooled store, if that is set.
+    """``cfg`` with the pooled widths (``model.rna_hidden_pooled``, ``prot_hidden_pooled``) for a pooled store.
 
-    Only while ``model.rna_hidden`` is the shipped default: widths the user set are kept.
+    Each applies where it is set, and only while ``model.rna_hidden`` (``prot_hidden``) is the shipped default:
+    widths the user set are kept.
 
     The model saved with the run records the widths it was built with. Cells of several datasets are more diverse
-    than one dataset's: on validation cells of pbmc10k + bremsc + 5' PBMC pooled, a 256-wide RNA layer beat the
-    128-wide one of a single dataset on 3 of 3 splits (``bench/results/val_sweeps/pooled_size.jsonl``).
+    than one dataset's, and their protein encoder takes the union panel: on validation cells of pbmc10k + bremsc +
+    5' PBMC pooled, a 256-wide RNA layer beat the 128-wide one of a single dataset on 3 of 3 splits
+    (``bench/results/val_sweeps/pooled_size.jsonl``), and a 128-wide protein layer the 64-wide one
+    (``pooled_within.jsonl``).
     """
     from omicsclip.config import default_config
     from omicsclip.io.panels import panels_of
 
-    pooled_hidden = list(cfg["model"].get("rna_hidden_pooled") or [])
-    hidden = list(cfg["model"]["rna_hidden"])
-    if not pooled_hidden or panels_of(info["uns"]) is None or pooled_hidden == hidden:
+    if panels_of(info["uns"]) is None:
         return cfg
-    if hidden != list(default_config()["model"]["rna_hidden"]):  # the user chose the widths: theirs win
-        log.info("pooled store: RNA encoder widths %s as set (model.rna_hidden_pooled %s applies only to the "
-                 "default model.rna_hidden)", hidden, pooled_hidden)
-        return cfg
-    log.info("pooled store: RNA encoder widths %s (model.rna_hidden_pooled) instead of %s", pooled_hidden,
-             list(cfg["model"]["rna_hidden"]))
-    return {**cfg, "model": {**cfg["model"], "rna_hidden": pooled_hidden}}
+    model = dict(cfg["model"])
+    for enc, name in (("rna", "RNA"), ("prot", "protein")):
+        pooled_hidden = list(model.get(f"{enc}_hidden_pooled") or [])
+        hidden = list(model[f"{enc}_hidden"])
+        if not pooled_hidden or pooled_hidden == hidden:
+            continue
+        if hidden != list(default_config()["model"][f"{enc}_hidden"]):  # the user chose the widths: theirs win
+            log.info("pooled store: %s encoder widths %s as set (model.%s_hidden_pooled %s applies only to the "
+                     "default model.%s_hidden)", name, hidden, enc, pooled_hidden, enc)
+            continue
+        log.info("pooled store: %s encoder widths %s (model.%s_hidden_pooled) instead of %s", name, pooled_hidden,
+                 enc, hidden)
+        model[f"{enc}_hidden"] = pooled_hidden
+    return {**cfg, "model": model}
 
 
 def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict[str, Any], data_fp: str,

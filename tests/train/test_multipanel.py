@@ -154,7 +154,8 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     stores = [write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")]
     query = write_store(b, tmp_path / "query.zarr")
     cfg = load_config(None, [*TINY, "train.batch_key=dataset", "train.prot_feature_dropout=0.2",
-                             "train.gene_masking=0.1", "model.rna_hidden=[128]", "model.rna_hidden_pooled=[24]"])
+                             "train.gene_masking=0.1", "model.rna_hidden=[128]", "model.rna_hidden_pooled=[24]",
+                             "model.prot_hidden_pooled=[12]"])
     out = tmp_path / "model"
     store = prepare_training_store(stores, out, cfg, genes_from=[query])
     assert store == tmp_path / "model.pool.zarr"
@@ -165,6 +166,9 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     # a pooled store trains the RNA encoder with model.rna_hidden_pooled, and the saved model says so
     assert model.meta["config"]["model"]["rna_hidden"] == [24]
     assert model.model.rna.body[0].n_out == 24
+    # TINY set model.prot_hidden=[16]: widths the user set win over model.prot_hidden_pooled
+    assert model.meta["config"]["model"]["prot_hidden"] == [16]
+    assert model.model.prot.body[0].n_out == 16
     assert model.state.library_genes == list(b.gene_names)
     emb = model.embed(rna=b.rna, prot=b.prot, genes=b.gene_names, proteins=b.protein_names)
     assert np.isfinite(emb["prot"]).all()
@@ -194,6 +198,20 @@ def test_rna_hidden_pooled_applies_to_pooled_stores_only():
     assert _resolve_pooled_width(off, pooled)["model"]["rna_hidden"] == [128]
     own = load_config(None, ["model.rna_hidden=[64, 32]"])  # widths the user set win over the pooled default
     assert _resolve_pooled_width(own, pooled)["model"]["rna_hidden"] == [64, 32]
+
+
+def test_prot_hidden_pooled_applies_to_pooled_stores_only():
+    from omicsclip.train.run import _resolve_pooled_width
+
+    cfg = load_config(None, ["model.prot_hidden=[64]", "model.prot_hidden_pooled=[128]"])
+    pooled, plain = {"uns": {"panels": {"a": ["P1"], "b": ["P1", "P2"]}}}, {"uns": {}}
+    assert _resolve_pooled_width(cfg, pooled)["model"]["prot_hidden"] == [128]
+    assert _resolve_pooled_width(cfg, plain)["model"]["prot_hidden"] == [64]
+    off = load_config(None, ["model.prot_hidden_pooled=[]"])
+    assert _resolve_pooled_width(off, pooled)["model"]["prot_hidden"] == [64]
+    both = _resolve_pooled_width(load_config(None, ["model.prot_hidden=[32]"]), pooled)["model"]
+    assert both["prot_hidden"] == [32]  # the user's protein widths
+    assert both["rna_hidden"] == [256]  # and the pooled RNA widths
 
 
 def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
