@@ -368,8 +368,8 @@ def fit_preprocessing(
         if measured is not None:  # a gene a cell's dataset did not measure: the mean, as for a query lacking it
             for i in range(measured.shape[0]):
                 x[np.ix_(codes == i, ~measured[i])] = 0.0
-        if pca_within_datasets and dataset_codes is not None:
-            _centre_groups(x, dataset_codes, None if measured is None else measured[codes])
+        if pca_within_datasets and dataset_codes is not None:  # with gene panels, their codes are the datasets
+            _centre_groups(x, dataset_codes if measured is None else codes, measured)
         rna_pcs = principal_axes(x, n_pcs)
         if protein_genes:
             picked = select_protein_genes(x, prot_clr, protein_genes)
@@ -392,22 +392,23 @@ def fit_preprocessing(
     )
 
 
-def _centre_groups(x: np.ndarray, groups: np.ndarray, measured: np.ndarray | None) -> None:
+def _centre_groups(x: np.ndarray, groups: np.ndarray, measured: np.ndarray | None, *, chunk: int = 4096) -> None:
     """Subtract, in place, each group's (dataset's) column means from its rows of ``x``.
 
-    ``measured`` (cells x columns, True = measured), when given: a column is centred only in the rows that measured
-    it (the others stay 0, the value of an unmeasured gene).
+    ``measured`` (groups x columns, True = measured), when given: a column is centred only in the rows of the groups
+    that measured it (the others stay 0, the value of an unmeasured gene). Rows are read ``chunk`` at a time (no
+    copy of a whole group).
     """
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
-        block = x[rows]
-        if measured is None:
-            block -= block.mean(axis=0, dtype=np.float64).astype(x.dtype)
-        else:
-            m = measured[rows]
-            n = np.maximum(m.sum(axis=0), 1)
-            block -= np.where(m, (block.sum(axis=0, dtype=np.float64) / n).astype(x.dtype), 0.0)
-        x[rows] = block
+        total = np.zeros(x.shape[1], np.float64)
+        for start in range(0, rows.size, chunk):
+            total += x[rows[start:start + chunk]].sum(axis=0, dtype=np.float64)
+        mean = (total / rows.size).astype(x.dtype)
+        if measured is not None:
+            mean[~measured[g]] = 0.0
+        for start in range(0, rows.size, chunk):
+            x[rows[start:start + chunk]] -= mean
 
 
 # ---------------------------------------------------------------------------------------------------- transform

@@ -17,11 +17,12 @@ def test_centre_groups_centres_each_groups_measured_values_only():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)).astype(np.float32) + np.arange(6, dtype=np.float32)
     groups = np.repeat([0, 1], 20)
-    measured = np.ones_like(x, bool)
-    measured[20:, 4:] = False  # group 1 did not measure the last two columns: they hold 0 (the mean)
+    table = np.ones((2, 6), bool)
+    table[1, 4:] = False  # group 1 did not measure the last two columns: they hold 0 (the mean)
+    measured = table[groups]
     x[~measured] = 0.0
     before = x.copy()
-    _centre_groups(x, groups, measured)
+    _centre_groups(x, groups, table, chunk=7)  # chunks that do not divide the groups
     for g in (0, 1):
         rows = groups == g
         cols = measured[rows].all(axis=0)
@@ -68,3 +69,30 @@ def test_axes_within_datasets_are_not_spent_on_the_lab_offset(within):
     np.testing.assert_array_equal(state.rna_std, plain.rna_std)
     if not within:
         np.testing.assert_array_equal(state.rna_pcs, plain.rna_pcs)
+
+
+def test_training_on_a_pooled_store_fits_the_axes_within_its_datasets(tmp_path):
+    """End to end: train reads each training cell's dataset from the pooled store; single stores are unaffected."""
+    from conftest import TINY
+
+    from omicsclip.config import load_config
+    from omicsclip.io.pool import pool_stores
+    from omicsclip.io.store import write_store
+    from omicsclip.io.synthetic import make_synthetic
+    from omicsclip.model.modelio import load_model
+    from omicsclip.train.run import train_model
+
+    d = make_synthetic(n_cells=400, n_genes=60, n_proteins=6, n_types=3, seed=2)
+    a, b = d.subset(np.arange(200)), d.subset(np.arange(200, 400))
+    b.rna, b.genes = b.rna[:, 5:], b.genes.iloc[5:]  # lab B measured fewer genes (a union-gene pool)
+    pooled = pool_stores([write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")],
+                         tmp_path / "pooled.zarr")
+    states = {}
+    for within in (False, True):
+        for name, store in (("pooled", pooled), ("single", tmp_path / "a.zarr")):
+            cfg = load_config(None, [*TINY, "train.epochs=1", "preprocess.n_pcs=5", "preprocess.protein_genes=0",
+                                     f"preprocess.pca_within_datasets={str(within).lower()}"])
+            out = train_model(store, tmp_path / f"m_{name}_{within}", cfg)
+            states[name, within] = load_model(out).state
+    assert not np.allclose(states["pooled", True].rna_pcs, states["pooled", False].rna_pcs, atol=1e-3)
+    np.testing.assert_array_equal(states["single", True].rna_pcs, states["single", False].rna_pcs)
