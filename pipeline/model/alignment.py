@@ -97,7 +97,8 @@ def _unprefixed(genes: list[str], model_genes: Sequence[str]) -> list[str]:
 
 
 def align_rna(
-    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState
+    rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, state: PreprocessState, *,
+    as_closest_dataset: bool = False,
 ) -> tuple[sp.csr_matrix, np.ndarray, FeatureReport]:
     """Match new cells' genes to the model's by name.
 
@@ -110,6 +111,10 @@ def align_rna(
         width equals the number of model genes).
     state
         The model's preprocessing state.
+    as_closest_dataset
+        A model pooled on several datasets' genes (``state.gene_panels``): present the cells as those of the
+        training dataset whose genes they cover best (:func:`_as_closest_dataset`), as new cells are embedded.
+        ``False`` for a pooled store's own rows, whose unmeasured genes are masked per cell by the caller.
 
     Returns
     -------
@@ -136,6 +141,9 @@ def align_rna(
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
     lacking, panel = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
+    library_genes = state.library_genes
+    if as_closest_dataset and state.gene_panels:  # several datasets' genes: as the closest dataset's cells
+        pos, missing, library_genes = _as_closest_dataset(pos, missing, state)
     report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None)
     if lacking > state.max_missing_gene_fraction:
         raise InputError(
@@ -160,9 +168,9 @@ def align_rna(
     )
     counts = sp.csr_matrix(rna @ sel)
     counts.sort_indices()
-    if state.library_genes is None:
+    if library_genes is None:
         return counts, library_size(rna), report
-    lib_cols = pd.Index(genes).get_indexer(state.library_genes)  # preprocess.genes: count only those genes
+    lib_cols = pd.Index(genes).get_indexer(library_genes)  # preprocess.genes (or a dataset's): count only those
     return counts, library_size(rna[:, np.sort(lib_cols[lib_cols >= 0])]), report
 
 
@@ -236,6 +244,32 @@ def align_proteins(
         out[unmeasured] = 0.0
         return out, present[None, :] & ~unmeasured, report
     return out, present, report
+
+
+def _as_closest_dataset(pos: np.ndarray, missing: list[str], state: PreprocessState
+                        ) -> tuple[np.ndarray, list[str], list[str] | None]:
+    """Leave out the input's genes that its closest training dataset did not measure (a pooled model).
+
+    Each training cell saw only its own dataset's genes (the others at the training mean) and a library size over
+    them. An input that measured more, e.g. a lab with every gene querying a reference pooled from labs with
+    different gene sets, would otherwise be unlike any training cell: its principal-axis scores and library size
+    would add up genes no training cell had together. So the input is presented as the cells of the training
+    dataset it covers best (the fewest of its genes missing; of equals, the one with the most genes): the other
+    model genes count as unmeasured and the library (``state.library_panels``) counts that dataset's genes.
+    Returns the new ``pos``, ``missing`` and library genes.
+    """
+    absent = set(missing)
+    gaps = [sum(g in absent for g in panel) / max(len(panel), 1) for panel in state.gene_panels]
+    best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(state.gene_panels[i])))
+    keep = pd.Index(state.genes).isin(state.gene_panels[best])
+    dropped = int(((pos >= 0) & ~keep).sum())
+    if dropped:
+        log.info("RNA input presented as training dataset %d's cells (%d genes): %d model genes it has but that "
+                 "dataset did not measure are left out", best, len(state.gene_panels[best]), dropped)
+    pos = np.where(keep, pos, -1)
+    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
+    library = state.library_genes if state.library_panels is None else state.library_panels[best]
+    return pos, missing, library
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,

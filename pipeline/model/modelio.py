@@ -171,7 +171,7 @@ class TrainedModel:
 
     @torch.no_grad()
     def _embed_rna(self, rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, batch_size: int) -> np.ndarray:
-        counts, lib, report = align_rna(rna, genes, self.state)
+        counts, lib, report = align_rna(rna, genes, self.state, as_closest_dataset=True)
         self.last_report["rna"] = report.to_dict()
         present = torch.ones(len(self.state.genes), device=self.device)
         if report.missing:

@@ -77,7 +77,12 @@ class PreprocessState:
     gene_panels
         The model genes each training dataset measured (a store pooled on the union of several datasets' genes),
         when some dataset lacks some model genes; ``None``: every training cell measured every model gene. A
-        query's RNA input is held to ``max_missing_gene_fraction`` against the dataset it covers best.
+        query's RNA input is held to ``max_missing_gene_fraction`` against the dataset it covers best, and is
+        presented as that dataset's cells were in training (:func:`omicsclip.model.alignment.align_rna`).
+    library_panels
+        With ``gene_panels``: the genes each training dataset measured among those library sizes count
+        (``library_genes``, else all), so that a query presented as one dataset's cells counts its library over
+        that dataset's genes; ``None`` for models saved before it (the query's library then counts all its genes).
     """
 
     genes: list[str]
@@ -97,6 +102,7 @@ class PreprocessState:
     library_genes: list[str] | None = None
     panels: list[list[str]] | None = None
     gene_panels: list[list[str]] | None = None
+    library_panels: list[list[str]] | None = None
 
     @property
     def rna_projection(self) -> np.ndarray | None:
@@ -133,6 +139,7 @@ class PreprocessState:
             "library_genes": None if self.library_genes is None else [str(g) for g in self.library_genes],
             "panels": None if self.panels is None else [[str(p) for p in panel] for panel in self.panels],
             "gene_panels": None if self.gene_panels is None else [[str(g) for g in p] for p in self.gene_panels],
+            "library_panels": None if self.library_panels is None else [[str(g) for g in p] for p in self.library_panels],
         }
 
     @classmethod
@@ -161,6 +168,8 @@ class PreprocessState:
                 library_genes=None if d.get("library_genes") is None else [str(g) for g in d["library_genes"]],
                 panels=None if d.get("panels") is None else [[str(p) for p in panel] for panel in d["panels"]],
                 gene_panels=None if d.get("gene_panels") is None else [[str(g) for g in p] for p in d["gene_panels"]],
+                library_panels=None if d.get("library_panels") is None else [[str(g) for g in p]
+                                                                              for p in d["library_panels"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -389,6 +398,8 @@ def fit_preprocessing(
         protein_genes=prot_genes, library_genes=None if cols is None else [all_genes[i] for i in cols],
         panels=None if panels is None else [[str(p) for p in panel] for panel in panels],
         gene_panels=None if measured is None else [[all_genes[g] for g in hvg[m]] for m in measured],
+        library_panels=None if measured is None else [
+            [all_genes[g] for g in (np.flatnonzero(row) if cols is None else cols[row])] for row in table],
     )
 
 

@@ -23,7 +23,7 @@ def _state(store) -> PreprocessState:
     return fit_preprocessing(rna, prot, list(info["genes"].index), list(info["proteins"].index), n_hvg=0,
                              target_sum=1e4, scale_rna=True, max_value=10.0, scale_prot=True,
                              max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4, n_pcs=0,
-                             depth_features=False, protein_genes=0)
+                             depth_features=False, protein_genes=0, pca_within_datasets=False)
 
 
 @pytest.fixture(scope="module")

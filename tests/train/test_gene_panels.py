@@ -126,3 +126,30 @@ def test_a_pooled_store_holds_out_each_datasets_own_test_cells(tmp_path):
         mine = split[(obs[DATASET_COLUMN] == name).to_numpy()]
         assert mine.tolist() == own.tolist()
     assert not make_split(obs, seed=3).equals(split)  # one split over the pooled cells would differ
+
+
+def test_new_cells_with_more_genes_are_presented_as_their_closest_training_dataset(tmp_path):
+    """A query that measured every union gene (no training cell did) is embedded as the training dataset it covers
+    best: genes that dataset lacked are left out and the library counts that dataset's genes only."""
+    pooled, a, b = two_gene_sets(tmp_path)
+    cfg = load_config(None, [*TINY, "preprocess.n_pcs=8", "preprocess.protein_genes=2"])
+    train_model(pooled, tmp_path / "model", cfg)
+    model = load_model(tmp_path / "model")
+    state = model.state
+    assert [len(p) for p in state.library_panels] == [70, 70]
+    full = make_synthetic(n_cells=600, n_genes=80, n_proteins=10, n_types=4, seed=5).subset(np.arange(300, 600))
+    # both labs' model genes are complete in the full query: the lab with more model genes is the one it is shown as
+    best = int(np.argmax([len(p) for p in state.gene_panels]))
+    lab = (a, b)[best]
+    as_full = model.embed(rna=full.rna, genes=full.gene_names)["rna"]
+    cols = pd.Index(full.gene_names).get_indexer(lab.gene_names)
+    as_lab = model.embed(rna=full.rna[:, cols], genes=lab.gene_names)["rna"]
+    np.testing.assert_allclose(as_full, as_lab, rtol=1e-5, atol=1e-6)
+    counts, lib, report = align_rna(full.rna, full.gene_names, state, as_closest_dataset=True)
+    np.testing.assert_allclose(lib, np.asarray(full.rna[:, cols].sum(axis=1)).ravel())
+    assert report.missing_fraction == 0.0  # complete for that dataset: no warning, no refusal
+    assert set(report.missing) == set(state.genes) - set(state.gene_panels[best])
+    # a pooled store's own rows keep the union view (their unmeasured genes are masked per cell by the caller)
+    _, lib_union, rep_union = align_rna(full.rna, full.gene_names, state)
+    assert not rep_union.missing
+    np.testing.assert_allclose(lib_union, np.asarray(full.rna.sum(axis=1)).ravel())
