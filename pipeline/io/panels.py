@@ -87,6 +87,17 @@ def _codes_and_table(obs: pd.DataFrame, features: Sequence[str], panels: Mapping
     return codes.astype(np.int64), table
 
 
+def dataset_codes(obs: pd.DataFrame, panels: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Per cell, the position of its dataset among ``sorted(panels)`` (the rows of the panel tables).
+
+    Raises
+    ------
+    InputError
+        No obs column :data:`DATASET_COLUMN`, or cells of a dataset without a panel.
+    """
+    return _codes_and_table(obs, (), panels, "protein", strict=False)[0]
+
+
 def store_gene_masks(info: Mapping[str, Any], genes: Sequence[str] | None = None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`gene_masks` of every cell of :func:`store_info`'s ``info`` over ``genes`` (default: the store's)."""

@@ -140,10 +140,10 @@ def align_rna(
         raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
-    lacking, panel = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
+    lacking, panel, closest = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
     library_genes = state.library_genes
     if as_closest_dataset and state.gene_panels:  # several datasets' genes: as the closest dataset's cells
-        pos, missing, library_genes = _as_closest_dataset(pos, missing, state)
+        pos, missing, library_genes = _as_closest_dataset(pos, closest, state)
     report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None)
     if lacking > state.max_missing_gene_fraction:
         raise InputError(
@@ -222,7 +222,7 @@ def align_proteins(
             f"input: {', '.join(proteins[:5])}...)"
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
-    lacking, panel = _closest_panel_gap(set(missing), state.panels, len(state.proteins), "proteins")
+    lacking, panel, _ = _closest_panel_gap(set(missing), state.panels, len(state.proteins), "proteins")
     report = FeatureReport("prot", len(state.proteins), missing, lacking if state.panels else None)
     if lacking > state.max_missing_protein_fraction:
         raise InputError(
@@ -246,7 +246,7 @@ def align_proteins(
     return out, present, report
 
 
-def _as_closest_dataset(pos: np.ndarray, missing: list[str], state: PreprocessState
+def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
                         ) -> tuple[np.ndarray, list[str], list[str] | None]:
     """Leave out the input's genes that its closest training dataset did not measure (a pooled model).
 
@@ -254,13 +254,10 @@ def _as_closest_dataset(pos: np.ndarray, missing: list[str], state: PreprocessSt
     them. An input that measured more, e.g. a lab with every gene querying a reference pooled from labs with
     different gene sets, would otherwise be unlike any training cell: its principal-axis scores and library size
     would add up genes no training cell had together. So the input is presented as the cells of the training
-    dataset it covers best (the fewest of its genes missing; of equals, the one with the most genes): the other
-    model genes count as unmeasured and the library (``state.library_panels``) counts that dataset's genes.
-    Returns the new ``pos``, ``missing`` and library genes.
+    dataset it covers best (``best``, from :func:`_closest_panel_gap`): the other model genes count as unmeasured
+    and the library (``state.library_panels``) counts that dataset's genes. Returns the new ``pos``, ``missing``
+    and library genes.
     """
-    absent = set(missing)
-    gaps = [sum(g in absent for g in panel) / max(len(panel), 1) for panel in state.gene_panels]
-    best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(state.gene_panels[i])))
     keep = pd.Index(state.genes).isin(state.gene_panels[best])
     dropped = int(((pos >= 0) & ~keep).sum())
     if dropped:
@@ -273,16 +270,17 @@ def _as_closest_dataset(pos: np.ndarray, missing: list[str], state: PreprocessSt
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,
-                       what: str) -> tuple[float, str]:
-    """Return the fraction of the best-covered training panel the input lacks, and a description of it.
+                       what: str) -> tuple[float, str, int]:
+    """Return the fraction of the best-covered training panel the input lacks, a description of it and its index.
 
-    Without ``panels`` (one training dataset), the fraction of all ``n_model`` model features.
+    The best-covered panel lacks the smallest fraction; of equals, it is the one with the most features. Without
+    ``panels`` (one training dataset), the fraction of all ``n_model`` model features (index -1).
     """
     if not panels:
-        return len(missing) / max(n_model, 1), ""
+        return len(missing) / max(n_model, 1), "", -1
     gaps = [sum(p in missing for p in panel) / max(len(panel), 1) for panel in panels]
-    best = int(np.argmin(gaps))
-    return gaps[best], f" of the closest training dataset's {len(panels[best])} {what}"
+    best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(panels[i])))
+    return gaps[best], f" of the closest training dataset's {len(panels[best])} {what}", best
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

@@ -135,10 +135,10 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
     rna = sp.vstack(rna_parts, format="csr")
     rna_parts.clear()  # the sample is held once from here on
     datasets = None
-    if panels is not None:  # pooled from several datasets: each training cell's dataset
-        from omicsclip.io.panels import DATASET_COLUMN
+    if section["pca_within_datasets"] and panels is not None:  # each training cell's dataset
+        from omicsclip.io.panels import dataset_codes
 
-        datasets = pd.factorize(info["obs"][DATASET_COLUMN].iloc[rows].astype(str), sort=True)[0]
+        datasets = dataset_codes(info["obs"].iloc[rows], panels)
     return fit_preprocessing(
         rna, np.concatenate(prot_parts), store_genes, [str(p) for p in info["proteins"].index],
         n_hvg=section["n_hvg"], target_sum=section["target_sum"], scale_rna=section["scale_rna"],
@@ -364,13 +364,13 @@ def _resolve_pooled_width(cfg: dict[str, Any], info: dict[str, Any]) -> dict[str
 
     if panels_of(info["uns"]) is None:
         return cfg
-    model = dict(cfg["model"])
+    model, shipped = dict(cfg["model"]), default_config()["model"]
     for enc, name in (("rna", "RNA"), ("prot", "protein")):
         pooled_hidden = list(model.get(f"{enc}_hidden_pooled") or [])
         hidden = list(model[f"{enc}_hidden"])
         if not pooled_hidden or pooled_hidden == hidden:
             continue
-        if hidden != list(default_config()["model"][f"{enc}_hidden"]):  # the user chose the widths: theirs win
+        if hidden != list(shipped[f"{enc}_hidden"]):  # the user chose the widths: theirs win
             log.info("pooled store: %s encoder widths %s as set (model.%s_hidden_pooled %s applies only to the "
                      "default model.%s_hidden)", name, hidden, enc, pooled_hidden, enc)
             continue

@@ -96,3 +96,18 @@ def test_training_on_a_pooled_store_fits_the_axes_within_its_datasets(tmp_path):
             states[name, within] = load_model(out).state
     assert not np.allclose(states["pooled", True].rna_pcs, states["pooled", False].rna_pcs, atol=1e-3)
     np.testing.assert_array_equal(states["single", True].rna_pcs, states["single", False].rna_pcs)
+
+
+def test_dataset_codes_follow_the_panel_order_and_refuse_a_store_without_datasets():
+    import pandas as pd
+
+    from omicsclip.errors import InputError
+    from omicsclip.io.panels import dataset_codes
+
+    panels = {"b": ["P1"], "a": ["P1", "P2"]}
+    obs = pd.DataFrame({"dataset": ["b", "a", "b"]})
+    np.testing.assert_array_equal(dataset_codes(obs, panels), [1, 0, 1])  # rows of sorted(panels)
+    with pytest.raises(InputError, match="no obs column 'dataset'"):
+        dataset_codes(pd.DataFrame(index=range(3)), panels)
+    with pytest.raises(InputError, match="have no protein panel"):
+        dataset_codes(pd.DataFrame({"dataset": ["c"]}), panels)
