@@ -177,6 +177,16 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     assert 0.0 <= om["labels"]["accuracy"] <= 1.0
     assert 0.0 <= om["ood"]["auroc"] <= 1.0
     assert (tmp_path / "t.md").read_text().count("labA:labB") >= 4
+    # bench/transfer_query_sweep.py re-queries that run's model and index: its default setting (impute_k 20)
+    # reproduces the number above, another is scored too
+    sweep = load_bench("transfer_query_sweep").main([
+        str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--grid", "impute_k=20,3",
+        "--out", str(tmp_path / "s.json")])
+    by_k = {r["impute_k"]: r["mean_pearson"] for r in sweep["rows"]}
+    assert by_k["20"] == pytest.approx(om["protein"]["mean_pearson"], abs=1e-9)
+    assert -1.0 <= by_k["3"] <= 1.0
+    assert by_k["3"] != by_k["20"]
+    assert [r["n_pairs"] for r in sweep["mean_over_pairs"]] == [1, 1]
 
 
 def test_real_pair_preparation(tp):

@@ -1,0 +1,98 @@
+"""Query settings (``query.impute_k``, ``query.temperature``, ``query.transfer_from``) on cross-lab pairs.
+
+Re-runs ``omicsclip query`` with each setting against the models and indices that a ``bench/transfer.py --workdir
+W`` run left in ``W`` (nothing is retrained), and scores the imputed protein as bench/transfer.py does. Meant for
+the pairs outside issue #15's bars (pbmc10k:eccite, bremsc:eccite, pbmc5p:bremsc): settings are chosen on those
+cross-lab pairs, never on the pairs the bars are about.
+
+Run::
+
+    .venv/bin/python bench/transfer.py --pairs pbmc10k:eccite bremsc:eccite pbmc5p:bremsc --skip-totalvi \\
+        --workdir W --out W/transfer.json
+    .venv/bin/python bench/transfer_query_sweep.py W --pairs pbmc10k:eccite bremsc:eccite pbmc5p:bremsc \\
+        --grid impute_k=10,20,50 --grid temperature=0,0.05,0.1 --grid transfer_from=same,cross \\
+        --out bench/results/transfer_query_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from transfer import DATASETS, SHARED, score_output, small_paths  # noqa: E402
+from transfer_omicsclip import _run  # noqa: E402
+from transfer_peers import load_dataset, prepare_pair  # noqa: E402
+
+
+def query_output(run_dir: Path, out: Path, sets: list[str], barcodes: pd.Index) -> dict:
+    """Query ``run_dir``'s RNA against its model and index with ``sets``; the imputed protein in query order."""
+    overrides = [x for s in sets for x in ("--set", s)]
+    _run(out.parent / "sweep.log", "query", run_dir / "query_rna.h5ad", "--model", run_dir / "model", "--index",
+         run_dir / "index", "--out", out, "--modality", "rna", "--no-tsv", "--overwrite", *overrides)
+    imp = ad.read_h5ad(out / "imputed_protein.h5ad")
+    protein = pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
+                           columns=[str(p) for p in imp.var_names]).reindex(barcodes)
+    return {"protein": protein}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the sweep (CLI entry point); return the result written to ``--out``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", type=Path, help="a bench/transfer.py --workdir with the pairs' omicsclip runs")
+    ap.add_argument("--pairs", nargs="+", required=True)
+    ap.add_argument("--grid", action="append", default=[], required=True,
+                    help="query key=v1,v2,... (repeatable), e.g. impute_k=10,20,50")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--small", action="store_true", help="the synthetic labs of bench/transfer.py --small")
+    ap.add_argument("--seed", type=int, default=0, help="with --small: the seed of that run")
+    args = ap.parse_args(argv)
+    keys, values = [], []
+    for g in args.grid:
+        k, _, v = g.partition("=")
+        if not k or not v:
+            ap.error(f"--grid {g!r}: expected key=v1,v2,...")
+        keys.append(k)
+        values.append(v.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="omicsclip-qsweep-") as d:
+        paths = (small_paths(Path(d), args.seed) if args.small
+                 else {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()})
+        for key in args.pairs:
+            ref_key, query_key = key.split(":")
+            pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)
+            run_dir = args.workdir / key.replace(":", "_") / "omicsclip"
+            if not (run_dir / "index").exists():
+                sys.exit(f"bench/transfer_query_sweep.py: {run_dir} holds no omicsclip run of {key} "
+                         "(bench/transfer.py --workdir)")
+            barcodes = pd.Index(ad.read_h5ad(run_dir / "query_rna.h5ad", backed="r").obs_names.astype(str))
+            for combo in itertools.product(*values):
+                sets = [f"query.{k}={v}" for k, v in zip(keys, combo, strict=True)]
+                res = score_output(pair, query_output(run_dir, Path(d) / "q", sets, barcodes))
+                row = {"pair": key, **dict(zip(keys, combo, strict=True)),
+                       "mean_pearson": res["protein"]["mean_pearson"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    mean = pd.DataFrame(rows).groupby(keys)["mean_pearson"].agg(["mean", "size"]).sort_values("mean", ascending=False)
+    print(mean.to_string())
+    result = {"pairs": args.pairs, "grid": args.grid, "rows": rows,
+              "mean_over_pairs": [{**dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)),
+                                   "mean_pearson": float(r["mean"]), "n_pairs": int(r["size"])}
+                                  for k, r in mean.iterrows()]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
