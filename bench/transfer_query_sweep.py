@@ -30,7 +30,7 @@ import pandas as pd
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from transfer import DATASETS, SHARED, score_output, small_paths  # noqa: E402
+from transfer import DATASETS, SHARED, pair_errors, score_output, small_paths  # noqa: E402
 from transfer_omicsclip import _run  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="omicsclip-qsweep-") as d:
         paths = (small_paths(Path(d), args.seed) if args.small
                  else {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()})
+        bad = pair_errors(args.pairs, paths)
+        if bad:
+            sys.exit(f"bench/transfer_query_sweep.py: {bad}")
         for key in args.pairs:
             ref_key, query_key = key.split(":")
             pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)
