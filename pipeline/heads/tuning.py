@@ -37,9 +37,8 @@ def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], p
     from omicsclip.model.alignment import align_proteins, align_rna
 
     counts, lib, rep = align_rna(rna, genes, model.state)
-    present = torch.ones(len(model.state.genes))
-    if rep.missing:
-        present[torch.as_tensor(pd.Index(model.state.genes).get_indexer(rep.missing))] = 0
+    mask = rep.present_mask(model.state.genes)
+    present = torch.ones(len(model.state.genes)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
     pcounts, ppresent, _ = align_proteins(prot, proteins, model.state)
     enc = model.model.eval()
     hr, hp = [], []

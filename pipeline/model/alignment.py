@@ -37,12 +37,18 @@ class FeatureReport:
         Number of model features of that modality.
     missing
         Model features absent from the input.
+    panel_fraction
+        With several training panels: the fraction of the best-covered one the input lacks (``missing_fraction``).
+    left_out
+        Model features the input has but that enter as unmeasured: its closest training dataset never measured
+        them (a model pooled on several datasets' genes, :func:`_as_closest_dataset`).
     """
 
     modality: str
     n_model: int
     missing: list[str] = field(default_factory=list)
     panel_fraction: float | None = None
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def n_missing(self) -> int:
@@ -60,10 +66,23 @@ class FeatureReport:
             return self.panel_fraction
         return self.n_missing / max(self.n_model, 1)
 
+    def present_mask(self, features: Sequence[str]) -> np.ndarray | None:
+        """Return, over the model's ``features``, True where the input's value enters the model.
+
+        False for missing and left-out features; ``None`` when every feature enters.
+        """
+        absent = [*self.missing, *self.left_out]
+        if not absent:
+            return None
+        mask = np.ones(len(features), bool)
+        mask[pd.Index(features).get_indexer(absent)] = False
+        return mask
+
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-serialisable dict."""
         return {"modality": self.modality, "n_model": self.n_model, "n_missing": self.n_missing,
-                "missing_fraction": self.missing_fraction, "missing": list(self.missing)}
+                "missing_fraction": self.missing_fraction, "missing": list(self.missing),
+                "n_left_out": len(self.left_out)}
 
 
 def _check_names(names: Sequence[str], what: str) -> list[str]:
@@ -141,10 +160,10 @@ def align_rna(
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
     lacking, panel, closest = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
-    library_genes = state.library_genes
+    library_genes, left_out = state.library_genes, []
     if as_closest_dataset and state.gene_panels:  # several datasets' genes: as the closest dataset's cells
-        pos, missing, library_genes = _as_closest_dataset(pos, closest, state)
-    report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None)
+        pos, left_out, library_genes = _as_closest_dataset(pos, closest, state)
+    report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None, left_out)
     if lacking > state.max_missing_gene_fraction:
         raise InputError(
             f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
@@ -255,18 +274,16 @@ def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
     different gene sets, would otherwise be unlike any training cell: its principal-axis scores and library size
     would add up genes no training cell had together. So the input is presented as the cells of the training
     dataset it covers best (``best``, from :func:`_closest_panel_gap`): the other model genes count as unmeasured
-    and the library (``state.library_panels``) counts that dataset's genes. Returns the new ``pos``, ``missing``
-    and library genes.
+    and the library (``state.library_panels``) counts that dataset's genes. Returns the new ``pos``, the model
+    genes the input has that are left out, and the library genes.
     """
-    keep = pd.Index(state.genes).isin(state.gene_panels[best])
-    dropped = int(((pos >= 0) & ~keep).sum())
-    if dropped:
+    drop = (pos >= 0) & ~pd.Index(state.genes).isin(state.gene_panels[best])
+    left_out = [state.genes[i] for i in np.flatnonzero(drop)]
+    if left_out:
         log.info("RNA input presented as training dataset %d's cells (%d genes): %d model genes it has but that "
-                 "dataset did not measure are left out", best, len(state.gene_panels[best]), dropped)
-    pos = np.where(keep, pos, -1)
-    missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
+                 "dataset did not measure are left out", best, len(state.gene_panels[best]), len(left_out))
     library = state.library_genes if state.library_panels is None else state.library_panels[best]
-    return pos, missing, library
+    return np.where(drop, -1, pos), left_out, library
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,

@@ -173,11 +173,9 @@ class TrainedModel:
     def _embed_rna(self, rna: sp.spmatrix | np.ndarray, genes: Sequence[str] | None, batch_size: int) -> np.ndarray:
         counts, lib, report = align_rna(rna, genes, self.state, as_closest_dataset=True)
         self.last_report["rna"] = report.to_dict()
-        present = torch.ones(len(self.state.genes), device=self.device)
-        if report.missing:
-            present[torch.as_tensor(pd.Index(self.state.genes).get_indexer(report.missing))] = 0
+        mask = report.present_mask(self.state.genes)
+        keep = None if mask is None else torch.as_tensor(mask, dtype=torch.float32, device=self.device)
         out = np.empty((counts.shape[0], self.embed_dim), np.float32)
-        keep = present if report.missing else None
         for start in range(0, counts.shape[0], batch_size):
             sl = slice(start, start + batch_size)
             chunk = counts[sl]

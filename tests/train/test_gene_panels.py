@@ -148,7 +148,23 @@ def test_new_cells_with_more_genes_are_presented_as_their_closest_training_datas
     counts, lib, report = align_rna(full.rna, full.gene_names, state, as_closest_dataset=True)
     np.testing.assert_allclose(lib, np.asarray(full.rna[:, cols].sum(axis=1)).ravel())
     assert report.missing_fraction == 0.0  # complete for that dataset: no warning, no refusal
-    assert set(report.missing) == set(state.genes) - set(state.gene_panels[best])
+    # the other dataset's genes are left out (not fed to the model), and not reported as missing: the input has them
+    assert set(report.left_out) == set(state.genes) - set(state.gene_panels[best])
+    assert not report.missing
+    assert report.to_dict()["n_left_out"] == len(report.left_out)
+    mask = report.present_mask(state.genes)
+    assert not mask[pd.Index(state.genes).get_indexer(report.left_out)].any()
+    assert mask.sum() == len(state.genes) - len(report.left_out)
+    # a refusal counts and names the genes the input lacks, not ones it has but that are left out
+    shared = [g for g in state.gene_panels[0] if g in set(state.gene_panels[1])]
+    drop = set(shared[: int(0.3 * min(len(p) for p in state.gene_panels)) + 1])
+    kept = [i for i, g in enumerate(full.gene_names) if g not in drop]
+    with pytest.raises(InputError, match="max_missing_gene_fraction") as err:
+        align_rna(full.rna[:, kept], [full.gene_names[i] for i in kept], state, as_closest_dataset=True)
+    assert f"lacks {len(drop & set(state.genes))} of the model's" in str(err.value)  # not the left-out ones too
+    examples = str(err.value).split("e.g. ")[1].split(";")[0].split(", ")
+    assert examples
+    assert set(examples) <= drop
     # a pooled store's own rows keep the union view (their unmeasured genes are masked per cell by the caller)
     _, lib_union, rep_union = align_rna(full.rna, full.gene_names, state)
     assert not rep_union.missing
