@@ -31,6 +31,21 @@ def _run(log: Path, *args: object) -> None:
         raise RuntimeError(f"omicsclip {args[0]} failed ({rc}); {log}:\n{tail}")
 
 
+def query_rna(log: Path, query: Path, model: Path, index: Path, out: Path, overrides: list[str]) -> None:
+    """``omicsclip query`` a file's RNA alone against a model and index into ``out`` (replaced)."""
+    _run(log, "query", query, "--model", model, "--index", index, "--out", out, "--modality", "rna", "--no-tsv",
+         "--overwrite", *overrides)
+
+
+def read_imputed(qdir: Path, barcodes: pd.Index) -> pd.DataFrame:
+    """A query folder's imputed protein (CLR over the reference panel), rows in ``barcodes`` order."""
+    import anndata as ad
+
+    imp = ad.read_h5ad(qdir / "imputed_protein.h5ad")
+    return pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
+                        columns=[str(p) for p in imp.var_names]).reindex(barcodes)
+
+
 def rna_only(query_h5ad: Path, out: Path) -> pd.Index:
     """Write the query's RNA alone (every gene it has, names made unique) as ``out``; return its barcodes."""
     import warnings
@@ -55,8 +70,6 @@ def omicsclip_method(ref_h5ad: Path | list[Path], query_h5ad: Path, shared_genes
     itself, as a user would let it.
     """
     del shared_genes
-    import anndata as ad
-
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "omicsclip.log"
     t0 = time.perf_counter()
@@ -73,11 +86,8 @@ def omicsclip_method(ref_h5ad: Path | list[Path], query_h5ad: Path, shared_genes
         store = model.with_name(model.name + ".pool.zarr")  # where train pooled them
     _run(log, "embed", store, "--model", model, "--out", emb, "--overwrite")
     _run(log, "index", emb, "--out", index, "--set", "index.label_key=cell_type", "--overwrite")
-    _run(log, "query", query, "--model", model, "--index", index, "--out", qdir, "--modality", "rna", "--no-tsv",
-         "--overwrite", *overrides)
-    imp = ad.read_h5ad(qdir / "imputed_protein.h5ad")
-    protein = pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
-                           columns=[str(p) for p in imp.var_names]).reindex(barcodes)
+    query_rna(log, query, model, index, qdir, overrides)
+    protein = read_imputed(qdir, barcodes)
     mapping = pd.read_csv(qdir / "mapping.tsv", sep="\t").set_index("query_id")
     mapping.index = mapping.index.astype(str)
     lab = None

@@ -24,26 +24,14 @@ import tempfile
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from transfer import DATASETS, SHARED, pair_errors, score_output, small_paths  # noqa: E402
-from transfer_omicsclip import _run  # noqa: E402
+from transfer_omicsclip import query_rna, read_imputed  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
-
-
-def query_output(run_dir: Path, out: Path, sets: list[str], barcodes: pd.Index) -> dict:
-    """Query ``run_dir``'s RNA against its model and index with ``sets``; the imputed protein in query order."""
-    overrides = [x for s in sets for x in ("--set", s)]
-    _run(out.parent / "sweep.log", "query", run_dir / "query_rna.h5ad", "--model", run_dir / "model", "--index",
-         run_dir / "index", "--out", out, "--modality", "rna", "--no-tsv", "--overwrite", *overrides)
-    imp = ad.read_h5ad(out / "imputed_protein.h5ad")
-    protein = pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
-                           columns=[str(p) for p in imp.var_names]).reindex(barcodes)
-    return {"protein": protein}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,7 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
             barcodes = pd.Index(ad.read_h5ad(run_dir / "query_rna.h5ad", backed="r").obs_names.astype(str))
             for combo in itertools.product(*values):
                 sets = [f"query.{k}={v}" for k, v in zip(keys, combo, strict=True)]
-                res = score_output(pair, query_output(run_dir, Path(d) / "q", sets, barcodes))
+                overrides = [x for s in sets for x in ("--set", s)]
+                try:
+                    query_rna(Path(d) / "sweep.log", run_dir / "query_rna.h5ad", run_dir / "model",
+                              run_dir / "index", Path(d) / "q", overrides)
+                except RuntimeError as exc:  # e.g. a --grid key omicsclip query does not know
+                    sys.exit(f"bench/transfer_query_sweep.py: {key} with {' '.join(sets)}: "
+                             f"{str(exc).splitlines()[-1].strip()}")
+                res = score_output(pair, {"protein": read_imputed(Path(d) / "q", barcodes)})
                 row = {"pair": key, **dict(zip(keys, combo, strict=True)),
                        "mean_pearson": res["protein"]["mean_pearson"]}
                 rows.append(row)

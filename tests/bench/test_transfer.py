@@ -187,6 +187,9 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     assert -1.0 <= by_k["3"] <= 1.0
     assert by_k["3"] != by_k["20"]
     assert [r["n_pairs"] for r in sweep["mean_over_pairs"]] == [1, 1]
+    with pytest.raises(SystemExit, match=r"labA:labB with query\.nonsense=1: .*'nonsense' was unexpected"):
+        load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--grid",
+                                                 "nonsense=1", "--out", str(tmp_path / "s3.json")])
     with pytest.raises(SystemExit, match="pair 'labA': expected REF:QUERY"):
         load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA", "--grid",
                                                  "impute_k=20", "--out", str(tmp_path / "s2.json")])
