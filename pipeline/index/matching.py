@@ -1,7 +1,9 @@
 """Match a query input's features to the model's by name, before any cell is read.
 
-Missing genes are zero-filled and extra ones ignored by the model's preprocessing; these checks refuse an input
-that lacks too much of the model's panel and report (once, up front) what was matched.
+Missing genes and proteins enter the model as the training mean and extra ones are ignored; these checks refuse an
+input that lacks too much of the model's genes or panel (of the training dataset it covers best, for a model pooled
+from several: :func:`omicsclip.model.alignment.refuse_lacking`, as the embedding itself does) and report (once, up
+front) what was matched.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from omicsclip.errors import InputError
+from omicsclip.model.alignment import refuse_lacking
 
 log = logging.getLogger(__name__)
 
@@ -57,50 +60,53 @@ def check_features(genes: Sequence[str] | None, proteins: Sequence[str] | None, 
     genes, proteins
         The input's gene and protein names (``None`` for an absent modality).
     model
-        A trained model (``genes``, ``proteins`` and ``config``).
+        A trained model (``genes``, ``proteins`` and its preprocessing ``state``).
     source
         How to name the input in messages.
 
     Returns
     -------
     dict
-        :func:`match_report` per present modality (``rna``, ``prot``).
+        :func:`match_report` per present modality (``rna``, ``prot``); ``missing_fraction`` is of the closest
+        training dataset's genes / panel for a model pooled from several.
 
     Raises
     ------
     InputError
         More than the model's ``max_missing_gene_fraction`` of its genes or ``max_missing_protein_fraction`` of its
-        proteins missing, or no protein shared.
+        proteins missing (of the closest training dataset's, for a pooled model), or no protein shared.
     """
     out: dict[str, Any] = {}
+    state = model.state
     if genes is not None:
         rep = match_report(genes, model.genes)
-        limit = float(model.config["preprocess"]["max_missing_gene_fraction"])
-        if rep["missing_fraction"] > limit:
-            raise InputError(
-                f"{source}: lacks {rep['n_missing']} of the model's {rep['n_model']} genes "
-                f"({rep['missing_fraction']:.0%} > max_missing_gene_fraction={limit:g}); "
-                f"e.g. {', '.join(rep['missing_examples'][:3])}"
-            )
-        level = logging.WARNING if rep["n_missing"] else logging.INFO
-        log.log(level, "%s genes vs model: %d of %d missing (zero-filled), %d extra (ignored), order %s", source,
-                rep["n_missing"], rep["n_model"], rep["n_extra"],
-                "differs (matched by name)" if rep["reordered"] else "same")
-        out["rna"] = rep
+        out["rna"] = _checked(rep, genes, model.genes, state, "genes", source)
     if proteins is not None:
         rep = match_report(proteins, model.proteins)
         if rep["n_shared"] == 0:
             raise InputError(f"{source}: shares no protein with the model (model: "
                              f"{', '.join(model.proteins[:5])}...; input: {', '.join(map(str, proteins[:5]))}...)")
-        limit = float(model.state.max_missing_protein_fraction)  # the state: old model.json configs lack the key
-        if rep["missing_fraction"] > limit:
-            raise InputError(
-                f"{source}: lacks {rep['n_missing']} of the model's {rep['n_model']} proteins "
-                f"({rep['missing_fraction']:.0%} > max_missing_protein_fraction={limit:g}); "
-                f"e.g. {', '.join(rep['missing_examples'][:3])}"
-            )
-        level = logging.WARNING if rep["n_missing"] else logging.INFO
-        log.log(level, "%s proteins vs model: %d of %d missing (zero-filled), %d extra (ignored)", source,
-                rep["n_missing"], rep["n_model"], rep["n_extra"])
-        out["prot"] = rep
+        out["prot"] = _checked(rep, proteins, model.proteins, state, "proteins", source)
     return out
+
+
+def _checked(rep: dict[str, Any], names: Sequence[str], model_names: Sequence[str], state: Any, what: str,
+             source: str) -> dict[str, Any]:
+    """Refuse, or log, what ``rep`` (:func:`match_report`) found.
+
+    Its ``missing_fraction`` becomes the fraction of the genes / panel of the training dataset the input covers best
+    (a model pooled from several), the fraction the embedding itself holds the input to.
+    """
+    have = {str(n) for n in names}
+    missing = [n for n in model_names if n not in have]
+    lacking, panel, _ = refuse_lacking(missing, state, what, f"{source}:")
+    rep["missing_fraction"] = lacking
+    if missing and lacking == 0:
+        log.info("%s %s vs model: %d of %d, a training dataset's %s complete; %d extra (ignored)", source, what,
+                 rep["n_shared"], rep["n_model"], "gene set" if what == "genes" else "panel", rep["n_extra"])
+    else:
+        log.log(logging.WARNING if missing else logging.INFO,
+                "%s %s vs model: %d of %d missing (%.0f%%%s; the training mean), %d extra (ignored)%s", source, what,
+                rep["n_missing"], rep["n_model"], 100 * lacking, panel, rep["n_extra"],
+                f", order {'differs (matched by name)' if rep['reordered'] else 'same'}" if what == "genes" else "")
+    return rep

@@ -159,18 +159,11 @@ def align_rna(
         raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
-    lacking, panel, closest = _closest_panel_gap(set(missing), state.gene_panels, len(state.genes), "genes")
+    lacking, panel, closest = refuse_lacking(missing, state, "genes", "RNA input")
     library_genes, left_out = state.library_genes, []
     if as_closest_dataset and state.gene_panels:  # several datasets' genes: as the closest dataset's cells
         pos, left_out, library_genes = _as_closest_dataset(pos, closest, state)
     report = FeatureReport("rna", len(state.genes), missing, lacking if state.gene_panels else None, left_out)
-    if lacking > state.max_missing_gene_fraction:
-        raise InputError(
-            f"RNA input lacks {report.n_missing} of the model's {report.n_model} genes "
-            f"({lacking:.0%}{panel} > max_missing_gene_fraction="
-            f"{state.max_missing_gene_fraction:g}); e.g. {', '.join(missing[:3])}; train a model that fits it on "
-            f"the genes both share: omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)"
-        )
     if missing and lacking == 0:  # a model trained on several datasets' genes: this is one's gene set, complete
         log.info("RNA input has %d of the model's %d genes: a training dataset's gene set, complete",
                  report.n_model - report.n_missing, report.n_model)
@@ -241,14 +234,8 @@ def align_proteins(
             f"input: {', '.join(proteins[:5])}...)"
         )
     missing = [p for p, ok in zip(state.proteins, present, strict=True) if not ok]
-    lacking, panel, _ = _closest_panel_gap(set(missing), state.panels, len(state.proteins), "proteins")
+    lacking, panel, _ = refuse_lacking(missing, state, "proteins", "protein input")
     report = FeatureReport("prot", len(state.proteins), missing, lacking if state.panels else None)
-    if lacking > state.max_missing_protein_fraction:
-        raise InputError(
-            f"protein input lacks {report.n_missing} of the model's {report.n_model} proteins "
-            f"({lacking:.0%}{panel} > max_missing_protein_fraction="
-            f"{state.max_missing_protein_fraction:g}); e.g. {', '.join(missing[:3])}"
-        )
     if missing and lacking == 0:  # a model trained on several panels: this is one of them, complete
         log.info("protein input has %d of the model's %d proteins: a training panel, complete",
                  report.n_model - report.n_missing, report.n_model)
@@ -284,6 +271,39 @@ def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
                  "dataset did not measure are left out", best, len(state.gene_panels[best]), len(left_out))
     library = state.library_genes if state.library_panels is None else state.library_panels[best]
     return np.where(drop, -1, pos), left_out, library
+
+
+def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str) -> tuple[float, str, int]:
+    """Refuse an input lacking more than the model allows of its ``what`` (``genes`` or ``proteins``).
+
+    The fraction is of the training dataset's genes (panel) the input covers best (:func:`_closest_panel_gap`),
+    so one dataset's own gene set or panel queries a model pooled from several. ``missing``: the model features
+    the input lacks; ``state``: the model's :class:`PreprocessState`. Used by :func:`align_rna`,
+    :func:`align_proteins` and, before any cell is read, the query's feature check. Returns the fraction, a
+    description of the panel it is of and the panel's index (-1 with one training dataset).
+
+    Raises
+    ------
+    InputError
+        The fraction is above ``max_missing_gene_fraction`` / ``max_missing_protein_fraction``; for genes the
+        message says how to train a model on the genes both share.
+    """
+    genes = what == "genes"
+    panels, n_model = (state.gene_panels, len(state.genes)) if genes else (state.panels, len(state.proteins))
+    limit = state.max_missing_gene_fraction if genes else state.max_missing_protein_fraction
+    lacking, panel, closest = _closest_panel_gap(set(missing), panels, n_model, what)
+    if lacking > limit:
+        gap, of = list(missing), f"the model's {n_model} {what}"
+        if closest >= 0:  # count and name only what the closest dataset measured
+            gap = [m for m in missing if m in set(panels[closest])]
+            of = f"the {len(panels[closest])} {what} of the training dataset it covers best"
+        hint = ("; train a model that fits it on the genes both share: omicsclip train STORE --genes-from "
+                "THIS_INPUT (or set preprocess.genes)") if genes else ""
+        raise InputError(
+            f"{source} lacks {len(gap)} of {of} ({lacking:.0%} > max_missing_{'gene' if genes else 'protein'}"
+            f"_fraction={limit:g}); e.g. {', '.join(gap[:3])}{hint}"
+        )
+    return lacking, panel, closest
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,

@@ -47,7 +47,8 @@ class PcaModel:
         self.w_prot = np.random.default_rng(seed).normal(size=(len(self.proteins), dim))
         self.fingerprint, self.embed_dim = "pca-model", dim
         self.config = {"preprocess": {"max_missing_gene_fraction": 0.2}}
-        self.state = SimpleNamespace(max_missing_protein_fraction=0.4)
+        self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
+                                     max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
 
     @staticmethod
     def _lognorm(x):

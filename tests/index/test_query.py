@@ -43,7 +43,9 @@ class FakeModel:
         self.w_prot = rng.normal(size=(len(self.proteins), dim)).astype(np.float32)
         self.fingerprint, self.embed_dim = fingerprint, dim
         self.config = {"preprocess": {"max_missing_gene_fraction": max_missing}}
-        self.state = SimpleNamespace(max_missing_protein_fraction=max_missing_protein)
+        self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
+                                     max_missing_gene_fraction=max_missing,
+                                     max_missing_protein_fraction=max_missing_protein)
         self.calls = 0
 
     @staticmethod

@@ -38,7 +38,8 @@ class FakeModel:
         self.w = np.random.default_rng(0).normal(size=(len(proteins), dim)).astype(np.float32)
         self.fingerprint, self.embed_dim = "fake-model", dim
         self.config = {"preprocess": {"max_missing_gene_fraction": 0.2}}
-        self.state = SimpleNamespace(max_missing_protein_fraction=0.4)
+        self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
+                                     max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
 
     def embed(self, rna=None, prot=None, *, genes=None, proteins=None, batch_size=4096):
         pos = pd.Index(list(proteins)).get_indexer(self.proteins)

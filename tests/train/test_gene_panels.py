@@ -61,7 +61,7 @@ def test_fit_counts_only_the_cells_that_measured_each_gene(tmp_path):
     assert report.missing_fraction == 0.0
     # a query with half of lab B's genes is judged against lab B's set
     state.max_missing_gene_fraction = 0.2
-    with pytest.raises(InputError, match="closest training dataset's 70 genes"):
+    with pytest.raises(InputError, match="lacks 35 of the 70 genes of the training dataset it covers best"):
         align_rna(b.rna[:, :35], b.gene_names[:35], state)
 
 
@@ -161,7 +161,9 @@ def test_new_cells_with_more_genes_are_presented_as_their_closest_training_datas
     kept = [i for i, g in enumerate(full.gene_names) if g not in drop]
     with pytest.raises(InputError, match="max_missing_gene_fraction") as err:
         align_rna(full.rna[:, kept], [full.gene_names[i] for i in kept], state, as_closest_dataset=True)
-    assert f"lacks {len(drop & set(state.genes))} of the model's" in str(err.value)  # not the left-out ones too
+    # not the left-out ones too
+    assert f"lacks {len(drop & set(state.genes))} of the {len(state.gene_panels[best])} genes of the training " \
+           "dataset it covers best" in str(err.value)
     examples = str(err.value).split("e.g. ")[1].split(";")[0].split(", ")
     assert examples
     assert set(examples) <= drop

@@ -1,0 +1,70 @@
+"""Querying a reference pooled from labs with different gene sets and antibody panels: each lab's own genes and
+panel are complete for the model (held to the training dataset it covers best), never refused for lacking the
+other labs' features, as the README promises; the refusal threshold still holds within a lab's own set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from omicsclip.config import load_config
+from omicsclip.errors import InputError
+from omicsclip.index.query import query
+from omicsclip.io.pool import pool_stores
+from omicsclip.io.store import write_store
+from omicsclip.io.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def pooled_ref(tmp_path_factory):
+    """Lab A measured genes 0-59 and proteins 0-3, lab B genes 30-89 and proteins 3-9: a pooled model and index."""
+    from omicsclip.index.from_embeddings import index_embeddings
+    from omicsclip.model.embed import embed_store
+    from omicsclip.model.modelio import load_model
+    from omicsclip.train.run import train_model
+
+    tmp = tmp_path_factory.mktemp("pooled_query")
+    d = make_synthetic(n_cells=600, n_genes=90, n_proteins=10, n_types=4, seed=5)
+    a, b = d.subset(np.arange(300)), d.subset(np.arange(300, 600))
+    a.rna, a.genes, a.prot, a.proteins = a.rna[:, :60], a.genes.iloc[:60], a.prot[:, :4], a.proteins.iloc[:4]
+    b.rna, b.genes, b.prot, b.proteins = b.rna[:, 30:], b.genes.iloc[30:], b.prot[:, 3:], b.proteins.iloc[3:]
+    pooled = pool_stores([write_store(a, tmp / "labA.zarr"), write_store(b, tmp / "labB.zarr")], tmp / "pooled.zarr")
+    cfg = load_config(None, TINY)
+    train_model(pooled, tmp / "model", cfg)
+    embed_store(pooled, tmp / "model", tmp / "emb.zarr")
+    index_embeddings(tmp / "emb.zarr", tmp / "index", cfg["index"])
+    return {"model": load_model(tmp / "model"), "index": tmp / "index", "labs": {"A": a, "B": b}}
+
+
+@pytest.mark.parametrize("lab", ["A", "B"])
+def test_each_labs_own_genes_and_panel_query_the_pooled_reference(pooled_ref, lab):
+    model, cells = pooled_ref["model"], pooled_ref["labs"][lab].subset(np.arange(40))
+    # what the check before this fix compared: the model's union of genes / proteins
+    union_gap = {"rna": 1 - np.isin(model.genes, cells.gene_names).mean(),
+                 "prot": 1 - np.isin(model.proteins, cells.protein_names).mean()}
+    assert union_gap["rna"] > model.state.max_missing_gene_fraction or \
+        union_gap["prot"] > model.state.max_missing_protein_fraction  # the union check refused this lab
+    res = query(cells, model, pooled_ref["index"], k=5)
+    matching = res.summary["feature_matching"]
+    assert matching["rna"]["missing_fraction"] == 0.0
+    assert matching["prot"]["missing_fraction"] == 0.0
+    assert matching["rna"]["n_missing"] == round(union_gap["rna"] * len(model.genes))
+    assert len(res.cells) == 40
+    # the query's RNA embedding is the model's own for these cells: its nearest RNA reference cell is itself
+    nb = res.neighbours
+    own = nb[(nb["query_modality"] == "rna") & (nb["index_modality"] == "rna") & (nb["rank"] == nb["rank"].min())]
+    assert list(own["query_id"]) == list(cells.obs.index)
+    assert (own["reference_id"].to_numpy() == (cells.obs.index + f"-lab{lab}").to_numpy()).mean() > 0.9
+
+
+def test_a_lab_missing_its_own_genes_is_still_refused(pooled_ref):
+    model, b = pooled_ref["model"], pooled_ref["labs"]["B"]
+    own = [g for g in model.state.gene_panels[1] if g in set(b.gene_names)]
+    drop = set(own[: int(0.3 * len(own))])
+    keep = [i for i, g in enumerate(b.gene_names) if g not in drop]
+    cut = b.subset(np.arange(40))
+    cut.rna, cut.genes = cut.rna[:, keep], cut.genes.iloc[keep]
+    with pytest.raises(InputError, match=rf"query input: lacks {len(drop)} of the {len(own)} genes of the "
+                                         r"training dataset it covers best .*--genes-from"):
+        query(cut, model, pooled_ref["index"], k=5)
