@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
+from omicsclip.io.atomic import check_writable
 from omicsclip.io.panels import DATASET_COLUMN, GENE_PANELS_KEY, PANELS_KEY, panels_of
 from omicsclip.io.store import StoreWriter, iter_store, store_info
 
@@ -79,7 +80,7 @@ def _pooled_genes(gene_lists: list[list[str]], genes: Sequence[str] | str) -> li
     if lacking:
         raise InputError(f"pool: {len(lacking)} of the given genes are not in every store "
                          f"(e.g. {', '.join(map(str, lacking[:3]))})")
-    return [str(g) for g in genes]
+    return list(dict.fromkeys(str(g) for g in genes))  # a gene listed twice is kept once
 
 
 def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
@@ -110,6 +111,7 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
     """
     if len(stores) < 2:
         raise InputError("pool: give two or more stores")
+    check_writable(Path(out), overwrite=overwrite, inputs=stores)  # never replace a store being pooled
     names = dataset_names(stores, names)
     infos = [store_info(s) for s in stores]
     for s, info in zip(stores, infos, strict=True):
@@ -136,7 +138,7 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
              genes if isinstance(genes, str) else "given list", len(proteins))
     prot_index, gene_index = pd.Index(proteins), pd.Index(keep)
     with StoreWriter(out, genes=pd.DataFrame(index=pd.Index(keep)), proteins=pd.DataFrame(index=prot_index),
-                     overwrite=overwrite) as w:
+                     overwrite=overwrite, inputs=stores) as w:
         offset = 0
         for store, gl, info in zip(stores, gene_lists, infos, strict=True):
             gpos = gene_index.get_indexer(gl)  # store gene -> pooled column (-1: not kept)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,8 @@ class StoreWriter:
 
     Use as a context manager: an exception inside the block (also ``KeyboardInterrupt`` or the CLI's SIGTERM)
     removes the partial store. From construction to :meth:`close` the writer holds the output's lock
-    (:func:`omicsclip.io.atomic.atomic_path`), so a second writer of the same store is refused.
+    (:func:`omicsclip.io.atomic.atomic_path`), so a second writer of the same store is refused. ``inputs``: the
+    paths the writer's data come from; an output that is or holds one of them is refused, even with ``overwrite``.
     """
 
     def __init__(
@@ -61,13 +62,14 @@ class StoreWriter:
         genes: pd.DataFrame,
         proteins: pd.DataFrame,
         overwrite: bool = False,
+        inputs: Iterable[str | Path | None] = (),
     ) -> None:
         self.path = Path(path)
         self.genes = _clean_frame(genes)
         self.proteins = _clean_frame(proteins)
         self._stack = ExitStack()
         # holds the output's lock until close(); the temporary store is removed on any error, also here
-        self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=overwrite))
+        self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=overwrite, inputs=inputs))
         try:
             self._root = _zarr_group(self._tmp, "w")
         except BaseException as exc:

@@ -106,6 +106,28 @@ def test_pool_refusals_are_one_line(tmp_path):
     assert not (tmp_path / "q.zarr").exists()
 
 
+def test_pool_never_replaces_a_store_it_reads(tmp_path):
+    """--overwrite replaces an earlier output, never an input store or a folder holding one."""
+    sa, sb, _ = two_labs(tmp_path)
+    before = store_info(sa)
+    for out in (sa, tmp_path):
+        with pytest.raises(InputError, match="input"):
+            pool_stores([sa, sb], out, overwrite=True)
+    after = store_info(sa)
+    assert list(after["genes"].index) == list(before["genes"].index)
+    assert DATASET_COLUMN not in after["obs"].columns
+    assert read_store(sb).n_cells == 240
+    pooled = pool_stores([sa, sb], tmp_path / "p.zarr")
+    assert pool_stores([sa, sb], pooled, overwrite=True) == pooled  # an earlier output is replaced
+
+
+def test_pool_gene_list_naming_a_gene_twice(tmp_path):
+    sa, sb, _ = two_labs(tmp_path)
+    shared = list(store_info(sb)["genes"].index[:5])
+    pooled = pool_stores([sa, sb], tmp_path / "p.zarr", genes=[*shared, shared[0]])
+    assert list(store_info(pooled)["genes"].index) == shared
+
+
 def test_dataset_names_from_paths(tmp_path):
     assert dataset_names(["a/x.zarr", "b/y.zarr"]) == ["x", "y"]
     assert dataset_names([tmp_path / "pbmc" / "store.zarr", tmp_path / "brem" / "store.zarr"]) == ["pbmc", "brem"]
