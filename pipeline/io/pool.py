@@ -14,9 +14,11 @@ other; ``train.batch_key: dataset`` draws each training batch within one dataset
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,6 +83,21 @@ def _pooled_genes(gene_lists: list[list[str]], genes: Sequence[str] | str) -> li
         raise InputError(f"pool: {len(lacking)} of the given genes are not in every store "
                          f"(e.g. {', '.join(map(str, lacking[:3]))})")
     return list(dict.fromkeys(str(g) for g in genes))  # a gene listed twice is kept once
+
+
+def source_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """Return what identifies a source store's version in ``uns["pooled_from"]``.
+
+    Its cell and feature counts, a digest of its gene and protein names and when it was written
+    (``uns["provenance"]["created"]``, "" when not recorded), so that a store ingested again (other aliases, other
+    genes) is told from the one that was pooled.
+    """
+    genes, proteins = [str(g) for g in info["genes"].index], [str(p) for p in info["proteins"].index]
+    digest = hashlib.sha256("\n".join([*genes, "\0", *proteins]).encode()).hexdigest()[:16]
+    prov = info["uns"].get("provenance")
+    created = str(prov.get("created", "")) if isinstance(prov, dict) else ""
+    return {"n_cells": len(info["obs"]), "n_genes": len(genes), "n_proteins": len(proteins),
+            "features_sha256": digest, "created": created}
 
 
 def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
@@ -152,9 +169,8 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
                 x.sort_indices()
                 w.append(x, p, obs.iloc[offset + sl.start : offset + sl.stop])
             offset += len(info["obs"])
-        sources = [{"name": n, "path": str(Path(s).resolve()), "n_cells": len(i["obs"]),
-                    "n_genes": len(gl), "n_proteins": len(panels[n])}
-                   for n, s, i, gl in zip(names, stores, infos, gene_lists, strict=True)]
+        sources = [{"name": n, "path": str(Path(s).resolve()), **source_identity(i)}
+                   for n, s, i in zip(names, stores, infos, strict=True)]
         uns = {PANELS_KEY: panels, "pooled_from": sources}
         if gene_panels is not None:
             uns[GENE_PANELS_KEY] = gene_panels

@@ -232,7 +232,8 @@ def prepare_training_store(stores: list[Path], out_dir: Path, cfg: dict[str, Any
     """Return the store to train on, pooling several stores first; resolve ``--genes-from`` into the config.
 
     Several stores are pooled (:func:`omicsclip.io.pool.pool_stores`) into ``<out_dir>.pool.zarr``; an existing
-    pooled store of the same sources is reused (``--resume``), anything else there needs ``overwrite``.
+    pooled store of the same sources (the same paths, cells, feature names and ingest time) is reused, anything else
+    there needs ``overwrite``.
     ``genes_from`` inputs set ``cfg["preprocess"]["genes"]`` to the genes the store shares with all of them (in
     place, so the model records the list).
     """
@@ -249,7 +250,10 @@ def prepare_training_store(stores: list[Path], out_dir: Path, cfg: dict[str, Any
                              "under torchrun")
         store = out_dir.with_name(out_dir.name + ".pool.zarr")
         if _same_pool(store, stores) and not overwrite:
-            log.info("reusing %s (pooled from the same stores)", store)
+            log.warning("reusing %s, pooled earlier from the same stores (--overwrite pools them again)", store)
+        elif store.exists() and not overwrite:
+            raise InputError(f"{store} exists but was pooled from other stores, or other versions of them; pass "
+                             f"--overwrite to pool these again")
         else:
             pool_stores(stores, store, overwrite=overwrite)
     if genes_from:
@@ -259,7 +263,12 @@ def prepare_training_store(stores: list[Path], out_dir: Path, cfg: dict[str, Any
 
 
 def _same_pool(pooled: Path, stores: list[Path]) -> bool:
-    """Whether ``pooled`` exists and was pooled from exactly ``stores`` (same paths and cell counts)."""
+    """Whether ``pooled`` exists and was pooled from exactly ``stores``.
+
+    The same paths and, per store, the same :func:`omicsclip.io.pool.source_identity` (cells, feature names,
+    ingest time).
+    """
+    from omicsclip.io.pool import source_identity
     from omicsclip.io.store import store_info
 
     if not pooled.exists():
@@ -270,7 +279,8 @@ def _same_pool(pooled: Path, stores: list[Path]) -> bool:
         return False
     paths = [str(Path(s).resolve()) for s in stores]
     return [src["path"] for src in sources] == paths and all(
-        src["n_cells"] == len(store_info(s)["obs"]) for src, s in zip(sources, stores, strict=True))
+        all(src.get(k) == v for k, v in source_identity(store_info(s)).items())
+        for src, s in zip(sources, stores, strict=True))
 
 
 def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any], *, resume: bool = False,

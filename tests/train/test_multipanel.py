@@ -13,7 +13,7 @@ from conftest import TINY
 
 from omicsclip.config import default_config, load_config
 from omicsclip.errors import InputError
-from omicsclip.io.store import write_store
+from omicsclip.io.store import store_info, write_store
 from omicsclip.io.synthetic import make_synthetic
 from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.batchops import Augmentation, CountTransform, RawBatch, model_inputs
@@ -184,6 +184,13 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     assert 0.0 <= res["methods"]["omicsclip"]["foscttm"] < 0.5
     # reusing the pooled store of the same sources (a second call, e.g. --resume)
     assert prepare_training_store(stores, out, cfg) == store
+    # a source written again with other names (e.g. other protein aliases) is never met by the stale pool
+    a.proteins = a.proteins.rename(index={a.protein_names[0]: "renamed"})
+    write_store(a, tmp_path / "a.zarr", overwrite=True)
+    with pytest.raises(InputError, match="pooled from other stores, or other versions of them; pass --overwrite"):
+        prepare_training_store(stores, out, cfg)
+    assert prepare_training_store(stores, out, cfg, overwrite=True) == store
+    assert "renamed" in store_info(store)["proteins"].index
 
 
 def test_rna_hidden_pooled_applies_to_pooled_stores_only():
