@@ -20,23 +20,49 @@ from omicsclip.heads.inputs import Embedding
 
 
 def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], proteins: list[str],
+                         gene_masks: tuple[np.ndarray, np.ndarray] | None = None,
                          batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Return the outputs of the (frozen) layers below each encoder's projection, with the model's preprocessing.
+
+    The inputs are prepared as :meth:`omicsclip.model.modelio.TrainedModel.embed` prepares them, so the tuned
+    layers see what training, ``embed`` and ``predict`` give them.
 
     Parameters
     ----------
     model
         A :class:`omicsclip.model.modelio.TrainedModel`.
     rna, prot
-        Raw counts (cells x genes CSR, cells x proteins).
+        Raw counts (cells x genes CSR, cells x proteins; NaN where a cell's panel lacked a protein).
     genes, proteins
         Their feature names (matched to the model's by name).
+    gene_masks
+        ``(codes, table)`` for the rows of a store pooled on the union of several datasets' genes
+        (:func:`omicsclip.io.panels.store_gene_masks`): each cell enters with its own dataset's genes only, the
+        others unmeasured (not zero counts), as ``omicsclip embed`` does.
     batch_size
         Cells per forward pass.
     """
+    from omicsclip.io.panels import split_by_mask
+
+    n = rna.shape[0]
+    hr: np.ndarray | None = None
+    hp: np.ndarray | None = None
+    for code, rows in split_by_mask(None if gene_masks is None else gene_masks[0]):
+        cols = slice(None) if code < 0 else np.flatnonzero(gene_masks[1][code])
+        r, p = _penultimate(model, rna[rows][:, cols], prot[rows], genes if code < 0 else [genes[c] for c in cols],
+                            proteins, batch_size)
+        if hr is None:
+            hr, hp = np.empty((n, r.shape[1]), np.float32), np.empty((n, p.shape[1]), np.float32)
+        hr[rows], hp[rows] = r, p
+    return hr, hp
+
+
+def _penultimate(model: Any, rna: Any, prot: Any, genes: list[str], proteins: list[str],
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`penultimate_features` of cells that share their measured genes."""
     from omicsclip.model.alignment import align_proteins, align_rna
 
-    counts, lib, rep = align_rna(rna, genes, model.state)
+    counts, lib, rep = align_rna(rna, genes, model.state, as_closest_dataset=True)
     mask = rep.present_mask(model.state.genes)
     present = torch.ones(len(model.state.genes)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
     pcounts, ppresent, _ = align_proteins(prot, proteins, model.state)
@@ -92,7 +118,8 @@ def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: 
     tuple
         The head, the tuned layers' tensors and the tuned embeddings of ``eval_rows`` (``rna``, ``prot``).
     """
-    from omicsclip.io.store import read_store
+    from omicsclip.io.panels import store_gene_masks
+    from omicsclip.io.store import read_store, store_info
     from omicsclip.model.modelio import load_model
 
     if store is None or model_dir is None:
@@ -106,8 +133,10 @@ def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: 
     pos = pd.Index(data.barcodes).get_indexer([str(b) for b in emb.obs.index[rows]])
     if (pos < 0).any():
         raise InputError(f"{store}: {int((pos < 0).sum())} cells of {emb.path} are not in the store")
+    masks = store_gene_masks(store_info(store))  # a store pooled on several datasets' genes
     hr, hp = penultimate_features(model, data.rna[pos], data.prot[pos], genes=data.gene_names,
-                                  proteins=data.protein_names)
+                                  proteins=data.protein_names,
+                                  gene_masks=None if masks is None else (masks[0][pos], masks[1]))
     where = {r: i for i, r in enumerate(rows)}
 
     def take(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

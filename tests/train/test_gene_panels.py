@@ -105,6 +105,17 @@ def test_pooled_training_inputs_equal_each_labs_own_inputs_and_embeddings(tmp_pa
     own = model.embed(rna=b.rna, prot=b.prot, genes=b.gene_names, proteins=b.protein_names)
     np.testing.assert_allclose(emb.matrix("rna")[n_a:], own["rna"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(emb.matrix("prot")[n_a:], own["prot"], rtol=1e-4, atol=1e-5)
+    # encoder fine-tuning's inputs (the layers below the projections) are the embedding's, cell by cell
+    from omicsclip.heads.tuning import penultimate_features
+    from omicsclip.model.encoders import normalize_members
+
+    data, masks = read_store(pooled), store_gene_masks(store_info(pooled))
+    hr, hp = penultimate_features(model, data.rna, data.prot, genes=data.gene_names, proteins=data.protein_names,
+                                  gene_masks=masks)
+    with torch.no_grad():
+        for key, h, enc in (("rna", hr, model.model.rna), ("prot", hp, model.model.prot)):
+            tuned_input = normalize_members(enc.proj(torch.as_tensor(h)), model.model.members).numpy()
+            np.testing.assert_allclose(tuned_input, emb.matrix(key), rtol=1e-4, atol=1e-5)
 
 
 def _coo(counts):
