@@ -90,26 +90,26 @@ def index_embeddings(emb_path: str | Path, out_dir: str | Path, section: Mapping
     has_labels = bool(label_key) and label_key in obs.columns
     labels = pd.DataFrame({label_key: obs[label_key].astype(str).to_numpy()[keep]}) if has_labels else None
     protein, protein_names, spilled, sourcing = None, None, temp_sibling(out_dir), None  # the protein waits on disk (mmap)
-    if store is not None and Path(store).exists():
-        protein, protein_names = reference_protein(Path(store), ids, model_proteins, out=spilled)
-        if DATASET_COLUMN in obs.columns:  # a pooled reference: which dataset each shared protein comes from
-            from omicsclip.config import default_config
+    try:  # the spilled protein is removed whatever happens, also while it is being computed
+        if store is not None and Path(store).exists():
+            protein, protein_names = reference_protein(Path(store), ids, model_proteins, out=spilled)
+            if DATASET_COLUMN in obs.columns:  # a pooled reference: which dataset each shared protein comes from
+                from omicsclip.config import default_config
 
-            mod, protein = ("rna" if "rna" in present else present[0]), np.load(spilled, mmap_mode="r+")
-            sourcing = apply_protein_sources(
-                protein, obs[DATASET_COLUMN].to_numpy()[keep], protein_names,
-                lambda r: emb.matrix(mod, r if rows is None else rows[r]), mode=str(section["protein_sources"]),
-                seed=int(section["seed"]), labels=obs[label_key].to_numpy()[keep] if has_labels else None,
-                ignore_labels=default_config()["evaluate"]["ignore_labels"] if ignore_labels is None else ignore_labels)
-    elif explicit_store:
-        raise InputError(f"{store}: store not found")
-    else:
-        log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
-                    "(pass --store)")
-    source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
-              "model_dir": None if model_dir is None else str(model_dir), "splits": splits,
-              "protein_sources": sourcing}
-    try:
+                mod, protein = ("rna" if "rna" in present else present[0]), np.load(spilled, mmap_mode="r+")
+                sourcing = apply_protein_sources(
+                    protein, obs[DATASET_COLUMN].to_numpy()[keep], protein_names,
+                    lambda r: emb.matrix(mod, r if rows is None else rows[r]), mode=str(section["protein_sources"]),
+                    seed=int(section["seed"]), labels=obs[label_key].to_numpy()[keep] if has_labels else None,
+                    ignore_labels=default_config()["evaluate"]["ignore_labels"] if ignore_labels is None else ignore_labels)
+        elif explicit_store:
+            raise InputError(f"{store}: store not found")
+        else:
+            log.warning("no store with the reference cells' protein counts: the index cannot impute protein "
+                        "(pass --store)")
+        source = {"embeddings": str(emb_path.resolve()), "store": None if store is None else str(store),
+                  "model_dir": None if model_dir is None else str(model_dir), "splits": splits,
+                  "protein_sources": sourcing}
         return write_index_dir(out_dir, embeddings=embeddings, cell_ids=list(ids), model_fingerprint=fingerprint,
                                section=section, protein=protein, protein_names=protein_names, labels=labels,
                                source=source, overwrite=overwrite)

@@ -417,6 +417,25 @@ def test_index_with_missing_model_folder_is_refused_or_warned(real, caplog):
     assert (tmp / "index_y" / "meta.json").exists()
 
 
+def test_index_leaves_no_spilled_protein_when_it_fails(real, tmp_path, monkeypatch):
+    """The reference protein waits on disk beside the index while it is built; an error (or Ctrl-C) while it is
+    being computed removes it too."""
+    import omicsclip.index.from_embeddings as fe
+
+    real_reference_protein = fe.reference_protein
+
+    def fails_after_writing(*args, **kwargs):
+        real_reference_protein(*args, **kwargs)
+        assert kwargs["out"].exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fe, "reference_protein", fails_after_writing)
+    out = tmp_path / "index"
+    with pytest.raises(KeyboardInterrupt):
+        fe.index_embeddings(real["tmp"] / "emb.zarr", out, real["cfg"]["index"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_index_overwrite_never_deletes_the_recorded_store(tmp_path):
     from omicsclip.index.from_embeddings import index_embeddings
     from omicsclip.io.store import write_store
