@@ -65,7 +65,7 @@ def _penultimate(model: Any, rna: Any, prot: Any, genes: list[str], proteins: li
     counts, lib, rep = align_rna(rna, genes, model.state, as_closest_dataset=True)
     mask = rep.present_mask(model.state.genes)
     present = torch.ones(len(model.state.genes)) if mask is None else torch.as_tensor(mask, dtype=torch.float32)
-    pcounts, ppresent, _ = align_proteins(prot, proteins, model.state)
+    pcounts, ppresent, _ = align_proteins(prot, proteins, model.state, as_closest_dataset=True)
     enc = model.model.eval()
     hr, hp = [], []
     with torch.no_grad():

@@ -187,7 +187,8 @@ def align_rna(
 
 
 def align_proteins(
-    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState
+    prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None, state: PreprocessState, *,
+    as_closest_dataset: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, FeatureReport]:
     """Match new cells' proteins to the model's by name.
 
@@ -199,12 +200,16 @@ def align_proteins(
         Column names of ``prot``; ``None``: the model's proteins, in model order (the width must match).
     state
         The model's preprocessing state.
+    as_closest_dataset
+        A model trained on several antibody panels (``state.panels``): present each cell as a cell of the training
+        panel its proteins cover best (:func:`_as_closest_panel`), as new cells are embedded; the proteins it
+        measured beyond that panel are left out (of the CLR too), as they were for every training cell of it.
 
     Returns
     -------
     counts, present, report
         Raw counts in model protein order (missing columns zero), a boolean mask of the model proteins present
-        in the input, and the matching report. NaN input entries (proteins outside a cell's panel, in a store
+        in the input (and entering the model), and the matching report. NaN input entries (proteins outside a cell's panel, in a store
         pooled from several panels: :mod:`omicsclip.io.panels`) are returned as 0 and ``present`` is then one
         mask per cell (cells x proteins).
 
@@ -248,8 +253,35 @@ def align_proteins(
     unmeasured = np.isnan(out)
     if unmeasured.any():
         out[unmeasured] = 0.0
-        return out, present[None, :] & ~unmeasured, report
+        present = present[None, :] & ~unmeasured
+    if as_closest_dataset and state.panels:
+        present, report.left_out = _as_closest_panel(present, state)
+        out[~np.broadcast_to(present, out.shape)] = 0.0
     return out, present, report
+
+
+def _as_closest_panel(present: np.ndarray, state: PreprocessState) -> tuple[np.ndarray, list[str]]:
+    """Leave out the proteins a cell measured beyond the training panel its proteins cover best (a pooled model).
+
+    Each training cell's CLR and inputs saw only its own dataset's panel. A cell that measured more (a lab with a
+    larger panel, or the union) is presented as the cells of the closest panel (:func:`_closest_panel_gap`, per
+    pattern of measured proteins): the others count as unmeasured. ``present``: proteins, or cells x proteins.
+    Returns the new mask and the model proteins left out (of any cell).
+    """
+    rows = present.reshape(-1, present.shape[-1])
+    patterns, inverse = np.unique(rows, axis=0, return_inverse=True)
+    model = pd.Index(state.proteins)
+    keep = np.ones_like(patterns)
+    for i, pattern in enumerate(patterns):
+        lacking = {state.proteins[j] for j in np.flatnonzero(~pattern)}
+        best = _closest_panel_gap(lacking, state.panels, len(state.proteins), "proteins")[2]
+        keep[i] = model.isin(state.panels[best])
+    dropped = patterns & ~keep
+    left_out = [state.proteins[j] for j in np.flatnonzero(dropped.any(axis=0))]
+    if left_out:
+        log.info("protein input presented as the closest training panel's cells: %d proteins it measured beyond "
+                 "that panel are left out (e.g. %s)", len(left_out), ", ".join(left_out[:5]))
+    return (patterns & keep)[inverse.ravel()].reshape(present.shape), left_out
 
 
 def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState

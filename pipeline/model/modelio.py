@@ -193,7 +193,7 @@ class TrainedModel:
     @torch.no_grad()
     def _embed_prot(self, prot: np.ndarray | sp.spmatrix | pd.DataFrame, proteins: Sequence[str] | None,
                     batch_size: int) -> np.ndarray:
-        counts, present, report = align_proteins(prot, proteins, self.state)
+        counts, present, report = align_proteins(prot, proteins, self.state, as_closest_dataset=True)
         self.last_report["prot"] = report.to_dict()
         mask = torch.as_tensor(present, device=self.device)
         out = np.empty((counts.shape[0], self.embed_dim), np.float32)

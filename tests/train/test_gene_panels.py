@@ -16,7 +16,7 @@ from omicsclip.io.panels import store_gene_masks
 from omicsclip.io.pool import pool_stores
 from omicsclip.io.store import read_store, store_info, write_store
 from omicsclip.io.synthetic import make_synthetic
-from omicsclip.model.alignment import align_rna
+from omicsclip.model.alignment import align_proteins, align_rna
 from omicsclip.model.batchops import gather_rows, model_inputs
 from omicsclip.model.modelio import load_model
 from omicsclip.model.preprocess import TorchPreprocessor, fit_preprocessing
@@ -178,6 +178,18 @@ def test_new_cells_with_more_genes_are_presented_as_their_closest_training_datas
     examples = str(err.value).split("e.g. ")[1].split(";")[0].split(", ")
     assert examples
     assert set(examples) <= drop
+    # proteins alike: a cell with every union protein is embedded as its closest training panel's cells, and a
+    # pooled store's own rows (NaN outside their panel) each keep their own panel
+    closest = state.panels[0] if len(state.panels[0]) >= len(state.panels[1]) else state.panels[1]
+    pcols = pd.Index(full.protein_names).get_indexer(closest)
+    as_full_prot = model.embed(prot=full.prot, proteins=full.protein_names)["prot"]
+    assert model.last_report["prot"]["n_left_out"] == len(state.proteins) - len(closest)
+    as_panel = model.embed(prot=full.prot[:, pcols], proteins=closest)["prot"]
+    np.testing.assert_allclose(as_full_prot, as_panel, rtol=1e-5, atol=1e-6)
+    rows = read_store(tmp_path / "pooled.zarr")
+    _, present, rep_rows = align_proteins(rows.prot, rows.protein_names, state, as_closest_dataset=True)
+    np.testing.assert_array_equal(present, ~np.isnan(rows.prot))
+    assert rep_rows.left_out == []
     # a pooled store's own rows keep the union view (their unmeasured genes are masked per cell by the caller)
     _, lib_union, rep_union = align_rna(full.rna, full.gene_names, state)
     assert not rep_union.missing
