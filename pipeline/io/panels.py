@@ -108,6 +108,33 @@ def store_gene_masks(info: Mapping[str, Any], genes: Sequence[str] | None = None
     return gene_masks(info["obs"], genes, gene_panels)
 
 
+def store_protein_masks(info: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return ``(codes, table)`` of the proteins each cell's dataset measured, or ``None`` for one panel.
+
+    Per cell of :func:`store_info`'s ``info`` a row of ``table`` (datasets x the store's proteins, True =
+    measured; datasets in the order of :func:`dataset_codes`).
+    """
+    panels = panels_of(info.get("uns"))
+    if panels is None:
+        return None
+    return _codes_and_table(info["obs"], [str(p) for p in info["proteins"].index], panels, "protein", strict=True)
+
+
+def split_by_codes(*codes: np.ndarray | None) -> list[tuple[tuple[int, ...], np.ndarray | slice]]:
+    """Group cells by several per-cell codes at once (e.g. gene and protein panel): ``[((c1, c2), rows), ...]``.
+
+    A ``None`` code reads as -1 for every cell; ``[((-1, ...), slice(None))]`` when all are ``None``.
+    """
+    given = [c for c in codes if c is not None]
+    if not given:
+        return [((-1,) * len(codes), slice(None))]
+    n = len(given[0])
+    keys, inverse = np.unique(np.stack([np.full(n, -1) if c is None else np.asarray(c) for c in codes], axis=1),
+                              axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    return [(tuple(int(v) for v in key), np.flatnonzero(inverse == i)) for i, key in enumerate(keys)]
+
+
 def split_by_mask(codes: np.ndarray | None) -> list[tuple[int, np.ndarray | slice]]:
     """Group cells by their mask code: ``[(code, rows), ...]``; ``[(-1, slice(None))]`` when ``codes`` is None."""
     if codes is None:

@@ -59,7 +59,13 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
     import zarr
     from anndata.io import write_elem
 
-    from omicsclip.io.panels import split_by_mask, store_gene_masks
+    from omicsclip.io.panels import (
+        GENE_PANELS_KEY,
+        panels_of,
+        split_by_codes,
+        store_gene_masks,
+        store_protein_masks,
+    )
     from omicsclip.io.store import iter_store, store_info
     from omicsclip.model.device import resolve_device
 
@@ -93,16 +99,28 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
                                                     dtype="float32")
             arrays[key].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         report: dict = {}
-        masks = store_gene_masks(info)  # a store pooled on the union of several datasets' genes
+        # a store pooled from several datasets: which genes and proteins each cell's dataset measured
+        gmask, pmask = store_gene_masks(info), store_protein_masks(info)
+        names = sorted(panels_of(info["uns"]) or panels_of(info["uns"], GENE_PANELS_KEY) or [])
         with Progress(n, "embed", "cells", logger=log) as progress:
             for rna, prot, sl in iter_store(store, chunk_cells):
                 e = {"rna": np.empty((sl.stop - sl.start, d), np.float32)}
                 e["prot"] = np.empty_like(e["rna"])
-                # each dataset's cells with the genes it measured: the others are unmeasured, not zero counts
-                for code, rows in split_by_mask(None if masks is None else masks[0][sl]):
-                    cols = slice(None) if code < 0 else np.flatnonzero(masks[1][code])
-                    part = model.embed(rna[rows][:, cols], prot[rows], genes=genes if code < 0 else
-                                       [genes[c] for c in cols], proteins=proteins, batch_size=batch_size)
+                # each dataset's cells with the genes and proteins it measured (the others are unmeasured, not
+                # zero counts), so each is held to the model's limits and gets its own missing fraction
+                for (gc, pc), rows in split_by_codes(None if gmask is None else gmask[0][sl],
+                                                     None if pmask is None else pmask[0][sl]):
+                    gcols = slice(None) if gc < 0 else np.flatnonzero(gmask[1][gc])
+                    pcols = slice(None) if pc < 0 else np.flatnonzero(pmask[1][pc])
+                    try:
+                        part = model.embed(rna[rows][:, gcols], prot[rows][:, pcols],
+                                           genes=genes if gc < 0 else [genes[c] for c in gcols],
+                                           proteins=proteins if pc < 0 else [proteins[c] for c in pcols],
+                                           batch_size=batch_size)
+                    except InputError as exc:
+                        code = pc if pc >= 0 else gc  # both index the datasets in name order
+                        which = f", dataset {names[code]!r}" if code >= 0 else ""
+                        raise InputError(f"{store}{which}: {exc}") from None
                     e["rna"][rows], e["prot"][rows] = part["rna"], part["prot"]
                     report = model.last_report
                     missing[sl][rows] = protein_missing_fraction(report["prot"], len(part["prot"]))

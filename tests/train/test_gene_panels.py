@@ -194,3 +194,30 @@ def test_new_cells_with_more_genes_are_presented_as_their_closest_training_datas
     _, lib_union, rep_union = align_rna(full.rna, full.gene_names, state)
     assert not rep_union.missing
     np.testing.assert_allclose(lib_union, np.asarray(full.rna.sum(axis=1)).ravel())
+
+
+def test_a_pooled_store_embedded_by_another_model_holds_each_dataset_to_its_limits(tmp_path):
+    """A model trained on lab A alone embeds the store pooled from labs A and B: lab B's cells lack 3 of A's 7
+    proteins (their panel has only 4 of them; the store's zeros outside it are not counts). They are refused
+    above the model's limit, naming the dataset, and below it each lab's cells get their own missing fraction."""
+    from omicsclip.model.embed import PROT_MISSING_COLUMN, embed_store, open_embeddings
+
+    pooled, a, b = two_gene_sets(tmp_path)
+    for limit in (0.4, 0.5):
+        out = tmp_path / f"model_{limit}"
+        cfg = load_config(None, [*TINY, "preprocess.n_pcs=8", f"preprocess.max_missing_protein_fraction={limit}"])
+        train_model(tmp_path / "labA.zarr", out, cfg)
+        emb_path = tmp_path / f"emb_{limit}.zarr"
+        if limit < 3 / 7:
+            with pytest.raises(InputError, match=r"pooled.zarr, dataset 'labB': protein input lacks 3 of the "
+                                                 r"model's 7 proteins \(43% > max_missing_protein_fraction=0.4\)"):
+                embed_store(pooled, out, emb_path)
+            assert not emb_path.exists()
+            continue
+        emb = open_embeddings(embed_store(pooled, out, emb_path))
+        frac = emb.obs[PROT_MISSING_COLUMN].to_numpy()
+        np.testing.assert_allclose(frac[: a.n_cells], 0.0)
+        np.testing.assert_allclose(frac[a.n_cells :], 3 / 7, rtol=1e-6)
+        model = load_model(out)
+        own = model.embed(prot=b.prot, proteins=b.protein_names)["prot"]
+        np.testing.assert_allclose(emb.matrix("prot")[a.n_cells :], own, rtol=1e-4, atol=1e-5)
