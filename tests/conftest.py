@@ -46,6 +46,27 @@ def tiny_store(path, n_cells=300, n_genes=80, n_proteins=6, seed=0):
                                       seed=seed), path)
 
 
+def pooled_two_labs(path, *, genes_b_from=30, prot_a=7, n=300, seed=5):
+    """Pool two labs of one synthetic population (90 genes, 10 proteins) into ``path/pooled.zarr``.
+
+    Lab A measured genes 0-59 and proteins ``0..prot_a-1``, lab B genes ``genes_b_from``-89 and proteins 3-9.
+    Returns the pooled store's path and the two labs' data.
+    """
+    import numpy as np
+
+    from omicsclip.io.pool import pool_stores
+    from omicsclip.io.store import write_store
+    from omicsclip.io.synthetic import make_synthetic
+
+    d = make_synthetic(n_cells=2 * n, n_genes=90, n_proteins=10, n_types=4, seed=seed)
+    a, b = d.subset(np.arange(n)), d.subset(np.arange(n, 2 * n))
+    a.rna, a.genes, a.prot, a.proteins = a.rna[:, :60], a.genes.iloc[:60], a.prot[:, :prot_a], a.proteins.iloc[:prot_a]
+    b.rna, b.genes = b.rna[:, genes_b_from:], b.genes.iloc[genes_b_from:]
+    b.prot, b.proteins = b.prot[:, 3:], b.proteins.iloc[3:]
+    stores = [write_store(a, path / "labA.zarr"), write_store(b, path / "labB.zarr")]
+    return pool_stores(stores, path / "pooled.zarr"), a, b
+
+
 @pytest.fixture(autouse=True)
 def _few_threads(monkeypatch):
     """Keep tests from oversubscribing the 2-core CI machine."""

@@ -155,7 +155,9 @@ class OmicsClipModel:
         ----------
         data
             A MuData, an AnnData (protein in ``obsm``, or one modality), an ``(rna, prot)`` pair of AnnData,
-            or path(s) of any ingest format. RNA, protein or both.
+            or path(s) of any ingest format. RNA, protein or both. A store pooled from several datasets
+            (``omicsclip pool``) is embedded as ``omicsclip embed`` embeds it: each dataset with its own genes
+            and panel.
         key_added
             ``obsm`` prefix: writes ``<key_added>_rna``, ``<key_added>_prot`` and, with both modalities,
             ``<key_added>_joint`` (``X_omicsclip_*`` by default, what ``omicsclip embed`` writes) into the
@@ -219,6 +221,10 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
 
     cfg = resolve_config(config)
     kw = {} if batch_size is None else {"batch_size": int(batch_size)}
+    pooled = _pooled_store_info(data)
+    if pooled is not None:  # each dataset with its own genes and panel, as omicsclip embed does
+        return _embed_pooled_store(model, Path(data), pooled, chunk_cells=int(cfg["query"]["chunk_cells"]),
+                                   with_protein=with_protein, **kw)
     parts: dict[str, list[np.ndarray]] = {"rna": [], "prot": []}
     obs, prot = [], []
     with opened(data, ingest=cfg["ingest"], require=require, modality=modality, model_proteins=model.proteins,
@@ -246,6 +252,46 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
     if col is not None:
         extra["protein"] = np.concatenate(prot)
     return barcodes, emb, extra
+
+
+def _pooled_store_info(data: Any) -> dict[str, Any] | None:
+    """:func:`omicsclip.io.store.store_info` of ``data`` when it names a store pooled from several datasets."""
+    if not (isinstance(data, str | Path) and _is_store(Path(data))):
+        return None
+    from omicsclip.io.panels import GENE_PANELS_KEY, PANELS_KEY
+    from omicsclip.io.store import store_info
+
+    info = store_info(data)
+    return info if PANELS_KEY in info["uns"] or GENE_PANELS_KEY in info["uns"] else None
+
+
+def _embed_pooled_store(model: OmicsClipModel, store: Path, info: dict[str, Any], *, chunk_cells: int,
+                        with_protein: bool, batch_size: int = 4096
+                        ) -> tuple[pd.Index, dict[str, np.ndarray], dict[str, Any]]:
+    """:func:`embed_cells` of a pooled store, through :func:`omicsclip.model.embed.iter_store_embeddings`."""
+    from omicsclip.model.embed import iter_store_embeddings
+    from omicsclip.model.modelio import joint_embedding
+
+    parts: dict[str, list[np.ndarray]] = {"rna": [], "prot": []}
+    prot = []
+    col = pd.Index([str(p) for p in info["proteins"].index]).get_indexer(model.proteins)
+    if with_protein and (col < 0).any():
+        missing = [p for p, c in zip(model.proteins, col, strict=True) if c < 0]
+        raise InputError(f"{store}: reference data lack the model's proteins {', '.join(missing[:5])}")
+    for _, e, _, chunk_prot in iter_store_embeddings(model.trained, store, info, chunk_cells=chunk_cells,
+                                                     batch_size=batch_size):
+        for m in parts:
+            parts[m].append(e[m])
+        if with_protein:
+            prot.append(np.asarray(chunk_prot, np.float32)[:, col])  # NaN outside a cell's panel
+    emb = {m: np.concatenate(p) for m, p in parts.items()}
+    emb["joint"] = joint_embedding(emb["rna"], emb["prot"])
+    obs = info["obs"].copy()
+    obs.index = obs.index.astype(str)
+    extra: dict[str, Any] = {"obs": obs, "feature_report": dict(model.trained.last_report)}
+    if with_protein:
+        extra["protein"] = np.concatenate(prot)
+    return pd.Index(obs.index), emb, extra
 
 
 def train_model(data: Any, out: str | Path, *, config: ConfigLike = None, store: str | Path | None = None,

@@ -59,22 +59,13 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
     import zarr
     from anndata.io import write_elem
 
-    from omicsclip.io.panels import (
-        GENE_PANELS_KEY,
-        panels_of,
-        split_by_codes,
-        store_gene_masks,
-        store_protein_masks,
-    )
-    from omicsclip.io.store import iter_store, store_info
+    from omicsclip.io.store import store_info
     from omicsclip.model.device import resolve_device
 
     out = Path(out)
     with atomic_path(out, overwrite=overwrite, inputs=(store, model_dir)) as tmp:
         model = load_model(model_dir, resolve_device(device))
         info = store_info(store)
-        genes = [str(g) for g in info["genes"].index]
-        proteins = [str(p) for p in info["proteins"].index]
         d, n = model.embed_dim, len(info["obs"])
         obs = info["obs"].copy()
         obs.index = obs.index.astype(str)
@@ -99,34 +90,14 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
                                                     dtype="float32")
             arrays[key].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         report: dict = {}
-        # a store pooled from several datasets: which genes and proteins each cell's dataset measured
-        gmask, pmask = store_gene_masks(info), store_protein_masks(info)
-        names = sorted(panels_of(info["uns"]) or panels_of(info["uns"], GENE_PANELS_KEY) or [])
         with Progress(n, "embed", "cells", logger=log) as progress:
-            for rna, prot, sl in iter_store(store, chunk_cells):
-                e = {"rna": np.empty((sl.stop - sl.start, d), np.float32)}
-                e["prot"] = np.empty_like(e["rna"])
-                # each dataset's cells with the genes and proteins it measured (the others are unmeasured, not
-                # zero counts), so each is held to the model's limits and gets its own missing fraction
-                for (gc, pc), rows in split_by_codes(None if gmask is None else gmask[0][sl],
-                                                     None if pmask is None else pmask[0][sl]):
-                    gcols = slice(None) if gc < 0 else np.flatnonzero(gmask[1][gc])
-                    pcols = slice(None) if pc < 0 else np.flatnonzero(pmask[1][pc])
-                    try:
-                        part = model.embed(rna[rows][:, gcols], prot[rows][:, pcols],
-                                           genes=genes if gc < 0 else [genes[c] for c in gcols],
-                                           proteins=proteins if pc < 0 else [proteins[c] for c in pcols],
-                                           batch_size=batch_size)
-                    except InputError as exc:
-                        code = pc if pc >= 0 else gc  # both index the datasets in name order
-                        which = f", dataset {names[code]!r}" if code >= 0 else ""
-                        raise InputError(f"{store}{which}: {exc}") from None
-                    e["rna"][rows], e["prot"][rows] = part["rna"], part["prot"]
-                    report = model.last_report
-                    missing[sl][rows] = protein_missing_fraction(report["prot"], len(part["prot"]))
+            for sl, e, frac, _ in iter_store_embeddings(model, store, info, chunk_cells=chunk_cells,
+                                                        batch_size=batch_size):
                 arrays[OBSM_RNA][sl] = e["rna"]
                 arrays[OBSM_PROT][sl] = e["prot"]
                 arrays[OBSM_JOINT][sl] = joint_embedding(e["rna"], e["prot"])
+                missing[sl] = frac
+                report = model.last_report
                 progress.update(sl.stop - sl.start)
         obs[PROT_MISSING_COLUMN] = missing
         write_elem(root, "obs", obs)
@@ -134,6 +105,59 @@ def embed_store(store: str | Path, model_dir: str | Path, out: str | Path, *, ov
         zarr.consolidate_metadata(str(tmp))
     log.info("wrote %s: %d cells x %d dims (model %s...)", out, len(obs), d, model.fingerprint[:12])
     return out
+
+
+def iter_store_embeddings(model: Any, store: str | Path, info: Mapping[str, Any], *, chunk_cells: int = 20_000,
+                          batch_size: int = 4096) -> Iterator[tuple[slice, dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+    """Embed a paired store's cells chunk by chunk: ``(rows, {"rna", "prot"}, protein-missing fraction, protein)``.
+
+    Each dataset of a store pooled from several enters the model with the genes and proteins it measured (the
+    store's zeros outside them are unmeasured, not counts), so each is held to the model's limits and gets its own
+    protein-missing fraction. ``protein`` is the chunk's raw protein counts (store columns, NaN outside a cell's
+    panel). What :func:`embed_store` writes and the notebook API's ``embed`` of a pooled store returns.
+
+    Parameters
+    ----------
+    model
+        A :class:`omicsclip.model.modelio.TrainedModel` (its ``last_report`` is the last group's).
+    store, info
+        The paired store and its :func:`omicsclip.io.store.store_info`.
+    chunk_cells, batch_size
+        Cells read at a time / per forward pass.
+    """
+    from omicsclip.io.panels import (
+        GENE_PANELS_KEY,
+        panels_of,
+        split_by_codes,
+        store_gene_masks,
+        store_protein_masks,
+    )
+    from omicsclip.io.store import iter_store
+
+    genes = [str(g) for g in info["genes"].index]
+    proteins = [str(p) for p in info["proteins"].index]
+    gmask, pmask = store_gene_masks(info), store_protein_masks(info)
+    names = sorted(panels_of(info["uns"]) or panels_of(info["uns"], GENE_PANELS_KEY) or [])
+    d = model.embed_dim
+    for rna, prot, sl in iter_store(store, chunk_cells):
+        e = {"rna": np.empty((sl.stop - sl.start, d), np.float32)}
+        e["prot"] = np.empty_like(e["rna"])
+        frac = np.zeros(sl.stop - sl.start, np.float32)
+        for (gc, pc), rows in split_by_codes(None if gmask is None else gmask[0][sl],
+                                             None if pmask is None else pmask[0][sl]):
+            gcols = slice(None) if gc < 0 else np.flatnonzero(gmask[1][gc])
+            pcols = slice(None) if pc < 0 else np.flatnonzero(pmask[1][pc])
+            try:
+                part = model.embed(rna[rows][:, gcols], prot[rows][:, pcols],
+                                   genes=genes if gc < 0 else [genes[c] for c in gcols],
+                                   proteins=proteins if pc < 0 else [proteins[c] for c in pcols],
+                                   batch_size=batch_size)
+            except InputError as exc:
+                code = pc if pc >= 0 else gc  # both index the datasets in name order
+                raise InputError(f"{store}{f', dataset {names[code]!r}' if code >= 0 else ''}: {exc}") from None
+            e["rna"][rows], e["prot"][rows] = part["rna"], part["prot"]
+            frac[rows] = protein_missing_fraction(model.last_report["prot"], len(part["prot"]))
+        yield sl, e, frac, prot
 
 
 @dataclass

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, pooled_two_labs
 
 from omicsclip.config import load_config
 from omicsclip.errors import InputError
 from omicsclip.index.query import query
-from omicsclip.io.pool import pool_stores
-from omicsclip.io.store import write_store
-from omicsclip.io.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +22,7 @@ def pooled_ref(tmp_path_factory):
     from omicsclip.train.run import train_model
 
     tmp = tmp_path_factory.mktemp("pooled_query")
-    d = make_synthetic(n_cells=600, n_genes=90, n_proteins=10, n_types=4, seed=5)
-    a, b = d.subset(np.arange(300)), d.subset(np.arange(300, 600))
-    a.rna, a.genes, a.prot, a.proteins = a.rna[:, :60], a.genes.iloc[:60], a.prot[:, :4], a.proteins.iloc[:4]
-    b.rna, b.genes, b.prot, b.proteins = b.rna[:, 30:], b.genes.iloc[30:], b.prot[:, 3:], b.proteins.iloc[3:]
-    pooled = pool_stores([write_store(a, tmp / "labA.zarr"), write_store(b, tmp / "labB.zarr")], tmp / "pooled.zarr")
+    pooled, a, b = pooled_two_labs(tmp, prot_a=4)
     cfg = load_config(None, TINY)
     train_model(pooled, tmp / "model", cfg)
     embed_store(pooled, tmp / "model", tmp / "emb.zarr")
