@@ -106,7 +106,9 @@ class Reference:
             ``top_similarity`` of the imputation; per label key, the transferred label (e.g. ``cell_type``;
             empty when no neighbour votes: reference cells labelled ``evaluate.ignore_labels`` never do; cells
             without any label, e.g. a pooled reference's unlabelled dataset, are looked past),
-            ``<key>_vote_fraction`` and ``<key>_fraction_<class>``; ``mapping_similarity``, ``mapping_score``
+            ``<key>_vote_fraction`` (the label's share of the votes), ``<key>_voting_weight`` (the share of the
+            neighbours' weight that voted: low among mostly ``unknown`` cells, however one-sided their few votes)
+            and ``<key>_fraction_<class>``; ``mapping_similarity``, ``mapping_score``
             (in (0, 1], low for cells unlike any reference cell, e.g. of a type the reference lacks; see
             :mod:`omicsclip.index.mapping_score`) and ``out_of_reference`` (``mapping_score <= query.ood_alpha``),
             absent for an index built before omicsclip wrote the mapping calibration. ``uns["neighbours"]``: one row per (cell,

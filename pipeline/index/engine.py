@@ -16,7 +16,7 @@ import pandas as pd
 
 from omicsclip.conventions import MODALITIES, label_values
 from omicsclip.errors import InputError
-from omicsclip.index.impute import confidence, fill_unmeasured, impute, neighbour_weights, vote
+from omicsclip.index.impute import confidence, fill_unmeasured, impute, neighbour_weights, vote, voting_weight
 from omicsclip.index.mapping_score import neighbour_statistic
 from omicsclip.index.reference import ReferenceIndex
 from omicsclip.io.paired import PairedData
@@ -206,12 +206,15 @@ class QueryEngine:
             lab = pd.DataFrame({"query_id": ids, "query_modality": primary})
             for key, classes in self.label_classes.items():
                 frac = vote(self._codes[key], len(classes), np.where(valid, pos, 0), weights)
+                share = voting_weight(self._codes[key], np.where(valid, pos, 0), weights)
                 if key in self._annotated:  # neighbours without any label: vote among the nearest that have one
-                    self._vote_past_unannotated(key, frac, valid, pos, emb[primary], self.transfer_modality(primary))
+                    self._vote_past_unannotated(key, frac, share, valid, pos, emb[primary],
+                                                self.transfer_modality(primary))
                 best = frac.argmax(axis=1)
                 top = frac[np.arange(len(best)), best]
                 lab[key] = np.where(top > 0, np.asarray(classes, dtype=object)[best], "")
                 lab[f"{key}_vote_fraction"] = top
+                lab[f"{key}_voting_weight"] = share
                 for j, c in enumerate(classes):
                     lab[f"{key}_fraction_{c}"] = frac[:, j]
             out.labels = lab
@@ -243,11 +246,11 @@ class QueryEngine:
             log.warning("%d query cells keep a NaN imputed protein: none of their %d nearest reference cells "
                         "measured it", rows.size, depth)
 
-    def _vote_past_unannotated(self, key: str, frac: np.ndarray, valid: np.ndarray, pos: np.ndarray,
-                               q: np.ndarray, modality: str) -> None:
-        """Re-vote, in place, the rows of ``frac`` whose ``impute_k`` nearest cells include cells without a label.
+    def _vote_past_unannotated(self, key: str, frac: np.ndarray, share: np.ndarray, valid: np.ndarray,
+                               pos: np.ndarray, q: np.ndarray, modality: str) -> None:
+        """Re-vote, in place, the rows whose ``impute_k`` nearest cells include cells without a label.
 
-        Those cells (NaN or empty labels, e.g. a pooled reference's unlabelled dataset) say nothing about the
+        ``frac`` (vote fractions) and ``share`` (:func:`voting_weight`) are updated. Those cells (NaN or empty labels, e.g. a pooled reference's unlabelled dataset) say nothing about the
         cell type, so they are looked past, as cells that did not measure a protein are for imputation: the vote
         is over the ``impute_k`` nearest cells that carry a label (an ``ignore_labels`` value such as ``unknown``
         counts as carried: it does not vote, but it is not looked past). Searched ``FILL_SEARCH_FACTOR`` times
@@ -261,7 +264,9 @@ class QueryEngine:
             ok = deep >= 0
             ok &= annotated[np.where(ok, deep, 0)]
             take = ok & (np.cumsum(ok, axis=1) <= need)
-            frac[r] = vote(codes, frac.shape[1], np.where(take, deep, 0), neighbour_weights(sims, s.temperature, take))
+            w = neighbour_weights(sims, s.temperature, take)
+            frac[r] = vote(codes, frac.shape[1], np.where(take, deep, 0), w)
+            share[r] = voting_weight(codes, np.where(take, deep, 0), w)
             return r[take.sum(axis=1) < need]
 
         self._search_deeper(rows, q, modality, 1, revote)  # the vote's temporaries are rows x depth

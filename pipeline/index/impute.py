@@ -159,6 +159,17 @@ def vote(codes: np.ndarray, n_classes: int, pos: np.ndarray, weights: np.ndarray
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0).astype(np.float32)
 
 
+def voting_weight(codes: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per cell, the share of its neighbours' weight that :func:`vote` counted (neighbours with a label code).
+
+    A cell among mostly ``unknown`` neighbours gets a low share however one-sided their few votes are.
+    """
+    w = np.asarray(weights, np.float64)
+    voted = np.where(np.asarray(codes)[pos] >= 0, w, 0.0).sum(axis=1)
+    total = w.sum(axis=1)
+    return np.divide(voted, total, out=np.zeros_like(total), where=total > 0).astype(np.float32)
+
+
 def knn_impute(query: np.ndarray, reference: np.ndarray, values: np.ndarray, *, k: int,
                temperature: float) -> np.ndarray:
     """Impute values the way ``omicsclip query`` does, with an exact search.

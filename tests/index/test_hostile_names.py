@@ -114,7 +114,7 @@ def test_query_tables_round_trip(hostile):
 
     classes = sorted(TYPES)
     labels = _check_tsv(res / "labels.tsv", 40, ["query_id", "query_modality", "cell_type",
-                                                  "cell_type_vote_fraction",
+                                                  "cell_type_vote_fraction", "cell_type_voting_weight",
                                                   *[f"cell_type_fraction_{c}" for c in classes]])
     assert labels["query_id"].tolist() == hostile["qids"]
     assert set(labels["cell_type"]) <= {*TYPES, ""}

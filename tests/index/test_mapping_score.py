@@ -230,6 +230,11 @@ def test_ignored_labels_are_never_transferred(held_out, tmp_path):
     assert none.any()
     assert (truth[none] == "CD8 T").mean() > 0.8  # the relabelled type's cells
     assert (res.labels["cell_type_vote_fraction"].to_numpy()[none] == 0).all()
+    # how much of its neighbourhood voted: nothing for those cells, little for the relabelled type's cells
+    share = res.labels["cell_type_voting_weight"].to_numpy()
+    assert ((share >= 0) & (share <= 1 + 1e-6)).all()
+    assert (share[none] == 0).all()
+    assert share[truth == "CD8 T"].mean() < 0.5 < share[truth != "CD8 T"].mean()
     assert np.isfinite(res.imputed.X[none]).all()
     # an explicit empty ignore list transfers them as a class
     res = query(_rna_only(new), held_out["model"], index, section={"k": 5}, ignore_labels=[])

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from omicsclip.config import default_config, load_config
 from omicsclip.errors import InputError
 from omicsclip.index.engine import QuerySettings
-from omicsclip.index.impute import impute, neighbour_weights, vote
+from omicsclip.index.impute import impute, neighbour_weights, vote, voting_weight
 from omicsclip.index.matching import match_report
 from omicsclip.index.query import query, run_query
 from omicsclip.index.query_writers import H5adAppender
@@ -130,6 +130,12 @@ def test_impute_and_vote_against_loops():
             if codes[pos[i, j]] >= 0:
                 votes[codes[pos[i, j]]] += w[i, j]
         np.testing.assert_allclose(frac[i], votes / votes.sum() if votes.sum() else votes, atol=1e-6)
+        np.testing.assert_allclose(voting_weight(codes, pos, w)[i], votes.sum() / w[i].sum(), atol=1e-6)
+    # one labelled neighbour among 19 unknown ones: a unanimous vote of a small share of the neighbourhood
+    codes = np.array([-1] * 19 + [0])
+    pos, w = np.arange(20)[None, :], np.full((1, 20), 0.05)
+    assert vote(codes, 1, pos, w)[0, 0] == pytest.approx(1.0)
+    assert voting_weight(codes, pos, w)[0] == pytest.approx(0.05)
 
 
 def test_match_report():
