@@ -56,17 +56,18 @@ def label_values(values: Iterable[Any], ignore: Iterable[str] = ()) -> np.ndarra
     values
         One label per cell (a pandas column, list or array).
     ignore
-        Label values treated as unlabelled too (e.g. ``evaluate.ignore_labels``), compared after stripping.
+        Label values treated as unlabelled too (e.g. ``evaluate.ignore_labels``), compared after stripping and
+        ignoring case (``unknown`` also drops ``Unknown``).
 
     Returns
     -------
     numpy.ndarray
         One entry per value: the stripped label string, or ``None`` (see :func:`is_unlabelled`).
     """
-    ignored = {str(s).strip() for s in ignore}
+    ignored = {str(s).strip().lower() for s in ignore}
     items = list(values)
     out = np.empty(len(items), dtype=object)
     for i, v in enumerate(items):
         s = None if is_unlabelled(v) else str(v).strip()
-        out[i] = None if s in ignored else s
+        out[i] = None if s is None or s.lower() in ignored else s
     return out

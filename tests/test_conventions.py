@@ -37,6 +37,8 @@ def test_label_values_strips_and_ignores():
     assert out.tolist() == ["B", "T", None, None, None, None, None, "3"]
     cat = pd.Categorical(["a", None, "b"])
     assert label_values(cat).tolist() == ["a", None, "b"]
+    # ignored values whatever their case, as the unlabelled ones are: "Unknown" is not a class
+    assert label_values(["Unknown", "UNKNOWN", "unknown", "B"], ignore=["unknown"]).tolist() == [None] * 3 + ["B"]
 
 
 def test_label_values_agrees_with_is_unlabelled():

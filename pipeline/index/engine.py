@@ -130,11 +130,11 @@ class QueryEngine:
         self._annotated: dict[str, np.ndarray] = {}  # per key, when some cells have no label at all: which do
         self._measured: np.ndarray | None = None  # per reference protein: measured by some cell (lazy)
         if ref.labels is not None:
-            ignored = set(settings.ignore_labels)
+            ignored = {v.lower() for v in settings.ignore_labels}  # as label_values compares them
             for key in ref.labels.columns:
                 cell_code, uniques = pd.factorize(ref.labels[key], use_na_sentinel=False)  # one pass per value
                 given = label_values(uniques)  # None: no label at all
-                classes = sorted({v for v in given if v is not None and v not in ignored})
+                classes = sorted({v for v in given if v is not None and v.lower() not in ignored})
                 if classes:
                     code = np.array([classes.index(v) if v in classes else -1 for v in given], dtype=np.int64)
                     self._codes[key] = code[cell_code]  # -1: does not vote (no label, or an ignored one)

@@ -6,8 +6,8 @@ alias table shipped as package data (``data/protein_aliases.tsv``: ``alias``, ``
 mapping file overrides (:func:`read_alias_file`); :func:`match_protein_names` renames a query's proteins to a
 model's names by the same canonical key (models trained before harmonisation keep their panel's names).
 
-Canonical is the CD number where the target has one (the HCDM designation and the TotalSeq catalogue's primary
-name, e.g. "CD279 (PD-1)"), else the name panels use (``HLA-DR``, ``TIGIT``, ``TCRab``): CD numbers are
+Canonical is the CD number where the target has one (the HCDM designation, which the TotalSeq catalogue puts
+first: ``CD279`` for "CD279 (PD-1)"), else the name panels use (``HLA-DR``, ``TIGIT``, ``TCRab``): CD numbers are
 unambiguous and stable, common names collide or drift (``PD1``/``PD-1``, ``B7-H1``/``PD-L1``). CD8 is ``CD8a``
 (the chain the usual clones bind, and 10x panels' name).
 

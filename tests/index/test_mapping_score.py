@@ -218,12 +218,12 @@ def test_a_listed_calibration_file_must_be_there(held_out, tmp_path):
 def test_ignored_labels_are_never_transferred(held_out, tmp_path):
     ref, new = held_out["ref"], held_out["new"]
     labels = ref.obs["cell_type"].astype(str).to_numpy().copy()
-    labels[labels == "CD8 T"] = "unknown"  # a whole type labelled with the default evaluate.ignore_labels
+    labels[labels == "CD8 T"] = "Unknown"  # a whole type labelled with the default evaluate.ignore_labels
     index = _reference(ref, held_out["model"], tmp_path / "index", labels=labels)
     res = query(_rna_only(new), held_out["model"], index, section={"k": 5})
     got = res.labels["cell_type"].to_numpy()
-    assert "unknown" not in set(got)
-    assert "cell_type_fraction_unknown" not in res.labels.columns
+    assert "Unknown" not in set(got)  # ignored whatever its case
+    assert "cell_type_fraction_Unknown" not in res.labels.columns
     # a cell all of whose neighbours are ignored gets no label; imputation still uses those neighbours
     truth = new.obs["cell_type"].astype(str).to_numpy()
     none = got == ""
@@ -238,7 +238,7 @@ def test_ignored_labels_are_never_transferred(held_out, tmp_path):
     assert np.isfinite(res.imputed.X[none]).all()
     # an explicit empty ignore list transfers them as a class
     res = query(_rna_only(new), held_out["model"], index, section={"k": 5}, ignore_labels=[])
-    assert "unknown" in set(res.labels["cell_type"])
+    assert "Unknown" in set(res.labels["cell_type"])
 
 
 def test_cells_without_a_label_are_looked_past(held_out, tmp_path):
