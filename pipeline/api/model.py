@@ -215,7 +215,8 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
     -------
     tuple
         Barcodes, ``{"rna", "prot", "joint"}`` embeddings (those available), and ``extra``: ``obs`` (the cells'
-        annotations), ``protein`` (with ``with_protein``), ``feature_report``.
+        annotations), ``protein`` (with ``with_protein``), ``feature_report`` and, for a pooled store,
+        ``prot_missing_fraction`` per cell (each dataset's panel against the model's).
     """
     from omicsclip.model.modelio import joint_embedding
 
@@ -273,22 +274,24 @@ def _embed_pooled_store(model: OmicsClipModel, store: Path, info: dict[str, Any]
     from omicsclip.model.modelio import joint_embedding
 
     parts: dict[str, list[np.ndarray]] = {"rna": [], "prot": []}
-    prot = []
+    prot, missing = [], []
     col = pd.Index([str(p) for p in info["proteins"].index]).get_indexer(model.proteins)
     if with_protein and (col < 0).any():
         missing = [p for p, c in zip(model.proteins, col, strict=True) if c < 0]
         raise InputError(f"{store}: reference data lack the model's proteins {', '.join(missing[:5])}")
-    for _, e, _, chunk_prot in iter_store_embeddings(model.trained, store, info, chunk_cells=chunk_cells,
-                                                     batch_size=batch_size):
+    for _, e, frac, chunk_prot in iter_store_embeddings(model.trained, store, info, chunk_cells=chunk_cells,
+                                                        batch_size=batch_size):
         for m in parts:
             parts[m].append(e[m])
+        missing.append(frac)
         if with_protein:
             prot.append(np.asarray(chunk_prot, np.float32)[:, col])  # NaN outside a cell's panel
     emb = {m: np.concatenate(p) for m, p in parts.items()}
     emb["joint"] = joint_embedding(emb["rna"], emb["prot"])
     obs = info["obs"].copy()
     obs.index = obs.index.astype(str)
-    extra: dict[str, Any] = {"obs": obs, "feature_report": dict(model.trained.last_report)}
+    extra: dict[str, Any] = {"obs": obs, "feature_report": dict(model.trained.last_report),
+                             "prot_missing_fraction": np.concatenate(missing)}  # per cell: each dataset's own
     if with_protein:
         extra["protein"] = np.concatenate(prot)
     return pd.Index(obs.index), emb, extra

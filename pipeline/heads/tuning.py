@@ -45,8 +45,10 @@ def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], p
     from omicsclip.io.panels import split_by_mask
 
     n = rna.shape[0]
-    hr: np.ndarray | None = None
-    hp: np.ndarray | None = None
+    if n == 0:
+        enc = model.model
+        return np.empty((0, enc.rna.proj.in_features), np.float32), np.empty((0, enc.prot.proj.in_features), np.float32)
+    hr, hp = None, None
     for code, rows in split_by_mask(None if gene_masks is None else gene_masks[0]):
         cols = slice(None) if code < 0 else np.flatnonzero(gene_masks[1][code])
         r, p = _penultimate(model, rna[rows][:, cols], prot[rows], genes if code < 0 else [genes[c] for c in cols],

@@ -205,8 +205,11 @@ class QueryEngine:
         if self._codes:
             lab = pd.DataFrame({"query_id": ids, "query_modality": primary})
             for key, classes in self.label_classes.items():
-                frac = vote(self._codes[key], len(classes), np.where(valid, pos, 0), weights)
-                share = voting_weight(self._codes[key], np.where(valid, pos, 0), weights)
+                at = np.where(valid, pos, 0)
+                frac = vote(self._codes[key], len(classes), at, weights)
+                # cells without any label are looked past: they count in neither the vote nor its weight
+                share = voting_weight(self._codes[key], at, weights if key not in self._annotated
+                                      else weights * self._annotated[key][at])
                 if key in self._annotated:  # neighbours without any label: vote among the nearest that have one
                     self._vote_past_unannotated(key, frac, share, valid, pos, emb[primary],
                                                 self.transfer_modality(primary))

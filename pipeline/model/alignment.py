@@ -41,7 +41,9 @@ class FeatureReport:
         With several training panels: the fraction of the best-covered one the input lacks (``missing_fraction``).
     left_out
         Model features the input has but that enter as unmeasured: its closest training dataset never measured
-        them (a model pooled on several datasets' genes, :func:`_as_closest_dataset`).
+        them (a model pooled on several datasets' genes or panels: :func:`_as_closest_dataset`; for proteins,
+        :func:`_as_closest_panel`, the union over the input's cells). :meth:`present_mask` is for genes, whose
+        left-out set is one for the whole input.
     """
 
     modality: str
@@ -269,7 +271,10 @@ def _as_closest_panel(present: np.ndarray, state: PreprocessState) -> tuple[np.n
     Returns the new mask and the model proteins left out (of any cell).
     """
     rows = present.reshape(-1, present.shape[-1])
-    patterns, inverse = np.unique(rows, axis=0, return_inverse=True)
+    packed = np.ascontiguousarray(np.packbits(rows, axis=1))  # np.unique(axis=0) on bools is slow: one key per row
+    _, first, inverse = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_index=True,
+                                  return_inverse=True)
+    patterns = rows[first]
     model = pd.Index(state.proteins)
     keep = np.ones_like(patterns)
     for i, pattern in enumerate(patterns):

@@ -278,9 +278,14 @@ def _same_pool(pooled: Path, stores: list[Path]) -> bool:
     except (InputError, KeyError, ValueError):
         return False
     paths = [str(Path(s).resolve()) for s in stores]
-    return [src["path"] for src in sources] == paths and all(
-        all(src.get(k) == v for k, v in source_identity(store_info(s)).items())
-        for src, s in zip(sources, stores, strict=True))
+    if [src["path"] for src in sources] != paths:
+        return False
+    identities = [source_identity(store_info(s)) for s in stores]
+    if any("features_sha256" not in src for src in sources):  # pooled by an omicsclip that recorded cells only
+        log.warning("%s was pooled by an earlier omicsclip that recorded only its sources' paths and cell counts: "
+                    "reused on those (--overwrite pools them again)", pooled)
+        return all(src["n_cells"] == ident["n_cells"] for src, ident in zip(sources, identities, strict=True))
+    return all(all(src.get(k) == v for k, v in ident.items()) for src, ident in zip(sources, identities, strict=True))
 
 
 def train_model(store_path: str | Path, out_dir: str | Path, cfg: dict[str, Any], *, resume: bool = False,

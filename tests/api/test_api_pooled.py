@@ -43,3 +43,18 @@ def test_build_index_of_a_pooled_store_imputes_each_protein_from_cells_that_meas
 def _rna_only(data):
     cells = data.subset(np.arange(50))
     return ad.AnnData(X=cells.rna, obs=cells.obs.copy(), var=cells.genes.copy())
+
+
+def test_a_pooled_store_embedded_by_another_model_keeps_each_datasets_missing_fraction(pooled):
+    """A model trained on lab A alone: lab B's cells lack 3 of its 7 proteins, lab A's none; fit_head weighs each
+    cell's protein embedding by its own dataset's fraction, as omicsclip embed + finetune do."""
+    from omicsclip.api.model import embed_cells
+
+    a, b = pooled["labs"]
+    model = oc.train_model(pooled["tmp"] / "labA.zarr", pooled["tmp"] / "model_a",
+                           config=[*TINY, "preprocess.max_missing_protein_fraction=0.5",
+                                   "preprocess.max_missing_gene_fraction=0.9"])
+    _, _, extra = embed_cells(model, pooled["store"], require="both")
+    frac = extra["prot_missing_fraction"]
+    np.testing.assert_allclose(frac[: a.n_cells], 0.0)
+    np.testing.assert_allclose(frac[a.n_cells :], 3 / 7, rtol=1e-6)

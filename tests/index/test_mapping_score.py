@@ -256,6 +256,21 @@ def test_cells_without_a_label_are_looked_past(held_out, tmp_path):
     pd.testing.assert_frame_equal(got, want, rtol=1e-4)
 
 
+def test_voting_weight_looks_past_cells_without_a_label(held_out, tmp_path):
+    """Only one type's cells labelled, fewer than impute_k: a cell of that type has all of them among its nearest,
+    so its vote is not searched deeper, and the unlabelled neighbours still count for nothing: the whole weight of
+    the neighbours that carry a label voted."""
+    ref, new, model = held_out["ref"], held_out["new"], held_out["model"]
+    types = ref.obs["cell_type"].astype(str).to_numpy()
+    kept = pd.Series(types).value_counts().index[-1]  # the smallest type
+    n = int((types == kept).sum())
+    index = _reference(ref, model, tmp_path / "one_type", labels=np.where(types == kept, types, np.nan).astype(object))
+    got = query(_rna_only(new), model, index, section={"k": 5, "impute_k": 2 * n}).labels
+    same = new.obs["cell_type"].astype(str).to_numpy() == kept
+    assert same.any()
+    np.testing.assert_allclose(got["cell_type_voting_weight"].to_numpy()[same], 1.0, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------- reference protein with gaps
 
 

@@ -116,6 +116,9 @@ def test_pooled_training_inputs_equal_each_labs_own_inputs_and_embeddings(tmp_pa
         for key, h, enc in (("rna", hr, model.model.rna), ("prot", hp, model.model.prot)):
             tuned_input = normalize_members(enc.proj(torch.as_tensor(h)), model.model.members).numpy()
             np.testing.assert_allclose(tuned_input, emb.matrix(key), rtol=1e-4, atol=1e-5)
+    none = penultimate_features(model, data.rna[:0], data.prot[:0], genes=data.gene_names,
+                                proteins=data.protein_names, gene_masks=(masks[0][:0], masks[1]))
+    assert [h.shape for h in none] == [(0, hr.shape[1]), (0, hp.shape[1])]
 
 
 def _coo(counts):

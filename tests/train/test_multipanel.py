@@ -191,6 +191,16 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
         prepare_training_store(stores, out, cfg)
     assert prepare_training_store(stores, out, cfg, overwrite=True) == store
     assert "renamed" in store_info(store)["proteins"].index
+    # a pool written by an omicsclip that recorded only paths and cell counts is reused on those, with a warning
+    import zarr
+    from anndata.io import write_elem
+
+    root = zarr.open_group(str(store), mode="r+")
+    legacy = [{k: src[k] for k in ("name", "path", "n_cells", "n_genes", "n_proteins")}
+              for src in json.loads(str(root["uns/pooled_from_json"][()]))]
+    write_elem(root["uns"], "pooled_from_json", json.dumps(legacy))
+    zarr.consolidate_metadata(str(store))
+    assert prepare_training_store(stores, out, cfg) == store
 
 
 def test_rna_hidden_pooled_applies_to_pooled_stores_only():
