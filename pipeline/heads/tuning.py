@@ -21,6 +21,7 @@ from omicsclip.heads.inputs import Embedding
 
 def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], proteins: list[str],
                          gene_masks: tuple[np.ndarray, np.ndarray] | None = None,
+                         protein_masks: tuple[np.ndarray, np.ndarray] | None = None,
                          batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Return the outputs of the (frozen) layers below each encoder's projection, with the model's preprocessing.
 
@@ -35,24 +36,24 @@ def penultimate_features(model: Any, rna: Any, prot: Any, *, genes: list[str], p
         Raw counts (cells x genes CSR, cells x proteins; NaN where a cell's panel lacked a protein).
     genes, proteins
         Their feature names (matched to the model's by name).
-    gene_masks
-        ``(codes, table)`` for the rows of a store pooled on the union of several datasets' genes
-        (:func:`omicsclip.io.panels.store_gene_masks`): each cell enters with its own dataset's genes only, the
-        others unmeasured (not zero counts), as ``omicsclip embed`` does.
+    gene_masks, protein_masks
+        ``(codes, table)`` for the rows of a store pooled from several datasets
+        (:func:`omicsclip.io.panels.store_gene_masks` / ``store_protein_masks``, codes of these cells): each cell
+        enters with its own dataset's genes and proteins only, the others unmeasured (not zero counts), as
+        ``omicsclip embed`` does (:func:`omicsclip.io.panels.dataset_groups`).
     batch_size
         Cells per forward pass.
     """
-    from omicsclip.io.panels import split_by_mask
+    from omicsclip.io.panels import column_names, dataset_groups
 
     n = rna.shape[0]
     if n == 0:
         enc = model.model
         return np.empty((0, enc.rna.proj.in_features), np.float32), np.empty((0, enc.prot.proj.in_features), np.float32)
     hr, hp = None, None
-    for code, rows in split_by_mask(None if gene_masks is None else gene_masks[0]):
-        cols = slice(None) if code < 0 else np.flatnonzero(gene_masks[1][code])
-        r, p = _penultimate(model, rna[rows][:, cols], prot[rows], genes if code < 0 else [genes[c] for c in cols],
-                            proteins, batch_size)
+    for _, rows, gcols, pcols in dataset_groups(gene_masks, protein_masks):
+        r, p = _penultimate(model, rna[rows][:, gcols], prot[rows][:, pcols], column_names(genes, gcols),
+                            column_names(proteins, pcols), batch_size)
         if hr is None:
             hr, hp = np.empty((n, r.shape[1]), np.float32), np.empty((n, p.shape[1]), np.float32)
         hr[rows], hp[rows] = r, p
@@ -120,7 +121,7 @@ def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: 
     tuple
         The head, the tuned layers' tensors and the tuned embeddings of ``eval_rows`` (``rna``, ``prot``).
     """
-    from omicsclip.io.panels import store_gene_masks
+    from omicsclip.io.panels import store_gene_masks, store_protein_masks
     from omicsclip.io.store import read_store, store_info
     from omicsclip.model.modelio import load_model
 
@@ -135,10 +136,12 @@ def fit_with_store(store: str | Path | None, model_dir: str | Path | None, emb: 
     pos = pd.Index(data.barcodes).get_indexer([str(b) for b in emb.obs.index[rows]])
     if (pos < 0).any():
         raise InputError(f"{store}: {int((pos < 0).sum())} cells of {emb.path} are not in the store")
-    masks = store_gene_masks(store_info(store))  # a store pooled on several datasets' genes
+    info = store_info(store)  # a store pooled from several datasets: each cell with its own genes and panel
+    gmask, pmask = store_gene_masks(info), store_protein_masks(info)
     hr, hp = penultimate_features(model, data.rna[pos], data.prot[pos], genes=data.gene_names,
                                   proteins=data.protein_names,
-                                  gene_masks=None if masks is None else (masks[0][pos], masks[1]))
+                                  gene_masks=None if gmask is None else (gmask[0][pos], gmask[1]),
+                                  protein_masks=None if pmask is None else (pmask[0][pos], pmask[1]))
     where = {r: i for i, r in enumerate(rows)}
 
     def take(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

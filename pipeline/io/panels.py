@@ -135,11 +135,28 @@ def split_by_codes(*codes: np.ndarray | None) -> list[tuple[tuple[int, ...], np.
     return [(tuple(int(v) for v in key), np.flatnonzero(inverse == i)) for i, key in enumerate(keys)]
 
 
-def split_by_mask(codes: np.ndarray | None) -> list[tuple[int, np.ndarray | slice]]:
-    """Group cells by their mask code: ``[(code, rows), ...]``; ``[(-1, slice(None))]`` when ``codes`` is None."""
-    if codes is None:
-        return [(-1, slice(None))]
-    return [(int(c), np.flatnonzero(codes == c)) for c in np.unique(codes)]
+def column_names(names: Sequence[str], cols: np.ndarray | slice) -> list[str]:
+    """Return the names of the columns ``cols`` (a selection of :func:`dataset_groups`)."""
+    return list(names) if isinstance(cols, slice) else [names[c] for c in cols]
+
+
+def dataset_groups(gene_masks: tuple[np.ndarray, np.ndarray] | None,
+                   protein_masks: tuple[np.ndarray, np.ndarray] | None
+                   ) -> list[tuple[int, np.ndarray | slice, np.ndarray | slice, np.ndarray | slice]]:
+    """Group cells by the genes and proteins their dataset measured: ``[(dataset, rows, gene_cols, protein_cols)]``.
+
+    ``gene_masks`` / ``protein_masks``: ``(codes of these cells, table)`` (:func:`store_gene_masks`,
+    :func:`store_protein_masks`, codes indexed to the cells at hand) or ``None`` when every cell measured every
+    one. Each group's cells enter a model with those columns only, so what their dataset did not measure is
+    unmeasured, not a zero count. ``dataset`` is the position in :func:`dataset_codes`' order (-1: one dataset).
+    """
+    out = []
+    for (gc, pc), rows in split_by_codes(None if gene_masks is None else gene_masks[0],
+                                         None if protein_masks is None else protein_masks[0]):
+        out.append((pc if pc >= 0 else gc, rows,  # both codes index the datasets in name order
+                    slice(None) if gc < 0 else np.flatnonzero(gene_masks[1][gc]),
+                    slice(None) if pc < 0 else np.flatnonzero(protein_masks[1][pc])))
+    return out
 
 
 def protein_present(obs: pd.DataFrame, proteins: Sequence[str],

@@ -127,8 +127,9 @@ def iter_store_embeddings(model: Any, store: str | Path, info: Mapping[str, Any]
     """
     from omicsclip.io.panels import (
         GENE_PANELS_KEY,
+        column_names,
+        dataset_groups,
         panels_of,
-        split_by_codes,
         store_gene_masks,
         store_protein_masks,
     )
@@ -143,17 +144,12 @@ def iter_store_embeddings(model: Any, store: str | Path, info: Mapping[str, Any]
         e = {"rna": np.empty((sl.stop - sl.start, d), np.float32)}
         e["prot"] = np.empty_like(e["rna"])
         frac = np.zeros(sl.stop - sl.start, np.float32)
-        for (gc, pc), rows in split_by_codes(None if gmask is None else gmask[0][sl],
-                                             None if pmask is None else pmask[0][sl]):
-            gcols = slice(None) if gc < 0 else np.flatnonzero(gmask[1][gc])
-            pcols = slice(None) if pc < 0 else np.flatnonzero(pmask[1][pc])
+        for code, rows, gcols, pcols in dataset_groups(None if gmask is None else (gmask[0][sl], gmask[1]),
+                                                       None if pmask is None else (pmask[0][sl], pmask[1])):
             try:
-                part = model.embed(rna[rows][:, gcols], prot[rows][:, pcols],
-                                   genes=genes if gc < 0 else [genes[c] for c in gcols],
-                                   proteins=proteins if pc < 0 else [proteins[c] for c in pcols],
-                                   batch_size=batch_size)
+                part = model.embed(rna[rows][:, gcols], prot[rows][:, pcols], genes=column_names(genes, gcols),
+                                   proteins=column_names(proteins, pcols), batch_size=batch_size)
             except InputError as exc:
-                code = pc if pc >= 0 else gc  # both index the datasets in name order
                 raise InputError(f"{store}{f', dataset {names[code]!r}' if code >= 0 else ''}: {exc}") from None
             e["rna"][rows], e["prot"][rows] = part["rna"], part["prot"]
             frac[rows] = protein_missing_fraction(model.last_report["prot"], len(part["prot"]))

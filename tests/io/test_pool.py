@@ -11,12 +11,14 @@ from omicsclip.io.genesets import read_gene_list, resolve_genes
 from omicsclip.io.panels import (
     DATASET_COLUMN,
     GENE_PANELS_KEY,
+    column_names,
+    dataset_groups,
     gene_masks,
     panels_of,
     protein_present,
-    split_by_mask,
     store_gene_masks,
     store_present,
+    store_protein_masks,
 )
 from omicsclip.io.pool import dataset_names, pool_stores
 from omicsclip.io.store import iter_store, read_store, store_info, write_store
@@ -81,8 +83,11 @@ def test_pool_union_genes_records_each_datasets_gene_panel(tmp_path):
     # over a model's genes: one outside every panel counts as unmeasured
     _, model_table = store_gene_masks(info, [d.genes.index[0], d.genes.index[20], "NOT_A_GENE"])
     assert model_table.tolist() == [[True, True, False], [False, True, False]]
-    assert [(c, rows.size) for c, rows in split_by_mask(codes)] == [(0, 240), (1, 240)]
-    assert split_by_mask(None) == [(-1, slice(None))]
+    groups = dataset_groups((codes, table), store_protein_masks(info))  # each lab: its genes and its panel
+    assert [(c, rows.size, len(gcols), len(pcols)) for c, rows, gcols, pcols in groups] == [(0, 240, 80, 14),
+                                                                                            (1, 240, 70, 14)]
+    assert column_names(list(d.gene_names), groups[1][2])[0] == d.gene_names[10]
+    assert dataset_groups(None, None) == [(-1, slice(None), slice(None), slice(None))]
     same = pool_stores([sa, sb], tmp_path / "shared.zarr", genes="shared")
     assert GENE_PANELS_KEY not in store_info(same)["uns"]  # every cell measured every kept gene
     obs = pd.DataFrame({DATASET_COLUMN: ["a", "c"]}, index=["1", "2"])
