@@ -259,11 +259,9 @@ def _pooled_store_info(data: Any) -> dict[str, Any] | None:
     """:func:`omicsclip.io.store.store_info` of ``data`` when it names a store pooled from several datasets."""
     if not (isinstance(data, str | Path) and _is_store(Path(data))):
         return None
-    from omicsclip.io.panels import GENE_PANELS_KEY, PANELS_KEY
-    from omicsclip.io.store import store_info
+    from omicsclip.io.store import is_pooled_store, store_info
 
-    info = store_info(data)
-    return info if PANELS_KEY in info["uns"] or GENE_PANELS_KEY in info["uns"] else None
+    return store_info(data) if is_pooled_store(data) else None  # a plain store's obs is read once, by the reader
 
 
 def _embed_pooled_store(model: OmicsClipModel, store: Path, info: dict[str, Any], *, chunk_cells: int,
@@ -277,8 +275,8 @@ def _embed_pooled_store(model: OmicsClipModel, store: Path, info: dict[str, Any]
     prot, missing = [], []
     col = pd.Index([str(p) for p in info["proteins"].index]).get_indexer(model.proteins)
     if with_protein and (col < 0).any():
-        missing = [p for p, c in zip(model.proteins, col, strict=True) if c < 0]
-        raise InputError(f"{store}: reference data lack the model's proteins {', '.join(missing[:5])}")
+        lacking = [p for p, c in zip(model.proteins, col, strict=True) if c < 0]
+        raise InputError(f"{store}: reference data lack the model's proteins {', '.join(lacking[:5])}")
     for _, e, frac, chunk_prot in iter_store_embeddings(model.trained, store, info, chunk_cells=chunk_cells,
                                                         batch_size=batch_size):
         for m in parts:

@@ -250,6 +250,14 @@ def store_info(path: str | Path) -> dict[str, Any]:
                 "nnz_rna": int(root["mod/rna/X/data"].shape[0]), "nnz_prot": int(root["mod/prot/X/data"].shape[0])}
 
 
+def is_pooled_store(path: str | Path) -> bool:
+    """Whether ``path`` is a paired store pooled from several datasets (``omicsclip pool``); reads no obs."""
+    from omicsclip.io.panels import GENE_PANELS_KEY, PANELS_KEY
+
+    root = _open(path)
+    return f"uns/{PANELS_KEY}" in root or f"uns/{GENE_PANELS_KEY}" in root
+
+
 @contextmanager
 def _corrupt_store(path: str | Path) -> Iterator[None]:
     """Any failure reading a store that opened (missing or damaged elements) -> one-line :class:`InputError`."""

@@ -332,7 +332,8 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str) -
     if lacking > limit:
         gap, of = list(missing), f"the model's {n_model} {what}"
         if closest >= 0:  # count and name only what the closest dataset measured
-            gap = [m for m in missing if m in set(panels[closest])]
+            measured = set(panels[closest])
+            gap = [m for m in missing if m in measured]
             of = f"the {len(panels[closest])} {what} of the training dataset it covers best"
         hint = ("; train a model that fits it on the genes both share: omicsclip train STORE --genes-from "
                 "THIS_INPUT (or set preprocess.genes)") if genes else ""
