@@ -147,10 +147,12 @@ def main() -> None:
     t0 = time.time()
     stores = {}
     for name in args.datasets:
-        folder = DATASETS[name]
-        h5ad = next((SHARED / folder).glob("*.h5ad"))
         stores[name] = work / f"{name}.zarr"
         if not stores[name].exists():
+            h5ad = next((SHARED / DATASETS[name]).glob("*.h5ad"), None)
+            if h5ad is None:
+                raise SystemExit(f"bench/pooled.py: no .h5ad in {SHARED / DATASETS[name]} (set OMICSCLIP_SHARED_DATA, "
+                                 f"or give a --workdir holding {name}.zarr)")
             run("ingest", str(h5ad), "--out", str(stores[name]), "--make-unique", log=log)
     tag = ("" if len(args.datasets) == len(DATASETS) else "_" + "_".join(args.datasets)) + (
         "" if args.pool_genes == "shared" else f"_{args.pool_genes}")

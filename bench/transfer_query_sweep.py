@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
         bad = pair_errors(args.pairs, paths)
         if bad:
             sys.exit(f"bench/transfer_query_sweep.py: {bad}")
+        absent = sorted({str(paths[k]) for key in args.pairs for k in key.split(":") if not Path(paths[k]).exists()})
+        if absent:
+            sys.exit(f"bench/transfer_query_sweep.py: no such file: {', '.join(absent)}")
         for key in args.pairs:
             ref_key, query_key = key.split(":")
             pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,18 @@ def test_train_seeds_errors(args, message, tmp_path):
     assert proc.returncode != 0
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("pooled.py", ["--variants", "pooled_default"], "no .h5ad in"),
+    ("transfer_query_sweep.py", ["WORK", "--pairs", "pbmc10k:bremsc", "--grid", "impute_k=10", "--out", "OUT"],
+     "no such file"),
+])
+def test_benches_without_the_shared_data_exit_with_one_line(script, args, message, tmp_path):
+    args = [str(tmp_path / "w") if a == "WORK" else str(tmp_path / "o.json") if a == "OUT" else a for a in args]
+    extra = ["--workdir", str(tmp_path / "w")] if script == "pooled.py" else []
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args, *extra], capture_output=True,
+                          text=True, check=False, env={**os.environ, "OMICSCLIP_SHARED_DATA": str(tmp_path / "none")})
+    assert proc.returncode != 0
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
