@@ -11,7 +11,13 @@ at the test cells that ``bench/quality.py`` reports.
 
 (``--config NAME=`` with nothing after ``=`` is the defaults; several overrides are separated by commas.)
 For a store pooled from several datasets, ``--by-dataset`` also records each dataset's own validation FOSCTTM
-(its validation cells, its own panel and genes, as ``omicsclip evaluate --dataset`` scores it) of the saved model.
+(its validation cells, its own panel and genes, as ``omicsclip evaluate --dataset`` scores it) of the saved model
+(a plain store: its validation FOSCTTM under the store's name).
+
+A choice that itself selects on the validation cells (``train.val_within``: which score early stopping reads) is
+favoured when it is judged on them. ``--held-out-outside 0`` scores each dataset instead on the run's *test*
+cells that are not test cells of split 0 (the quality bars' split): cells no run trained or stopped on, and never
+the ones the bars score (``held_out_foscttm_by_dataset``, with the cell counts).
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ def parse_config(text: str) -> tuple[str, list[str]]:
     return name, [x for x in re.split(r",(?=[A-Za-z_][\w]*\.[\w.]+=)", rest) if x]
 
 
-def dataset_val_foscttm(store: Path, model_dir: Path, data) -> dict[str, float]:
-    """Each pooled dataset's validation FOSCTTM with the saved (best) model, on its own panel and genes."""
+def dataset_val_foscttm(store: Path, model_dir: Path, data, bar_test=None) -> dict[str, float]:
+    """Each pooled dataset's FOSCTTM with the saved (best) model, on its own panel and genes.
+
+    On its validation cells; with ``bar_test`` (barcode -> whether the bars' split holds the cell out for test)
+    on the run's test cells outside it instead, as ``{name: FOSCTTM}`` plus ``{name + "_cells": count}``.
+    """
     from omicsclip.evaluation.evaluate import _align_split, _one_dataset
     from omicsclip.evaluation.metrics import foscttm
     from omicsclip.io.panels import panels_of
@@ -48,12 +58,31 @@ def dataset_val_foscttm(store: Path, model_dir: Path, data) -> dict[str, float]:
 
     model = load_model(model_dir)
     out = {}
-    for name in sorted(panels_of(data.uns)):
+    panels = panels_of(data.uns)
+    for name in [None] if panels is None else sorted(panels):  # a plain store is one dataset, named by its path
         sub = _one_dataset(data, name, store)
-        val = _align_split(sub.obs, model.split, store) == "val"
-        emb = model.embed(rna=sub.rna[val], prot=sub.prot[val], genes=sub.gene_names, proteins=sub.protein_names)
+        name = name or store.stem
+        split = _align_split(sub.obs, model.split, store)
+        if bar_test is None:
+            keep = split == "val"
+        else:
+            keep = (split == "test") & ~bar_test.reindex(sub.obs.index.astype(str)).to_numpy(dtype=bool)
+            out[f"{name}_cells"] = int(keep.sum())
+        emb = model.embed(rna=sub.rna[keep], prot=sub.prot[keep], genes=sub.gene_names, proteins=sub.protein_names)
         out[name] = foscttm(emb["rna"], emb["prot"])
     return out
+
+
+def bar_test_cells(store: Path, cfg: dict, seed: int):
+    """Barcode -> whether split ``seed`` (the bars' split) holds the cell out for test, split as training does."""
+    from omicsclip.io.panels import DATASET_COLUMN, panels_of
+    from omicsclip.io.split import make_split
+    from omicsclip.io.store import store_info
+
+    info = store_info(store)
+    group = DATASET_COLUMN if panels_of(info["uns"]) is not None else None
+    split = make_split(info["obs"], **{**cfg["split"], "seed": seed}, group=group)
+    return (split == "test").rename(None).set_axis(split.index.astype(str))
 
 
 def main() -> None:
@@ -63,8 +92,16 @@ def main() -> None:
     ap.add_argument("--config", dest="configs", action="append", type=parse_config, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("val_sweep.jsonl"))
-    ap.add_argument("--by-dataset", action="store_true", help="pooled store: also each dataset's validation FOSCTTM")
+    ap.add_argument("--by-dataset", action="store_true", help="also each (pooled) dataset's validation FOSCTTM")
+    ap.add_argument("--held-out-outside", type=int, default=None, metavar="SEED",
+                    help="also each dataset's FOSCTTM on the run's test cells outside split SEED's "
+                         "test cells (the bars' split, 0)")
     args = ap.parse_args()
+    if args.held_out_outside is not None and not args.by_dataset:
+        ap.error("--held-out-outside needs --by-dataset")
+    if args.held_out_outside is not None and args.held_out_outside in [int(s) for s in args.seeds.split(",")]:
+        ap.error(f"--held-out-outside {args.held_out_outside}: that split is among --seeds; its test cells are the "
+                 "ones to stay away from")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -90,6 +127,10 @@ def main() -> None:
                     seconds = time.perf_counter() - t0
                     log = read_train_log(model / "train_log.jsonl")
                     per = {} if data is None else {"val_foscttm_by_dataset": dataset_val_foscttm(args.store, model, data)}
+                    if args.held_out_outside is not None:
+                        bar = bar_test_cells(args.store, cfg, args.held_out_outside)
+                        per["held_out_foscttm_by_dataset"] = dataset_val_foscttm(args.store, model, data, bar)
+                        per["held_out_outside_split"] = args.held_out_outside
                 best = min(r["val_foscttm"] for r in log if r.get("val_foscttm") is not None)
                 vals.append(best)
                 out.write(json.dumps({"config": name, "overrides": overrides, "seed": seed, "val_foscttm": best,

@@ -37,6 +37,7 @@ from omicsclip.model.preprocess import PreprocessState, TorchPreprocessor, fit_p
 from omicsclip.train.checkpoint import LAST, load_checkpoint
 from omicsclip.train.data import DeviceBatches, DeviceCells, StoreBatches, cell_bytes
 from omicsclip.train.distributed import DistInfo, barrier, init_distributed, shutdown
+from omicsclip.train.groups import batch_groups, validation_groups
 from omicsclip.train.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
     est = int(cell_bytes(info["nnz_rna"] / max(n, 1), len(state.proteins)) * len(train_rows))
     mode = train["data_on_device"]
     on_device = mode is True or (mode == "auto" and _fits_on_device(est, device))
-    groups = _batch_groups(info, train_rows, train)
+    groups = batch_groups(info, train_rows, train)
     if groups is not None and not on_device and train["batch_key"] == "auto":
         log.warning("train.batch_key=auto: batches mix datasets, as the training cells are streamed (about "
                     "%.1f GB do not fit on %s)", est / 1e9, device)
@@ -188,41 +189,17 @@ def _training_source(store: Path, train_rows: np.ndarray, state: PreprocessState
                         world_size=dist.world_size)
 
 
-def _batch_groups(info: dict[str, Any], train_rows: np.ndarray, train: dict[str, Any]) -> np.ndarray | None:
-    """Per training cell, its ``train.batch_key`` group code (``None`` when the key is off)."""
-    from omicsclip.io.panels import DATASET_COLUMN, panels_of
-
-    key = train["batch_key"]
-    if key == "auto":  # chosen on validation cells (bench/pooled.py): within one dataset for pooled stores
-        key = DATASET_COLUMN if panels_of(info["uns"]) is not None else ""
-    if not key:
-        return None
-    obs = info["obs"]
-    if key not in obs.columns:
-        raise InputError(f"train.batch_key={key!r}: the store has no such obs column "
-                         f"(columns: {', '.join(map(str, obs.columns[:8]))})")
-    values = obs[key].iloc[train_rows]
-    if values.isna().any():
-        raise InputError(f"train.batch_key={key!r}: {int(values.isna().sum())} training cells have no value")
-    codes, uniques = pd.factorize(values.astype(str), sort=True)
-    sizes = np.bincount(codes, minlength=len(uniques))
-    small = [f"{u} ({n})" for u, n in zip(uniques, sizes, strict=True) if n < train["batch_size"]]
-    if len(small) == len(uniques):
-        raise InputError(f"train.batch_key={key!r}: every group has fewer training cells than "
-                         f"train.batch_size={train['batch_size']}; lower it")
-    if small:
-        log.warning("train.batch_key=%s: groups smaller than one batch are never trained on: %s", key,
-                    ", ".join(small))
-    log.info("training batches drawn within one %s each (%d groups)", key, len(uniques))
-    return codes
+def _validation_rows(val_rows: np.ndarray, seed: int) -> np.ndarray:
+    """Return the validation cells scored: all, or a fixed sample of ``VAL_MAX_CELLS``."""
+    if val_rows.size > VAL_MAX_CELLS:
+        return np.sort(np.random.default_rng(seed + 1).choice(val_rows, VAL_MAX_CELLS, replace=False))
+    return val_rows
 
 
 def _validation_inputs(store: Path, val_rows: np.ndarray, state: PreprocessState, pre: TorchPreprocessor,
-                       device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     if val_rows.size < 2:
         return None
-    if val_rows.size > VAL_MAX_CELLS:
-        val_rows = np.sort(np.random.default_rng(seed + 1).choice(val_rows, VAL_MAX_CELLS, replace=False))
     cells = DeviceCells.from_store(store, val_rows, state, device)
     return model_inputs(cells.gather(torch.arange(cells.n_cells, device=device)), pre)
 
@@ -430,9 +407,11 @@ def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     model = build_model(pre.rna_dim, pre.prot_dim, cfg["model"], train).to(device)
     source = _training_source(store, rows["train"], state, info, train, device, dist)
-    val = _validation_inputs(store, rows["val"], state, pre, device, train["seed"])
+    val_rows = _validation_rows(rows["val"], train["seed"])
+    val = _validation_inputs(store, val_rows, state, pre, device)
+    val_groups = None if val is None else validation_groups(info, val_rows, train, device)
     trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,
-                      run_fp)
+                      run_fp, val_groups=val_groups)
     if do_resume:
         trainer.load_state_dict(load_checkpoint(work / "checkpoints" / LAST, model))
     summary = trainer.fit()

@@ -31,7 +31,7 @@ from omicsclip.progress import Progress
 from omicsclip.train.checkpoint import LAST, capture_rng, restore_rng, save_checkpoint
 from omicsclip.train.data import DeviceBatches, StoreBatches
 from omicsclip.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier
-from omicsclip.train.validation import EarlyStopping, embed_inputs, retrieval_scores
+from omicsclip.train.validation import EarlyStopping, embed_inputs, grouped_retrieval_scores
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,9 @@ class Trainer:
         The fitted preprocessing on ``device``.
     val_inputs
         Preprocessed validation inputs (RNA, protein) on ``device``, or ``None`` (no early stopping).
+    val_groups
+        Group name -> rows of ``val_inputs``: each validation cell's partner is ranked among its own group's
+        cells (``train.val_within``), and each group's FOSCTTM is logged; ``None`` = among all of them.
     settings
         Loop settings.
     device
@@ -200,11 +203,13 @@ class Trainer:
     def __init__(self, model: DualEncoder, source: DeviceBatches | StoreBatches, pre: TorchPreprocessor,
                  val_inputs: tuple[torch.Tensor, torch.Tensor] | None, settings: TrainSettings,
                  device: torch.device, dist: DistInfo, work_dir: Path, fingerprint: str,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 val_groups: dict[str, torch.Tensor] | None = None) -> None:
         self.model = model
         self.source = source
         self.pre = pre
         self.val_inputs = val_inputs
+        self.val_groups = val_groups
         self.s = settings
         self.device = device
         self.dist = dist
@@ -346,11 +351,11 @@ class Trainer:
         """The weights that are validated and kept: the moving average when enabled."""
         return self.model if self.ema is None else self.ema
 
-    def _validate(self) -> tuple[float, float]:
+    def _validate(self) -> tuple[float, float, dict[str, float]]:
         if self.val_inputs is None:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), {}
         a, b = embed_inputs(self.eval_model, *self.val_inputs, bf16=self.s.bf16)
-        return retrieval_scores(a, b, k=10)
+        return grouped_retrieval_scores(a, b, self.val_groups, k=10)
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         train_loss = float(all_reduce_sum(self.loss_sum, self.dist)) / max(self.step_in_epoch, 1)
@@ -361,8 +366,10 @@ class Trainer:
         }
         last = self.epoch + 1 == self.s.epochs
         if self.val_inputs is not None and ((self.epoch + 1) % self.s.eval_every == 0 or last):
-            recall, fos = self._validate()
+            recall, fos, by_group = self._validate()
             record["val_recall_at_10"], record["val_foscttm"] = recall, fos
+            if by_group:
+                record["val_foscttm_by_group"] = by_group
             record["best"] = self.stopper.update(recall, fos, self.epoch + 1, self.eval_model)
         self.log_lines.append(json.dumps(record))
         if self.dist.is_main:

@@ -42,6 +42,43 @@ def retrieval_scores(a: torch.Tensor, b: torch.Tensor, k: int = 10, chunk: int =
     return hits / (2 * n), fos / (2 * n)
 
 
+def grouped_retrieval_scores(a: torch.Tensor, b: torch.Tensor, groups: dict[str, torch.Tensor] | None,
+                             k: int = 10) -> tuple[float, float, dict[str, float]]:
+    """(recall@k, FOSCTTM) with each cell's partner ranked among its own group's cells, and each group's FOSCTTM.
+
+    The overall scores are means over the cells of every group with at least two cells (each group weighs by
+    its cell count), so they read as :func:`retrieval_scores` of one group would. For a reference pooled from
+    several labs this is what each lab's own held-out score measures: ranked against all validation cells, a
+    cell of another lab that sits closer than the true partner would count as an error, although a shared space
+    should put similar cells of different labs close (``train.val_within``).
+
+    Parameters
+    ----------
+    a, b
+        Embeddings of the same cells (row ``i`` of ``a`` pairs with row ``i`` of ``b``).
+    groups
+        Group name -> row indices into ``a``/``b``; ``None`` = all rows in one group (no per-group scores).
+    k
+        Recall cut-off.
+    """
+    if groups is None:
+        recall, fos = retrieval_scores(a, b, k=k)
+        return recall, fos, {}
+    by_group: dict[str, float] = {}
+    total, recall_sum, fos_sum = 0, 0.0, 0.0
+    for name, rows in groups.items():
+        if rows.numel() < 2:
+            continue
+        recall, fos = retrieval_scores(a[rows], b[rows], k=k)
+        by_group[name] = fos
+        total += rows.numel()
+        recall_sum += recall * rows.numel()
+        fos_sum += fos * rows.numel()
+    if not total:
+        return float("nan"), float("nan"), by_group
+    return recall_sum / total, fos_sum / total, by_group
+
+
 class EarlyStopping:
     """Track the best validation score, its weights, and the evaluations without improvement.
 

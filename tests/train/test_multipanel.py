@@ -234,7 +234,7 @@ def test_prot_hidden_pooled_applies_to_pooled_stores_only():
 def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
     import pandas as pd
 
-    from omicsclip.train.run import _batch_groups
+    from omicsclip.train.groups import batch_groups as _batch_groups
 
     obs = pd.DataFrame({"dataset": ["a"] * 70 + ["b"] * 50, "batch": ["x", "y"] * 60},
                        index=[f"c{i}" for i in range(120)])
@@ -250,3 +250,26 @@ def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
         _batch_groups(plain, rows, {**train, "batch_key": "donor"})
     with pytest.raises(InputError, match="every group"):
         _batch_groups(pooled, rows, {**train, "batch_size": 100})
+
+
+def test_val_within_groups_validation_cells_by_the_batch_key():
+    import pandas as pd
+
+    from omicsclip.train.groups import validation_groups
+
+    obs = pd.DataFrame({"dataset": ["a"] * 7 + ["b"] * 5, "batch": ["x", "y"] * 6},
+                       index=[f"c{i}" for i in range(12)])
+    rows = np.array([0, 2, 3, 8, 9, 11])
+    pooled = {"obs": obs, "uns": {"panels": {"a": ["P1"], "b": ["P1", "P2"]}}}
+    plain = {"obs": obs, "uns": {}}
+    train = {"batch_key": "auto", "val_within": "auto"}
+    groups = validation_groups(pooled, rows, train, torch.device("cpu"))
+    assert {k: v.tolist() for k, v in groups.items()} == {"a": [0, 1, 2], "b": [3, 4, 5]}  # positions in rows
+    assert validation_groups(pooled, rows, {**train, "val_within": False}, torch.device("cpu")) is None
+    assert validation_groups(plain, rows, train, torch.device("cpu")) is None  # no key: all cells together
+    by_batch = validation_groups(plain, rows, {**train, "batch_key": "batch"}, torch.device("cpu"))
+    assert {k: v.tolist() for k, v in by_batch.items()} == {"x": [0, 1, 3], "y": [2, 4, 5]}
+    with pytest.raises(InputError, match="val_within=true needs groups"):
+        validation_groups(plain, rows, {**train, "val_within": True}, torch.device("cpu"))
+    # one validation cell per group: nothing to rank within, so all cells together (with a warning)
+    assert validation_groups(pooled, np.array([0, 8]), train, torch.device("cpu")) is None

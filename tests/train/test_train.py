@@ -350,3 +350,23 @@ def test_train_settings_come_from_the_config_only():
         TrainSettings()  # no fallback values
     with pytest.raises(KeyError):
         TrainSettings.from_config({k: v for k, v in train.items() if k != "lr"}, bf16=False)
+
+
+def test_grouped_retrieval_scores_rank_partners_within_their_group():
+    from omicsclip.train.validation import grouped_retrieval_scores
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(90, 6))
+    a[60:] = a[:30] + 0.01 * rng.normal(size=(30, 6))  # group "y": each cell has a near twin in group "x",
+    b = a + rng.normal(scale=0.3, size=a.shape)
+    b[:30] = a[:30]  # whose partner sits closer to it than its own partner does
+    groups = {"x": torch.arange(60), "y": torch.arange(60, 90), "lone": torch.tensor([0])}
+    r, f, per = grouped_retrieval_scores(torch.tensor(a), torch.tensor(b), groups, k=10)
+    rx, fx = _brute(a[:60], b[:60])
+    ry, fy = _brute(a[60:], b[60:])
+    assert per == pytest.approx({"x": fx, "y": fy})  # a one-cell group is not scored
+    assert f == pytest.approx((60 * fx + 30 * fy) / 90)
+    assert r == pytest.approx((60 * rx + 30 * ry) / 90)
+    r_all, f_all = retrieval_scores(torch.tensor(a), torch.tensor(b), k=10)
+    assert f < f_all  # ranked among all cells, group y's partners lose to their twins in group x
+    assert grouped_retrieval_scores(torch.tensor(a), torch.tensor(b), None) == (r_all, f_all, {})
