@@ -66,22 +66,27 @@ def dataset_val_foscttm(store: Path, model_dir: Path, data, bar_test=None) -> di
         if bar_test is None:
             keep = split == "val"
         else:
-            keep = (split == "test") & ~bar_test.reindex(sub.obs.index.astype(str)).to_numpy(dtype=bool)
+            in_bar = bar_test.reindex(sub.obs.index.astype(str))
+            if in_bar.isna().any():
+                raise SystemExit(f"{store}: {int(in_bar.isna().sum())} cells of {name} are not in the bars' split")
+            keep = (split == "test") & ~in_bar.to_numpy(dtype=bool)
             out[f"{name}_cells"] = int(keep.sum())
         emb = model.embed(rna=sub.rna[keep], prot=sub.prot[keep], genes=sub.gene_names, proteins=sub.protein_names)
         out[name] = foscttm(emb["rna"], emb["prot"])
     return out
 
 
-def bar_test_cells(store: Path, cfg: dict, seed: int):
-    """Barcode -> whether split ``seed`` (the bars' split) holds the cell out for test, split as training does."""
+def bar_test_cells(store: Path, seed: int):
+    """Barcode -> whether split ``seed`` of the default split settings (the bars' split) holds the cell out for
+    test, split as training does (whatever split settings a swept config has)."""
+    from omicsclip.config import default_config
     from omicsclip.io.panels import DATASET_COLUMN, panels_of
     from omicsclip.io.split import make_split
     from omicsclip.io.store import store_info
 
     info = store_info(store)
     group = DATASET_COLUMN if panels_of(info["uns"]) is not None else None
-    split = make_split(info["obs"], **{**cfg["split"], "seed": seed}, group=group)
+    split = make_split(info["obs"], **{**default_config()["split"], "seed": seed}, group=group)
     return (split == "test").rename(None).set_axis(split.index.astype(str))
 
 
@@ -116,6 +121,7 @@ def main() -> None:
         from omicsclip.io.store import read_store
 
         data = read_store(args.store)
+    bar = None if args.held_out_outside is None else bar_test_cells(args.store, args.held_out_outside)
     with args.out.open("a") as out:
         for name, overrides in args.configs:
             vals = []
@@ -127,13 +133,15 @@ def main() -> None:
                     seconds = time.perf_counter() - t0
                     log = read_train_log(model / "train_log.jsonl")
                     per = {} if data is None else {"val_foscttm_by_dataset": dataset_val_foscttm(args.store, model, data)}
-                    if args.held_out_outside is not None:
-                        bar = bar_test_cells(args.store, cfg, args.held_out_outside)
+                    if bar is not None:
                         per["held_out_foscttm_by_dataset"] = dataset_val_foscttm(args.store, model, data, bar)
                         per["held_out_outside_split"] = args.held_out_outside
                 best = min(r["val_foscttm"] for r in log if r.get("val_foscttm") is not None)
                 vals.append(best)
+                # val_foscttm is what early stopping read: under another train.val_within it is another score
+                # (within datasets vs among all cells); compare configs on val_foscttm_by_dataset then
                 out.write(json.dumps({"config": name, "overrides": overrides, "seed": seed, "val_foscttm": best,
+                                      "val_within": cfg["train"]["val_within"],
                                       **per, "epochs": len(log), "seconds": seconds}) + "\n")
                 out.flush()
             print(f"{name}: val FOSCTTM {[round(v, 4) for v in vals]} mean {statistics.mean(vals):.4f}", flush=True)

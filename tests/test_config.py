@@ -103,6 +103,7 @@ def test_cli_train_refuses_inf_in_config_file(store, tmp_path):
     ("train: {lr: !!timestamp x}\n", "not valid YAML"),
     ("train: {lr: " + "9" * 5000 + "}\n", "not valid YAML|greater than|not of type"),
     ("train: {monitor: [" + ", ".join(["x"] * 5000) + "]}\n", r"train\.monitor: "),
+    ("train: {val_within: maybe}\n", r"train\.val_within: "),
 ])
 def test_hostile_documents_are_one_line_input_errors(tmp_path, text, match):
     cfg = tmp_path / "c.yaml"

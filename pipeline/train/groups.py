@@ -58,27 +58,42 @@ def _group_codes(info: dict[str, Any], rows: np.ndarray, key: str, setting: str,
 
 
 def validation_groups(info: dict[str, Any], val_rows: np.ndarray, train: dict[str, Any],
-                       device: torch.device) -> dict[str, torch.Tensor] | None:
-    """``train.val_within``: validation cells grouped by the batch key (the dataset of a pooled store), or None.
+                      device: torch.device) -> dict[str, torch.Tensor] | None:
+    """``train.val_within``: the validation cells grouped so that each partner is ranked among its group's cells.
 
-    ``auto`` groups them whenever there is a batch key (set, or ``auto`` on a pooled store), whether or not the
-    training batches could be drawn within groups: the score should not count other labs' cells near a cell's
-    partner as errors. ``true`` needs a batch key; ``false`` ranks every partner among all validation cells.
+    ``auto``: by dataset on a store pooled from several datasets, whatever ``train.batch_key`` is (so batch
+    settings compare under one score), else not grouped: ranked among every lab's cells, another lab's cell that a
+    shared space rightly puts near the partner would count as an error. ``true``: by the ``train.batch_key``
+    column when one is set (e.g. ``batch``), else by dataset on a pooled store. ``false``: among all validation
+    cells. Returns group name -> positions in ``val_rows``, or ``None`` (not grouped).
+
+    Groups with fewer than two validation cells are left out of the score (named in a warning).
     """
     within = train["val_within"]
     if within is False:
         return None
-    key = _group_key(info, train["batch_key"])
+    key = _group_key(info, "auto")  # the dataset column of a pooled store, else ""
+    if within is True:
+        key = "" if train["batch_key"] in ("auto", "") else train["batch_key"]
+        key = key or _group_key(info, "auto")
+        if not key:
+            raise InputError("train.val_within=true needs groups: set train.batch_key to an obs column, or train "
+                             "on a pooled store (omicsclip pool)")
     if not key:
-        if within is True:
-            raise InputError("train.val_within=true needs groups: set train.batch_key to an obs column (or train "
-                             "on a pooled store with train.batch_key=auto)")
         return None
-    codes, uniques = _group_codes(info, val_rows, key, "train.batch_key", "validation")
+    codes, uniques = _group_codes(info, val_rows, key, "train.val_within", "validation")
     groups = {str(u): torch.from_numpy(np.flatnonzero(codes == i)).to(device) for i, u in enumerate(uniques)}
-    if all(g.numel() < 2 for g in groups.values()):
+    small = sorted(k for k, g in groups.items() if g.numel() < 2)
+    if len(small) == len(groups):
+        if within is True:
+            raise InputError(f"train.val_within=true: no {key} has two validation cells to rank within; set "
+                             f"train.val_within=false")
         log.warning("train.val_within: no %s has two validation cells; ranking partners among all of them", key)
         return None
-    log.info("validation: partners ranked within each %s (%s)", key,
-             ", ".join(f"{k} {v.numel()}" for k, v in groups.items()))
+    if small:
+        log.warning("train.val_within: %s with fewer than two validation cells, left out of the validation "
+                    "score: %s", key, ", ".join(small))
+    if train.get("monitor") == "recall_at_10" and all(g.numel() <= 10 for g in groups.values()):
+        raise InputError(f"train.monitor=recall_at_10: no {key} has more than 10 validation cells, so recall@10 "
+                         f"within each is 1 whatever the model; use train.monitor=foscttm or train.val_within=false")
     return groups

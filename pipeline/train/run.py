@@ -409,7 +409,10 @@ def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict
     source = _training_source(store, rows["train"], state, info, train, device, dist)
     val_rows = _validation_rows(rows["val"], train["seed"])
     val = _validation_inputs(store, val_rows, state, pre, device)
-    val_groups = None if val is None else validation_groups(info, val_rows, train, device)
+    val_groups = None if val is None else validation_groups(info, val_rows, train, device)  # val_rows: sorted,
+    if val_groups is not None and dist.is_main:  # as the cells DeviceCells.from_store loads
+        log.info("validation: partners ranked within each group (%s)",
+                 ", ".join(f"{k} {v.numel()}" for k, v in val_groups.items()))
     trainer = Trainer(model, source, pre, val, TrainSettings.from_config(train, bf16=bf16), device, dist, work,
                       run_fp, val_groups=val_groups)
     if do_resume:

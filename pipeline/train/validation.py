@@ -47,7 +47,10 @@ def grouped_retrieval_scores(a: torch.Tensor, b: torch.Tensor, groups: dict[str,
     """(recall@k, FOSCTTM) with each cell's partner ranked among its own group's cells, and each group's FOSCTTM.
 
     The overall scores are means over the cells of every group with at least two cells (each group weighs by
-    its cell count), so they read as :func:`retrieval_scores` of one group would. For a reference pooled from
+    its cell count, so the largest dataset weighs most; the workflow's temperature selection instead averages the
+    datasets' metrics unweighted), so they read as :func:`retrieval_scores` of one group would; recall@k counts
+    only groups of more than ``k`` cells (within a smaller one every partner is among the first ``k``: NaN when
+    no group is larger). For a reference pooled from
     several labs this is what each lab's own held-out score measures: ranked against all validation cells, a
     cell of another lab that sits closer than the true partner would count as an error, although a shared space
     should put similar cells of different labs close (``train.val_within``).
@@ -65,18 +68,20 @@ def grouped_retrieval_scores(a: torch.Tensor, b: torch.Tensor, groups: dict[str,
         recall, fos = retrieval_scores(a, b, k=k)
         return recall, fos, {}
     by_group: dict[str, float] = {}
-    total, recall_sum, fos_sum = 0, 0.0, 0.0
+    total, recall_total, recall_sum, fos_sum = 0, 0, 0.0, 0.0
     for name, rows in groups.items():
-        if rows.numel() < 2:
+        n = rows.numel()
+        if n < 2:
             continue
         recall, fos = retrieval_scores(a[rows], b[rows], k=k)
         by_group[name] = fos
-        total += rows.numel()
-        recall_sum += recall * rows.numel()
-        fos_sum += fos * rows.numel()
-    if not total:
-        return float("nan"), float("nan"), by_group
-    return recall_sum / total, fos_sum / total, by_group
+        total += n
+        fos_sum += fos * n
+        if n > k:
+            recall_total += n
+            recall_sum += recall * n
+    recall = recall_sum / recall_total if recall_total else float("nan")
+    return recall, (fos_sum / total if total else float("nan")), by_group
 
 
 class EarlyStopping:

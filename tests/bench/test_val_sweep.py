@@ -26,7 +26,7 @@ def test_held_out_cells_stay_outside_the_bars_test_split(tmp_path, val_sweep):
     cfg = load_config(None, ["split.seed=1", "train.seed=1", "train.epochs=2", "train.batch_size=64",
                              "model.members=1", "train.device=cpu"])
     model = train_model(store, tmp_path / "m", cfg)
-    bar = val_sweep.bar_test_cells(store, cfg, 0)
+    bar = val_sweep.bar_test_cells(store, 0)
     assert bar.sum() == pytest.approx(0.2 * 600, abs=4)  # each lab's own 20 % test split of seed 0
     data = read_store(store)
     held = val_sweep.dataset_val_foscttm(store, model, data, bar)

@@ -252,7 +252,7 @@ def test_batch_key_auto_groups_pooled_stores_by_dataset_only():
         _batch_groups(pooled, rows, {**train, "batch_size": 100})
 
 
-def test_val_within_groups_validation_cells_by_the_batch_key():
+def test_val_within_groups_validation_cells_by_dataset_or_batch_key(caplog):
     import pandas as pd
 
     from omicsclip.train.groups import validation_groups
@@ -262,14 +262,63 @@ def test_val_within_groups_validation_cells_by_the_batch_key():
     rows = np.array([0, 2, 3, 8, 9, 11])
     pooled = {"obs": obs, "uns": {"panels": {"a": ["P1"], "b": ["P1", "P2"]}}}
     plain = {"obs": obs, "uns": {}}
-    train = {"batch_key": "auto", "val_within": "auto"}
-    groups = validation_groups(pooled, rows, train, torch.device("cpu"))
-    assert {k: v.tolist() for k, v in groups.items()} == {"a": [0, 1, 2], "b": [3, 4, 5]}  # positions in rows
-    assert validation_groups(pooled, rows, {**train, "val_within": False}, torch.device("cpu")) is None
-    assert validation_groups(plain, rows, train, torch.device("cpu")) is None  # no key: all cells together
-    by_batch = validation_groups(plain, rows, {**train, "batch_key": "batch"}, torch.device("cpu"))
-    assert {k: v.tolist() for k, v in by_batch.items()} == {"x": [0, 1, 3], "y": [2, 4, 5]}
+    cpu = torch.device("cpu")
+    train = {"batch_key": "auto", "val_within": "auto", "monitor": "foscttm"}
+
+    def positions(groups):
+        return {k: v.tolist() for k, v in groups.items()}
+
+    assert positions(validation_groups(pooled, rows, train, cpu)) == {"a": [0, 1, 2], "b": [3, 4, 5]}
+    # auto: by dataset on a pooled store whatever the batches do, so batch settings compare under one score
+    assert positions(validation_groups(pooled, rows, {**train, "batch_key": ""}, cpu)) == {"a": [0, 1, 2],
+                                                                                           "b": [3, 4, 5]}
+    assert validation_groups(pooled, rows, {**train, "val_within": False}, cpu) is None
+    assert validation_groups(plain, rows, train, cpu) is None  # one lab: all cells together
+    assert validation_groups(plain, rows, {**train, "batch_key": "batch"}, cpu) is None
+    # true: within the batch_key column when one is set
+    by_batch = validation_groups(plain, rows, {**train, "batch_key": "batch", "val_within": True}, cpu)
+    assert positions(by_batch) == {"x": [0, 1, 3], "y": [2, 4, 5]}
     with pytest.raises(InputError, match="val_within=true needs groups"):
-        validation_groups(plain, rows, {**train, "val_within": True}, torch.device("cpu"))
-    # one validation cell per group: nothing to rank within, so all cells together (with a warning)
-    assert validation_groups(pooled, np.array([0, 8]), train, torch.device("cpu")) is None
+        validation_groups(plain, rows, {**train, "val_within": True}, cpu)
+    with pytest.raises(InputError, match="no such obs column"):
+        validation_groups(plain, rows, {**train, "batch_key": "donor", "val_within": True}, cpu)
+    # recall@10 within groups of at most 10 cells is 1 whatever the model: refused as the monitor
+    with pytest.raises(InputError, match="recall@10 within each is 1"):
+        validation_groups(pooled, rows, {**train, "monitor": "recall_at_10"}, cpu)
+    # a group with one validation cell is left out of the score, by name
+    with caplog.at_level("WARNING", logger="omicsclip.train.groups"):
+        assert positions(validation_groups(pooled, np.array([0, 2, 8]), train, cpu)) == {"a": [0, 1], "b": [2]}
+    assert "left out of the validation score: b" in caplog.text
+    # one validation cell per group: nothing to rank within; auto ranks among all cells (warned), true refuses
+    assert validation_groups(pooled, np.array([0, 8]), train, cpu) is None
+    with pytest.raises(InputError, match="no dataset has two validation cells"):
+        validation_groups(pooled, np.array([0, 8]), {**train, "val_within": True}, cpu)
+
+
+def test_pooled_training_logs_each_datasets_validation_foscttm(tmp_path, monkeypatch):
+    """The grouped score, on a sample of the validation cells (VAL_MAX_CELLS), is each dataset's own FOSCTTM."""
+    from conftest import pooled_two_labs
+
+    from omicsclip.evaluation.selection import read_train_log
+    from omicsclip.model.embed import iter_store_embeddings
+    from omicsclip.train import run as run_mod
+    from omicsclip.train.validation import retrieval_scores
+
+    store, _, _ = pooled_two_labs(tmp_path, n=300)
+    monkeypatch.setattr(run_mod, "VAL_MAX_CELLS", 40)  # 60 validation cells: the sampled path
+    cfg = load_config(None, ["train.epochs=2", "train.batch_size=64", "model.members=1", "train.device=cpu"])
+    model_dir = train_model(store, tmp_path / "m", cfg)
+    log = read_train_log(model_dir / "train_log.jsonl")
+    assert all(set(r["val_foscttm_by_group"]) == {"labA", "labB"} for r in log)
+    best = max(r["epoch"] for r in log if r["best"])  # the saved weights
+    info = store_info(store)
+    model = load_model(model_dir)
+    split = model.split.reindex(info["obs"].index.astype(str)).to_numpy()
+    rows = run_mod._validation_rows(np.flatnonzero(split == "val"), cfg["train"]["seed"])
+    assert rows.size == 40
+    (_, emb, _, _), = iter_store_embeddings(model, store, info)  # the store's cells as embed sees them
+    labs = info["obs"]["dataset"].astype(str).to_numpy()
+    for lab in ("labA", "labB"):
+        sel = rows[labs[rows] == lab]
+        _, fos = retrieval_scores(torch.tensor(emb["rna"][sel]), torch.tensor(emb["prot"][sel]))
+        assert log[best - 1]["val_foscttm_by_group"][lab] == pytest.approx(fos, abs=1e-6)
