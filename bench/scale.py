@@ -17,7 +17,7 @@ bench draws ``--base-cells`` cells once (4 batches, 12 types) and builds every s
 the base has every RNA and protein count binomially thinned (keep 0.9, its own seed) and barcodes suffixed
 ``-r<r>``. Every size, the smallest included, is made this way, so the sizes differ in cell count only.
 
-Run (about 1.5 h on 2 cores; the data need ~25 GB of disk under ``--workdir``)::
+Run (30 to 90 minutes on 2 cores, with the machine's speed; the data need ~25 GB of disk under ``--workdir``)::
 
     .venv/bin/python bench/scale.py [--sizes 100000 300000 1000000] [--workdir /tmp/omicsclip_scale]
 
