@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -72,7 +73,9 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None 
     Returns
     -------
     matplotlib.figure.Figure
-        Three panels: training loss, validation recall@10, validation FOSCTTM.
+        Three panels: training loss, validation recall@10, validation FOSCTTM. A model trained on several datasets
+        (records with ``val_foscttm_by_group``) also gets each dataset's validation FOSCTTM in the last panel,
+        for the selected run (or the only one), in thin broken lines.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -89,6 +92,8 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None 
             ax.plot(x, y, color=color, lw=2.8 if best else 1.4, alpha=1.0 if best else 0.8,
                     label=f"T={label}" + (" (selected)" if best else ""), marker="o" if len(x) < 15 else None,
                     ms=3)
+        if key == "val_foscttm":
+            _group_curves(ax, logs, colors, selected)
         ax.set_title(title + (f"\n({hint})" if hint else ""))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -96,7 +101,27 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], selected: str | None 
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         axes[0].legend(handles, labels, loc="best")
+    if any(line.get_label().startswith("dataset ") for line in axes[2].get_lines()):
+        axes[2].legend(loc="best", fontsize="small")
     return fig
+
+
+def _group_curves(ax: Any, logs: Mapping[str, Sequence[Mapping]], colors: list, selected: str | None) -> None:
+    """Each dataset's validation FOSCTTM of the selected run (or the only one), thin and broken, labelled."""
+    label = selected if selected in logs else (next(iter(logs)) if len(logs) == 1 else None)
+    if label is None:
+        return
+    records = logs[label]
+    color = colors[list(logs).index(label)]
+    names = sorted({g for r in records if isinstance(r.get("val_foscttm_by_group"), Mapping)
+                    for g in r["val_foscttm_by_group"]})
+    for name, style in zip(names, itertools.cycle(("--", ":", "-.")), strict=False):
+        pts = [(r["epoch"], r["val_foscttm_by_group"][name]) for r in records
+               if isinstance(r.get("val_foscttm_by_group"), Mapping) and name in r["val_foscttm_by_group"]
+               and isinstance(r.get("epoch"), int | float)]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.plot(x, y, color=color, lw=1.0, ls=style, alpha=0.9, label=f"dataset {name}")
 
 
 @_styled

@@ -284,3 +284,21 @@ def test_untrusted_names_are_escaped(fake_outputs: dict) -> None:
     assert "d&lt;i&gt;s&lt;/i&gt;" in html
     assert "&lt;script&gt;x&lt;/script&gt; (3)" in html
     assert "a&lt;b" in html
+
+
+def test_training_curves_show_each_datasets_validation_of_a_pooled_run():
+    from omicsclip.report.plots import training_curves
+
+    def log(groups):
+        return [{"epoch": e, "train_loss": 5.0 - e, "val_recall_at_10": 0.1 * e, "val_foscttm": 0.2 / e,
+                 **({"val_foscttm_by_group": {"a": 0.1 / e, "b": 0.3 / e}} if groups else {})} for e in (1, 2, 3)]
+
+    fig = training_curves({"0.05": log(True), "0.1": log(True)}, selected="0.1")
+    fos = fig.axes[2]
+    per = {ln.get_label(): list(ln.get_ydata()) for ln in fos.get_lines() if ln.get_label().startswith("dataset ")}
+    assert per == {"dataset a": pytest.approx([0.1, 0.05, 0.1 / 3]), "dataset b": pytest.approx([0.3, 0.15, 0.1])}
+    assert fos.get_legend() is not None
+    # a single-dataset run: no extra lines, no legend in that panel
+    plain = training_curves({"0.05": log(False)}, selected="0.05").axes[2]
+    assert [ln.get_label() for ln in plain.get_lines()] == ["T=0.05 (selected)"]
+    assert plain.get_legend() is None
