@@ -145,15 +145,15 @@ def main() -> None:
     log = work / "log.txt"
     sets = [x for s in args.sets for x in ("--set", s)]
     t0 = time.time()
-    stores = {}
-    for name in args.datasets:
-        stores[name] = work / f"{name}.zarr"
-        if not stores[name].exists():
-            h5ad = next((SHARED / DATASETS[name]).glob("*.h5ad"), None)
-            if h5ad is None:
-                raise SystemExit(f"bench/pooled.py: no .h5ad in {SHARED / DATASETS[name]} (set OMICSCLIP_SHARED_DATA, "
-                                 f"or give a --workdir holding {name}.zarr)")
-            run("ingest", str(h5ad), "--out", str(stores[name]), "--make-unique", log=log)
+    stores = {name: work / f"{name}.zarr" for name in args.datasets}
+    inputs = {name: next((SHARED / DATASETS[name]).glob("*.h5ad"), None) for name in stores
+              if not stores[name].exists()}
+    missing = [str(SHARED / DATASETS[name]) for name, h5ad in inputs.items() if h5ad is None]
+    if missing:  # all checked before the first ingest
+        raise SystemExit(f"bench/pooled.py: no .h5ad in {', '.join(missing)} (set OMICSCLIP_SHARED_DATA, or give a "
+                         f"--workdir holding NAME.zarr)")
+    for name, h5ad in inputs.items():
+        run("ingest", str(h5ad), "--out", str(stores[name]), "--make-unique", log=log)
     tag = ("" if len(args.datasets) == len(DATASETS) else "_" + "_".join(args.datasets)) + (
         "" if args.pool_genes == "shared" else f"_{args.pool_genes}")
     pooled = work / f"pooled{tag}.zarr"

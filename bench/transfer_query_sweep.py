@@ -59,16 +59,19 @@ def main(argv: list[str] | None = None) -> dict:
         bad = pair_errors(args.pairs, paths)
         if bad:
             sys.exit(f"bench/transfer_query_sweep.py: {bad}")
-        absent = sorted({str(paths[k]) for key in args.pairs for k in key.split(":") if not Path(paths[k]).exists()})
+        absent = sorted({str(paths[k]) for key in args.pairs for k in key.split(":") if not paths[k].exists()})
         if absent:
             sys.exit(f"bench/transfer_query_sweep.py: no such file: {', '.join(absent)}")
+        runs = {key: args.workdir / key.replace(":", "_") / "omicsclip" for key in args.pairs}
+        no_run = [f"{run} ({key})" for key, run in runs.items()
+                  if not ((run / "index").exists() and (run / "query_rna.h5ad").exists())]
+        if no_run:  # all checked before the first pair's sweep
+            sys.exit(f"bench/transfer_query_sweep.py: no omicsclip run (index and query_rna.h5ad; bench/transfer.py "
+                     f"--workdir) in {', '.join(no_run)}")
         for key in args.pairs:
             ref_key, query_key = key.split(":")
             pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)
-            run_dir = args.workdir / key.replace(":", "_") / "omicsclip"
-            if not (run_dir / "index").exists():
-                sys.exit(f"bench/transfer_query_sweep.py: {run_dir} holds no omicsclip run of {key} "
-                         "(bench/transfer.py --workdir)")
+            run_dir = runs[key]
             barcodes = pd.Index(ad.read_h5ad(run_dir / "query_rna.h5ad", backed="r").obs_names.astype(str))
             for combo in itertools.product(*values):
                 sets = [f"query.{k}={v}" for k, v in zip(keys, combo, strict=True)]

@@ -45,55 +45,63 @@ def parse_config(text: str) -> tuple[str, list[str]]:
     return name, [x for x in re.split(r",(?=[A-Za-z_][\w]*\.[\w.]+=)", rest) if x]
 
 
-def dataset_val_foscttm(store: Path, model_dir: Path, data, bar_test=None) -> dict[str, float]:
-    """Each pooled dataset's FOSCTTM with the saved (best) model, on its own panel and genes.
-
-    On its validation cells; with ``bar_test`` (barcode -> whether the bars' split holds the cell out for test)
-    on the run's test cells outside it instead, as ``{name: FOSCTTM}`` plus ``{name + "_cells": count}``.
-    """
-    from omicsclip.evaluation.evaluate import _align_split, _one_dataset
-    from omicsclip.evaluation.metrics import foscttm
+def dataset_subsets(store: Path, data) -> dict[str, object]:
+    """Each pooled dataset's cells with its own panel and genes (a plain store: itself, named by its path)."""
+    from omicsclip.evaluation.evaluate import _one_dataset
     from omicsclip.io.panels import panels_of
+
+    panels = panels_of(data.uns)
+    if panels is None:
+        return {store.stem: _one_dataset(data, None, store)}
+    return {name: _one_dataset(data, name, store) for name in sorted(panels)}
+
+
+def dataset_foscttm(store: Path, model_dir: Path, subsets: dict, bar_test=None) -> tuple[dict, dict | None]:
+    """Each dataset's FOSCTTM with the saved (best) model: on its validation cells, and with ``bar_test``
+    (barcode -> whether the bars' split holds the cell out for test) on the run's test cells outside it, as
+    ``{name: FOSCTTM}`` plus ``{name + "_cells": count}`` (else ``None``)."""
+    from omicsclip.evaluation.evaluate import _align_split
+    from omicsclip.evaluation.metrics import foscttm
     from omicsclip.model.modelio import load_model
 
     model = load_model(model_dir)
-    out = {}
-    panels = panels_of(data.uns)
-    for name in [None] if panels is None else sorted(panels):  # a plain store is one dataset, named by its path
-        sub = _one_dataset(data, name, store)
-        name = name or store.stem
+    val, held = {}, None if bar_test is None else {}
+    for name, sub in subsets.items():
         split = _align_split(sub.obs, model.split, store)
-        if bar_test is None:
-            keep = split == "val"
-        else:
-            in_bar = bar_test.reindex(sub.obs.index.astype(str))
-            if in_bar.isna().any():
-                raise SystemExit(f"{store}: {int(in_bar.isna().sum())} cells of {name} are not in the bars' split")
-            keep = (split == "test") & ~in_bar.to_numpy(dtype=bool)
-            out[f"{name}_cells"] = int(keep.sum())
-        emb = model.embed(rna=sub.rna[keep], prot=sub.prot[keep], genes=sub.gene_names, proteins=sub.protein_names)
-        out[name] = foscttm(emb["rna"], emb["prot"])
-    return out
+        cells = [("val", split == "val", val)]
+        if held is not None:
+            outside = ~bar_test.reindex(sub.obs.index.astype(str)).to_numpy(dtype=bool)
+            cells.append(("held", (split == "test") & outside, held))
+            held[f"{name}_cells"] = int(cells[-1][1].sum())
+        for _, keep, out in cells:
+            emb = model.embed(rna=sub.rna[keep], prot=sub.prot[keep], genes=sub.gene_names,
+                              proteins=sub.protein_names)
+            out[name] = foscttm(emb["rna"], emb["prot"])
+    return val, held
 
 
-def bar_test_cells(store: Path, seed: int):
+def bar_test_cells(data, seed: int):
     """Barcode -> whether split ``seed`` of the default split settings (the bars' split) holds the cell out for
     test, split as training does (whatever split settings a swept config has)."""
     from omicsclip.config import default_config
-    from omicsclip.io.panels import DATASET_COLUMN, panels_of
-    from omicsclip.io.split import make_split
-    from omicsclip.io.store import store_info
+    from omicsclip.io.split import store_split
 
-    info = store_info(store)
-    group = DATASET_COLUMN if panels_of(info["uns"]) is not None else None
-    split = make_split(info["obs"], **{**default_config()["split"], "seed": seed}, group=group)
-    return (split == "test").rename(None).set_axis(split.index.astype(str))
+    split = store_split(data.obs, data.uns, **{**default_config()["split"], "seed": seed})
+    return (split == "test").set_axis(split.index.astype(str))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1,2,3`` -> [1, 2, 3]."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", type=Path)
-    ap.add_argument("--seeds", default="1,2,3,4")
+    ap.add_argument("--seeds", type=parse_seeds, default=[1, 2, 3, 4])
     ap.add_argument("--config", dest="configs", action="append", type=parse_config, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("val_sweep.jsonl"))
@@ -104,7 +112,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.held_out_outside is not None and not args.by_dataset:
         ap.error("--held-out-outside needs --by-dataset")
-    if args.held_out_outside is not None and args.held_out_outside in [int(s) for s in args.seeds.split(",")]:
+    if not args.store.exists():
+        ap.error(f"{args.store}: no such store")
+    if args.held_out_outside is not None and args.held_out_outside in args.seeds:
         ap.error(f"--held-out-outside {args.held_out_outside}: that split is among --seeds; its test cells are the "
                  "ones to stay away from")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -115,13 +125,15 @@ def main() -> None:
     from omicsclip.train.run import train_model
 
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    data = None
+    seeds = args.seeds
+    subsets, bar = None, None
     if args.by_dataset:
         from omicsclip.io.store import read_store
 
         data = read_store(args.store)
-    bar = None if args.held_out_outside is None else bar_test_cells(args.store, args.held_out_outside)
+        subsets = dataset_subsets(args.store, data)  # once: they do not depend on the run
+        if args.held_out_outside is not None:
+            bar = bar_test_cells(data, args.held_out_outside)
     with args.out.open("a") as out:
         for name, overrides in args.configs:
             vals = []
@@ -132,10 +144,13 @@ def main() -> None:
                     model = train_model(args.store, Path(d) / "model", cfg)
                     seconds = time.perf_counter() - t0
                     log = read_train_log(model / "train_log.jsonl")
-                    per = {} if data is None else {"val_foscttm_by_dataset": dataset_val_foscttm(args.store, model, data)}
-                    if bar is not None:
-                        per["held_out_foscttm_by_dataset"] = dataset_val_foscttm(args.store, model, data, bar)
-                        per["held_out_outside_split"] = args.held_out_outside
+                    per = {}
+                    if subsets is not None:
+                        val, held = dataset_foscttm(args.store, model, subsets, bar)
+                        per["val_foscttm_by_dataset"] = val
+                        if held is not None:
+                            per["held_out_foscttm_by_dataset"] = held
+                            per["held_out_outside_split"] = args.held_out_outside
                 best = min(r["val_foscttm"] for r in log if r.get("val_foscttm") is not None)
                 vals.append(best)
                 # val_foscttm is what early stopping read: under another train.val_within it is another score

@@ -183,7 +183,6 @@ def fit_head(data: Any, model: OmicsClipModel | str | Path, *, labels_key: str |
         The fitted head.
     """
     from omicsclip.heads.run import fit_embedding_head
-    from omicsclip.model.alignment import protein_missing_fraction
     from omicsclip.model.embed import PROT_MISSING_COLUMN, UNSEEN
 
     model = model if isinstance(model, OmicsClipModel) else load_model(model)
@@ -200,8 +199,7 @@ def fit_head(data: Any, model: OmicsClipModel | str | Path, *, labels_key: str |
     obs.index = barcodes
     obs["split"] = model.split.reindex(barcodes).fillna(UNSEEN).to_numpy()
     # a degraded protein panel weighs as it does through `omicsclip embed` + `finetune`
-    obs[PROT_MISSING_COLUMN] = (extra["prot_missing_fraction"] if "prot_missing_fraction" in extra else
-                                protein_missing_fraction(extra["feature_report"]["prot"], len(barcodes)))
+    obs[PROT_MISSING_COLUMN] = extra["prot_missing_fraction"]
     embeddings = Embeddings(path=Path(f"<in-memory {type(data).__name__}>"), obs=obs,
                            uns={"omicsclip": {"model_fingerprint": model.fingerprint}},
                            modalities=list(emb), _obsm={EMBEDDING_KEYS[m]: a for m, a in emb.items()})

@@ -215,9 +215,10 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
     -------
     tuple
         Barcodes, ``{"rna", "prot", "joint"}`` embeddings (those available), and ``extra``: ``obs`` (the cells'
-        annotations), ``protein`` (with ``with_protein``), ``feature_report`` and, for a pooled store,
-        ``prot_missing_fraction`` per cell (each dataset's panel against the model's).
+        annotations), ``protein`` (with ``with_protein``), ``feature_report`` and ``prot_missing_fraction`` per
+        cell (the input's panel against the model's; for a pooled store, each dataset's own).
     """
+    from omicsclip.model.alignment import protein_missing_fraction
     from omicsclip.model.modelio import joint_embedding
 
     cfg = resolve_config(config)
@@ -248,8 +249,9 @@ def embed_cells(model: OmicsClipModel, data: Any, *, modality: str | None = None
     emb = {m: np.concatenate(p) for m, p in parts.items() if p}
     if "rna" in emb and "prot" in emb:
         emb["joint"] = joint_embedding(emb["rna"], emb["prot"])
-    extra = {"obs": pd.concat(obs) if obs else pd.DataFrame(index=barcodes),
-             "feature_report": dict(model.trained.last_report)}
+    report = dict(model.trained.last_report)
+    extra = {"obs": pd.concat(obs) if obs else pd.DataFrame(index=barcodes), "feature_report": report,
+             "prot_missing_fraction": protein_missing_fraction(report.get("prot"), len(barcodes))}
     if col is not None:
         extra["protein"] = np.concatenate(prot)
     return barcodes, emb, extra

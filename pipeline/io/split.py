@@ -93,6 +93,21 @@ def make_split(
     return split
 
 
+def store_split(obs: pd.DataFrame, uns: object, **settings: object) -> pd.Series:
+    """Split a store's cells as ``omicsclip train`` does: a pooled store (``omicsclip pool``) dataset by dataset.
+
+    Parameters
+    ----------
+    obs, uns
+        The store's obs and uns (:func:`omicsclip.io.store.store_info`).
+    **settings
+        The ``split`` config section (:func:`make_split`'s keywords).
+    """
+    from omicsclip.io.panels import DATASET_COLUMN, panels_of
+
+    return make_split(obs, **settings, group=DATASET_COLUMN if panels_of(uns) is not None else None)
+
+
 def write_split(split: pd.Series, path: str | Path) -> None:
     """Write ``barcode<TAB>split`` with a header line (escaped by :func:`omicsclip.io.tsv.to_tsv`: one cell a line)."""
     to_tsv(pd.DataFrame({"barcode": split.index.astype(str), "split": split.astype(str).to_numpy()}), path)

@@ -74,14 +74,13 @@ def validation_groups(info: dict[str, Any], val_rows: np.ndarray, train: dict[st
         return None
     key = _group_key(info, "auto")  # the dataset column of a pooled store, else ""
     if within is True:
-        key = "" if train["batch_key"] in ("auto", "") else train["batch_key"]
-        key = key or _group_key(info, "auto")
+        key = key if train["batch_key"] in ("auto", "") else train["batch_key"]
         if not key:
             raise InputError("train.val_within=true needs groups: set train.batch_key to an obs column, or train "
                              "on a pooled store (omicsclip pool)")
     if not key:
         return None
-    codes, uniques = _group_codes(info, val_rows, key, "train.val_within", "validation")
+    codes, uniques = _group_codes(info, val_rows, key, "train.batch_key", "validation")
     groups = {str(u): torch.from_numpy(np.flatnonzero(codes == i)).to(device) for i, u in enumerate(uniques)}
     small = sorted(k for k, g in groups.items() if g.numel() < 2)
     if len(small) == len(groups):

@@ -28,7 +28,7 @@ import torch
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import atomic_path, check_writable, claim_output, replace_output
 from omicsclip.io.jsonfile import read_json, write_json
-from omicsclip.io.split import make_split, read_split, write_split
+from omicsclip.io.split import read_split, store_split, write_split
 from omicsclip.model.batchops import model_inputs
 from omicsclip.model.device import resolve_device
 from omicsclip.model.encoders import build_model
@@ -378,11 +378,7 @@ def _run(store: Path, out_dir: Path, work: Path, cfg: dict[str, Any], info: dict
     """Run the training in ``work`` and promote it (rank 0: ``fresh`` when ``work`` was just created)."""
     train = cfg["train"]
     if dist.is_main and fresh:  # a pooled store: each dataset split as its own store would be
-        from omicsclip.io.panels import DATASET_COLUMN, panels_of
-
-        pooled = panels_of(info["uns"]) is not None
-        split = make_split(info["obs"], **cfg["split"], group=DATASET_COLUMN if pooled else None)
-        write_split(split, work / SPLIT)
+        write_split(store_split(info["obs"], info["uns"], **cfg["split"]), work / SPLIT)
     barrier(dist)
     do_resume = (work / "checkpoints" / LAST).exists() and resume
     split = read_split(work / SPLIT)

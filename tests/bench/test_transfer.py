@@ -190,6 +190,10 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     with pytest.raises(SystemExit, match=r"labA:labB with query\.nonsense=1: .*'nonsense' was unexpected"):
         load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--grid",
                                                  "nonsense=1", "--out", str(tmp_path / "s3.json")])
+    # a pair the workdir holds no run of is named before any pair is swept
+    with pytest.raises(SystemExit, match=r"no omicsclip run .*\(labB:labA\)"):
+        load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "labB:labA",
+                                                 "--grid", "impute_k=20", "--out", str(tmp_path / "s4.json")])
     with pytest.raises(SystemExit, match="pair 'labA': expected REF:QUERY"):
         load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA", "--grid",
                                                  "impute_k=20", "--out", str(tmp_path / "s2.json")])
