@@ -8,6 +8,11 @@ the query's RNA only, on the genes both share. Scored on the query:
 * label transfer: accuracy on query cells whose label is a shared label (``unknown`` never counts);
 * OOD: a cell type removed from the reference; AUROC of ``-score`` for its query cells (labelled cells only).
 
+How sure a difference in imputation is: ``imputation_bootstrap`` per pair, a paired bootstrap over the query cells
+(2,000 resamples, every method scored on the same draw) of omicsclip minus each baseline, and of the pooled model
+minus the single one and the baselines: the difference, its 95 % interval and the share of resamples where the
+lead is above (totalVI, run in its own venv, returns scores only and is not in it).
+
 Methods: ``omicsclip`` (:func:`omicsclip_method`, the lead's), baselines on 50 PCs of the reference
 (bench/transfer_peers.py: ``ridge``, ``knn`` for protein; ``logreg``, ``knn`` for labels; ``knn`` distance for
 OOD) and the peer ``totalvi`` (bench/transfer_totalvi.py, in a separate scvi-tools venv::
@@ -43,7 +48,7 @@ sys.path.insert(0, str(BENCH))
 SHARED = Path(os.environ.get("OMICSCLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = BENCH / "results"
 
-from transfer_metrics import label_accuracy, ood_eval, protein_pearson  # noqa: E402
+from transfer_metrics import label_accuracy, ood_eval, paired_bootstrap, protein_pearson  # noqa: E402
 from transfer_omicsclip import omicsclip_method  # noqa: E402
 from transfer_peers import Pair, hvg_mask, lognorm, prepare_pair, run_baselines, run_ood_baseline  # noqa: E402
 
@@ -64,17 +69,38 @@ SCVI_PYTHON = Path("/tmp/scvi-venv/bin/python")
 # --- omicsclip: bench/transfer_omicsclip.py (the CLI path) ---------------------------------------------
 
 
-def score_output(pair: Pair, output: dict) -> dict:
-    """Score a method's raw output (the :func:`omicsclip_method` contract) on the pair's truth."""
+def score_output(pair: Pair, output: dict, predictions: dict | None = None, name: str | None = None) -> dict:
+    """Score a method's raw output (the :func:`omicsclip_method` contract) on the pair's truth.
+
+    ``predictions``, if given, receives the imputed protein under ``name`` (for :func:`compare_imputation`).
+    """
+    if (predictions is None) != (name is None):
+        raise ValueError("score_output: predictions and name go together")
     res: dict = {}
     if output.get("protein") is not None:
         pred = output["protein"][pair.proteins].to_numpy(dtype=np.float64)
         res["protein"] = protein_pearson(pred, pair.query_protein.to_numpy(), pair.proteins)
+        if predictions is not None:
+            predictions[name] = pred
     if output.get("labels") is not None and pair.labels:
         res["labels"] = label_accuracy(output["labels"], pair.query_labels, pair.labels)
     if "seconds" in output:
         res["seconds"] = float(output["seconds"])
     return res
+
+
+def compare_imputation(pair: Pair, predictions: dict[str, np.ndarray], seed: int) -> dict:
+    """Paired bootstraps of the imputation: omicsclip against each baseline, the pooled model against both.
+
+    totalVI runs in its own venv and returns scores, not predictions, so it is not in these comparisons.
+    """
+    truth = pair.query_protein.to_numpy()
+    out = {}
+    for lead in ("omicsclip", "omicsclip_pooled"):
+        if lead in predictions:
+            out[lead] = paired_bootstrap({m: p for m, p in predictions.items() if m != "omicsclip_pooled" or
+                                          lead == m}, truth, lead, seed=seed)
+    return out
 
 
 # --- totalVI peer ----------------------------------------------------------------------------------------
@@ -150,6 +176,21 @@ def pair_errors(pairs: list[str], known: dict[str, Path] | list[str], pooled_wit
     return f"--pooled-with {', '.join(unknown)}: not one of {', '.join(names)}" if unknown else None
 
 
+def pair_paths(pairs: list[str], tmp: Path, small: bool, seed: int, prog: str) -> dict[str, Path]:
+    """The datasets' ``.h5ad`` paths for re-reading ``pairs`` of an earlier run (``small``: made again in ``tmp``).
+
+    Exits with one line, naming ``prog``, for a malformed pair or a dataset file that is not there.
+    """
+    paths = small_paths(tmp, seed) if small else {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()}
+    bad = pair_errors(pairs, paths)
+    if bad:
+        sys.exit(f"{prog}: {bad}")
+    absent = sorted({str(paths[k]) for key in pairs for k in key.split(":") if not paths[k].exists()})
+    if absent:
+        sys.exit(f"{prog}: no such file: {', '.join(absent)}")
+    return paths
+
+
 def pool_members(pooled_with: str | None, ref_key: str, query_key: str) -> list[str]:
     """Datasets pooled with a pair's reference (``--pooled-with a,b``): the reference itself left out, and none
     when the query is among them (the query is never in the pool)."""
@@ -173,7 +214,8 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
     out: dict = {"pair": pair.summary(), "methods": {}}
     print(f"[{key}] {out['pair']['n_ref']} ref / {out['pair']['n_query']} query cells, {len(pair.genes)} genes, "
           f"proteins {pair.proteins}, labels {pair.labels}", flush=True)
-    out["methods"].update(run_baselines(pair, seed))
+    preds: dict[str, np.ndarray] = {}
+    out["methods"].update(run_baselines(pair, seed, preds))
     removed = OOD_TYPES.get(key)
     removed_pair = None
     if removed and pair.ref_labels is not None and removed in pair.labels:
@@ -182,7 +224,8 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
     if not skip_omicsclip:
         t = time.perf_counter()
         res = score_output(pair, omicsclip_method(paths[ref_key], paths[query_key], pair.genes,
-                                                   workdir / key.replace(":", "_") / "omicsclip", seed, sets))
+                                                   workdir / key.replace(":", "_") / "omicsclip", seed, sets),
+                           preds, "omicsclip")
         res.setdefault("seconds", time.perf_counter() - t)
         if removed_pair is not None:  # a reference (model and index) without the removed type
             ref_removed = workdir / key.replace(":", "_") / "ref_removed.h5ad"
@@ -198,7 +241,9 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
             pooled = omicsclip_method([paths[ref_key], *(paths[k] for k in extra)], paths[query_key], pair.genes,
                                       workdir / key.replace(":", "_") / f"omicsclip_pooled_{'_'.join(extra)}",
                                       seed, sets)
-            out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled), "pooled_with": ",".join(extra)}
+            out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled, preds, "omicsclip_pooled"),
+                                                  "pooled_with": ",".join(extra)}
+        out["imputation_bootstrap"] = compare_imputation(pair, preds, seed)
     if not skip_totalvi:
         out["methods"]["totalvi"] = run_totalvi(pair, workdir / key.replace(":", "_") / "totalvi", seed,
                                                 max_epochs=max_epochs)
@@ -224,6 +269,15 @@ def markdown(result: dict) -> str:
             lines.append(f"| {key} | {method} | {_fmt(r.get('protein', {}).get('mean_pearson'))} | "
                          f"{_fmt(r.get('labels', {}).get('accuracy'))} | {_fmt(r.get('ood', {}).get('auroc'))} | "
                          f"{sec:.1f} |")
+    boot = [(key, lead, other, b) for key, pr in result["pairs"].items()
+            for lead, vs in pr.get("imputation_bootstrap", {}).items() for other, b in vs.items()]
+    if boot:
+        lines += ["", "Imputation, paired bootstrap over the query cells (mean Pearson, lead minus other):", "",
+                  "| pair | lead | other | cells | difference | 95% interval | lead above in |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {key} | {lead} | {other} | {b['n_cells']} | {b['delta']:+.4f} | [{b['ci95'][0]:+.4f}, "
+                  f"{b['ci95'][1]:+.4f}] | {100 * b['p_lead_above']:.1f}% of {b['n_boot']} |"
+                  for key, lead, other, b in boot]
     return "\n".join(lines) + "\n"
 
 

@@ -259,8 +259,11 @@ def knn_ood_score(ref_pcs: np.ndarray, query_pcs: np.ndarray, k: int = OOD_K) ->
     return -nn.kneighbors(query_pcs)[0].mean(axis=1)
 
 
-def run_baselines(pair: Pair, seed: int = 0) -> dict:
-    """Fit every baseline on the reference of ``pair`` and score it on the query; return ``{method: result}``."""
+def run_baselines(pair: Pair, seed: int = 0, predictions: dict | None = None) -> dict:
+    """Fit every baseline on the reference of ``pair`` and score it on the query; return ``{method: result}``.
+
+    ``predictions``, if given, receives each protein baseline's prediction (query cells x shared proteins).
+    """
     t0 = time.perf_counter()
     space = PcaSpace(pair.ref_rna, seed)
     q = space.transform(pair.query_rna)
@@ -273,6 +276,8 @@ def run_baselines(pair: Pair, seed: int = 0) -> dict:
         t = time.perf_counter()
         model = fit()
         pred = model.predict(q)[:, cols]  # re-centred over the shared proteins inside protein_pearson
+        if predictions is not None:
+            predictions[method] = pred
         res = {"protein": protein_pearson(pred, pair.query_protein.to_numpy(), pair.proteins)}
         res["protein"]["params"] = {k: float(v) for k, v in (("alpha", getattr(model, "alpha_", None)),
                                                                ("k", getattr(model, "n_neighbors", None)))

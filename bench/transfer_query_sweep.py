@@ -29,7 +29,7 @@ import pandas as pd
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from transfer import DATASETS, SHARED, pair_errors, score_output, small_paths  # noqa: E402
+from transfer import pair_paths, score_output  # noqa: E402
 from transfer_omicsclip import query_rna, read_imputed  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
@@ -54,14 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         values.append(v.split(","))
     rows = []
     with tempfile.TemporaryDirectory(prefix="omicsclip-qsweep-") as d:
-        paths = (small_paths(Path(d), args.seed) if args.small
-                 else {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()})
-        bad = pair_errors(args.pairs, paths)
-        if bad:
-            sys.exit(f"bench/transfer_query_sweep.py: {bad}")
-        absent = sorted({str(paths[k]) for key in args.pairs for k in key.split(":") if not paths[k].exists()})
-        if absent:
-            sys.exit(f"bench/transfer_query_sweep.py: no such file: {', '.join(absent)}")
+        paths = pair_paths(args.pairs, Path(d), args.small, args.seed, "bench/transfer_query_sweep.py")
         runs = {key: args.workdir / key.replace(":", "_") / "omicsclip" for key in args.pairs}
         no_run = [f"{run} ({key})" for key, run in runs.items()
                   if not ((run / "index").exists() and (run / "query_rna.h5ad").exists())]

@@ -44,7 +44,7 @@ class RawBatch:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentation: count thinning and feature dropout.
+    """Training augmentation: count thinning, feature dropout, panel and gene masking, gene-wise capture shift.
 
     The defaults are "no augmentation" (training takes the ``train`` config section's values).
 
@@ -60,18 +60,24 @@ class Augmentation:
     gene_masking
         Per batch, a fraction ``f ~ U(0, gene_masking)`` of the model genes is masked for every cell of the batch,
         as for a query whose gene set lacks them (the genes' inputs set to 0 = the training mean).
+    gene_shift
+        Per batch, every model gene's counts are scaled by its own log-normal factor ``exp(s Z - s**2 / 2)``
+        (``s = gene_shift``, ``Z ~ N(0, 1)``; mean 1, so library sizes and the depth feature do not drift), shared
+        by the batch's cells (under DDP: by each rank's share of it), as another lab's or chemistry's capture
+        efficiency differs per gene (0 = off).
     """
 
     thinning: float = 1.0
     feature_dropout: float = 0.0
     prot_feature_dropout: float = 0.0
     gene_masking: float = 0.0
+    gene_shift: float = 0.0
 
     @property
     def active(self) -> bool:
         """Whether any augmentation is switched on."""
         return (self.thinning < 1.0 or self.feature_dropout > 0.0 or self.prot_feature_dropout > 0.0
-                or self.gene_masking > 0.0)
+                or self.gene_masking > 0.0 or self.gene_shift > 0.0)
 
 
 def gather_rows(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, other: torch.Tensor,
@@ -418,6 +424,12 @@ def transform_batch(batch: RawBatch, val: torch.Tensor, other: torch.Tensor, pro
     reference) instead of from the non-zeros (:meth:`CountTransform.rna_sparse`, with a projection).
     """
     device = val.device
+    if aug is not None and aug.gene_shift > 0.0:  # one capture-efficiency factor per gene for the whole batch
+        if gen is None:
+            raise ValueError("augmentation needs a generator")
+        z = torch.randn(transform.n_genes, generator=gen, device=device)
+        factor = torch.exp(aug.gene_shift * z - aug.gene_shift ** 2 / 2)
+        val = val * factor.index_select(0, batch.col)
     lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
     keep_rna = keep_prot = None
     if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0 or aug.gene_masking > 0.0):
@@ -452,7 +464,7 @@ def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation |
 
     Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
     draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
-    consistent. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
+    consistent. The gene-wise capture shift scales the thinned model-gene counts before library sizes are taken. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
     (= the training mean, i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order,
     so runs and resumed runs are repeatable.
     """

@@ -2,7 +2,8 @@
 
 Raw counts stay raw until the batch is built, so augmentation happens on counts, on the device
 (:func:`omicsclip.model.batchops.model_inputs`): binomial count thinning with a per-cell keep probability
-``q ~ U(thinning, 1)`` (``thinning = 1`` disables it) and feature dropout.
+``q ~ U(thinning, 1)`` (``thinning = 1`` disables it), feature dropout, panel and gene masking, and the gene-wise
+capture shift (:class:`omicsclip.model.batchops.Augmentation`).
 
 RNA counts are kept as CSR (values, column indices, row pointers) on the device, together with each cell's count
 total over the genes outside the model; a batch gathers its cells' non-zeros, thins them, and scatters them into

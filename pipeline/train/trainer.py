@@ -50,7 +50,7 @@ class TrainSettings:
 
     Attributes
     ----------
-    epochs, min_steps, max_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, gene_masking, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
+    epochs, min_steps, max_steps, batch_size, lr, weight_decay, warmup_steps, thinning, feature_dropout, prot_feature_dropout, gene_masking, gene_shift, patience, eval_every, checkpoint_every, logit_chunk_size, seed, monitor, ema_decay
         The ``train`` config keys of the same names (documented in ``configs/default.yaml``).
     bf16
         Whether the forward pass runs under bf16 autocast (resolved from ``train.precision`` and the device).
@@ -67,6 +67,7 @@ class TrainSettings:
     feature_dropout: float
     prot_feature_dropout: float
     gene_masking: float
+    gene_shift: float
     patience: int
     eval_every: int
     checkpoint_every: int
@@ -251,7 +252,7 @@ class Trainer:
         self.loss_fn = ClipLoss(logit_chunk(settings.logit_chunk_size, settings.batch_size), dist.world_size,
                                 dist.rank, members=model.members)
         self.aug = Augmentation(settings.thinning, settings.feature_dropout, settings.prot_feature_dropout,
-                                settings.gene_masking)
+                                settings.gene_masking, settings.gene_shift)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(settings.seed * 7919 + dist.rank)
         self.stopper = EarlyStopping(settings.patience, settings.monitor)

@@ -63,6 +63,54 @@ def test_protein_pearson_is_blind_to_per_cell_offsets(tm):
         tm.protein_pearson(pred[:, :3], truth, proteins)
 
 
+def test_paired_bootstrap_separates_a_real_gap_from_a_tie(tm):
+    rng = np.random.default_rng(2)
+    truth = rng.poisson(rng.uniform(5, 300, (400, 5))).astype(float)
+    clr = tm.clr_counts(truth)
+    good = clr + rng.normal(0, 0.3, clr.shape)
+    preds = {"good": good, "worse": clr + rng.normal(0, 1.0, clr.shape), "same": good.copy()}
+    preds["same"][0, 0] = np.nan  # a cell one method did not predict is left out for all
+    res = tm.paired_bootstrap(preds, truth, "good", n_boot=300, seed=0)
+    assert set(res) == {"worse", "same"}
+    w, t = res["worse"], res["same"]
+    full = {m: tm.protein_pearson(p[1:], truth[1:], list("abcde"))["mean_pearson"] for m, p in preds.items()}
+    assert w["delta"] == pytest.approx(full["good"] - full["worse"])
+    assert 0 < w["ci95"][0] < w["delta"] < w["ci95"][1]
+    assert w["p_lead_above"] == 1.0
+    assert t["delta"] == pytest.approx(0.0)
+    assert t["ci95"] == pytest.approx([0.0, 0.0])
+    assert t["p_lead_above"] == 0.0  # never strictly above a tie
+    assert w["n_cells"] == 399
+    assert w["n_boot"] == 300
+    with pytest.raises(ValueError, match="0 query cell"):
+        tm.paired_bootstrap({"a": good[:2], "b": np.full((2, 5), np.nan)}, truth[:2], "a")
+    with pytest.raises(ValueError, match=r"3 query cell\(s\) .*at least 10"):
+        tm.paired_bootstrap({"a": good[:3], "b": good[:3]}, truth[:3], "a")
+
+
+def test_compare_imputation_pairs_the_pooled_model_with_the_single_one(tp):
+    from conftest import load_bench
+
+    transfer = load_bench("transfer")
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(rng.uniform(5, 300, (200, 4))).astype(float)
+    proteins = ["CD3", "CD4", "CD8a", "CD19"]
+    pair = tp.Pair(**{**{f: None for f in tp.Pair.__dataclass_fields__},
+                      "query_protein": pd.DataFrame(counts, columns=proteins), "proteins": proteins})
+    clr = importlib.import_module("transfer_metrics").clr_counts(counts)
+    preds = {m: clr + rng.normal(0, s, clr.shape) for m, s in (("ridge", 1.0), ("knn", 0.8), ("omicsclip", 0.4))}
+    preds["omicsclip_pooled"] = clr + rng.normal(0, 0.3, clr.shape)
+    preds["omicsclip_pooled"][:20] = np.nan  # cells no pooled neighbour measured
+    res = transfer.compare_imputation(pair, preds, seed=0)
+    assert set(res["omicsclip"]) == {"ridge", "knn"}
+    assert res["omicsclip"]["knn"]["n_cells"] == 200  # not cut by the pooled model's unpredicted cells
+    assert set(res["omicsclip_pooled"]) == {"ridge", "knn", "omicsclip"}
+    assert res["omicsclip_pooled"]["omicsclip"]["n_cells"] == 180
+    assert res["omicsclip"]["knn"]["ci95"][0] > 0
+    with pytest.raises(ValueError, match="predictions and name go together"):
+        transfer.score_output(pair, {}, predictions={})
+
+
 def test_label_accuracy_scores_shared_labels_only(tm):
     truth = ["T", "T", "B", "unknown", "DC", "B"]
     pred = ["T", "B", "B", "T", "DC", "NK"]
@@ -155,8 +203,11 @@ def test_markdown_report(tm):
         "ridge": {"protein": {"mean_pearson": 0.81234}, "seconds": 1.0},
         "knn": {"protein": {"mean_pearson": 0.8}, "labels": {"accuracy": 0.9}, "ood": {"auroc": 0.95},
                 "seconds": 2.0, "label_seconds": 1.0},
-        "omicsclip": {"error": "failed: something"}}}}}
+        "omicsclip": {"error": "failed: something"}},
+        "imputation_bootstrap": {"omicsclip": {"knn": {"delta": 0.01, "ci95": [0.001, 0.02], "p_lead_above": 0.975,
+                                                       "n_boot": 2000, "n_cells": 500}}}}}}
     md = transfer.markdown(result)
+    assert "| a:b | omicsclip | knn | 500 | +0.0100 | [+0.0010, +0.0200] | 97.5% of 2000 |" in md
     assert "| a:b | ridge | 0.812 | — | — | 1.0 |" in md
     assert "| a:b | knn | 0.800 | 0.900 | 0.950 | 3.0 |" in md
     assert "failed: something" in md
@@ -176,7 +227,12 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     assert -1.0 <= om["protein"]["mean_pearson"] <= 1.0
     assert 0.0 <= om["labels"]["accuracy"] <= 1.0
     assert 0.0 <= om["ood"]["auroc"] <= 1.0
-    assert (tmp_path / "t.md").read_text().count("labA:labB") >= 4
+    assert (tmp_path / "t.md").read_text().count("labA:labB") >= 6  # the methods' rows and the bootstrap's
+    boot = res["pairs"]["labA:labB"]["imputation_bootstrap"]["omicsclip"]
+    assert set(boot) == {"ridge", "knn"}
+    assert boot["knn"]["delta"] == pytest.approx(
+        om["protein"]["mean_pearson"] - res["pairs"]["labA:labB"]["methods"]["knn"]["protein"]["mean_pearson"])
+    assert boot["knn"]["ci95"][0] <= boot["knn"]["ci95"][1]
     # bench/transfer_query_sweep.py re-queries that run's model and index: its default setting (impute_k 20)
     # reproduces the number above, another is scored too
     sweep = load_bench("transfer_query_sweep").main([
@@ -197,6 +253,23 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     with pytest.raises(SystemExit, match="pair 'labA': expected REF:QUERY"):
         load_bench("transfer_query_sweep").main([str(tmp_path / "w"), "--small", "--pairs", "labA", "--grid",
                                                  "impute_k=20", "--out", str(tmp_path / "s2.json")])
+    # bench/transfer_compare.py reads both runs' imputed protein and scores them as bench/transfer.py does: a run
+    # against itself differs by exactly 0, every resample
+    cmp = load_bench("transfer_compare")
+    same = cmp.main([str(tmp_path / "w"), str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--names", "x,y",
+                     "--out", str(tmp_path / "c.json")])
+    row = same["rows"][0]
+    assert row["x"] == pytest.approx(om["protein"]["mean_pearson"], abs=1e-9)
+    assert row["y"] == row["x"]
+    assert row["delta"] == 0.0
+    assert row["ci95"] == [0.0, 0.0]
+    assert row["p_lead_above"] == 0.0
+    with pytest.raises(SystemExit, match=r"no omicsclip query output .*nowhere"):
+        cmp.main([str(tmp_path / "w"), str(tmp_path / "nowhere"), "--small", "--pairs", "labA:labB",
+                  "--out", str(tmp_path / "c2.json")])
+    with pytest.raises(SystemExit):  # argparse: two different names
+        cmp.main([str(tmp_path / "w"), str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--names", "x,x",
+                  "--out", str(tmp_path / "c3.json")])
 
 
 def test_real_pair_preparation(tp):
@@ -216,6 +289,15 @@ def test_pool_members_never_pool_the_query(tm):
     assert tr.pool_members("pbmc5p", "bremsc", "pbmc5p") == []  # the query would be in the pool
     assert tr.pool_members("pbmc10k,pbmc5p", "bremsc", "pbmc10k") == []
     assert tr.pool_members(None, "bremsc", "pbmc10k") == []
+
+
+def test_pair_paths_names_a_missing_dataset_file_before_any_work(tm, tmp_path, monkeypatch):
+    tr = importlib.import_module("transfer")
+    monkeypatch.setattr(tr, "SHARED", tmp_path / "nodata")
+    with pytest.raises(SystemExit, match=r"^prog: no such file: .*nodata/bremsc_inhouse_pbmc/bremsc_inhouse_pbmc.h5ad"):
+        tr.pair_paths(["bremsc:pbmc10k"], tmp_path, False, 0, "prog")
+    with pytest.raises(SystemExit, match=r"^prog: pair 'bremsc': expected REF:QUERY"):
+        tr.pair_paths(["bremsc"], tmp_path, False, 0, "prog")
 
 
 def test_shared_data_gene_names_lose_a_genome_prefix(tp):

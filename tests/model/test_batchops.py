@@ -199,13 +199,13 @@ def test_sparse_projection_equals_dense_reference(case):
 
 
 def test_feature_dropout_and_thinning_paths_agree_with_reference_transform():
-    """With feature dropout the sparse and dense transforms see the same mask (same generator state)."""
+    """With feature dropout (and the gene-wise shift) the sparse and dense transforms see the same draws."""
     g = 40
     tf = _transform(g, _projection(g, 5, [1, 2]))
     m = _csr(n=20, g=g)
     m.sort_indices()
     batch = _plain_gather(m, np.zeros(20, np.float32), np.ones((20, 3), np.float32), np.arange(20))
-    aug = Augmentation(thinning=0.5, feature_dropout=0.3, prot_feature_dropout=0.2)
+    aug = Augmentation(thinning=0.5, feature_dropout=0.3, prot_feature_dropout=0.2, gene_shift=0.5)
     val, other, prot = thin_batch(batch, aug, torch.Generator().manual_seed(0))
     got = transform_batch(batch, val, other, prot, tf, aug, torch.Generator().manual_seed(1))
     ref = transform_batch(batch, val, other, prot, tf, aug, torch.Generator().manual_seed(1), reference=True)

@@ -93,6 +93,32 @@ def test_gene_masking_masks_one_gene_subset_per_batch():
     assert torch.equal(x[:, ~zero_cols], x_plain[:, ~zero_cols])
 
 
+def test_gene_shift_scales_each_gene_by_one_factor_for_the_whole_batch():
+    n_genes, n = 50, 16
+    t = CountTransform(n_genes=n_genes, target_sum=1e4, max_value=10.0, rna_mean=torch.full((n_genes,), 0.5),
+                       rna_std=torch.ones(n_genes), n_proteins=1)
+    rna = sp.random(n, n_genes, density=0.5, format="csr", random_state=1, dtype=np.float32)
+    rna.data[:] = np.arange(1, rna.nnz + 1) % 7 + 1
+    coo = rna.tocoo()
+    row, col = torch.as_tensor(coo.row, dtype=torch.int64), torch.as_tensor(coo.col, dtype=torch.int64)
+    batch = RawBatch(n=n, row=row, col=col, val=torch.as_tensor(coo.data), other=torch.full((n,), 100.0),
+                     prot=torch.ones(n, 1))
+    x, xp = model_inputs(batch, t, Augmentation(gene_shift=0.5), torch.Generator().manual_seed(3))
+    factor = torch.exp(0.5 * torch.randn(n_genes, generator=torch.Generator().manual_seed(3)) - 0.125)  # mean 1
+    assert factor.min() < 0.8  # the draw is a real shift, not ~1
+    assert factor.max() > 1.25
+    shifted = RawBatch(n=n, row=row, col=col, val=batch.val * factor[col], other=batch.other, prot=batch.prot)
+    assert torch.allclose(x, model_inputs(shifted, t)[0], atol=1e-5)  # library sizes follow the scaled counts
+    assert not torch.allclose(x, model_inputs(batch, t)[0], atol=1e-3)
+    assert torch.equal(xp, model_inputs(batch, t)[1])  # proteins untouched
+    # off: no draw, so the other augmentations' random stream is what it was before the option existed
+    aug = dict(thinning=0.5, feature_dropout=0.3)
+    assert torch.equal(model_inputs(batch, t, Augmentation(**aug, gene_shift=0.0), torch.Generator().manual_seed(4))[0],
+                       model_inputs(batch, t, Augmentation(**aug), torch.Generator().manual_seed(4))[0])
+    assert not Augmentation().active
+    assert Augmentation(gene_shift=0.1).active
+
+
 def test_grouped_order_draws_every_batch_within_one_group():
     groups = np.array([0] * 70 + [1] * 45 + [2] * 10)
     order = grouped_order(groups, 16, seed=0, epoch=3)
@@ -154,8 +180,8 @@ def test_pooled_reference_trains_and_scores_each_dataset(tmp_path):
     stores = [write_store(a, tmp_path / "a.zarr"), write_store(b, tmp_path / "b.zarr")]
     query = write_store(b, tmp_path / "query.zarr")
     cfg = load_config(None, [*TINY, "train.batch_key=dataset", "train.prot_feature_dropout=0.2",
-                             "train.gene_masking=0.1", "model.rna_hidden=[128]", "model.rna_hidden_pooled=[24]",
-                             "model.prot_hidden_pooled=[12]"])
+                             "train.gene_masking=0.1", "train.gene_shift=0.5", "model.rna_hidden=[128]",
+                             "model.rna_hidden_pooled=[24]", "model.prot_hidden_pooled=[12]"])
     out = tmp_path / "model"
     store = prepare_training_store(stores, out, cfg, genes_from=[query])
     assert store == tmp_path / "model.pool.zarr"
