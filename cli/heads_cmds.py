@@ -73,7 +73,8 @@ def predict(
     fmt: Annotated[str, typer.Option(
         "--format", "-f", help="auto | 10x-h5 | 10x-mtx | h5ad | h5ad-pair | h5mu | csv | zarr.")] = "auto",
     modality: Annotated[str | None, typer.Option(
-        "--modality", help="What a single-matrix input holds: rna | prot.")] = None,
+        "--modality", help="Use one modality: rna | prot (a single-matrix input holds it; of a paired input, "
+        "that part).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,

@@ -63,7 +63,8 @@ def query(
     fmt: Annotated[str, typer.Option("--format", help="auto | 10x-h5 | 10x-mtx | h5ad | h5ad-pair | h5mu | csv | zarr.")]
     = "auto",
     modality: Annotated[str | None, typer.Option(
-        "--modality", help="What a single-matrix input holds: rna | prot (default: detect).")] = None,
+        "--modality", help="Use one modality: rna | prot (a single-matrix input holds it; of a paired input, that part; "
+        "default: detect).")] = None,
     make_unique: Annotated[bool, typer.Option(
         "--make-unique", help="Suffix duplicate feature names (-1, -2) instead of refusing them.")] = False,
     no_tsv: Annotated[bool, typer.Option("--no-tsv", help="Skip neighbours.tsv (parquet only).")] = False,

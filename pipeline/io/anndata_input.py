@@ -289,15 +289,17 @@ def _anndata_raw(adata: Any, *, modality: str | None, protein_key: str | None, l
     obs, var = _frame(adata.obs), _frame(adata.var)
     table = MatrixTable(x, path=path, what=mkey, barcodes=obs.index, features=var)
     raw = RawInput(fmt=fmt, files=files, obs=obs, obs_table=table)
+    if split_feature_types(raw, table, var, mkey):
+        return raw  # (one modality asked for: the caller drops the other part)
+    key = _find_key(adata, PROTEIN_OBSM_KEYS, protein_key) if modality != "rna" else None
     if modality == "prot":
-        raw.prot = View(table)
-        return raw
-    if modality is None and split_feature_types(raw, table, var, mkey):
+        raw.prot = View(table if key is None else _obsm_table(adata, key, path, pre, obs.index, "protein"))
+        if key is not None:
+            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({mkey} holds the RNA, not read)")
         return raw
     raw.rna = View(table)
     if modality == "rna":
         return raw
-    key = _find_key(adata, PROTEIN_OBSM_KEYS, protein_key)
     if key is not None:
         raw.prot = View(_obsm_table(adata, key, path, pre, obs.index, "protein"))
     else:

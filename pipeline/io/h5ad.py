@@ -174,8 +174,10 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
                        label: str = "", layer: str | None = None) -> RawInput:
     """Modalities of one AnnData group (root of an ``.h5ad`` or ``mod/<name>`` of an ``.h5mu``/store).
 
-    ``modality="prot"`` reads ``X`` as protein counts; ``"rna"`` as RNA only; ``None`` finds protein in
-    ``obsm`` or in ``X`` columns whose ``var['feature_types']`` is "Antibody Capture" (or "ADT").
+    ``None`` finds protein in ``obsm`` or in ``X`` columns whose ``var['feature_types']`` is "Antibody Capture"
+    (or "ADT"). ``"rna"`` / ``"prot"`` keep one modality: of an ``X`` split by feature types, that part; else
+    ``"rna"`` reads ``X`` as RNA, and ``"prot"`` reads the protein counts in ``obsm`` of a paired file (RNA in
+    ``X``) or, without them, ``X`` as protein counts (a protein-only file).
     ``layer`` reads ``layers[layer]`` instead of ``X`` (e.g. raw counts kept in ``layers["counts"]``).
     """
     pre = f"{label}/" if label else ""
@@ -191,15 +193,17 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     var = _frame(path, g["var"], f"{pre}var")
     table = matrix_table(path, g[mkey], f"{pre}{mkey}", obs.index, var)
     raw = RawInput(fmt="h5ad", files=[path], obs=obs, obs_table=table)
+    if split_feature_types(raw, table, var, f"{pre}{mkey}"):
+        return raw  # (one modality asked for: the caller drops the other part)
+    key = _find_key(g, PROTEIN_OBSM_KEYS, protein_key) if modality != "rna" else None
     if modality == "prot":
-        raw.prot = View(table)
-        return raw
-    if modality is None and split_feature_types(raw, table, var, f"{pre}{mkey}"):
+        raw.prot = View(table if key is None else _obsm_table(path, g, key, obs.index, "protein"))
+        if key is not None:
+            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({pre}{mkey} holds the RNA, not read)")
         return raw
     raw.rna = View(table)
     if modality == "rna":
         return raw
-    key = _find_key(g, PROTEIN_OBSM_KEYS, protein_key)
     if key is not None:
         raw.prot = View(_obsm_table(path, g, key, obs.index, "protein"))
     else:

@@ -48,7 +48,8 @@ def dataset_names(stores: Sequence[str | Path], names: Sequence[str] | None = No
         if len(set(out)) < len(out):
             out = [p.resolve().parent.name for p in paths]
     if len(set(out)) < len(out) or any(not n or "/" in n for n in out):
-        raise InputError(f"pool: dataset names must be unique and non-empty ({', '.join(out)}); pass --names")
+        raise InputError(f"pool: dataset names must be unique and non-empty ({', '.join(out)}); name them with "
+                         "`omicsclip pool --names a,b,...` (or give the stores folders of different names)")
     return out
 
 
@@ -100,6 +101,22 @@ def source_identity(info: dict[str, Any]) -> dict[str, Any]:
             "features_sha256": digest, "created": created}
 
 
+def _check_distinct(stores: Sequence[str | Path], infos: Sequence[dict] | None = None) -> None:
+    """Refuse one store given twice: the same folder (a link included), or with ``infos`` a copy of it.
+
+    A copy has the same cell and feature counts, feature names and ingest time; its cells would be pooled twice and
+    could land in training and test. Stores without a recorded ingest time are not compared as copies.
+    """
+    keys = ([Path(s).resolve() for s in stores] if infos is None else
+            [tuple(source_identity(info).items()) if source_identity(info)["created"] else i
+             for i, info in enumerate(infos)])
+    for i, key in enumerate(keys):
+        j = keys.index(key)
+        if j < i:
+            what = "the same store" if infos is None else "copies of one store (the same cells and features)"
+            raise InputError(f"pool: {stores[j]} and {stores[i]} are {what}; give each dataset once")
+
+
 def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
                 genes: Sequence[str] | str = "union", overwrite: bool = False, chunk_cells: int = 10_000) -> Path:
     """Write one store holding the cells of several paired stores.
@@ -129,8 +146,10 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
     if len(stores) < 2:
         raise InputError("pool: give two or more stores")
     check_writable(Path(out), overwrite=overwrite, inputs=stores)  # never replace a store being pooled
+    _check_distinct(stores)
     names = dataset_names(stores, names)
     infos = [store_info(s) for s in stores]
+    _check_distinct(stores, infos)
     for s, info in zip(stores, infos, strict=True):
         if panels_of(info["uns"]) is not None:
             raise InputError(f"{s}: is already a pooled store; pool its source stores instead")

@@ -97,6 +97,9 @@ def _rows(text: str, source: str) -> list[tuple[str, str, str]]:
                              f"got {len(row)}: {line.strip()[:60]!r}")
         if i == lines[0][0] and row[1].lower() == "canonical":
             continue  # header
+        if i == lines[0][0] and row[0].lower() in ("name", "alias", "names", "aliases"):  # a header, misspelt
+            raise InputError(f"{source}: line {i} looks like a header, but its second column is {row[1]!r}: name "
+                             "it 'canonical' (or leave the header out)")
         out.append((row[0], row[1], f"line {i}"))
     return out
 

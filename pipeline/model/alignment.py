@@ -353,9 +353,10 @@ def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_mode
     """
     if not panels:
         return len(missing) / max(n_model, 1), "", -1
-    gaps = [sum(p in missing for p in panel) / max(len(panel), 1) for panel in panels]
+    counts = [sum(p in missing for p in panel) for panel in panels]
+    gaps = [c / max(len(panel), 1) for c, panel in zip(counts, panels, strict=True)]
     best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(panels[i])))
-    return gaps[best], f" of the closest training dataset's {len(panels[best])} {what}", best
+    return gaps[best], f" = {counts[best]} of the closest training dataset's {len(panels[best])} {what}", best
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

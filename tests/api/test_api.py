@@ -136,7 +136,11 @@ def test_build_index_and_query(trained, data, form):
     assert set(nb["index_modality"]) == {"rna", "prot"}
     assert nb["rank"].max() == 5
     fig = oc.pl.imputed_vs_measured(res, _forms(data)[form])
-    assert fig.axes
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert len(titles) == len(trained.proteins)  # one panel per protein with its r, whatever form holds the
+    # measured protein (an AnnData's RNA in X is not it): the same as from the protein of a MuData
+    assert titles == [a.get_title() for a in oc.pl.imputed_vs_measured(res, _forms(data)["mudata"]).axes
+                      if a.get_title()]
 
 
 def test_index_query_head_predict_in_memory_write_nothing(tmp_path, monkeypatch, trained, data):

@@ -170,6 +170,51 @@ def test_open_input_protein_only_h5ad(cite, tmp_path):
     np.testing.assert_array_equal(d.prot, cite.prot_kept)
 
 
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_one_modality_of_a_paired_file_is_that_modality(cite, tmp_path, in_memory):
+    """RNA in X and protein in obsm (the layout ingest documents): modality="prot" reads the obsm protein, not X
+    (a query of the protein side of a paired file), and modality="rna" reads X without the protein."""
+    import anndata as ad
+
+    from omicsclip.io.anndata_input import open_anndata
+
+    path = write_h5ad(cite, tmp_path / "cells.h5ad")
+    src = ad.read_h5ad(path) if in_memory else path
+
+    def opened(modality):
+        return (open_anndata(src, require="any", modality=modality) if in_memory
+                else open_input([src], require="any", modality=modality))
+
+    with opened("prot") as s:
+        assert s.genes is None
+        assert s.proteins == PROTEINS
+        np.testing.assert_array_equal(s.read().prot, cite.prot_kept)
+        assert any("obsm['protein']" in n for n in s.info["notes"])
+    with opened("rna") as s:
+        assert s.proteins is None
+        assert s.genes == list(cite.genes)
+        assert (s.read().rna != cite.rna).nnz == 0
+
+
+def test_one_modality_of_a_matrix_split_by_feature_types(cite, tmp_path):
+    """Both modalities in X (10x feature types): modality="rna" leaves the antibody columns out of the genes
+    (they would count in the library size), modality="prot" keeps only them."""
+    import anndata as ad
+    import pandas as pd
+    from cite_files import combined
+
+    var = pd.DataFrame({"feature_types": ["Gene Expression"] * len(cite.genes) + ["Antibody Capture"] *
+                        len(cite.antibodies)}, index=cite.genes + cite.antibodies)
+    ad.AnnData(X=combined(cite), obs=pd.DataFrame(index=cite.barcodes), var=var).write_h5ad(tmp_path / "10x.h5ad")
+    with open_input([tmp_path / "10x.h5ad"], require="any", modality="rna") as s:
+        assert s.proteins is None
+        assert s.genes == list(cite.genes)
+        assert (s.read().rna != cite.rna).nnz == 0
+    with open_input([tmp_path / "10x.h5ad"], require="any", modality="prot") as s:
+        assert s.genes is None
+        assert s.proteins == PROTEINS
+
+
 def test_h5ad_counts_in_layer_with_feature_types_split(cite, tmp_path):
     """NeurIPS-2021 style: both modalities in one matrix, feature_types GEX/ADT, raw counts in layers."""
     import anndata as ad

@@ -191,3 +191,23 @@ def test_pooled_protein_is_never_read_as_zero_counts(tmp_path):
     assert np.isnan(clr[240:, :6]).all()
     lp = np.log1p(d.prot[240:, 6:].astype(np.float64))
     np.testing.assert_allclose(clr[240:, 6:], lp - lp.mean(1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_pool_refuses_one_store_given_twice(tmp_path):
+    """The same folder (also through a link) or a copy of an ingested store: its cells would be pooled twice."""
+    import shutil
+
+    from omicsclip.io.ingest import ingest
+
+    sa, sb, d = two_labs(tmp_path)
+    (tmp_path / "link.zarr").symlink_to(sa, target_is_directory=True)
+    for dup in (sa, tmp_path / "link.zarr"):
+        with pytest.raises(InputError, match=r"^pool: .*labA.zarr and .*\.zarr are the same store; give each"):
+            pool_stores([sa, sb, dup], tmp_path / "p.zarr", names=["a", "b", "c"])
+    d.to_anndata().write_h5ad(tmp_path / "cells.h5ad")
+    ingested = ingest([tmp_path / "cells.h5ad"], tmp_path / "ing.zarr")
+    shutil.copytree(ingested, tmp_path / "copy.zarr")
+    with pytest.raises(InputError, match="are copies of one store"):
+        pool_stores([ingested, tmp_path / "copy.zarr"], tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists()
+    assert pool_stores([sa, sb], tmp_path / "p.zarr").exists()  # two datasets: pooled as before

@@ -138,6 +138,7 @@ def test_user_mapping_onto_another_input_name_loses_nothing():
     ("list.yaml", "- CD8\n- CD4\n", "expected one YAML mapping"),
     ("bad.yaml", "a: [\n", "not valid YAML"),
     ("conflict.tsv", "PD-1\tCD279\nPD1\tFOO\n", "maps to both"),
+    ("typo.tsv", "name\tcanonicl\nMyAb-7\tCD4\n", "line 1 looks like a header, but its second column is 'canonicl'"),
 ])
 def test_malformed_mapping_files_are_one_line_input_errors(tmp_path, fname, text, match):
     path = tmp_path / fname
