@@ -110,13 +110,17 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"bench/pooled_bootstrap.py: not in the workdir: {', '.join(missing)}")
     result = {"workdir": str(w), "seeds": args.seeds, "bar": BAR, "datasets": {}}
     for d in args.datasets:
-        own, pooled, check = [], [], []
+        own, pooled, check, first = [], [], [], None
         for s in args.seeds:
             o, ob = per_cell_foscttm(w / f"model_{d}_t{s}", w / f"{d}.zarr", None)
             p, pb = per_cell_foscttm(w / f"model_{VARIANT}{tag}_t{s}", w / args.pooled_store, d)
             order = {b: i for i, b in enumerate(pb)}
             if sorted(ob) != sorted(pb):
                 sys.exit(f"bench/pooled_bootstrap.py: {d}, seed {s}: the two models' test cells differ")
+            first = ob if first is None else first
+            if not np.array_equal(ob, first):  # every seed's rows must be the same cells, in one order
+                sys.exit(f"bench/pooled_bootstrap.py: {d}: seed {s} holds out other test cells than seed "
+                         f"{args.seeds[0]} (another split): the seeds' ratios would not be paired")
             own.append(o)
             pooled.append(p[[order[b] for b in ob]])
             for kind, vals, metrics in (("own", o, w / f"m_{d}_t{s}.json"),
@@ -127,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
                     if abs(vals.mean() - reported) > PARITY_TOL:
                         sys.exit(f"bench/pooled_bootstrap.py: {d}, seed {s}, {kind} model: mean FOSCTTM {vals.mean():.6f}"
                                  f" here, {reported:.6f} in {metrics.name}: not the cells or model bench/pooled.py scored")
+        if len(check) < 2 * len(args.seeds):
+            print(f"warning: {d}: {2 * len(args.seeds) - len(check)} model(s) without bench/pooled.py's metrics "
+                  "file: their per-cell values were not checked against omicsclip evaluate", file=sys.stderr)
         res = dataset_bootstrap(own, pooled, args.n_boot, args.seed)
         res["parity_with_evaluate"] = check
         result["datasets"][d] = res

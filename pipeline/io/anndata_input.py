@@ -26,7 +26,13 @@ import scipy.sparse as sp
 
 from omicsclip.conventions import MODALITIES
 from omicsclip.errors import InputError
-from omicsclip.io.h5ad import HTO_OBSM_KEYS, PROTEIN_OBSM_KEYS, split_feature_types
+from omicsclip.io.h5ad import (
+    HTO_OBSM_KEYS,
+    PROTEIN_OBSM_KEYS,
+    both_feature_types,
+    paired_obsm_protein,
+    split_feature_types,
+)
 from omicsclip.io.raw import RawInput
 from omicsclip.io.readers import REQUIRE, InputSource, open_input
 from omicsclip.io.tables import CountTable, CsrArraysTable, View
@@ -274,8 +280,8 @@ def _find_key(adata: Any, candidates: tuple[str, ...], explicit: str | None) -> 
 
 
 def _anndata_raw(adata: Any, *, modality: str | None, protein_key: str | None, layer: str | None,
-                 label: str = "AnnData", pre: str = "", fmt: str = "anndata") -> RawInput:
-    """Find the modalities of one AnnData as :func:`omicsclip.io.h5ad.read_anndata_group` does."""
+                 label: str = "AnnData", pre: str = "", fmt: str = "anndata", keep: str | None = None) -> RawInput:
+    """Find the modalities of one AnnData as :func:`omicsclip.io.h5ad.read_anndata_group` does (``keep`` too)."""
     path, files = _source_label(adata, label)
     if layer:
         if layer not in adata.layers.keys():
@@ -289,17 +295,26 @@ def _anndata_raw(adata: Any, *, modality: str | None, protein_key: str | None, l
     obs, var = _frame(adata.obs), _frame(adata.var)
     table = MatrixTable(x, path=path, what=mkey, barcodes=obs.index, features=var)
     raw = RawInput(fmt=fmt, files=files, obs=obs, obs_table=table)
-    if split_feature_types(raw, table, var, mkey):
-        return raw  # (one modality asked for: the caller drops the other part)
-    key = _find_key(adata, PROTEIN_OBSM_KEYS, protein_key) if modality != "rna" else None
+    if keep is not None:  # the caller keeps only that modality of what is found
+        if both_feature_types(var) and split_feature_types(raw, table, var, mkey):
+            return raw
+        modality = keep
+        key = None if keep == "rna" else _find_key(adata, PROTEIN_OBSM_KEYS, protein_key)
+        prot = None if keep == "rna" else paired_obsm_protein(
+            path, key, protein_key, var.index, lambda k: _obsm_table(adata, k, path, pre, obs.index, "protein"))
+        if prot is not None:
+            raw.prot = View(prot)
+            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({mkey}, other features, not read)")
+            return raw
     if modality == "prot":
-        raw.prot = View(table if key is None else _obsm_table(adata, key, path, pre, obs.index, "protein"))
-        if key is not None:
-            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({mkey} holds the RNA, not read)")
+        raw.prot = View(table)
+        return raw
+    if modality is None and split_feature_types(raw, table, var, mkey):
         return raw
     raw.rna = View(table)
     if modality == "rna":
         return raw
+    key = _find_key(adata, PROTEIN_OBSM_KEYS, protein_key)
     if key is not None:
         raw.prot = View(_obsm_table(adata, key, path, pre, obs.index, "protein"))
     else:
@@ -386,7 +401,8 @@ def open_anndata(data: Any, *, protein_key: str | None = None, rna_modality: str
     require
         ``both``: RNA and protein must be present; ``any``: one modality is enough (query/predict inputs).
     modality
-        What a single AnnData's ``X`` holds: ``"rna"`` or ``"prot"``.
+        Keep one modality, ``"rna"`` or ``"prot"``: what a single AnnData's ``X`` holds, or of a paired one
+        that part (its ``obsm`` protein, or the columns of an ``X`` split by 10x feature types).
     **reader_options
         ``layer`` (read ``layers[layer]`` instead of ``X``) and the options of :class:`InputSource`:
         ``isotype_patterns``, ``keep_isotypes``, ``hto_patterns``, ``pairing``, ``allow_normalized``,
@@ -413,7 +429,7 @@ def open_anndata(data: Any, *, protein_key: str | None = None, rna_modality: str
     if modality not in (None, *MODALITIES):
         raise InputError(f"modality={modality!r}: expected 'rna' or 'prot'")
     if _is_anndata(data):
-        raw = _anndata_raw(data, modality=modality, protein_key=protein_key, layer=layer)
+        raw = _anndata_raw(data, modality=None, protein_key=protein_key, layer=layer, keep=modality)
     elif _is_mudata(data):
         raw = _mudata_raw(data, rna_modality=rna_modality, prot_modality=prot_modality,
                           protein_key=protein_key, layer=layer)

@@ -170,14 +170,43 @@ def split_feature_types(raw: RawInput, table: CountTable, var: pd.DataFrame, wha
     return True
 
 
+def both_feature_types(var: pd.DataFrame) -> bool:
+    """Whether ``var``'s feature types mark gene and antibody columns of one matrix (a 10x combined ``X``)."""
+    ftcol = _feature_type_col(var)
+    if ftcol is None:
+        return False
+    types = var[ftcol].astype(str)
+    return bool(types.isin(_GEX_TYPES).any() and types.isin(_ADT_TYPES).any())
+
+
+def paired_obsm_protein(path: Path, key: str | None, explicit: str | None, names: pd.Index,
+                        open_table: Any) -> CountTable | None:
+    """Return the protein counts in ``obsm[key]`` of a paired layout (RNA in ``X``), asked for by a user.
+
+    ``None`` when ``X`` itself holds the protein: no protein ``obsm`` key, or most of ``X``'s feature ``names``
+    are among its columns (a copy next to the counts, e.g. a CLR; gene symbols such as CD4 that name a protein too
+    are a small part of an RNA matrix's features). ``explicit`` (``protein_key``) is taken as
+    given, and an error when absent. ``open_table(key)`` opens the ``obsm`` table.
+    """
+    if key is None:
+        if explicit:
+            raise InputError(f"{path}: no obsm['{explicit}'] (the protein_key given)")
+        return None
+    prot = open_table(key)
+    if explicit or names.isin(prot.features.index).mean() < 0.5:
+        return prot
+    return None
+
+
 def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key: str | None,
-                       label: str = "", layer: str | None = None) -> RawInput:
+                       label: str = "", layer: str | None = None, keep: str | None = None) -> RawInput:
     """Modalities of one AnnData group (root of an ``.h5ad`` or ``mod/<name>`` of an ``.h5mu``/store).
 
-    ``None`` finds protein in ``obsm`` or in ``X`` columns whose ``var['feature_types']`` is "Antibody Capture"
-    (or "ADT"). ``"rna"`` / ``"prot"`` keep one modality: of an ``X`` split by feature types, that part; else
-    ``"rna"`` reads ``X`` as RNA, and ``"prot"`` reads the protein counts in ``obsm`` of a paired file (RNA in
-    ``X``) or, without them, ``X`` as protein counts (a protein-only file).
+    ``modality="prot"`` reads ``X`` as protein counts; ``"rna"`` as RNA only; ``None`` finds protein in
+    ``obsm`` or in ``X`` columns whose ``var['feature_types']`` is "Antibody Capture" (or "ADT").
+    ``keep`` is a user's choice of one modality of the input (``query --modality``): of an ``X`` holding genes
+    and antibodies (10x feature types), that part; ``"prot"`` of a paired layout (RNA in ``X``, protein in
+    ``obsm``: :func:`paired_obsm_protein`) the ``obsm`` protein; else ``X`` read as that modality.
     ``layer`` reads ``layers[layer]`` instead of ``X`` (e.g. raw counts kept in ``layers["counts"]``).
     """
     pre = f"{label}/" if label else ""
@@ -193,17 +222,26 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     var = _frame(path, g["var"], f"{pre}var")
     table = matrix_table(path, g[mkey], f"{pre}{mkey}", obs.index, var)
     raw = RawInput(fmt="h5ad", files=[path], obs=obs, obs_table=table)
-    if split_feature_types(raw, table, var, f"{pre}{mkey}"):
-        return raw  # (one modality asked for: the caller drops the other part)
-    key = _find_key(g, PROTEIN_OBSM_KEYS, protein_key) if modality != "rna" else None
+    if keep is not None:  # the caller keeps only that modality of what is found
+        if both_feature_types(var) and split_feature_types(raw, table, var, f"{pre}{mkey}"):
+            return raw
+        modality = keep
+        key = None if keep == "rna" else _find_key(g, PROTEIN_OBSM_KEYS, protein_key)
+        prot = None if keep == "rna" else paired_obsm_protein(
+            path, key, protein_key, var.index, lambda k: _obsm_table(path, g, k, obs.index, "protein"))
+        if prot is not None:
+            raw.prot = View(prot)
+            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({pre}{mkey}, other features, not read)")
+            return raw
     if modality == "prot":
-        raw.prot = View(table if key is None else _obsm_table(path, g, key, obs.index, "protein"))
-        if key is not None:
-            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({pre}{mkey} holds the RNA, not read)")
+        raw.prot = View(table)
+        return raw
+    if modality is None and split_feature_types(raw, table, var, f"{pre}{mkey}"):
         return raw
     raw.rna = View(table)
     if modality == "rna":
         return raw
+    key = _find_key(g, PROTEIN_OBSM_KEYS, protein_key)
     if key is not None:
         raw.prot = View(_obsm_table(path, g, key, obs.index, "protein"))
     else:
@@ -217,11 +255,14 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
 
 
 def open_h5ad(path: Path, *, modality: str | None = None, protein_key: str | None = None,
-              layer: str | None = None) -> RawInput:
-    """One ``.h5ad``: RNA in ``X``, protein in ``obsm`` (DataFrame, or array + ``uns['protein_names']``)."""
+              layer: str | None = None, keep: str | None = None) -> RawInput:
+    """One ``.h5ad``: RNA in ``X``, protein in ``obsm`` (DataFrame, or array + ``uns['protein_names']``).
+
+    ``modality``: what ``X`` holds; ``keep``: the one modality a user asked of it (:func:`read_anndata_group`).
+    """
     f = _open_h5(path, "h5ad")
     try:
-        raw = read_anndata_group(path, f, modality=modality, protein_key=protein_key, layer=layer)
+        raw = read_anndata_group(path, f, modality=modality, protein_key=protein_key, layer=layer, keep=keep)
     except READ_ERRORS as exc:
         f.close()
         raise _corrupt(path, exc) from None

@@ -104,16 +104,23 @@ def source_identity(info: dict[str, Any]) -> dict[str, Any]:
 def _check_distinct(stores: Sequence[str | Path], infos: Sequence[dict] | None = None) -> None:
     """Refuse one store given twice: the same folder (a link included), or with ``infos`` a copy of it.
 
-    A copy has the same cell and feature counts, feature names and ingest time; its cells would be pooled twice and
-    could land in training and test. Stores without a recorded ingest time are not compared as copies.
+    A copy has the same barcodes, feature names, numbers of stored counts and ingest time; its cells would be
+    pooled twice and could land in training and test. (A store cut from another keeps its ingest time, but not its
+    barcodes.) Stores without a recorded ingest time are not compared as copies.
     """
-    keys = ([Path(s).resolve() for s in stores] if infos is None else
-            [tuple(source_identity(info).items()) if source_identity(info)["created"] else i
-             for i, info in enumerate(infos)])
+    if infos is None:
+        keys: list[Any] = [Path(s).resolve() for s in stores]
+    else:
+        keys = []
+        for i, info in enumerate(infos):
+            ident = source_identity(info)
+            cells = hashlib.sha256("\n".join(info["obs"].index.astype(str)).encode()).hexdigest()
+            keys.append((tuple(ident.items()), info.get("nnz_rna"), info.get("nnz_prot"), cells)
+                        if ident["created"] else i)
     for i, key in enumerate(keys):
         j = keys.index(key)
         if j < i:
-            what = "the same store" if infos is None else "copies of one store (the same cells and features)"
+            what = "the same store" if infos is None else "copies of one store (the same barcodes, features and counts)"
             raise InputError(f"pool: {stores[j]} and {stores[i]} are {what}; give each dataset once")
 
 

@@ -355,7 +355,7 @@ def _open_raw(paths: list[Path], fmt: str, *, rna_modality: str, prot_modality: 
     if layer and fmt not in ("h5ad", "h5ad-pair", "h5mu"):
         raise InputError(f"{paths[0]}: ingest.layer={layer!r} applies to .h5ad/.h5mu inputs only, not {fmt}")
     if fmt == "h5ad":
-        return h5ad.open_h5ad(paths[0], modality=modality, protein_key=protein_key, layer=layer)
+        return h5ad.open_h5ad(paths[0], keep=modality, protein_key=protein_key, layer=layer)
     if fmt == "h5ad-pair":
         return h5ad.open_h5ad_pair(paths[0], paths[1], layer=layer)
     if fmt == "h5mu":
@@ -408,7 +408,9 @@ def open_input(inputs: Sequence[str | Path], fmt: str = "auto", *, rna_modality:
     require
         ``both``: RNA and protein must be present; ``any``: one modality is enough (query/predict inputs).
     modality
-        What a single-matrix input holds: ``"rna"`` or ``"prot"`` (e.g. a protein-only table or ``.h5ad``).
+        Keep one modality, ``"rna"`` or ``"prot"``: what a single-matrix input holds (e.g. a protein-only table
+        or ``.h5ad``); of a paired input, that part (an ``.h5ad``'s ``obsm`` protein, or the columns of one
+        ``X`` split by 10x feature types).
     genes_in_rows
         CSV/TSV tables have features in rows and cells in columns.
     make_unique

@@ -215,6 +215,44 @@ def test_one_modality_of_a_matrix_split_by_feature_types(cite, tmp_path):
         assert s.proteins == PROTEINS
 
 
+def test_one_modality_of_a_protein_file_is_its_x(cite, tmp_path):
+    """A protein-only file with a CLR copy in obsm, or with feature types that are not all antibody (a 10x
+    "Custom" column), still reads X, on its own and as the protein file of a pair; a protein_key the file lacks
+    is an error."""
+    import anndata as ad
+    import pandas as pd
+
+    from omicsclip.errors import InputError
+    from omicsclip.model.preprocess import clr
+
+    prot = ad.AnnData(X=cite.prot.copy(), obs=pd.DataFrame(index=cite.barcodes), var=pd.DataFrame(
+        {"feature_types": ["Antibody Capture"] * (len(cite.antibodies) - 1) + ["Custom"]}, index=cite.antibodies))
+    prot.obsm["protein"] = pd.DataFrame(clr(cite.prot.astype(np.float32)), index=cite.barcodes,
+                                        columns=cite.antibodies)
+    prot.write_h5ad(tmp_path / "adt.h5ad")
+    with open_input([tmp_path / "adt.h5ad"], require="any", modality="prot", keep_isotypes=True) as s:
+        assert s.proteins == list(cite.antibodies)  # the Custom column too
+        np.testing.assert_array_equal(s.read().prot, cite.prot)
+    rna, _ = write_h5ad_pair(cite, tmp_path / "rna.h5ad", tmp_path / "unused.h5ad")
+    d = read_input([rna, tmp_path / "adt.h5ad"], fmt="h5ad-pair", keep_isotypes=True)
+    np.testing.assert_array_equal(d.prot, cite.prot)
+    with pytest.raises(InputError, match=r"no obsm\['adt'\] \(the protein_key given\)"):
+        open_input([tmp_path / "adt.h5ad"], require="any", modality="prot", protein_key="adt")
+
+
+def test_one_modality_of_unusual_feature_types_reads_x_as_before(cite, tmp_path):
+    """Feature types that are not 10x's pair (here RNA / ADT): modality="rna" reads X whole, as before."""
+    import anndata as ad
+    import pandas as pd
+    from cite_files import combined
+
+    var = pd.DataFrame({"feature_types": ["RNA"] * len(cite.genes) + ["ADT"] * len(cite.antibodies)},
+                       index=cite.genes + cite.antibodies)
+    ad.AnnData(X=combined(cite), obs=pd.DataFrame(index=cite.barcodes), var=var).write_h5ad(tmp_path / "x.h5ad")
+    with open_input([tmp_path / "x.h5ad"], require="any", modality="rna") as s:
+        assert s.genes == list(cite.genes) + list(cite.antibodies)
+
+
 def test_h5ad_counts_in_layer_with_feature_types_split(cite, tmp_path):
     """NeurIPS-2021 style: both modalities in one matrix, feature_types GEX/ADT, raw counts in layers."""
     import anndata as ad

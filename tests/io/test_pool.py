@@ -210,4 +210,8 @@ def test_pool_refuses_one_store_given_twice(tmp_path):
     with pytest.raises(InputError, match="are copies of one store"):
         pool_stores([ingested, tmp_path / "copy.zarr"], tmp_path / "p.zarr")
     assert not (tmp_path / "p.zarr").exists()
-    assert pool_stores([sa, sb], tmp_path / "p.zarr").exists()  # two datasets: pooled as before
+    # two halves cut from that store keep its ingest time, counts of features and names: still two datasets
+    whole = read_store(ingested)
+    halves = [write_store(whole.subset(np.arange(i * 240, (i + 1) * 240)), tmp_path / f"half{i}.zarr")
+              for i in range(2)]
+    assert pool_stores(halves, tmp_path / "p.zarr").exists()
