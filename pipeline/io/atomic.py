@@ -52,7 +52,7 @@ def check_writable(path: Path, *, overwrite: bool, inputs: Iterable[str | Path |
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
+        raise InputError(f"{path} already exists; pass --overwrite (Python: overwrite=True) to replace it")
     out = Path(os.path.abspath(path))  # not resolve(): a symlink stays the link that gets replaced
     if out.parent == out:
         raise InputError(f"{path}: not a valid output path")
@@ -372,7 +372,7 @@ def replace_output(tmp: Path, path: Path, *, overwrite: bool) -> None:
     """
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise InputError(f"{path} was written by another process meanwhile; pass --overwrite to replace it")
+            raise InputError(f"{path} was written by another process meanwhile; pass --overwrite (Python: overwrite=True) to replace it")
         old = temp_sibling(path, "old")
         os.replace(path, old)
         os.replace(tmp, path)

@@ -78,7 +78,7 @@ def check_unique_features(names: pd.Index, *, path: Path | str, what: str, uniqu
 
         return make_index_unique(names)
     raise InputError(f"{path}: {len(dup)} duplicate {what} names (e.g. {examples(dup)}); "
-                     "pass --make-unique to suffix them (-1, -2, ...) or fix the input")
+                     "pass --make-unique (Python: make_unique=True) to suffix them (-1, -2, ...) or fix the input")
 
 
 def check_unique_barcodes(barcodes: pd.Index, *, path: Path | str) -> None:

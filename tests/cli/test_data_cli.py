@@ -58,7 +58,7 @@ def test_ingest_errors_are_one_line_exit_2(synth_h5ad, tmp_path):
     res = runner.invoke(app, ["ingest", str(synth_h5ad), "--out", str(store)])
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [f"omicsclip: error: {store} already exists; pass --overwrite "
-                                                "to replace it"]
+                                                "(Python: overwrite=True) to replace it"]
     fake = tmp_path / "x.h5ad"
     fake.write_text("not hdf5")
     res = runner.invoke(app, ["ingest", str(fake), "--out", str(tmp_path / "t.zarr")])
