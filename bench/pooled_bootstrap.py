@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
@@ -39,27 +40,37 @@ VARIANT = "pooled_default"
 PARITY_TOL = 1e-6  # the per-cell values must reproduce the FOSCTTM omicsclip evaluate reported for the same model
 
 
-def per_cell_foscttm(model_dir: Path, store: Path, dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each test cell's FOSCTTM (both directions averaged) and its barcode, for one model on one dataset.
+def dataset_cells(store: Path, dataset: str | None, pooled=None):
+    """One dataset's cells with its own panel and genes, as ``omicsclip evaluate --dataset`` scores them.
+
+    ``dataset``: that dataset of the pooled store ``store``, read already as ``pooled``; ``None``: the store.
+    """
+    from omicsclip.evaluation.evaluate import _one_dataset
+    from omicsclip.io.store import read_store
+
+    return _one_dataset(read_store(store) if pooled is None else pooled, dataset, store)
+
+
+def per_cell_foscttm(model_dir: Path, data, store: Path, dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each test cell's FOSCTTM (both directions averaged) and its barcode, for one model on one dataset's cells
+    (:func:`dataset_cells` of ``store``).
 
     ``dataset``: that dataset of a pooled store (its barcodes lose the ``-<dataset>`` suffix pooling added).
     """
-    from omicsclip.evaluation.evaluate import _align_split, _one_dataset
+    from omicsclip.evaluation.evaluate import _align_split
     from omicsclip.evaluation.metrics import direction_stats
-    from omicsclip.io.store import read_store
     from omicsclip.model.modelio import load_model
 
     model = load_model(model_dir)
-    data = _one_dataset(read_store(store), dataset, store)
     test = _align_split(data.obs, model.split, store) == "test"
     emb = model.embed(rna=data.rna[test], prot=data.prot[test], genes=data.gene_names, proteins=data.protein_names)
     cells = (direction_stats(emb["rna"], emb["prot"]).foscttm() + direction_stats(emb["prot"], emb["rna"]).foscttm()) / 2
     barcodes = data.obs.index.astype(str).to_numpy()[test]
     if dataset is not None:
         suffix = f"-{dataset}"
-        if not all(b.endswith(suffix) for b in barcodes):
+        if not np.char.endswith(barcodes.astype(str), suffix).all():
             raise SystemExit(f"bench/pooled_bootstrap.py: {store}: barcodes of {dataset} lack the suffix {suffix!r}")
-        barcodes = np.array([b[: -len(suffix)] for b in barcodes])
+        barcodes = np.asarray(pd.Index(barcodes).str[: -len(suffix)], dtype=object)
     return cells, barcodes
 
 
@@ -108,12 +119,17 @@ def main(argv: list[str] | None = None) -> dict:
     missing = [str(p) for p in need if not p.exists()]
     if missing:  # all checked before the first model is loaded
         sys.exit(f"bench/pooled_bootstrap.py: not in the workdir: {', '.join(missing)}")
+    from omicsclip.io.store import read_store
+
     result = {"workdir": str(w), "seeds": args.seeds, "bar": BAR, "datasets": {}}
+    pooled_store = read_store(w / args.pooled_store)  # read once; each dataset's cells taken from it
     for d in args.datasets:
         own, pooled, check, first = [], [], [], None
+        own_cells = dataset_cells(w / f"{d}.zarr", None)
+        pooled_cells = dataset_cells(w / args.pooled_store, d, pooled_store)
         for s in args.seeds:
-            o, ob = per_cell_foscttm(w / f"model_{d}_t{s}", w / f"{d}.zarr", None)
-            p, pb = per_cell_foscttm(w / f"model_{VARIANT}{tag}_t{s}", w / args.pooled_store, d)
+            o, ob = per_cell_foscttm(w / f"model_{d}_t{s}", own_cells, w / f"{d}.zarr", None)
+            p, pb = per_cell_foscttm(w / f"model_{VARIANT}{tag}_t{s}", pooled_cells, w / args.pooled_store, d)
             order = {b: i for i, b in enumerate(pb)}
             if sorted(ob) != sorted(pb):
                 sys.exit(f"bench/pooled_bootstrap.py: {d}, seed {s}: the two models' test cells differ")

@@ -29,8 +29,7 @@ from omicsclip.errors import InputError
 from omicsclip.io.h5ad import (
     HTO_OBSM_KEYS,
     PROTEIN_OBSM_KEYS,
-    both_feature_types,
-    paired_obsm_protein,
+    keep_one_modality,
     split_feature_types,
 )
 from omicsclip.io.raw import RawInput
@@ -296,16 +295,11 @@ def _anndata_raw(adata: Any, *, modality: str | None, protein_key: str | None, l
     table = MatrixTable(x, path=path, what=mkey, barcodes=obs.index, features=var)
     raw = RawInput(fmt=fmt, files=files, obs=obs, obs_table=table)
     if keep is not None:  # the caller keeps only that modality of what is found
-        if both_feature_types(var) and split_feature_types(raw, table, var, mkey):
+        if keep_one_modality(raw, table, var, mkey, keep, path=path, explicit=protein_key,
+                             key=_find_key(adata, PROTEIN_OBSM_KEYS, protein_key),
+                             open_table=lambda k: _obsm_table(adata, k, path, pre, obs.index, "protein")):
             return raw
         modality = keep
-        key = None if keep == "rna" else _find_key(adata, PROTEIN_OBSM_KEYS, protein_key)
-        prot = None if keep == "rna" else paired_obsm_protein(
-            path, key, protein_key, var.index, lambda k: _obsm_table(adata, k, path, pre, obs.index, "protein"))
-        if prot is not None:
-            raw.prot = View(prot)
-            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({mkey}, other features, not read)")
-            return raw
     if modality == "prot":
         raw.prot = View(table)
         return raw

@@ -179,23 +179,30 @@ def both_feature_types(var: pd.DataFrame) -> bool:
     return bool(types.isin(_GEX_TYPES).any() and types.isin(_ADT_TYPES).any())
 
 
-def paired_obsm_protein(path: Path, key: str | None, explicit: str | None, names: pd.Index,
-                        open_table: Any) -> CountTable | None:
-    """Return the protein counts in ``obsm[key]`` of a paired layout (RNA in ``X``), asked for by a user.
+def keep_one_modality(raw: RawInput, table: CountTable, var: pd.DataFrame, what: str, keep: str, *, path: Path,
+                      key: str | None, explicit: str | None, open_table: Any) -> bool:
+    """Fill ``raw`` with the one modality a user asked of one AnnData, where that is not ``X`` read as it.
 
-    ``None`` when ``X`` itself holds the protein: no protein ``obsm`` key, or most of ``X``'s feature ``names``
-    are among its columns (a copy next to the counts, e.g. a CLR; gene symbols such as CD4 that name a protein too
-    are a small part of an RNA matrix's features). ``explicit`` (``protein_key``) is taken as
-    given, and an error when absent. ``open_table(key)`` opens the ``obsm`` table.
+    An ``X`` holding genes and antibodies (10x feature types) is split (the caller drops the other part). For
+    ``"prot"``, a paired layout gives the protein counts in ``obsm[key]`` (``open_table(key)`` opens them), unless
+    most of ``X``'s features are among its columns (``X`` is the protein and ``obsm`` a copy, e.g. a CLR; gene
+    symbols such as CD4 that name a protein too are a small part of an RNA matrix). ``explicit`` (``protein_key``)
+    is taken as given, and an error when absent. Returns whether ``raw`` is filled.
     """
+    if both_feature_types(var) and split_feature_types(raw, table, var, what):
+        return True
+    if keep != "prot":
+        return False
     if key is None:
         if explicit:
             raise InputError(f"{path}: no obsm['{explicit}'] (the protein_key given)")
-        return None
+        return False
     prot = open_table(key)
-    if explicit or names.isin(prot.features.index).mean() < 0.5:
-        return prot
-    return None
+    if not explicit and var.index.isin(prot.features.index).mean() >= 0.5:
+        return False
+    raw.prot = View(prot)
+    raw.notes.append(f"protein counts from obsm['{key}'] ({what}, other features, not read)")
+    return True
 
 
 def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key: str | None,
@@ -206,7 +213,7 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     ``obsm`` or in ``X`` columns whose ``var['feature_types']`` is "Antibody Capture" (or "ADT").
     ``keep`` is a user's choice of one modality of the input (``query --modality``): of an ``X`` holding genes
     and antibodies (10x feature types), that part; ``"prot"`` of a paired layout (RNA in ``X``, protein in
-    ``obsm``: :func:`paired_obsm_protein`) the ``obsm`` protein; else ``X`` read as that modality.
+    ``obsm``: :func:`keep_one_modality`) the ``obsm`` protein; else ``X`` read as that modality.
     ``layer`` reads ``layers[layer]`` instead of ``X`` (e.g. raw counts kept in ``layers["counts"]``).
     """
     pre = f"{label}/" if label else ""
@@ -223,16 +230,11 @@ def read_anndata_group(path: Path, g: Any, *, modality: str | None, protein_key:
     table = matrix_table(path, g[mkey], f"{pre}{mkey}", obs.index, var)
     raw = RawInput(fmt="h5ad", files=[path], obs=obs, obs_table=table)
     if keep is not None:  # the caller keeps only that modality of what is found
-        if both_feature_types(var) and split_feature_types(raw, table, var, f"{pre}{mkey}"):
+        if keep_one_modality(raw, table, var, f"{pre}{mkey}", keep, path=path, explicit=protein_key,
+                             key=_find_key(g, PROTEIN_OBSM_KEYS, protein_key),
+                             open_table=lambda k: _obsm_table(path, g, k, obs.index, "protein")):
             return raw
         modality = keep
-        key = None if keep == "rna" else _find_key(g, PROTEIN_OBSM_KEYS, protein_key)
-        prot = None if keep == "rna" else paired_obsm_protein(
-            path, key, protein_key, var.index, lambda k: _obsm_table(path, g, k, obs.index, "protein"))
-        if prot is not None:
-            raw.prot = View(prot)
-            raw.notes.append(f"protein counts from {pre}obsm['{key}'] ({pre}{mkey}, other features, not read)")
-            return raw
     if modality == "prot":
         raw.prot = View(table)
         return raw

@@ -101,27 +101,30 @@ def source_identity(info: dict[str, Any]) -> dict[str, Any]:
             "features_sha256": digest, "created": created}
 
 
-def _check_distinct(stores: Sequence[str | Path], infos: Sequence[dict] | None = None) -> None:
-    """Refuse one store given twice: the same folder (a link included), or with ``infos`` a copy of it.
+def _copy_key(info: dict[str, Any]) -> tuple | None:
+    """Return what a copy of a store shares with it: barcodes, feature names, stored counts and ingest time.
 
-    A copy has the same barcodes, feature names, numbers of stored counts and ingest time; its cells would be
-    pooled twice and could land in training and test. (A store cut from another keeps its ingest time, but not its
-    barcodes.) Stores without a recorded ingest time are not compared as copies.
+    ``None`` without a recorded ingest time. A store cut from another keeps its ingest time, but not its barcodes.
     """
-    if infos is None:
-        keys: list[Any] = [Path(s).resolve() for s in stores]
-    else:
-        keys = []
-        for i, info in enumerate(infos):
-            ident = source_identity(info)
-            cells = hashlib.sha256("\n".join(info["obs"].index.astype(str)).encode()).hexdigest()
-            keys.append((tuple(ident.items()), info.get("nnz_rna"), info.get("nnz_prot"), cells)
-                        if ident["created"] else i)
-    for i, key in enumerate(keys):
-        j = keys.index(key)
-        if j < i:
-            what = "the same store" if infos is None else "copies of one store (the same barcodes, features and counts)"
-            raise InputError(f"pool: {stores[j]} and {stores[i]} are {what}; give each dataset once")
+    ident = source_identity(info)
+    if not ident["created"]:
+        return None
+    cells = hashlib.sha256("\n".join(info["obs"].index.astype(str)).encode()).hexdigest()
+    return tuple(ident.items()), info.get("nnz_rna"), info.get("nnz_prot"), cells
+
+
+def _check_distinct(stores: Sequence[str | Path], infos: Sequence[dict]) -> None:
+    """Refuse one store given twice: the same folder (a link included) or a copy of it (:func:`_copy_key`).
+
+    Its cells would be pooled twice and could land in training and test.
+    """
+    paths, copies = [Path(s).resolve() for s in stores], [_copy_key(info) for info in infos]
+    for i in range(len(stores)):
+        for j in range(i):
+            if paths[i] == paths[j] or (copies[i] is not None and copies[i] == copies[j]):
+                what = ("the same store" if paths[i] == paths[j]
+                        else "copies of one store (the same barcodes, features and counts)")
+                raise InputError(f"pool: {stores[j]} and {stores[i]} are {what}; give each dataset once")
 
 
 def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequence[str] | None = None,
@@ -153,10 +156,9 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
     if len(stores) < 2:
         raise InputError("pool: give two or more stores")
     check_writable(Path(out), overwrite=overwrite, inputs=stores)  # never replace a store being pooled
-    _check_distinct(stores)
-    names = dataset_names(stores, names)
     infos = [store_info(s) for s in stores]
-    _check_distinct(stores, infos)
+    _check_distinct(stores, infos)  # before the names, which one store given twice would make clash
+    names = dataset_names(stores, names)
     for s, info in zip(stores, infos, strict=True):
         if panels_of(info["uns"]) is not None:
             raise InputError(f"{s}: is already a pooled store; pool its source stores instead")
