@@ -99,7 +99,7 @@ def _checked(rep: dict[str, Any], names: Sequence[str], model_names: Sequence[st
     """
     have = {str(n) for n in names}
     missing = [n for n in model_names if n not in have]
-    lacking, panel, _ = refuse_lacking(missing, state, what, f"{source}:")
+    lacking, panel, _ = refuse_lacking(missing, state, what, f"{source}:", names)
     rep["missing_fraction"] = lacking
     if missing and lacking == 0:
         log.info("%s %s vs model: %d of %d, a training dataset's %s complete; %d extra (ignored)", source, what,

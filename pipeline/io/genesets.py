@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omicsclip.errors import InputError
+from omicsclip.io.gene_names import mismatch_hint
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,11 @@ def gene_names_of(path: str | Path, *, fmt: str = "auto") -> list[str]:
     Only names are read, not counts. Duplicate names are suffixed the way AnnData does, as ingest would with
     ``--make-unique``.
     """
+    return _gene_names(path, fmt)[0]
+
+
+def _gene_names(path: str | Path, fmt: str = "auto") -> tuple[list[str], int]:
+    """:func:`gene_names_of`, and how many of the names are repeats that were suffixed."""
     from omicsclip.io.readers import open_input
 
     path = Path(path)
@@ -31,7 +37,7 @@ def gene_names_of(path: str | Path, *, fmt: str = "auto") -> list[str]:
                     allow_normalized=True) as src:
         if src.genes is None or len(src.genes) == 0:
             raise InputError(f"{path}: has no RNA genes to take a gene set from")
-        return [str(g) for g in src.genes]
+        return [str(g) for g in src.genes], int(src.info.get("rna_names_suffixed", 0))
 
 
 def read_gene_list(path: str | Path) -> list[str]:
@@ -76,20 +82,29 @@ def resolve_genes(spec: str | Sequence[str] | None, store_genes: Sequence[str],
         wanted = {str(g) for g in spec}
         found = wanted & keep
         if len(found) < 0.5 * len(wanted):
+            hint = mismatch_hint(store_genes, wanted) or "; are they the same kind of gene name?"
             raise InputError(f"preprocess.genes: only {len(found)} of its {len(wanted)} genes are in the training "
-                             f"store (e.g. {', '.join(sorted(wanted - keep)[:3])}); are they the same kind of ID?")
+                             f"store (e.g. {', '.join(sorted(wanted - keep)[:3])}){hint}")
         if len(found) < len(wanted):
             log.warning("preprocess.genes: %d of its %d genes are not in the training store",
                         len(wanted) - len(found), len(wanted))
         keep, restricted = found, True
     for path in genes_from:
-        names = set(gene_names_of(path))
+        listed, suffixed = _gene_names(path)
+        names = set(listed)
         before = len(keep)
         keep &= names
         restricted = True
-        log.info("--genes-from %s: %d genes, %d of %d shared", path, len(names), len(keep), before)
+        hint = mismatch_hint(store_genes, names)
+        if not keep:
+            so_far = " and the genes kept so far" if before < len(store_genes) else ""
+            raise InputError(f"--genes-from {path}: shares no gene with the training store{so_far}"
+                             + (hint or f" (its genes: e.g. {', '.join(listed[:3])})"))
+        log.log(logging.WARNING if hint else logging.INFO, "--genes-from %s: %d genes%s, %d of %d shared%s", path,
+                len(names) - suffixed, f" (and {suffixed} repeated names, suffixed -1, -2, ... as ingest "
+                "--make-unique does)" if suffixed else "", len(keep), before, hint)
     if not restricted:
         return None
     if not keep:
-        raise InputError("no gene is shared by the training store and preprocess.genes / --genes-from")
+        raise InputError("preprocess.genes: no gene of it is in the training store")
     return [g for g in store_genes if g in keep]

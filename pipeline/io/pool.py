@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from omicsclip.errors import InputError
 from omicsclip.io.atomic import check_writable
+from omicsclip.io.gene_names import mismatch_hint
 from omicsclip.io.panels import DATASET_COLUMN, GENE_PANELS_KEY, PANELS_KEY, panels_of
 from omicsclip.io.store import StoreWriter, iter_store, store_info
 
@@ -166,8 +167,13 @@ def pool_stores(stores: Sequence[str | Path], out: str | Path, *, names: Sequenc
             raise InputError(f"{s}: obs already has a {DATASET_COLUMN!r} column; rename it before pooling")
     gene_lists = [[str(g) for g in info["genes"].index] for info in infos]
     keep = _pooled_genes(gene_lists, genes)
+    hints = {i: mismatch_hint(gene_lists[0], gl) for i, gl in enumerate(gene_lists[1:], 1)}
     if not keep:
-        raise InputError("pool: the stores share no gene")
+        raise InputError("pool: the stores share no gene" + next((h for h in hints.values() if h), ""))
+    for i, hint in hints.items():
+        if hint:  # a union of two species' (or ID and symbol) gene names pools cells that share nothing
+            log.warning("pool: %s and %s share %d genes%s", names[0], names[i],
+                        len(set(gene_lists[0]) & set(gene_lists[i])), hint)
     keep_set = set(keep)
     gene_panels = {n: [g for g in gl if g in keep_set] for n, gl in zip(names, gene_lists, strict=True)}
     if all(len(p) == len(keep) for p in gene_panels.values()):

@@ -100,6 +100,9 @@ class InputSource:
                 self._strip_genome_prefix(view)
             names = check_unique_features(view.features.index, path=view.table.path,
                                           what="gene" if which == "rna" else "protein", unique=make_unique)
+            suffixed = int((names != view.features.index.astype(str)).sum())
+            if suffixed:  # repeated names suffixed (make_unique)
+                self.info[f"{which}_names_suffixed"] = suffixed
             view.features = view.features.set_axis(names, axis=0)
         if harmonise_proteins and self._prot is not None:
             new, report = harmonise_protein_names(self.proteins, protein_aliases)

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
-from omicsclip.io.gene_names import strip_genome_prefix
+from omicsclip.io.gene_names import mismatch_hint, strip_genome_prefix
 from omicsclip.model.preprocess import PreprocessState, library_size
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def align_rna(
         raise InputError(f"RNA input has {rna.shape[1]} columns but {len(genes)} gene names")
     pos = pd.Index(genes).get_indexer(state.genes)
     missing = [g for g, p in zip(state.genes, pos, strict=True) if p < 0]
-    lacking, panel, closest = refuse_lacking(missing, state, "genes", "RNA input")
+    lacking, panel, closest = refuse_lacking(missing, state, "genes", "RNA input", genes)
     library_genes, left_out = state.library_genes, []
     if as_closest_dataset and state.gene_panels:  # several datasets' genes: as the closest dataset's cells
         pos, left_out, library_genes = _as_closest_dataset(pos, closest, state)
@@ -310,14 +310,17 @@ def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
     return np.where(drop, -1, pos), left_out, library
 
 
-def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str) -> tuple[float, str, int]:
+def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str,
+                   have: Sequence[str] = ()) -> tuple[float, str, int]:
     """Refuse an input lacking more than the model allows of its ``what`` (``genes`` or ``proteins``).
 
     The fraction is of the training dataset's genes (panel) the input covers best (:func:`_closest_panel_gap`),
     so one dataset's own gene set or panel queries a model pooled from several. ``missing``: the model features
     the input lacks; ``state``: the model's :class:`PreprocessState`. Used by :func:`align_rna`,
     :func:`align_proteins` and, before any cell is read, the query's feature check. Returns the fraction, a
-    description of the panel it is of and the panel's index (-1 with one training dataset).
+    description of the panel it is of and the panel's index (-1 with one training dataset). ``have``: the input's
+    own gene names, for a hint when they are another species' or another kind of name
+    (:func:`omicsclip.io.gene_names.mismatch_hint`).
 
     Raises
     ------
@@ -335,8 +338,8 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str) -
             measured = set(panels[closest])
             gap = [m for m in missing if m in measured]
             of = f"the {len(panels[closest])} {what} of the training dataset it covers best"
-        hint = ("; train a model that fits it on the genes both share: omicsclip train STORE --genes-from "
-                "THIS_INPUT (or set preprocess.genes)") if genes else ""
+        hint = (mismatch_hint(state.genes, have) or "; train a model that fits it on the genes both share: "
+                "omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)") if genes else ""
         raise InputError(
             f"{source} lacks {len(gap)} of {of} ({lacking:.0%} > max_missing_{'gene' if genes else 'protein'}"
             f"_fraction={limit:g}); e.g. {', '.join(gap[:3])}{hint}"

@@ -158,7 +158,7 @@ def test_resolve_genes_from_list_file_and_inputs(tmp_path):
     f.write_text("# shared genes\nG5\n\nG6  # a comment\n")
     assert read_gene_list(f) == ["G5", "G6"]
     assert resolve_genes(str(f), store_genes) == ["G5", "G6"]
-    with pytest.raises(InputError, match="same kind of ID"):
+    with pytest.raises(InputError, match="same kind of gene name"):
         resolve_genes(["ENSG1", "ENSG2", "G1"], store_genes)
     d = make_synthetic(n_cells=50, n_genes=30, n_proteins=4, seed=1)
     d.rna, d.genes = d.rna[:, 5:], d.genes.iloc[5:]
