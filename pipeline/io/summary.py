@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from omicsclip.io.jsonfile import dumps_json, jsonable
+from omicsclip.io.panels import DATASET_COLUMN, GENE_PANELS_KEY, panels_of
 from omicsclip.io.store import store_info
 
 _MAX_LEVELS = 30
@@ -29,8 +30,28 @@ def _obs_summary(obs: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _datasets(info: dict[str, Any]) -> dict[str, Any]:
+    """Per dataset of a pooled store: its cells, how many of the store's genes it measured, its panel."""
+    uns = info["uns"] or {}
+    panels, gene_panels = panels_of(uns), panels_of(uns, GENE_PANELS_KEY)
+    if panels is None and gene_panels is None:
+        return {}
+    proteins = [str(x) for x in info["proteins"].index]
+    counts = info["obs"][DATASET_COLUMN].astype(str).value_counts() if DATASET_COLUMN in info["obs"] else {}
+    out = {}
+    for name in sorted(panels or gene_panels):
+        panel = set(proteins if panels is None else panels.get(name, []))
+        out[name] = {"n_cells": int(counts.get(name, 0)),
+                     "n_genes": len(info["genes"]) if gene_panels is None else len(gene_panels.get(name, [])),
+                     "n_proteins": len(panel), "proteins_not_measured": [x for x in proteins if x not in panel]}
+    return out
+
+
 def inspect_store(path: str | Path) -> dict[str, Any]:
-    """Cells, genes, proteins, sparsity, obs columns, QC and provenance of a store, as plain values."""
+    """Cells, genes, proteins, sparsity, obs columns, QC and provenance of a store, as plain values.
+
+    A pooled store (``omicsclip pool``) also gets ``datasets``: per dataset its cells, genes and antibody panel.
+    """
     info = store_info(path)
     n, g, p = len(info["obs"]), len(info["genes"]), len(info["proteins"])
     uns = info["uns"] or {}
@@ -45,6 +66,7 @@ def inspect_store(path: str | Path) -> dict[str, Any]:
         "sparsity_prot": 1 - info["nnz_prot"] / (n * p) if n and p else 0.0,
         "proteins": [str(x) for x in info["proteins"].index],
         "genes_head": [str(x) for x in info["genes"].index[:10]],
+        "datasets": _datasets(info),
         "obs": _obs_summary(info["obs"]),
         "qc": jsonable(uns.get("qc", {})),
         "provenance": jsonable(uns.get("provenance", {})),
@@ -74,6 +96,14 @@ def format_summary(d: dict[str, Any]) -> str:
         f"proteins   {d['n_proteins']:,}   (sparsity {d['sparsity_prot']:.1%}): {', '.join(d['proteins'][:20])}"
         + (" ..." if d["n_proteins"] > 20 else ""),
     ]
+    if d.get("datasets"):
+        lines.append(f"datasets   {len(d['datasets'])} pooled: each measured its own genes and panel (outside "
+                     "them the stored 0 is unmeasured)")
+        for name, ds in d["datasets"].items():
+            lacks = ds["proteins_not_measured"]
+            lines.append(f"  {name:24s} {ds['n_cells']:>9,} cells  {ds['n_genes']:>7,} genes  {ds['n_proteins']:>4,} "
+                         f"proteins" + (f" (not: {', '.join(lacks[:8])}{' ...' if len(lacks) > 8 else ''})"
+                                        if lacks else ""))
     if d["obs"]:
         lines.append("obs")
         for col, s in d["obs"].items():

@@ -10,7 +10,7 @@ embedding of a degraded panel by it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,8 +304,9 @@ def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
     drop = (pos >= 0) & ~pd.Index(state.genes).isin(state.gene_panels[best])
     left_out = [state.genes[i] for i in np.flatnonzero(drop)]
     if left_out:
-        log.info("RNA input presented as training dataset %d's cells (%d genes): %d model genes it has but that "
-                 "dataset did not measure are left out", best, len(state.gene_panels[best]), len(left_out))
+        log.info("RNA input presented as training dataset %s's cells (%d genes): %d model genes it has but that "
+                 "dataset did not measure are left out", state.dataset_name(best), len(state.gene_panels[best]),
+                 len(left_out))
     library = state.library_genes if state.library_panels is None else state.library_panels[best]
     return np.where(drop, -1, pos), left_out, library
 
@@ -331,13 +332,13 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str,
     genes = what == "genes"
     panels, n_model = (state.gene_panels, len(state.genes)) if genes else (state.panels, len(state.proteins))
     limit = state.max_missing_gene_fraction if genes else state.max_missing_protein_fraction
-    lacking, panel, closest = _closest_panel_gap(set(missing), panels, n_model, what)
+    lacking, panel, closest = _closest_panel_gap(set(missing), panels, n_model, what, state.dataset_name)
     if lacking > limit:
         gap, of = list(missing), f"the model's {n_model} {what}"
         if closest >= 0:  # count and name only what the closest dataset measured
             measured = set(panels[closest])
             gap = [m for m in missing if m in measured]
-            of = f"the {len(panels[closest])} {what} of the training dataset it covers best"
+            of = f"the {len(panels[closest])} {what} of the training dataset it covers best ({state.dataset_name(closest)})"
         hint = (mismatch_hint(state.genes, have) or "; train a model that fits it on the genes both share: "
                 "omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)") if genes else ""
         raise InputError(
@@ -348,7 +349,7 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str,
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,
-                       what: str) -> tuple[float, str, int]:
+                       what: str, name: Callable[[int], str] = str) -> tuple[float, str, int]:
     """Return the fraction of the best-covered training panel the input lacks, a description of it and its index.
 
     The best-covered panel lacks the smallest fraction; of equals, it is the one with the most features. Without
@@ -359,7 +360,8 @@ def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_mode
     counts = [sum(p in missing for p in panel) for panel in panels]
     gaps = [c / max(len(panel), 1) for c, panel in zip(counts, panels, strict=True)]
     best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(panels[i])))
-    return gaps[best], f" = {counts[best]} of the closest training dataset's {len(panels[best])} {what}", best
+    return gaps[best], (f" = {counts[best]} of the closest training dataset's ({name(best)}) {len(panels[best])} "
+                        f"{what}"), best
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

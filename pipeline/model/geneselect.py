@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,15 +43,20 @@ def select_hvg(lognorm: sp.csr_matrix, n_hvg: int) -> np.ndarray:
     return np.flatnonzero(adata.var["highly_variable"].to_numpy())
 
 
-def panel_hvg(lognorm: sp.csr_matrix, n_hvg: int, codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Union of each training dataset's highly variable genes, chosen among its cells and measured genes."""
+def panel_hvg(lognorm: sp.csr_matrix, n_hvg: int, codes: np.ndarray, table: np.ndarray,
+              names: Sequence[str] | None = None) -> np.ndarray:
+    """Union of each training dataset's highly variable genes, chosen among its cells and measured genes.
+
+    ``names``: the datasets' names (rows of ``table``), for the log; else their numbers.
+    """
     picked: set[int] = set()
     for i in range(table.shape[0]):
         cells, cols = np.flatnonzero(codes == i), np.flatnonzero(table[i])
         if cells.size == 0 or cols.size == 0:
             continue
         hv = cols[select_hvg(lognorm[cells][:, cols], n_hvg)]
-        log.info("preprocess: %d highly variable genes among dataset %d's %d genes", hv.size, i, cols.size)
+        log.info("preprocess: %d highly variable genes among dataset %s's %d genes", hv.size,
+                 repr(names[i]) if names is not None else i, cols.size)
         picked.update(int(g) for g in hv)
     if not picked:
         raise InputError("preprocess: no gene has any counts in the training cells")

@@ -83,6 +83,9 @@ class PreprocessState:
         With ``gene_panels``: the genes each training dataset measured among those library sizes count
         (``library_genes``, else all), so that a query presented as one dataset's cells counts its library over
         that dataset's genes; ``None`` for models saved before it (the query's library then counts all its genes).
+    datasets
+        The training datasets' names, in the order of ``panels`` and ``gene_panels`` (a pooled store's
+        ``dataset`` values, sorted), for messages; ``None``: one dataset, or a model saved before it.
     """
 
     genes: list[str]
@@ -103,6 +106,11 @@ class PreprocessState:
     panels: list[list[str]] | None = None
     gene_panels: list[list[str]] | None = None
     library_panels: list[list[str]] | None = None
+    datasets: list[str] | None = None
+
+    def dataset_name(self, i: int) -> str:
+        """How messages name training dataset ``i`` (of ``panels`` / ``gene_panels``): its name, else its number."""
+        return repr(self.datasets[i]) if self.datasets and 0 <= i < len(self.datasets) else str(i)
 
     @property
     def rna_projection(self) -> np.ndarray | None:
@@ -140,6 +148,7 @@ class PreprocessState:
             "panels": None if self.panels is None else [[str(p) for p in panel] for panel in self.panels],
             "gene_panels": None if self.gene_panels is None else [[str(g) for g in p] for p in self.gene_panels],
             "library_panels": None if self.library_panels is None else [[str(g) for g in p] for p in self.library_panels],
+            "datasets": None if self.datasets is None else [str(d) for d in self.datasets],
         }
 
     @classmethod
@@ -170,6 +179,7 @@ class PreprocessState:
                 gene_panels=None if d.get("gene_panels") is None else [[str(g) for g in p] for p in d["gene_panels"]],
                 library_panels=None if d.get("library_panels") is None else [[str(g) for g in p]
                                                                               for p in d["library_panels"]],
+                datasets=None if d.get("datasets") is None else [str(x) for x in d["datasets"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing state: missing or invalid field ({exc})") from None
@@ -292,6 +302,7 @@ def fit_preprocessing(
     panels: Sequence[Sequence[str]] | None = None,
     gene_masks: tuple[np.ndarray, np.ndarray] | None = None,
     dataset_codes: np.ndarray | None = None,
+    datasets: Sequence[str] | None = None,
 ) -> PreprocessState:
     """Fit the preprocessing on the *training* cells' raw counts.
 
@@ -324,6 +335,8 @@ def fit_preprocessing(
         Per training cell its dataset (codes 0..n-1) in a store pooled from several datasets; with
         ``pca_within_datasets`` the principal axes and the protein genes are fitted on each dataset's values centred
         on that dataset's means, so no axis is spent on what tells the datasets apart (:func:`_centre_groups`).
+    datasets
+        The training datasets' names, in the order of ``panels`` and ``gene_masks``' table rows (for messages).
 
     Returns
     -------
@@ -349,7 +362,7 @@ def fit_preprocessing(
         table = table[:, cols]
     lib = library_size(rna)
     lognorm = log_normalize(rna, target_sum, lib)
-    hvg = select_hvg(lognorm, n_hvg) if table is None else panel_hvg(lognorm, n_hvg, codes, table)
+    hvg = select_hvg(lognorm, n_hvg) if table is None else panel_hvg(lognorm, n_hvg, codes, table, datasets)
     if cols is not None:
         hvg = cols[hvg]  # positions among all the store's genes
     log.info("preprocess: %d of %d genes selected (n_hvg=%d%s)", hvg.size, len(genes), n_hvg,
@@ -400,6 +413,7 @@ def fit_preprocessing(
         gene_panels=None if measured is None else [[all_genes[g] for g in hvg[m]] for m in measured],
         library_panels=None if measured is None else [
             [all_genes[g] for g in (np.flatnonzero(row) if cols is None else cols[row])] for row in table],
+        datasets=None if datasets is None else [str(d) for d in datasets],
     )
 
 

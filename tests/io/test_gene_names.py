@@ -140,7 +140,7 @@ def test_a_query_refused_for_its_genes_says_they_are_another_species():
 
     from omicsclip.model.alignment import refuse_lacking
 
-    state = SimpleNamespace(genes=HUMAN, gene_panels=None, max_missing_gene_fraction=0.2)
+    state = SimpleNamespace(genes=HUMAN, gene_panels=None, max_missing_gene_fraction=0.2, dataset_name=str)
     with pytest.raises(InputError, match="case is ignored") as err:
         refuse_lacking(HUMAN, state, "genes", "RNA input", MOUSE)
     assert "--genes-from" not in str(err.value)  # training on shared genes would not help here

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -215,3 +217,19 @@ def test_pool_refuses_one_store_given_twice(tmp_path):
     halves = [write_store(whole.subset(np.arange(i * 240, (i + 1) * 240)), tmp_path / f"half{i}.zarr")
               for i in range(2)]
     assert pool_stores(halves, tmp_path / "p.zarr").exists()
+
+
+def test_inspect_shows_each_pooled_datasets_cells_genes_and_panel(tmp_path):
+    from omicsclip.io.summary import format_summary, inspect_store
+
+    sa, sb, d = two_labs(tmp_path)
+    summary = inspect_store(pool_stores([sa, sb], tmp_path / "pooled.zarr", genes="union"))
+    assert summary["datasets"] == {
+        "labA": {"n_cells": 240, "n_genes": 80, "n_proteins": 14, "proteins_not_measured": list(d.proteins.index[14:])},
+        "labB": {"n_cells": 240, "n_genes": 70, "n_proteins": 14, "proteins_not_measured": list(d.proteins.index[:6])},
+    }
+    text = format_summary(summary)
+    assert "datasets   2 pooled" in text
+    assert re.search(rf"\n  labB +240 cells +70 genes +14 proteins \(not: {', '.join(d.proteins.index[:6])}\)\n", text)
+    assert inspect_store(sa)["datasets"] == {}  # one dataset: nothing to show
+    assert "datasets" not in format_summary(inspect_store(sa))

@@ -354,7 +354,7 @@ def test_fit_preprocessing_takes_every_setting_from_the_config_section():
     params = inspect.signature(fit_preprocessing).parameters
     keyword = {name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     # preprocess.genes (a list, a file, or --genes-from) is resolved by the training run into library_genes;
-    # panels, gene masks and each cell's dataset come from the store, not the config
-    from_store = {"library_genes", "panels", "gene_masks", "dataset_codes"}
+    # panels, gene masks and each cell's dataset and their names come from the store, not the config
+    from_store = {"library_genes", "panels", "gene_masks", "dataset_codes", "datasets"}
     assert keyword - from_store == set(default_config()["preprocess"]) - {"genes"}
     assert all(params[name].default is inspect.Parameter.empty for name in keyword - from_store)

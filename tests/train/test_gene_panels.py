@@ -4,6 +4,8 @@ for a query that lacks them."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,12 +144,14 @@ def test_a_pooled_store_holds_out_each_datasets_own_test_cells(tmp_path):
     assert not make_split(obs, seed=3).equals(split)  # one split over the pooled cells would differ
 
 
-def test_new_cells_with_more_genes_are_presented_as_their_closest_training_dataset(tmp_path):
+def test_new_cells_with_more_genes_are_presented_as_their_closest_training_dataset(tmp_path, caplog):
     """A query that measured every union gene (no training cell did) is embedded as the training dataset it covers
     best: genes that dataset lacked are left out and the library counts that dataset's genes only."""
     pooled, a, b = two_gene_sets(tmp_path)
     cfg = load_config(None, [*TINY, "preprocess.n_pcs=8", "preprocess.protein_genes=2"])
-    train_model(pooled, tmp_path / "model", cfg)
+    with caplog.at_level(logging.INFO, logger="omicsclip.model.geneselect"):
+        train_model(pooled, tmp_path / "model", cfg)
+    assert "highly variable genes among dataset 'labB''s 70 genes" in caplog.text
     model = load_model(tmp_path / "model")
     state = model.state
     assert [len(p) for p in state.library_panels] == [70, 70]
@@ -176,8 +180,9 @@ def test_new_cells_with_more_genes_are_presented_as_their_closest_training_datas
     with pytest.raises(InputError, match="max_missing_gene_fraction") as err:
         align_rna(full.rna[:, kept], [full.gene_names[i] for i in kept], state, as_closest_dataset=True)
     # not the left-out ones too
+    assert state.datasets == ["labA", "labB"]  # the messages name the training datasets
     assert f"lacks {len(drop & set(state.genes))} of the {len(state.gene_panels[best])} genes of the training " \
-           "dataset it covers best" in str(err.value)
+           f"dataset it covers best ({['labA', 'labB'][best]!r})" in str(err.value)
     examples = str(err.value).split("e.g. ")[1].split(";")[0].split(", ")
     assert examples
     assert set(examples) <= drop
