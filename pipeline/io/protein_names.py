@@ -157,15 +157,46 @@ def alias_table(aliases: Aliases = None) -> dict[str, str]:
     ``aliases``: ``None``/``""`` (the shipped table only), a mapping file (:func:`read_alias_file`) or a
     mapping ``{name: canonical}``; its names win over the shipped table's. Keys are :func:`name_key`'s.
     """
+    return _tables(aliases)[0]
+
+
+def _tables(aliases: Aliases) -> tuple[dict[str, str], str, list[tuple[str, str]]]:
+    """:func:`alias_table`, with the user mapping's source and pairs (read once) for :func:`_unused`."""
     table = builtin_aliases()
+    source, pairs = _user_pairs(aliases)
+    if pairs:
+        table.update(_build([(a, c, f"entry {a!r}") for a, c in pairs], source))
+    return table, source, pairs
+
+
+def _user_pairs(aliases: Aliases) -> tuple[str, list[tuple[str, str]]]:
+    """Return a user mapping's source (for messages) and its ``(name, canonical)`` pairs (none without one)."""
     if aliases is None or (isinstance(aliases, str) and not aliases.strip()):
-        return table
+        return "", []
     if isinstance(aliases, Mapping):
-        source, pairs = "protein aliases", [(str(k), str(v)) for k, v in aliases.items()]
-    else:
-        source, pairs = str(aliases), read_alias_file(aliases)
-    table.update(_build([(a, c, f"entry {a!r}") for a, c in pairs], source))
-    return table
+        return "protein aliases", [(str(k), str(v)) for k, v in aliases.items()]
+    return str(aliases), read_alias_file(aliases)
+
+
+def _name_keys(name: str) -> set[str]:
+    """The keys :func:`canonical_name` looks ``name`` up by: the whole name's, and both parts' of ``Name (Alias)``."""
+    m = _PAIR.match(strip_affixes(name))
+    return {name_key(name)} | ({name_key(part) for part in m.groups()} if m else set())
+
+
+def _unused(names: Sequence[str], source: str, pairs: list[tuple[str, str]]) -> list[str]:
+    """Return the names of the user mapping's entries (``pairs``) that name none of ``names`` (a misspelt alias?).
+
+    An entry is used when one of ``names`` is looked up by its name's key (:func:`name_key`; ``Name (Alias)``
+    by either part). Entries mapping a name to itself are left out. A warning when no entry is used (the wrong
+    file?).
+    """
+    seen = set().union(*(_name_keys(str(n)) for n in names)) if len(names) else set()
+    unused = [a for a, c in pairs if name_key(a) != name_key(c) and name_key(a) not in seen]
+    if unused and len(unused) == sum(name_key(a) != name_key(c) for a, c in pairs):
+        log.warning("none of the %d entries of the user alias file %s names a protein of this input (e.g. %s): "
+                    "is it the file for this panel?", len(unused), source, name_list(unused, 3))
+    return unused
 
 
 def canonical_name(name: str, table: Mapping[str, str]) -> str | None:
@@ -191,17 +222,20 @@ class ProteinNameReport:
         reference protein (:func:`match_protein_names`).
     collisions
         Input name -> the name it would have had, taken by another input column; kept under its own name.
+    unused_aliases
+        Entries of the user mapping (by name) that named no input column (a misspelt alias?).
     """
 
     mapped: dict[str, str] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
     collisions: dict[str, str] = field(default_factory=dict)
+    unused_aliases: list[str] = field(default_factory=list)
 
     def to_uns(self) -> dict[str, Any]:
         """Return the report for a store's ``uns`` (parallel lists: names may hold ``/``, unfit as keys)."""
         return {"mapped_from": list(self.mapped), "mapped_to": list(self.mapped.values()),
                 "unknown": list(self.unknown), "collisions": list(self.collisions),
-                "collisions_canonical": list(self.collisions.values())}
+                "collisions_canonical": list(self.collisions.values()), "unused_aliases": list(self.unused_aliases)}
 
     def describe(self, what: str = "protein names") -> str:
         """Return a one-line summary, e.g. ``protein names: 2 mapped (PD-1 -> CD279, ...), 1 unknown kept``."""
@@ -211,6 +245,9 @@ class ProteinNameReport:
         if self.collisions:
             line += (f", {len(self.collisions)} kept under their own names because another column took their "
                      f"name ({name_list([f'{a} ~ {b}' for a, b in self.collisions.items()], 6)})")
+        if self.unused_aliases:
+            line += (f", {len(self.unused_aliases)} entries of the user alias file named no column "
+                     f"({name_list(self.unused_aliases, 6)})")
         return line
 
 
@@ -241,7 +278,7 @@ def harmonise_protein_names(names: Sequence[str], aliases: Aliases = None
     report : ProteinNameReport
         What was mapped, what was unknown, which columns collided.
     """
-    table = alias_table(aliases)
+    table, source, pairs = _tables(aliases)
     names = [str(n) for n in names]
     canon = [canonical_name(n, table) for n in names]
     target = [n if c is None else c for n, c in zip(names, canon, strict=True)]
@@ -259,7 +296,8 @@ def harmonise_protein_names(names: Sequence[str], aliases: Aliases = None
     return out, _reported(ProteinNameReport(
         mapped={n: o for n, o in zip(names, out, strict=True) if n != o},
         unknown=[n for n, c in zip(names, canon, strict=True) if c is None],
-        collisions={n: t for n, o, t in zip(names, out, target, strict=True) if o == n != t}))
+        collisions={n: t for n, o, t in zip(names, out, target, strict=True) if o == n != t},
+        unused_aliases=_unused(names, source, pairs)))
 
 
 def match_protein_names(names: Sequence[str], reference: Sequence[str], aliases: Aliases = None
@@ -284,7 +322,7 @@ def match_protein_names(names: Sequence[str], reference: Sequence[str], aliases:
         ``mapped`` (renamed), ``unknown`` (input proteins the reference lacks) and ``collisions`` (inputs whose
         reference protein another column already matched).
     """
-    table = alias_table(aliases)
+    table, source, pairs = _tables(aliases)
     names, ref = [str(n) for n in names], [str(r) for r in reference]
     by_canon: dict[str, str] = {}
     for r in ref:
@@ -299,4 +337,5 @@ def match_protein_names(names: Sequence[str], reference: Sequence[str], aliases:
             out[i] = r
             taken.add(r)
     return out, _reported(ProteinNameReport(mapped={n: o for n, o in zip(names, out, strict=True) if n != o},
-                                            unknown=[o for o in out if o not in set(ref)], collisions=collisions))
+                                            unknown=[o for o in out if o not in set(ref)], collisions=collisions,
+                                            unused_aliases=_unused(names, source, pairs)))

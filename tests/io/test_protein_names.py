@@ -124,6 +124,28 @@ def test_user_mapping_overrides_the_table(tmp_path, fname, text):
     assert out2 == out[:2]
 
 
+def test_user_entries_that_name_no_column_are_reported(tmp_path, caplog):
+    """A misspelt alias would otherwise pass unnoticed: its protein just stays unknown."""
+    with caplog.at_level(logging.WARNING):
+        out, rep = harmonise_protein_names(["MyAb-7", "PD-1", "Clone 12 (CD99)"],
+                                           {"MyAb-7": "CD4", "MyAb7x": "CD8a", "CD99": "CD99", "Clone 12": "CD99"})
+    assert out == ["CD4", "CD279", "CD99"]
+    assert rep.unused_aliases == ["MyAb7x"]  # CD99 -> CD99 says nothing; "Clone 12" matched a part
+    assert "1 entries of the user alias file named no column (MyAb7x)" in rep.describe()
+    assert rep.to_uns()["unused_aliases"] == ["MyAb7x"]
+    assert not caplog.records  # some entries were used: no warning
+    _, renamed = match_protein_names(["myab_7", "PD1"], ["CD4", "PD1"], {"MyAb-7": "CD4", "Other": "CD8a"})
+    assert renamed.unused_aliases == ["Other"]
+    # a file none of whose entries names a column: the wrong file for this panel?
+    path = tmp_path / "other_lab.tsv"
+    path.write_text("Ab-A\tCD4\nAb-B\tCD8a\n")
+    with caplog.at_level(logging.WARNING):
+        _, rep = harmonise_protein_names(["CD4", "CD8"], path)
+    assert rep.unused_aliases == ["Ab-A", "Ab-B"]
+    assert f"none of the 2 entries of the user alias file {path} names a protein of this input" in caplog.text
+    assert harmonise_protein_names(["CD4"])[1].unused_aliases == []  # the shipped table alone: nothing to report
+
+
 def test_user_mapping_onto_another_input_name_loses_nothing():
     out, rep = harmonise_protein_names(["Foo", "Bar"], {"Foo": "Bar"})
     assert out == ["Foo", "Bar"]
