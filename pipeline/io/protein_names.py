@@ -179,7 +179,7 @@ def _user_pairs(aliases: Aliases) -> tuple[str, list[tuple[str, str]]]:
 
 
 def _name_keys(name: str) -> set[str]:
-    """The keys :func:`canonical_name` looks ``name`` up by: the whole name's, and both parts' of ``Name (Alias)``."""
+    """Return the keys :func:`canonical_name` looks ``name`` up by: the whole name's, and both parts' of a pair."""
     m = _PAIR.match(strip_affixes(name))
     return {name_key(name)} | ({name_key(part) for part in m.groups()} if m else set())
 
