@@ -101,10 +101,8 @@ def resolve_genes(spec: str | Sequence[str] | None, store_genes: Sequence[str],
             raise InputError(f"--genes-from {path}: shares no gene with the training store{so_far}"
                              + (hint or f" (its genes: e.g. {', '.join(listed[:3])})"))
         log.log(logging.WARNING if hint else logging.INFO, "--genes-from %s: %d genes%s, %d of %d shared%s", path,
-                len(names) - suffixed, f" (and {suffixed} repeated names, suffixed -1, -2, ... as ingest "
-                "--make-unique does)" if suffixed else "", len(keep), before, hint)
+                len(names) - suffixed, f" (and {suffixed} repeated name(s), suffixed -1, -2, ... as "
+                "ingest --make-unique does)" if suffixed else "", len(keep), before, hint)
     if not restricted:
         return None
-    if not keep:
-        raise InputError("preprocess.genes: no gene of it is in the training store")
     return [g for g in store_genes if g in keep]

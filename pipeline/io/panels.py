@@ -45,6 +45,17 @@ def panels_of(uns: Mapping[str, Any] | None, key: str = PANELS_KEY) -> dict[str,
     return {str(k): [str(p) for p in np.asarray(v, dtype=object).ravel()] for k, v in raw.items()}
 
 
+def dataset_order(uns: Mapping[str, Any] | None) -> list[str] | None:
+    """Return a pooled store's dataset names in the order of its panel tables' rows (sorted), or ``None``."""
+    names = panels_of(uns) or panels_of(uns, GENE_PANELS_KEY)
+    return sorted(names) if names else None
+
+
+def dataset_label(names: Sequence[str] | None, i: int) -> str:
+    """How messages name dataset ``i`` of ``names`` (:func:`dataset_order`): its name, else its number."""
+    return str(names[i]) if names and 0 <= i < len(names) else str(i)
+
+
 def gene_masks(obs: pd.DataFrame, genes: Sequence[str], gene_panels: Mapping[str, Sequence[str]] | None
                ) -> tuple[np.ndarray, np.ndarray] | None:
     """Return ``(codes, table)``: per cell a row of ``table`` (datasets x ``genes``, True = measured).

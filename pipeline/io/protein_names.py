@@ -178,10 +178,10 @@ def _user_pairs(aliases: Aliases) -> tuple[str, list[tuple[str, str]]]:
     return str(aliases), read_alias_file(aliases)
 
 
-def _name_keys(name: str) -> set[str]:
-    """Return the keys :func:`canonical_name` looks ``name`` up by: the whole name's, and both parts' of a pair."""
+def _part_keys(name: str) -> list[str]:
+    """Return the keys of both parts of a ``Name (Alias)`` name, or ``[]`` for any other name."""
     m = _PAIR.match(strip_affixes(name))
-    return {name_key(name)} | ({name_key(part) for part in m.groups()} if m else set())
+    return [name_key(part) for part in m.groups()] if m else []
 
 
 def _unused(names: Sequence[str], source: str, pairs: list[tuple[str, str]]) -> list[str]:
@@ -191,7 +191,7 @@ def _unused(names: Sequence[str], source: str, pairs: list[tuple[str, str]]) -> 
     by either part). Entries mapping a name to itself are left out. A warning when no entry is used (the wrong
     file?).
     """
-    seen = set().union(*(_name_keys(str(n)) for n in names)) if len(names) else set()
+    seen = {k for n in names for k in (name_key(str(n)), *_part_keys(str(n)))}
     unused = [a for a, c in pairs if name_key(a) != name_key(c) and name_key(a) not in seen]
     if unused and len(unused) == sum(name_key(a) != name_key(c) for a, c in pairs):
         log.warning("none of the %d entries of the user alias file %s names a protein of this input (e.g. %s): "
@@ -202,10 +202,10 @@ def _unused(names: Sequence[str], source: str, pairs: list[tuple[str, str]]) -> 
 def canonical_name(name: str, table: Mapping[str, str]) -> str | None:
     """Return the canonical name of ``name`` in ``table`` (:func:`alias_table`), or ``None`` when unknown."""
     hit = table.get(name_key(name))
-    m = None if hit is not None else _PAIR.match(strip_affixes(name))
-    if m is None:
+    parts = [] if hit is not None else _part_keys(name)
+    if not parts:
         return hit
-    found = {c for c in (table.get(name_key(part)) for part in m.groups()) if c is not None}
+    found = {c for c in (table.get(k) for k in parts) if c is not None}
     return found.pop() if len(found) == 1 else None
 
 
@@ -223,7 +223,8 @@ class ProteinNameReport:
     collisions
         Input name -> the name it would have had, taken by another input column; kept under its own name.
     unused_aliases
-        Entries of the user mapping (by name) that named no input column (a misspelt alias?).
+        Entries of the user mapping (by name) that named no input column (a misspelt alias?), from
+        :func:`harmonise_protein_names`.
     """
 
     mapped: dict[str, str] = field(default_factory=dict)
@@ -322,7 +323,7 @@ def match_protein_names(names: Sequence[str], reference: Sequence[str], aliases:
         ``mapped`` (renamed), ``unknown`` (input proteins the reference lacks) and ``collisions`` (inputs whose
         reference protein another column already matched).
     """
-    table, source, pairs = _tables(aliases)
+    table = alias_table(aliases)  # unused entries are not reported: the names were harmonised when read
     names, ref = [str(n) for n in names], [str(r) for r in reference]
     by_canon: dict[str, str] = {}
     for r in ref:
@@ -337,5 +338,4 @@ def match_protein_names(names: Sequence[str], reference: Sequence[str], aliases:
             out[i] = r
             taken.add(r)
     return out, _reported(ProteinNameReport(mapped={n: o for n, o in zip(names, out, strict=True) if n != o},
-                                            unknown=[o for o in out if o not in set(ref)], collisions=collisions,
-                                            unused_aliases=_unused(names, source, pairs)))
+                                            unknown=[o for o in out if o not in set(ref)], collisions=collisions))

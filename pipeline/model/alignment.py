@@ -10,7 +10,7 @@ embedding of a degraded panel by it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from omicsclip.errors import InputError
 from omicsclip.io.gene_names import mismatch_hint, strip_genome_prefix
+from omicsclip.io.panels import dataset_label
 from omicsclip.model.preprocess import PreprocessState, library_size
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,9 @@ def _as_closest_dataset(pos: np.ndarray, best: int, state: PreprocessState
     drop = (pos >= 0) & ~pd.Index(state.genes).isin(state.gene_panels[best])
     left_out = [state.genes[i] for i in np.flatnonzero(drop)]
     if left_out:
-        log.info("RNA input presented as training dataset %s's cells (%d genes): %d model genes it has but that "
-                 "dataset did not measure are left out", state.dataset_name(best), len(state.gene_panels[best]),
-                 len(left_out))
+        log.info("RNA input presented as the cells of training dataset %s (%d genes): %d model genes it has but that "
+                 "dataset did not measure are left out", dataset_label(state.datasets, best),
+                 len(state.gene_panels[best]), len(left_out))
     library = state.library_genes if state.library_panels is None else state.library_panels[best]
     return np.where(drop, -1, pos), left_out, library
 
@@ -332,13 +333,14 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str,
     genes = what == "genes"
     panels, n_model = (state.gene_panels, len(state.genes)) if genes else (state.panels, len(state.proteins))
     limit = state.max_missing_gene_fraction if genes else state.max_missing_protein_fraction
-    lacking, panel, closest = _closest_panel_gap(set(missing), panels, n_model, what, state.dataset_name)
+    lacking, panel, closest = _closest_panel_gap(set(missing), panels, n_model, what, state.datasets)
     if lacking > limit:
+        panel_name = dataset_label(state.datasets, closest)
         gap, of = list(missing), f"the model's {n_model} {what}"
         if closest >= 0:  # count and name only what the closest dataset measured
             measured = set(panels[closest])
             gap = [m for m in missing if m in measured]
-            of = f"the {len(panels[closest])} {what} of the training dataset it covers best ({state.dataset_name(closest)})"
+            of = f"the {len(panels[closest])} {what} of the training dataset it covers best, {panel_name}"
         hint = (mismatch_hint(state.genes, have) or "; train a model that fits it on the genes both share: "
                 "omicsclip train STORE --genes-from THIS_INPUT (or set preprocess.genes)") if genes else ""
         raise InputError(
@@ -349,7 +351,7 @@ def refuse_lacking(missing: Sequence[str], state: Any, what: str, source: str,
 
 
 def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_model: int,
-                       what: str, name: Callable[[int], str] = str) -> tuple[float, str, int]:
+                       what: str, datasets: list[str] | None = None) -> tuple[float, str, int]:
     """Return the fraction of the best-covered training panel the input lacks, a description of it and its index.
 
     The best-covered panel lacks the smallest fraction; of equals, it is the one with the most features. Without
@@ -360,8 +362,8 @@ def _closest_panel_gap(missing: set[str], panels: list[list[str]] | None, n_mode
     counts = [sum(p in missing for p in panel) for panel in panels]
     gaps = [c / max(len(panel), 1) for c, panel in zip(counts, panels, strict=True)]
     best = min(range(len(gaps)), key=lambda i: (gaps[i], -len(panels[i])))
-    return gaps[best], (f" = {counts[best]} of the closest training dataset's ({name(best)}) {len(panels[best])} "
-                        f"{what}"), best
+    return gaps[best], (f" = {counts[best]} of the {len(panels[best])} {what} of the closest training dataset, "
+                        f"{dataset_label(datasets, best)}"), best
 
 
 def protein_missing_fraction(report: dict[str, Any] | FeatureReport | None, n_cells: int) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from omicsclip.errors import InputError
+from omicsclip.io.panels import dataset_label
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def panel_hvg(lognorm: sp.csr_matrix, n_hvg: int, codes: np.ndarray, table: np.n
         if cells.size == 0 or cols.size == 0:
             continue
         hv = cols[select_hvg(lognorm[cells][:, cols], n_hvg)]
-        log.info("preprocess: %d highly variable genes among dataset %s's %d genes", hv.size,
-                 repr(names[i]) if names is not None else i, cols.size)
+        log.info("preprocess: %d highly variable genes among the %d genes of dataset %s", hv.size, cols.size,
+                 dataset_label(names, i))
         picked.update(int(g) for g in hv)
     if not picked:
         raise InputError("preprocess: no gene has any counts in the training cells")

@@ -108,10 +108,6 @@ class PreprocessState:
     library_panels: list[list[str]] | None = None
     datasets: list[str] | None = None
 
-    def dataset_name(self, i: int) -> str:
-        """How messages name training dataset ``i`` (of ``panels`` / ``gene_panels``): its name, else its number."""
-        return repr(self.datasets[i]) if self.datasets and 0 <= i < len(self.datasets) else str(i)
-
     @property
     def rna_projection(self) -> np.ndarray | None:
         """The matrix the scaled model genes are projected on (rows x model genes).

@@ -115,14 +115,13 @@ def _seed_everything(seed: int) -> None:
 def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], section: dict[str, Any],
                seed: int) -> PreprocessState:
     from omicsclip.io.genesets import resolve_genes
-    from omicsclip.io.panels import GENE_PANELS_KEY, panels_of, store_gene_masks
+    from omicsclip.io.panels import dataset_order, panels_of, store_gene_masks
     from omicsclip.io.store import iter_store
 
     store_genes = [str(g) for g in info["genes"].index]
     masks = store_gene_masks(info)  # a store pooled on the union of several datasets' genes
     library_genes = resolve_genes(section["genes"], store_genes)
     panels = panels_of(info["uns"])
-    names = sorted(panels_of(info["uns"], GENE_PANELS_KEY) or panels or {}) or None  # the panel tables' row order
     rows = train_rows
     if rows.size > FIT_MAX_CELLS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, FIT_MAX_CELLS, replace=False))
@@ -150,7 +149,8 @@ def _fit_state(store: Path, train_rows: np.ndarray, info: dict[str, Any], sectio
         depth_features=section["depth_features"], protein_genes=section["protein_genes"],
         library_genes=library_genes, panels=None if panels is None else [panels[k] for k in sorted(panels)],
         gene_masks=None if masks is None else (np.concatenate(code_parts), masks[1]),
-        dataset_codes=datasets, pca_within_datasets=section["pca_within_datasets"], datasets=names,
+        dataset_codes=datasets, pca_within_datasets=section["pca_within_datasets"],
+        datasets=dataset_order(info["uns"]),
     )
 
 

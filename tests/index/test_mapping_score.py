@@ -48,7 +48,7 @@ class PcaModel:
         self.fingerprint, self.embed_dim = "pca-model", dim
         self.config = {"preprocess": {"max_missing_gene_fraction": 0.2}}
         self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
-                                     max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
+                                     datasets=None, max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
 
     @staticmethod
     def _lognorm(x):

@@ -44,7 +44,7 @@ class FakeModel:
         self.fingerprint, self.embed_dim = fingerprint, dim
         self.config = {"preprocess": {"max_missing_gene_fraction": max_missing}}
         self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
-                                     max_missing_gene_fraction=max_missing,
+                                     datasets=None, max_missing_gene_fraction=max_missing,
                                      max_missing_protein_fraction=max_missing_protein)
         self.calls = 0
 
@@ -237,6 +237,10 @@ def test_genes_reordered_extra_and_missing(world):
     assert len(few_missing.neighbours) == len(base)
     with pytest.raises(InputError, match=r"lacks 30 of the model's 60 genes \(50% > max_missing_gene_fraction"):
         query(with_genes(new, perm[:30]), world["model"], world["index"])
+    ids = pd.DataFrame(index=[f"ENSG{i:011d}" for i in range(g)])
+    by_id = PairedData(rna=new.rna, prot=None, obs=new.obs, genes=ids, proteins=pd.DataFrame())
+    with pytest.raises(InputError, match=r"lacks 60 of the model's 60 genes .*; one side names genes by Ensembl ID"):
+        query(by_id, world["model"], world["index"])  # the refusal says why, not "train with --genes-from"
 
 
 def test_protein_panel_partial_overlap_and_none(world):

@@ -59,5 +59,5 @@ def test_a_lab_missing_its_own_genes_is_still_refused(pooled_ref):
     cut = b.subset(np.arange(40))
     cut.rna, cut.genes = cut.rna[:, keep], cut.genes.iloc[keep]
     with pytest.raises(InputError, match=rf"query input: lacks {len(drop)} of the {len(own)} genes of the "
-                                         r"training dataset it covers best .*--genes-from"):
+                                         r"training dataset it covers best, labB .*--genes-from"):
         query(cut, model, pooled_ref["index"], k=5)

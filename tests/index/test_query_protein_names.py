@@ -39,7 +39,7 @@ class FakeModel:
         self.fingerprint, self.embed_dim = "fake-model", dim
         self.config = {"preprocess": {"max_missing_gene_fraction": 0.2}}
         self.state = SimpleNamespace(genes=self.genes, proteins=self.proteins, gene_panels=None, panels=None,
-                                     max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
+                                     datasets=None, max_missing_gene_fraction=0.2, max_missing_protein_fraction=0.4)
 
     def embed(self, rna=None, prot=None, *, genes=None, proteins=None, batch_size=4096):
         pos = pd.Index(list(proteins)).get_indexer(self.proteins)
@@ -110,3 +110,19 @@ def test_a_model_with_old_names_is_matched_by_canonical_name(tmp_path, caplog):
         chunk = next(src.iter_chunks(10))
         assert chunk.protein_names == src.proteins
         assert list(chunk.proteins["original_name"]) == ["CD3", "CD4", "CD8a", "CD14", "CD16", "Extra"]
+
+
+def test_a_users_alias_file_is_judged_once_when_the_query_is_read(tmp_path, caplog):
+    """The names are harmonised when read, then matched to the model: only the first step can tell whether an
+    entry of the user's file named a column (by the second, the column has its new name)."""
+    model, _, new = _world(tmp_path, OLD)
+    aliases = tmp_path / "ours.tsv"
+    aliases.write_text("MyCD3\tCD3\nMisspelt-CD4\tCD4\n")
+    ingest = {**default_config()["ingest"], "protein_aliases": str(aliases)}
+    with caplog.at_level(logging.INFO):
+        src = open_query_input(_named(new, ["MyCD3", *ALIASES[1:]]), ingest=ingest, model_proteins=model.proteins)
+    assert src.proteins == OLD
+    assert src.info["protein_names"]["unused_aliases"] == ["Misspelt-CD4"]
+    assert src.info["protein_matching"]["unused_aliases"] == []
+    assert "1 entries of the user alias file named no column (Misspelt-CD4)" in caplog.text
+    assert "none of the" not in caplog.text  # MyCD3 was used: no 'wrong file' warning at either step

@@ -118,7 +118,7 @@ def test_genes_from_counts_repeated_names_apart(tmp_path, caplog):
         _adata(HUMAN[:4] + ["CD3E"]).write_h5ad(path)
     with caplog.at_level(logging.INFO, logger="omicsclip.io.genesets"):
         assert resolve_genes(None, HUMAN, [path]) == HUMAN[:4]
-    assert "4 genes (and 1 repeated names, suffixed -1, -2, ... as ingest --make-unique does), 4 of 12 shared" in \
+    assert "4 genes (and 1 repeated name(s), suffixed -1, -2, ... as ingest --make-unique does), 4 of 12 shared" in \
         caplog.text
 
 
@@ -140,7 +140,7 @@ def test_a_query_refused_for_its_genes_says_they_are_another_species():
 
     from omicsclip.model.alignment import refuse_lacking
 
-    state = SimpleNamespace(genes=HUMAN, gene_panels=None, max_missing_gene_fraction=0.2, dataset_name=str)
+    state = SimpleNamespace(genes=HUMAN, gene_panels=None, datasets=None, max_missing_gene_fraction=0.2)
     with pytest.raises(InputError, match="case is ignored") as err:
         refuse_lacking(HUMAN, state, "genes", "RNA input", MOUSE)
     assert "--genes-from" not in str(err.value)  # training on shared genes would not help here

@@ -215,6 +215,11 @@ def test_state_json_roundtrip(fitted):
     np.testing.assert_allclose(back.rna_std, state.rna_std)
     with pytest.raises(InputError):
         PreprocessState.from_dict({"genes": []})
+    named = PreprocessState.from_dict({**state.to_dict(), "datasets": ["labA", "labB"]})
+    assert named.datasets == ["labA", "labB"]
+    old = state.to_dict()
+    del old["datasets"]  # a model saved before the datasets' names were kept
+    assert PreprocessState.from_dict(old).datasets is None
 
 
 def test_no_scaling_options():
