@@ -33,27 +33,16 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from val_sweep import parse_seeds  # noqa: E402
+from val_sweep import dataset_subsets, parse_seeds  # noqa: E402
 
 BAR = 1.05  # issue #15: the pooled model's held-out FOSCTTM within 5 % of the per-dataset model's
 VARIANT = "pooled_default"
 PARITY_TOL = 1e-6  # the per-cell values must reproduce the FOSCTTM omicsclip evaluate reported for the same model
 
 
-def dataset_cells(store: Path, dataset: str | None, pooled=None):
-    """One dataset's cells with its own panel and genes, as ``omicsclip evaluate --dataset`` scores them.
-
-    ``dataset``: that dataset of the pooled store ``store``, read already as ``pooled``; ``None``: the store.
-    """
-    from omicsclip.evaluation.evaluate import _one_dataset
-    from omicsclip.io.store import read_store
-
-    return _one_dataset(read_store(store) if pooled is None else pooled, dataset, store)
-
-
 def per_cell_foscttm(model_dir: Path, data, store: Path, dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Each test cell's FOSCTTM (both directions averaged) and its barcode, for one model on one dataset's cells
-    (:func:`dataset_cells` of ``store``).
+    (``data``: :func:`val_sweep.dataset_subsets` of ``store``, as ``omicsclip evaluate --dataset`` scores them).
 
     ``dataset``: that dataset of a pooled store (its barcodes lose the ``-<dataset>`` suffix pooling added).
     """
@@ -100,6 +89,13 @@ def dataset_bootstrap(own: list[np.ndarray], pooled: list[np.ndarray], n_boot: i
     return {"n_cells": n, "n_boot": n_boot, "per_seed": per_seed, "ratio_of_means_over_seeds": over}
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the bootstrap (CLI entry point); return the result written to ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,11 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=parse_seeds, required=True, help="the training seeds of that run, e.g. 0,1,2")
     ap.add_argument("--datasets", nargs="+", default=["pbmc10k", "bremsc", "pbmc5p"])
     ap.add_argument("--pooled-store", default="pooled_union.zarr", help="the pooled store's name in the workdir")
-    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--n-boot", type=positive_int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     w = args.workdir
+    if not w.is_dir():
+        sys.exit(f"bench/pooled_bootstrap.py: {w}: no such workdir (a bench/pooled.py --workdir)")
     tag = args.pooled_store.removeprefix("pooled").removesuffix(".zarr")
     need = [w / args.pooled_store, *(w / f"{d}.zarr" for d in args.datasets)]
     need += [w / f"model_{d}_t{s}" for d in args.datasets for s in args.seeds]
@@ -122,23 +120,27 @@ def main(argv: list[str] | None = None) -> dict:
     from omicsclip.io.store import read_store
 
     result = {"workdir": str(w), "seeds": args.seeds, "bar": BAR, "datasets": {}}
-    pooled_store = read_store(w / args.pooled_store)  # read once; each dataset's cells taken from it
+    subsets = dataset_subsets(w / args.pooled_store, read_store(w / args.pooled_store))  # each dataset's cells
+    unknown = [d for d in args.datasets if d not in subsets]
+    if unknown:
+        sys.exit(f"bench/pooled_bootstrap.py: --datasets {', '.join(unknown)}: not in {args.pooled_store} "
+                 f"(it pools {', '.join(subsets)})")
     for d in args.datasets:
         own, pooled, check, first = [], [], [], None
-        own_cells = dataset_cells(w / f"{d}.zarr", None)
-        pooled_cells = dataset_cells(w / args.pooled_store, d, pooled_store)
+        own_store = w / f"{d}.zarr"
+        own_cells = dataset_subsets(own_store, read_store(own_store))[own_store.stem]
         for s in args.seeds:
-            o, ob = per_cell_foscttm(w / f"model_{d}_t{s}", own_cells, w / f"{d}.zarr", None)
-            p, pb = per_cell_foscttm(w / f"model_{VARIANT}{tag}_t{s}", pooled_cells, w / args.pooled_store, d)
-            order = {b: i for i, b in enumerate(pb)}
-            if sorted(ob) != sorted(pb):
+            o, ob = per_cell_foscttm(w / f"model_{d}_t{s}", own_cells, own_store, None)
+            p, pb = per_cell_foscttm(w / f"model_{VARIANT}{tag}_t{s}", subsets[d], w / args.pooled_store, d)
+            order = pd.Index(pb).get_indexer(ob)  # the pooled model's rows in the own model's cell order
+            if len(pb) != len(ob) or (order < 0).any():
                 sys.exit(f"bench/pooled_bootstrap.py: {d}, seed {s}: the two models' test cells differ")
             first = ob if first is None else first
             if not np.array_equal(ob, first):  # every seed's rows must be the same cells, in one order
                 sys.exit(f"bench/pooled_bootstrap.py: {d}: seed {s} holds out other test cells than seed "
                          f"{args.seeds[0]} (another split): the seeds' ratios would not be paired")
             own.append(o)
-            pooled.append(p[[order[b] for b in ob]])
+            pooled.append(p[order])
             for kind, vals, metrics in (("own", o, w / f"m_{d}_t{s}.json"),
                                         ("pooled", p, w / f"m_{VARIANT}{tag}_{d}_t{s}.json")):
                 if metrics.exists():  # bench/pooled.py's number, from omicsclip evaluate

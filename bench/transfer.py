@@ -176,19 +176,28 @@ def pair_errors(pairs: list[str], known: dict[str, Path] | list[str], pooled_wit
     return f"--pooled-with {', '.join(unknown)}: not one of {', '.join(names)}" if unknown else None
 
 
-def pair_paths(pairs: list[str], tmp: Path, small: bool, seed: int, prog: str) -> dict[str, Path]:
-    """The datasets' ``.h5ad`` paths for re-reading ``pairs`` of an earlier run (``small``: made again in ``tmp``).
+def pair_paths(pairs: list[str], tmp: Path, small: bool, seed: int, prog: str,
+               pooled_with: str | None = None) -> dict[str, Path]:
+    """The datasets' ``.h5ad`` paths for ``pairs`` (``small``: the synthetic labs, written to ``tmp``).
 
-    Exits with one line, naming ``prog``, for a malformed pair or a dataset file that is not there.
+    Exits with one line, naming ``prog``, for a malformed pair or ``--pooled-with``, or a file of a dataset they
+    use that is not there.
     """
     paths = small_paths(tmp, seed) if small else {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()}
-    bad = pair_errors(pairs, paths)
+    bad = pair_errors(pairs, paths, pooled_with)
     if bad:
         sys.exit(f"{prog}: {bad}")
-    absent = sorted({str(paths[k]) for key in pairs for k in key.split(":") if not paths[k].exists()})
+    used = {k for key in pairs for k in key.split(":")} | {k.strip() for k in (pooled_with or "").split(",")
+                                                          if k.strip()}
+    absent = sorted(str(paths[k]) for k in used if not paths[k].exists())
     if absent:
         sys.exit(f"{prog}: no such file: {', '.join(absent)}")
     return paths
+
+
+def pair_dir(workdir: Path, key: str) -> Path:
+    """The folder of pair ``key`` (``ref:query``) in a ``--workdir``; its omicsclip run is ``omicsclip`` in it."""
+    return workdir / key.replace(":", "_")
 
 
 def pool_members(pooled_with: str | None, ref_key: str, query_key: str) -> list[str]:
@@ -224,28 +233,31 @@ def run_pair(key: str, paths: dict[str, Path], seed: int, workdir: Path, skip_to
     if not skip_omicsclip:
         t = time.perf_counter()
         res = score_output(pair, omicsclip_method(paths[ref_key], paths[query_key], pair.genes,
-                                                   workdir / key.replace(":", "_") / "omicsclip", seed, sets),
+                                                   pair_dir(workdir, key) / "omicsclip", seed, sets),
                            preds, "omicsclip")
         res.setdefault("seconds", time.perf_counter() - t)
         if removed_pair is not None:  # a reference (model and index) without the removed type
-            ref_removed = workdir / key.replace(":", "_") / "ref_removed.h5ad"
+            ref_removed = pair_dir(workdir, key) / "ref_removed.h5ad"
             ref_removed.parent.mkdir(parents=True, exist_ok=True)
             kept = ~ref.obs["cell_type"].astype(str).isin([removed, "unknown"])  # as prepare_pair(remove_type=)
             ref[kept.to_numpy()].copy().write_h5ad(ref_removed)
             ood = omicsclip_method(ref_removed, paths[query_key], pair.genes,
-                                   workdir / key.replace(":", "_") / "omicsclip_ood", seed, sets)
+                                   pair_dir(workdir, key) / "omicsclip_ood", seed, sets)
             res["ood"] = ood_eval(ood["mapping_score"], pair.query_labels, removed)
         out["methods"]["omicsclip"] = res
         extra = pool_members(pooled_with, ref_key, query_key)
         if extra:
             pooled = omicsclip_method([paths[ref_key], *(paths[k] for k in extra)], paths[query_key], pair.genes,
-                                      workdir / key.replace(":", "_") / f"omicsclip_pooled_{'_'.join(extra)}",
+                                      pair_dir(workdir, key) / f"omicsclip_pooled_{'_'.join(extra)}",
                                       seed, sets)
             out["methods"]["omicsclip_pooled"] = {**score_output(pair, pooled, preds, "omicsclip_pooled"),
                                                   "pooled_with": ",".join(extra)}
-        out["imputation_bootstrap"] = compare_imputation(pair, preds, seed)
+        try:
+            out["imputation_bootstrap"] = compare_imputation(pair, preds, seed)
+        except ValueError as exc:  # e.g. too few cells every method predicted: the pair's results are kept
+            out["imputation_bootstrap"] = {"error": str(exc)}
     if not skip_totalvi:
-        out["methods"]["totalvi"] = run_totalvi(pair, workdir / key.replace(":", "_") / "totalvi", seed,
+        out["methods"]["totalvi"] = run_totalvi(pair, pair_dir(workdir, key) / "totalvi", seed,
                                                 max_epochs=max_epochs)
     return out
 
@@ -270,7 +282,11 @@ def markdown(result: dict) -> str:
                          f"{_fmt(r.get('labels', {}).get('accuracy'))} | {_fmt(r.get('ood', {}).get('auroc'))} | "
                          f"{sec:.1f} |")
     boot = [(key, lead, other, b) for key, pr in result["pairs"].items()
-            for lead, vs in pr.get("imputation_bootstrap", {}).items() for other, b in vs.items()]
+            for lead, vs in pr.get("imputation_bootstrap", {}).items() if lead != "error" for other, b in vs.items()]
+    failed = [f"{key}: {pr['imputation_bootstrap']['error']}" for key, pr in result["pairs"].items()
+              if "error" in pr.get("imputation_bootstrap", {})]
+    if failed:
+        lines += ["", "Imputation bootstrap not run: " + "; ".join(failed)]
     if boot:
         lines += ["", "Imputation, paired bootstrap over the query cells (mean Pearson, lead minus other):", "",
                   "| pair | lead | other | cells | difference | 95% interval | lead above in |",
@@ -354,18 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="omicsclip-bench-transfer-") as d:
         workdir = args.workdir or Path(d)
-        if args.small:
-            paths = small_paths(Path(d), args.seed)
-            pairs = args.pairs or ["labA:labB", "labB:labA"]
-        else:
-            paths = {k: SHARED / v / f"{v}.h5ad" for k, v in DATASETS.items()}
-            pairs = args.pairs or PAIRS
-            missing = [str(p) for p in paths.values() if not p.exists()]
-            if missing:
-                sys.exit(f"bench/transfer.py: data not found: {missing}")
-        bad = pair_errors(pairs, paths, args.pooled_with)
-        if bad:
-            sys.exit(f"bench/transfer.py: {bad}")
+        pairs = args.pairs or (["labA:labB", "labB:labA"] if args.small else PAIRS)
+        paths = pair_paths(pairs, Path(d), args.small, args.seed, "bench/transfer.py", args.pooled_with)
         result = {"seed": args.seed, "small": args.small, "omicsclip_sets": args.sets,
                   "totalvi_max_epochs": args.max_epochs or f"{TOTALVI_STEPS} steps", "pooled_with": args.pooled_with,
                   "ood_types": {k: v for k, v in OOD_TYPES.items() if k in pairs}, "pairs": {}}

@@ -24,29 +24,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from transfer import pair_paths  # noqa: E402
+from transfer import pair_dir, pair_paths  # noqa: E402
 from transfer_metrics import paired_bootstrap, protein_pearson  # noqa: E402
 from transfer_omicsclip import read_imputed  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
 
-def run_dir(workdir: Path, key: str) -> Path:
-    """The omicsclip run of pair ``key`` in a bench/transfer.py workdir."""
-    return workdir / key.replace(":", "_") / "omicsclip"
-
-
-def imputed(workdir: Path, key: str) -> pd.DataFrame:
-    """The imputed protein of a workdir's run of ``key``, rows in the query's order."""
-    run = run_dir(workdir, key)
-    barcodes = pd.Index(ad.read_h5ad(run / "query_rna.h5ad", backed="r").obs_names.astype(str))
-    return read_imputed(run / "query", barcodes)
+def imputed_output(workdir: Path, key: str) -> Path:
+    """The imputed protein a bench/transfer.py workdir's omicsclip run of pair ``key`` left."""
+    return pair_dir(workdir, key) / "omicsclip" / "query" / "imputed_protein.h5ad"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,9 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     name_a, name_b = names
     with tempfile.TemporaryDirectory(prefix="omicsclip-tcompare-") as d:
         paths = pair_paths(args.pairs, Path(d), args.small, args.seed, "bench/transfer_compare.py")
-        no_run = [str(run_dir(w, key)) for w in (args.a, args.b) for key in args.pairs
-                  if not ((run_dir(w, key) / "query" / "imputed_protein.h5ad").exists()
-                          and (run_dir(w, key) / "query_rna.h5ad").exists())]
+        no_run = [str(imputed_output(w, key)) for w in (args.a, args.b) for key in args.pairs
+                  if not imputed_output(w, key).exists()]
         if no_run:  # all checked before the first pair is read
             sys.exit(f"bench/transfer_compare.py: no omicsclip query output (bench/transfer.py --workdir) in "
                      f"{', '.join(no_run)}")
@@ -76,9 +66,12 @@ def main(argv: list[str] | None = None) -> dict:
         for key in args.pairs:
             ref_key, query_key = key.split(":")
             pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)
-            truth = pair.query_protein.to_numpy()
-            preds = {n: imputed(w, key)[pair.proteins].to_numpy(dtype=np.float64)
-                     for n, w in ((name_b, args.b), (name_a, args.a))}
+            truth, barcodes = pair.query_protein.to_numpy(), pair.query_protein.index.astype(str)
+            try:  # rows in the truth's order; a run of another query is refused
+                preds = {n: read_imputed(imputed_output(w, key).parent, barcodes)[pair.proteins].to_numpy(
+                    dtype=np.float64) for n, w in ((name_b, args.b), (name_a, args.a))}
+            except ValueError as exc:
+                sys.exit(f"bench/transfer_compare.py: {key}: {exc}")
             boot = paired_bootstrap(preds, truth, name_b, seed=args.seed)[name_a]
             row = {"pair": key, **{n: protein_pearson(p, truth, pair.proteins)["mean_pearson"]
                                    for n, p in preds.items()}, **boot}

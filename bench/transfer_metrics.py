@@ -104,6 +104,8 @@ def paired_bootstrap(preds: dict[str, np.ndarray], true_counts: np.ndarray, lead
     of the resampled differences, "p_lead_above": share of resamples where lead is above, "n_boot", "n_cells"}}``.
     A resample with no defined correlation for a method (every column constant) is left out of the interval.
     """
+    if n_boot < 1:
+        raise ValueError(f"paired bootstrap: n_boot must be >= 1 (got {n_boot})")
     names = [lead, *(m for m in preds if m != lead)]
     arrays = [np.asarray(preds[m], dtype=np.float64) for m in names]
     rows = np.logical_and.reduce([np.isfinite(a).all(axis=1) for a in arrays])

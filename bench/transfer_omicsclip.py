@@ -38,12 +38,19 @@ def query_rna(log: Path, query: Path, model: Path, index: Path, out: Path, overr
 
 
 def read_imputed(qdir: Path, barcodes: pd.Index) -> pd.DataFrame:
-    """A query folder's imputed protein (CLR over the reference panel), rows in ``barcodes`` order."""
+    """A query folder's imputed protein (CLR over the reference panel), rows in ``barcodes`` order.
+
+    Raises ``ValueError`` when some of ``barcodes`` are not its cells (the output of another query).
+    """
     import anndata as ad
 
     imp = ad.read_h5ad(qdir / "imputed_protein.h5ad")
-    return pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str),
-                        columns=[str(p) for p in imp.var_names]).reindex(barcodes)
+    frame = pd.DataFrame(np.asarray(imp.X), index=imp.obs_names.astype(str), columns=[str(p) for p in imp.var_names])
+    absent = pd.Index(barcodes).astype(str).difference(frame.index)
+    if len(absent):
+        raise ValueError(f"{qdir}: {len(absent)} of the {len(barcodes)} query cells are not in its imputed protein "
+                         f"(e.g. {absent[0]}): the output of another query")
+    return frame.reindex(barcodes)
 
 
 def rna_only(query_h5ad: Path, out: Path) -> pd.Index:

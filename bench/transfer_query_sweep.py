@@ -23,13 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from transfer import pair_paths, score_output  # noqa: E402
+from transfer import pair_dir, pair_paths, score_output  # noqa: E402
 from transfer_omicsclip import query_rna, read_imputed  # noqa: E402
 from transfer_peers import load_dataset, prepare_pair  # noqa: E402
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="omicsclip-qsweep-") as d:
         paths = pair_paths(args.pairs, Path(d), args.small, args.seed, "bench/transfer_query_sweep.py")
-        runs = {key: args.workdir / key.replace(":", "_") / "omicsclip" for key in args.pairs}
+        runs = {key: pair_dir(args.workdir, key) / "omicsclip" for key in args.pairs}
         no_run = [f"{run} ({key})" for key, run in runs.items()
                   if not ((run / "index").exists() and (run / "query_rna.h5ad").exists())]
         if no_run:  # all checked before the first pair's sweep
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
             ref_key, query_key = key.split(":")
             pair = prepare_pair(load_dataset(paths[ref_key]), load_dataset(paths[query_key]), ref_key, query_key)
             run_dir = runs[key]
-            barcodes = pd.Index(ad.read_h5ad(run_dir / "query_rna.h5ad", backed="r").obs_names.astype(str))
+            barcodes = pair.query_protein.index.astype(str)  # the truth's rows
             for combo in itertools.product(*values):
                 sets = [f"query.{k}={v}" for k, v in zip(keys, combo, strict=True)]
                 overrides = [x for s in sets for x in ("--set", s)]

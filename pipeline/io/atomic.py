@@ -372,7 +372,8 @@ def replace_output(tmp: Path, path: Path, *, overwrite: bool) -> None:
     """
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise InputError(f"{path} was written by another process meanwhile; pass --overwrite (Python: overwrite=True) to replace it")
+            raise InputError(f"{path} was written by another process meanwhile; pass --overwrite "
+                             "(Python: overwrite=True) to replace it")
         old = temp_sibling(path, "old")
         os.replace(path, old)
         os.replace(tmp, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def both_feature_types(var: pd.DataFrame) -> bool:
 
 
 def keep_one_modality(raw: RawInput, table: CountTable, var: pd.DataFrame, what: str, keep: str, *, path: Path,
-                      key: str | None, explicit: str | None, open_table: Any) -> bool:
+                      key: str | None, explicit: str | None, open_table: Callable[[str], CountTable]) -> bool:
     """Fill ``raw`` with the one modality a user asked of one AnnData, where that is not ``X`` read as it.
 
     An ``X`` holding genes and antibodies (10x feature types) is split (the caller drops the other part). For

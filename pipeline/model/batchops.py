@@ -424,17 +424,17 @@ def transform_batch(batch: RawBatch, val: torch.Tensor, other: torch.Tensor, pro
     reference) instead of from the non-zeros (:meth:`CountTransform.rna_sparse`, with a projection).
     """
     device = val.device
-    if aug is not None and aug.gene_shift > 0.0:  # one capture-efficiency factor per gene for the whole batch
-        if gen is None:
-            raise ValueError("augmentation needs a generator")
+    random = aug is not None and (aug.gene_shift > 0.0 or aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0
+                                  or aug.gene_masking > 0.0)
+    if random and gen is None:
+        raise ValueError("augmentation needs a generator")
+    if random and aug.gene_shift > 0.0:  # one capture-efficiency factor per gene for the whole batch
         z = torch.randn(transform.n_genes, generator=gen, device=device)
         factor = torch.exp(aug.gene_shift * z - aug.gene_shift ** 2 / 2)
         val = val * factor.index_select(0, batch.col)
     lib = torch.zeros(batch.n, device=device).index_add_(0, batch.row, val) + other
     keep_rna = keep_prot = None
-    if aug is not None and (aug.feature_dropout > 0.0 or aug.prot_feature_dropout > 0.0 or aug.gene_masking > 0.0):
-        if gen is None:
-            raise ValueError("augmentation needs a generator")
+    if random:
         if aug.feature_dropout > 0.0:
             keep_rna = torch.rand(batch.n, transform.n_genes, generator=gen, device=device) >= aug.feature_dropout
         if aug.prot_feature_dropout > 0.0:
@@ -464,7 +464,8 @@ def model_inputs(batch: RawBatch, transform: CountTransform, aug: Augmentation |
 
     Thinning acts on raw counts: the model genes' counts, the per-cell total of the other genes (one binomial
     draw: the sum of independently thinned counts), and the protein counts, so that library sizes stay
-    consistent. The gene-wise capture shift scales the thinned model-gene counts before library sizes are taken. Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
+    consistent. The gene-wise capture shift scales the thinned model-gene counts before library sizes are taken.
+    Feature dropout sets a random fraction of the *transformed* inputs (before a projection) to 0
     (= the training mean, i.e. what a missing gene looks like at inference). Draws from ``gen`` in a fixed order,
     so runs and resumed runs are repeatable.
     """

@@ -130,3 +130,11 @@ def test_pooled_bootstrap_reproduces_evaluate_on_a_workdir(boot, tmp_path):
         assert r["ratio"] == pytest.approx(r["pooled"] / r["own"])
     with pytest.raises(SystemExit, match=r"not in the workdir: .*model_a_t1"):
         boot.main([str(tmp_path), "--seeds", "0,1", "--datasets", "a", "b", "--out", str(tmp_path / "x.json")])
+    (tmp_path / "c.zarr").symlink_to(tmp_path / "a.zarr")  # a store and models of a dataset the pool lacks
+    (tmp_path / "model_c_t0").symlink_to(models["a"])
+    with pytest.raises(SystemExit, match=r"--datasets c: not in pooled_union.zarr \(it pools a, b\)"):
+        boot.main([str(tmp_path), "--seeds", "0", "--datasets", "c", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match=r"no such workdir"):
+        boot.main([str(tmp_path / "nowhere"), "--seeds", "0", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):  # argparse: --n-boot must be a positive integer
+        boot.main([str(tmp_path), "--seeds", "0", "--datasets", "a", "--n-boot", "0", "--out", str(tmp_path / "x.json")])

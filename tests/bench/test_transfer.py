@@ -211,6 +211,8 @@ def test_markdown_report(tm):
     assert "| a:b | ridge | 0.812 | — | — | 1.0 |" in md
     assert "| a:b | knn | 0.800 | 0.900 | 0.950 | 3.0 |" in md
     assert "failed: something" in md
+    result["pairs"]["c:d"] = {"methods": {}, "imputation_bootstrap": {"error": "paired bootstrap: 3 query cell(s)"}}
+    assert "Imputation bootstrap not run: c:d: paired bootstrap: 3 query cell(s)" in transfer.markdown(result)
     assert transfer.totalvi_epochs(8227) == 52
     assert transfer.totalvi_epochs(100) == 400
 
@@ -270,6 +272,10 @@ def test_omicsclip_path_end_to_end_on_two_synthetic_labs(tmp_path):
     with pytest.raises(SystemExit):  # argparse: two different names
         cmp.main([str(tmp_path / "w"), str(tmp_path / "w"), "--small", "--pairs", "labA:labB", "--names", "x,x",
                   "--out", str(tmp_path / "c3.json")])
+    # a run of another query (here: the synthetic labs of another seed) is named, not an index error
+    with pytest.raises(SystemExit, match=r"labA:labB: .* of the \d+ query cells are not in its imputed protein"):
+        cmp.main([str(tmp_path / "w"), str(tmp_path / "w"), "--small", "--seed", "1", "--pairs", "labA:labB",
+                  "--out", str(tmp_path / "c4.json")])
 
 
 def test_real_pair_preparation(tp):
@@ -294,6 +300,8 @@ def test_pool_members_never_pool_the_query(tm):
 def test_pair_paths_names_a_missing_dataset_file_before_any_work(tm, tmp_path, monkeypatch):
     tr = importlib.import_module("transfer")
     monkeypatch.setattr(tr, "SHARED", tmp_path / "nodata")
+    with pytest.raises(SystemExit, match=r"^bench/transfer.py: no such file: .*bremsc_inhouse_pbmc.h5ad"):
+        tr.main(["--pairs", "bremsc:pbmc10k", "--skip-totalvi", "--out", str(tmp_path / "t.json")])
     with pytest.raises(SystemExit, match=r"^prog: no such file: .*nodata/bremsc_inhouse_pbmc/bremsc_inhouse_pbmc.h5ad"):
         tr.pair_paths(["bremsc:pbmc10k"], tmp_path, False, 0, "prog")
     with pytest.raises(SystemExit, match=r"^prog: pair 'bremsc': expected REF:QUERY"):
